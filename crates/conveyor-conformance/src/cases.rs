@@ -1,0 +1,344 @@
+//! The conformance cases. Each takes the harness and the backend's features and panics on a
+//! violation of the contract in `conveyor_core::backend`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use conveyor_core::partitioner::partition_for_key;
+use conveyor_core::{
+    Backend, CommitOffset, Error, Headers, Record, StartFrom, SubscribeOptions, TopicPartition,
+};
+
+use crate::util::{collect, drain, topic, unique, values, wait_assigned};
+use crate::{Features, Harness};
+
+async fn open(h: &dyn Harness) -> Arc<dyn Backend> {
+    h.open().await.expect("open backend")
+}
+
+fn numbered(n: usize) -> Vec<Record> {
+    (0..n).map(|i| Record::new(format!("m{i}"))).collect()
+}
+
+/// Records published are delivered once, with their values.
+pub async fn publish_consume_round_trip(h: &dyn Harness, f: &Features) {
+    let b = open(h).await;
+    let t = topic(&*b, "roundtrip", f.partitions).await;
+    b.publish(&t, numbered(100)).await.expect("publish");
+    let mut sub = b.subscribe(SubscribeOptions::new(unique("g"), [t.clone()])).await.expect("subscribe");
+    let got = collect(&mut *sub, 100, f.timeout).await;
+    let got: BTreeSet<String> = values(&got).into_iter().collect();
+    let want: BTreeSet<String> = (0..100).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, want);
+    assert!(drain(&mut *sub, Duration::from_millis(300)).await.is_empty(), "extra records delivered");
+}
+
+/// A batch's positions are contiguous offsets per partition, in input order.
+pub async fn publish_returns_contiguous_positions(h: &dyn Harness, f: &Features) {
+    let b = open(h).await;
+    let t = topic(&*b, "positions", 1).await;
+    let first = b.publish(&t, numbered(10)).await.expect("publish");
+    let second = b.publish(&t, numbered(5)).await.expect("publish");
+    let offsets: Vec<i64> = first.iter().chain(&second).map(|p| p.offset).collect();
+    assert_eq!(offsets, (0..15).collect::<Vec<i64>>());
+    let info = b.describe_topic(&t).await.expect("describe").expect("topic exists");
+    assert_eq!(info.partitions[0].high, 15);
+    let _ = f;
+}
+
+/// Same key, same partition (Kafka's murmur2), and per-key order is publish order.
+pub async fn same_key_same_partition_in_order(h: &dyn Harness, f: &Features) {
+    let b = open(h).await;
+    let t = topic(&*b, "order", f.partitions).await;
+    let keys = 10;
+    let per_key = 50;
+    for i in 0..per_key {
+        let batch: Vec<Record> = (0..keys)
+            .map(|k| Record::new(format!("{k}:{i}")).with_key(format!("key-{k}")))
+            .collect();
+        let at = b.publish(&t, batch).await.expect("publish");
+        for (k, pos) in at.iter().enumerate() {
+            assert_eq!(pos.partition, partition_for_key(format!("key-{k}").as_bytes(), f.partitions));
+        }
+    }
+    let mut sub = b.subscribe(SubscribeOptions::new(unique("g"), [t])).await.expect("subscribe");
+    let got = collect(&mut *sub, keys * per_key, f.timeout).await;
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for r in &got {
+        let key = String::from_utf8(r.key.clone().expect("key").to_vec()).expect("utf8");
+        assert_eq!(r.partition, partition_for_key(key.as_bytes(), f.partitions));
+        let v = String::from_utf8(r.value.to_vec()).expect("utf8");
+        let seq: i64 = v.split(':').nth(1).expect("seq").parse().expect("number");
+        let prev = last.insert(key.clone(), seq).unwrap_or(-1);
+        assert_eq!(seq, prev + 1, "key {key}: got {seq} after {prev}");
+    }
+}
+
+/// An explicit partition wins over the key; a partition out of range is an error.
+pub async fn explicit_partition_is_honoured(h: &dyn Harness, f: &Features) {
+    let b = open(h).await;
+    let t = topic(&*b, "explicit", f.partitions).await;
+    let last = f.partitions - 1;
+    let at = b
+        .publish(&t, vec![Record::new("x").with_key("k").with_partition(last)])
+        .await
+        .expect("publish");
+    assert_eq!(at[0].partition, last);
+    let fetched = b.fetch(&t, last, at[0].offset, 10).await.expect("fetch");
+    assert_eq!(fetched.len(), 1);
+    let err = b
+        .publish(&t, vec![Record::new("x").with_partition(f.partitions + 5)])
+        .await
+        .expect_err("partition out of range");
+    assert!(matches!(err, Error::UnknownPartition { .. }), "{err:?}");
+}
+
+/// Keys, values and headers come back byte for byte: binary, empty, repeated header names.
+pub async fn headers_and_binary_payloads_survive(h: &dyn Harness, f: &Features) {
+    let b = open(h).await;
+    let t = topic(&*b, "bytes", 1).await;
+    let all_bytes: Bytes = (0..=255u8).collect::<Vec<u8>>().into();
+    let mut headers = Headers::new();
+    headers.append("bin", all_bytes.clone());
+    headers.append("dup", "first");
+    headers.append("dup", "second");
+    headers.append("empty", Bytes::new());
+    let sent = vec![
+        Record { key: Some(all_bytes.clone()), value: all_bytes.clone(), headers: headers.clone(), ..Record::default() },
+        Record { key: Some(Bytes::new()), value: Bytes::new(), ..Record::default() },
+        Record { key: None, value: Bytes::from(vec![0u8; 100_000]), ..Record::default() },
+    ];
+    b.publish(&t, sent.clone()).await.expect("publish");
+    let mut sub = b.subscribe(SubscribeOptions::new(unique("g"), [t])).await.expect("subscribe");
+    let got = collect(&mut *sub, 3, f.timeout).await;
+    for (s, g) in sent.iter().zip(&got) {
+        assert_eq!(g.key, s.key);
+        assert_eq!(g.value, s.value);
+        assert_eq!(g.headers, s.headers);
+    }
+    assert_eq!(got[0].headers.get_str("dup"), Some("second"));
+    assert!(got[0].timestamp > 0);
+}
+
+/// Eight publishers at once: every record stored once, at a distinct position.
+pub async fn concurrent_publishers_lose_nothing(h: &dyn Harness, f: &Features) {
+    let b = open(h).await;
+    let t = topic(&*b, "concurrent", f.partitions).await;
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (b, t) = (Arc::clone(&b), t.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut at = Vec::new();
+            for i in 0..100 {
+                let r = Record::new(format!("{w}-{i}")).with_key(format!("w{w}"));
+                at.extend(b.publish(&t, vec![r]).await.expect("publish"));
+            }
+            at
+        }));
+    }
+    let mut positions = BTreeSet::new();
+    for task in tasks {
+        for p in task.await.expect("publisher") {
+            assert!(positions.insert((p.partition, p.offset)), "position {p:?} given twice");
+        }
+    }
+    let mut sub = b.subscribe(SubscribeOptions::new(unique("g"), [t])).await.expect("subscribe");
+    let got = collect(&mut *sub, 800, f.timeout).await;
+    let unique_values: BTreeSet<String> = values(&got).into_iter().collect();
+    assert_eq!(unique_values.len(), 800);
+}
+
+/// Two members of one group split the partitions and together receive every record.
+pub async fn group_members_share_partitions(h: &dyn Harness, f: &Features) {
+    if !f.consumer_groups {
+        return;
+    }
+    let b = open(h).await;
+    let t = topic(&*b, "group", f.partitions).await;
+    let g = unique("g");
+    let mut s1 = b.subscribe(SubscribeOptions::new(g.clone(), [t.clone()])).await.expect("subscribe");
+    wait_assigned(&mut *s1, f.timeout).await;
+    let mut s2 = b.subscribe(SubscribeOptions::new(g.clone(), [t.clone()])).await.expect("subscribe");
+    wait_assigned(&mut *s2, f.timeout).await;
+    // s1 learns of the rebalance on its next poll
+    let _ = drain(&mut *s1, Duration::from_millis(300)).await;
+    let a1: BTreeSet<TopicPartition> = s1.assignment().into_iter().collect();
+    let a2: BTreeSet<TopicPartition> = s2.assignment().into_iter().collect();
+    assert!(a1.is_disjoint(&a2), "{a1:?} and {a2:?} overlap");
+    assert_eq!(a1.len() + a2.len(), f.partitions as usize);
+    assert!(!a1.is_empty() && !a2.is_empty());
+
+    let records: Vec<Record> = (0..200).map(|i| Record::new(format!("m{i}")).with_key(format!("k{i}"))).collect();
+    b.publish(&t, records).await.expect("publish");
+    let (r1, r2) = tokio::join!(drain(&mut *s1, Duration::from_secs(2)), drain(&mut *s2, Duration::from_secs(2)));
+    let mut r1 = r1;
+    let mut r2 = r2;
+    if r1.len() + r2.len() < 200 {
+        let (more1, more2) = tokio::join!(drain(&mut *s1, f.timeout / 2), drain(&mut *s2, f.timeout / 2));
+        r1.extend(more1);
+        r2.extend(more2);
+    }
+    assert!(r1.iter().all(|r| a1.contains(&TopicPartition::new(&t, r.partition))));
+    assert!(r2.iter().all(|r| a2.contains(&TopicPartition::new(&t, r.partition))));
+    let all: BTreeSet<String> = values(&r1).into_iter().chain(values(&r2)).collect();
+    assert_eq!(all.len(), 200, "the two members together must see every record");
+    assert_eq!(r1.len() + r2.len(), 200, "no record delivered to both members");
+}
+
+/// A new member of a group resumes at the committed offset.
+pub async fn resume_from_committed_offset(h: &dyn Harness, f: &Features) {
+    let b = open(h).await;
+    let t = topic(&*b, "resume", 1).await;
+    let g = unique("g");
+    b.publish(&t, numbered(100)).await.expect("publish");
+    {
+        let mut sub = b.subscribe(SubscribeOptions::new(g.clone(), [t.clone()])).await.expect("subscribe");
+        let got = collect(&mut *sub, 100, f.timeout).await;
+        assert_eq!(got[0].offset, 0);
+        sub.commit(&[CommitOffset { tp: TopicPartition::new(&t, 0), next_offset: 60 }])
+            .await
+            .expect("commit");
+    }
+    let mut sub = b.subscribe(SubscribeOptions::new(g, [t])).await.expect("subscribe");
+    let got = collect(&mut *sub, 40, f.timeout).await;
+    assert_eq!(got.first().map(|r| r.offset), Some(60));
+    assert_eq!(got.last().map(|r| r.offset), Some(99));
+    assert!(drain(&mut *sub, Duration::from_millis(300)).await.is_empty());
+}
+
+/// After a restart, what was delivered but not committed is delivered again; what was committed
+/// is not.
+pub async fn unacknowledged_records_are_redelivered_after_restart(h: &dyn Harness, f: &Features) {
+    if !f.persistent {
+        return;
+    }
+    let b = open(h).await;
+    let t = topic(&*b, "redeliver", 1).await;
+    let g = unique("g");
+    b.publish(&t, numbered(20)).await.expect("publish");
+    let mut sub = b.subscribe(SubscribeOptions::new(g.clone(), [t.clone()])).await.expect("subscribe");
+    collect(&mut *sub, 20, f.timeout).await;
+    sub.commit(&[CommitOffset { tp: TopicPartition::new(&t, 0), next_offset: 10 }])
+        .await
+        .expect("commit");
+    drop(sub);
+    b.close().await.expect("close");
+    drop(b);
+
+    let b = open(h).await;
+    let mut sub = b.subscribe(SubscribeOptions::new(g, [t])).await.expect("subscribe");
+    let got = collect(&mut *sub, 10, f.timeout).await;
+    let offsets: Vec<i64> = got.iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, (10..20).collect::<Vec<i64>>());
+    assert_eq!(values(&got)[0], "m10");
+}
+
+/// Every publish acknowledged before `close` returned is there after a restart.
+pub async fn close_flushes_acknowledged_publishes(h: &dyn Harness, f: &Features) {
+    if !f.persistent {
+        return;
+    }
+    let b = open(h).await;
+    let t = topic(&*b, "close", f.partitions).await;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let (b, t) = (Arc::clone(&b), t.clone());
+        tasks.push(tokio::spawn(async move { b.publish(&t, vec![Record::new(format!("c{i}"))]).await }));
+    }
+    let mut acked = Vec::new();
+    for task in tasks {
+        acked.push(task.await.expect("task").expect("publish")[0]);
+    }
+    b.close().await.expect("close");
+    assert!(matches!(b.publish(&t, numbered(1)).await, Err(Error::Closed)), "publish after close must fail");
+    drop(b);
+    let b = open(h).await;
+    for pos in acked {
+        let r = b.fetch(&t, pos.partition, pos.offset, 1).await.expect("fetch");
+        assert_eq!(r.len(), 1, "acknowledged record at {pos:?} missing after restart");
+        assert_eq!(r[0].offset, pos.offset);
+    }
+}
+
+/// A new group starting at `Latest` sees only records published after it joined.
+pub async fn latest_start_skips_old_records(h: &dyn Harness, f: &Features) {
+    let b = open(h).await;
+    let t = topic(&*b, "latest", 1).await;
+    b.publish(&t, vec![Record::new("old")]).await.expect("publish");
+    let mut opts = SubscribeOptions::new(unique("g"), [t.clone()]);
+    opts.start = StartFrom::Latest;
+    let mut sub = b.subscribe(opts).await.expect("subscribe");
+    wait_assigned(&mut *sub, f.timeout).await;
+    b.publish(&t, vec![Record::new("new")]).await.expect("publish");
+    let got = collect(&mut *sub, 1, f.timeout).await;
+    assert_eq!(values(&got), vec!["new".to_owned()]);
+}
+
+/// `fetch` reads a partition from any offset, outside a group.
+pub async fn fetch_reads_from_an_offset(h: &dyn Harness, f: &Features) {
+    let b = open(h).await;
+    let t = topic(&*b, "fetch", 1).await;
+    b.publish(&t, numbered(30)).await.expect("publish");
+    let got = b.fetch(&t, 0, 25, 100).await.expect("fetch");
+    assert_eq!(values(&got), vec!["m25", "m26", "m27", "m28", "m29"]);
+    assert!(b.fetch(&t, 0, 30, 100).await.expect("fetch at end").is_empty());
+    let _ = f;
+}
+
+/// Once a partition moved to another member, the old owner's commit is refused.
+pub async fn commits_to_revoked_partitions_are_fenced(h: &dyn Harness, f: &Features) {
+    if !f.fenced_commits || !f.consumer_groups {
+        return;
+    }
+    let b = open(h).await;
+    let t = topic(&*b, "fenced", 2).await;
+    let g = unique("g");
+    let mut s1 = b.subscribe(SubscribeOptions::new(g.clone(), [t.clone()])).await.expect("subscribe");
+    wait_assigned(&mut *s1, f.timeout).await;
+    assert_eq!(s1.assignment().len(), 2);
+    let mut s2 = b.subscribe(SubscribeOptions::new(g.clone(), [t.clone()])).await.expect("subscribe");
+    wait_assigned(&mut *s2, f.timeout).await;
+    let moved = s2.assignment()[0].clone();
+    let err = s1
+        .commit(&[CommitOffset { tp: moved.clone(), next_offset: 1 }])
+        .await
+        .expect_err("commit by the old owner must fail");
+    assert!(matches!(err, Error::NotAssigned { .. }), "{err:?}");
+    let committed: BTreeMap<i32, Option<i64>> = b.committed_offsets(&g, &t).await.expect("offsets").into_iter().collect();
+    assert_eq!(committed[&moved.partition], None);
+}
+
+/// Publishing to, subscribing to or fetching from a missing topic is `UnknownTopic`.
+pub async fn unknown_topics_are_errors(h: &dyn Harness, f: &Features) {
+    let b = open(h).await;
+    let missing = unique("missing");
+    assert!(matches!(b.publish(&missing, numbered(1)).await, Err(Error::UnknownTopic(_))));
+    assert!(matches!(
+        b.subscribe(SubscribeOptions::new(unique("g"), [missing.clone()])).await,
+        Err(Error::UnknownTopic(_))
+    ));
+    assert!(matches!(b.fetch(&missing, 0, 0, 1).await, Err(Error::UnknownTopic(_))));
+    assert!(b.describe_topic(&missing).await.expect("describe").is_none());
+    let _ = f;
+}
+
+/// `committed_offsets` reports what was committed, per partition.
+pub async fn committed_offsets_are_reported(h: &dyn Harness, f: &Features) {
+    let b = open(h).await;
+    let t = topic(&*b, "committed", 2).await;
+    b.publish(&t, vec![Record::new("a").with_partition(1), Record::new("b").with_partition(1)])
+        .await
+        .expect("publish");
+    let g = unique("g");
+    let mut sub = b.subscribe(SubscribeOptions::new(g.clone(), [t.clone()])).await.expect("subscribe");
+    collect(&mut *sub, 2, f.timeout).await;
+    sub.commit(&[CommitOffset { tp: TopicPartition::new(&t, 1), next_offset: 2 }])
+        .await
+        .expect("commit");
+    let committed = b.committed_offsets(&g, &t).await.expect("offsets");
+    assert_eq!(committed, vec![(0, None), (1, Some(2))]);
+    let listed = b.list_topics().await.expect("list");
+    assert!(listed.iter().any(|i| i.name == t && i.retained() == 2));
+}

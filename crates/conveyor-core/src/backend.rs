@@ -1,0 +1,190 @@
+//! The backend contract: what conveyor needs from a log, and nothing more.
+//!
+//! A backend is a partitioned, durable log with consumer groups: Kafka's model. conveyor's runtime,
+//! API and CLI only use these traits, so every backend (`embedded`, `kafka`) behaves the same and
+//! passes the same conformance suite (`conveyor-conformance`).
+//!
+//! # The contract
+//! - **Thread safety.** A [`Backend`] is `Send + Sync` and shared behind an `Arc`; every method may be
+//!   called concurrently. A [`Subscription`] is owned by one task.
+//! - **Durability.** [`Backend::publish`] returns only once every record is durably stored as the
+//!   backend defines it (embedded: written to its log so that a crash of the process keeps it;
+//!   Kafka: acknowledged by all in-sync replicas). A batch is atomic on the embedded backend.
+//! - **Order.** Records with the same key go to the same partition ([`crate::partitioner`]); within a
+//!   partition, offsets grow by one in publish order and consumers see them in that order.
+//! - **Consumer groups.** Subscriptions sharing a group split the topics' partitions; each partition
+//!   has one owner at a time. Membership changes are reported by [`Poll::Rebalance`] before records of
+//!   newly assigned partitions are delivered.
+//! - **Acknowledgement.** A consumer acknowledges by committing, per partition, the offset of the next
+//!   record it wants ([`CommitOffset`], Kafka's convention). Nothing is acknowledged implicitly.
+//!   A new group starts at [`StartFrom`]; later subscriptions resume at the committed offset, so
+//!   every record that was not committed is delivered again after a restart (at-least-once).
+//! - **Close.** [`Backend::close`] waits for publishes under way and flushes storage; after it,
+//!   calls fail with [`Error::Closed`](crate::Error::Closed). Dropping a subscription leaves the group.
+//!
+//! Optional capabilities are separate traits ([`AtomicPublishCommit`]), never methods that fail
+//! with "unsupported".
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::{ConsumedRecord, Position, Record, Result, TopicInfo, TopicSpec};
+
+/// A topic and one of its partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TopicPartition {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    /// A topic-partition pair.
+    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// An acknowledgement: the group will resume this partition at `next_offset`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitOffset {
+    /// The partition.
+    pub tp: TopicPartition,
+    /// The offset of the first record not yet finished (last finished + 1).
+    pub next_offset: i64,
+}
+
+/// Where a group with no committed offset starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartFrom {
+    /// The oldest retained record (Kafka `auto.offset.reset=earliest`). The default: a job queue
+    /// must not skip jobs enqueued before its first worker started.
+    #[default]
+    Earliest,
+    /// Only records published after the subscription started.
+    Latest,
+}
+
+/// What to subscribe to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// The consumer group.
+    pub group: String,
+    /// The topics; each must exist.
+    pub topics: Vec<String>,
+    /// Where a group without a committed offset starts.
+    pub start: StartFrom,
+}
+
+impl SubscribeOptions {
+    /// Subscribe `group` to `topics`, starting from the earliest record.
+    pub fn new(group: impl Into<String>, topics: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        SubscribeOptions {
+            group: group.into(),
+            topics: topics.into_iter().map(Into::into).collect(),
+            start: StartFrom::Earliest,
+        }
+    }
+}
+
+/// What one [`Subscription::poll`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Poll {
+    /// Records, in offset order per partition.
+    Records(Vec<ConsumedRecord>),
+    /// The group's assignment changed. Work on `revoked` partitions should stop; their commits
+    /// will fail with [`Error::NotAssigned`](crate::Error::NotAssigned) once another member owns them.
+    Rebalance {
+        /// Partitions this member no longer owns.
+        revoked: Vec<TopicPartition>,
+        /// Partitions this member now owns.
+        assigned: Vec<TopicPartition>,
+    },
+    /// Nothing arrived before the timeout.
+    Idle,
+}
+
+/// A log backend. See the [module docs](self) for the contract.
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug + 'static {
+    /// A short name: `embedded`, `kafka`.
+    fn name(&self) -> &'static str;
+
+    /// Creates a topic, or returns the existing one when its partition count matches the spec.
+    async fn create_topic(&self, spec: &TopicSpec) -> Result<TopicInfo>;
+
+    /// Describes a topic with its watermarks, or `None` when it does not exist.
+    async fn describe_topic(&self, topic: &str) -> Result<Option<TopicInfo>>;
+
+    /// Lists all topics, sorted by name.
+    async fn list_topics(&self) -> Result<Vec<TopicInfo>>;
+
+    /// Appends records to a topic and returns where each landed, in input order. Returns only when
+    /// all are durable (see the contract). Fails with `UnknownTopic` for a missing topic.
+    async fn publish(&self, topic: &str, records: Vec<Record>) -> Result<Vec<Position>>;
+
+    /// Joins a consumer group.
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>>;
+
+    /// Reads up to `max` records of one partition from `offset`, outside any group (for tailing,
+    /// browsing and replay). Returns fewer, or none, at the end of the log.
+    async fn fetch(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max: usize,
+    ) -> Result<Vec<ConsumedRecord>>;
+
+    /// The group's committed offsets for a topic: one entry per partition, `None` when never
+    /// committed.
+    async fn committed_offsets(&self, group: &str, topic: &str) -> Result<Vec<(i32, Option<i64>)>>;
+
+    /// Flushes and closes. Later calls fail with `Closed`.
+    async fn close(&self) -> Result<()>;
+}
+
+/// A member of a consumer group.
+#[async_trait]
+pub trait Subscription: Send + fmt::Debug {
+    /// Waits up to `timeout` for up to `max` records or an assignment change.
+    async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Poll>;
+
+    /// Commits offsets. Fails with `NotAssigned` for a partition this member no longer owns; the
+    /// other offsets in the call are still committed.
+    async fn commit(&mut self, offsets: &[CommitOffset]) -> Result<()>;
+
+    /// The partitions currently owned.
+    fn assignment(&self) -> Vec<TopicPartition>;
+
+    /// The consumer group.
+    fn group(&self) -> &str;
+}
+
+/// Optional capability: append records and commit offsets as one atomic step (the basis of
+/// exactly-once processing when the output is the same log).
+#[async_trait]
+pub trait AtomicPublishCommit: Backend {
+    /// Publishes `records` to `topic` and commits `offsets` for `group`, all or nothing.
+    async fn publish_and_commit(
+        &self,
+        topic: &str,
+        records: Vec<Record>,
+        group: &str,
+        offsets: &[CommitOffset],
+    ) -> Result<Vec<Position>>;
+}

@@ -1,0 +1,75 @@
+//! The error type shared by the backend contract and the crates built on it.
+//!
+//! Every variant names what failed and, where the user can act, says what to do next.
+
+/// A conveyor error. New variants may be added, so match with a wildcard arm.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The topic does not exist on the backend.
+    #[error("unknown topic `{0}`: create it first (`conveyor topics create {0}`, or a [[topics]] entry in conveyor.toml)")]
+    UnknownTopic(String),
+    /// A topic name breaks Kafka's naming rules.
+    #[error("invalid topic name `{name}`: {reason}")]
+    InvalidTopicName {
+        /// The rejected name.
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// A topic already exists with a different partition count.
+    #[error("topic `{topic}` already exists with {existing} partitions (asked for {requested}); partitions cannot shrink and are not changed implicitly")]
+    TopicConflict {
+        /// The topic.
+        topic: String,
+        /// Its existing partition count.
+        existing: i32,
+        /// The requested partition count.
+        requested: i32,
+    },
+    /// A partition number outside the topic's range.
+    #[error("topic `{topic}` has no partition {partition}")]
+    UnknownPartition {
+        /// The topic.
+        topic: String,
+        /// The partition asked for.
+        partition: i32,
+    },
+    /// A record is larger than the backend accepts.
+    #[error("record of {size} bytes exceeds the limit of {max} bytes")]
+    RecordTooLarge {
+        /// The encoded size of the record.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A commit named a partition this subscription does not own (it was revoked by a rebalance).
+    #[error("partition {topic}/{partition} is not assigned to this consumer (revoked by a rebalance)")]
+    NotAssigned {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+    },
+    /// Invalid options passed to a backend call.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The backend or subscription was closed.
+    #[error("the backend is closed")]
+    Closed,
+    /// A stored record or header could not be decoded.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// The storage engine failed (disk full, permissions, I/O).
+    #[error("storage failed: {0}")]
+    Storage(String),
+    /// The broker or client library reported an error.
+    #[error("broker error: {0}")]
+    Broker(String),
+    /// An operating-system I/O error.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,196 @@
+//! The header naming scheme: how job metadata travels with a plain record.
+//!
+//! Names are lower-case `snake_case` ASCII, values UTF-8 text, so any Kafka tool shows them and any
+//! producer in any language can write them. Only `message_id` and `job_type` matter to a worker;
+//! the rest are filled in by conveyor's producers and read when present.
+//!
+//! | header | value | set by |
+//! |---|---|---|
+//! | `message_id` | UUIDv7, text | producer |
+//! | `job_type` | the handler to run, e.g. `email.send` | producer |
+//! | `attempt` | 1-based attempt number of this delivery | worker (DLQ) |
+//! | `produced_at` | RFC 3339 UTC time with milliseconds | producer |
+//! | `producer` | free text naming the producing service | producer |
+//! | `content_type` | MIME type of the value; absent means `application/json` | producer |
+//! | `traceparent`, `tracestate` | W3C trace context | producer |
+//! | `due_at` | reserved: RFC 3339 time before which the job must not run | producer |
+//! | `dlq_*` | see [`dlq`] | worker, on dead-letter records only |
+
+use std::time::SystemTime;
+
+use uuid::Uuid;
+
+use crate::Headers;
+
+/// UUIDv7 message id.
+pub const MESSAGE_ID: &str = "message_id";
+/// Job type: selects the handler.
+pub const JOB_TYPE: &str = "job_type";
+/// 1-based attempt number.
+pub const ATTEMPT: &str = "attempt";
+/// When the producer created the job (RFC 3339, UTC, milliseconds).
+pub const PRODUCED_AT: &str = "produced_at";
+/// Name of the producing service.
+pub const PRODUCER: &str = "producer";
+/// MIME type of the value; absent means JSON.
+pub const CONTENT_TYPE: &str = "content_type";
+/// W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
+/// W3C trace state.
+pub const TRACESTATE: &str = "tracestate";
+/// Reserved for delayed jobs: the time before which the job must not run.
+pub const DUE_AT: &str = "due_at";
+
+/// The default content type of a job payload.
+pub const JSON: &str = "application/json";
+
+/// Headers added to a record sent to a dead-letter topic. The original headers are kept.
+pub mod dlq {
+    /// The last error, as text.
+    pub const ERROR: &str = "dlq_error";
+    /// Why it was dead-lettered: `exhausted` (max attempts reached) or `failed` (permanent failure).
+    pub const REASON: &str = "dlq_reason";
+    /// How many attempts were made.
+    pub const ATTEMPTS: &str = "dlq_attempts";
+    /// When it was dead-lettered (RFC 3339, UTC, milliseconds).
+    pub const FAILED_AT: &str = "dlq_failed_at";
+    /// The topic the record was consumed from.
+    pub const ORIGINAL_TOPIC: &str = "dlq_original_topic";
+    /// The partition it was consumed from.
+    pub const ORIGINAL_PARTITION: &str = "dlq_original_partition";
+    /// Its offset there.
+    pub const ORIGINAL_OFFSET: &str = "dlq_original_offset";
+    /// The consumer group that gave up on it.
+    pub const GROUP: &str = "dlq_group";
+}
+
+/// Formats a time as RFC 3339 UTC with milliseconds, the format of every time header.
+pub fn format_time(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Parses a time header written by [`format_time`] (or any RFC 3339 UTC time).
+pub fn parse_time(s: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(s).ok()
+}
+
+/// A job's metadata, read from or written to [`Headers`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JobMeta {
+    /// The message id (UUIDv7 when conveyor produced it; any text otherwise).
+    pub message_id: Option<String>,
+    /// The job type.
+    pub job_type: Option<String>,
+    /// The attempt number, 1 when absent.
+    pub attempt: u32,
+    /// When it was produced.
+    pub produced_at: Option<SystemTime>,
+    /// The producer's name.
+    pub producer: Option<String>,
+    /// The content type; `None` means JSON.
+    pub content_type: Option<String>,
+}
+
+impl JobMeta {
+    /// Metadata for a new job of this type: a fresh UUIDv7 id, attempt 1, produced now.
+    pub fn new(job_type: impl Into<String>) -> Self {
+        JobMeta {
+            message_id: Some(new_message_id()),
+            job_type: Some(job_type.into()),
+            attempt: 1,
+            produced_at: Some(SystemTime::now()),
+            producer: None,
+            content_type: None,
+        }
+    }
+
+    /// Reads metadata from headers. Missing or unparsable fields are `None` (attempt: 1).
+    pub fn from_headers(h: &Headers) -> Self {
+        JobMeta {
+            message_id: h.get_str(MESSAGE_ID).map(str::to_owned),
+            job_type: h.get_str(JOB_TYPE).map(str::to_owned),
+            attempt: h
+                .get_str(ATTEMPT)
+                .and_then(|a| a.parse().ok())
+                .filter(|a| *a >= 1)
+                .unwrap_or(1),
+            produced_at: h.get_str(PRODUCED_AT).and_then(parse_time),
+            producer: h.get_str(PRODUCER).map(str::to_owned),
+            content_type: h.get_str(CONTENT_TYPE).map(str::to_owned),
+        }
+    }
+
+    /// Writes the metadata into headers, replacing the same names.
+    pub fn write_to(&self, h: &mut Headers) {
+        if let Some(id) = &self.message_id {
+            h.insert(MESSAGE_ID, id.clone());
+        }
+        if let Some(t) = &self.job_type {
+            h.insert(JOB_TYPE, t.clone());
+        }
+        h.insert(ATTEMPT, self.attempt.to_string());
+        if let Some(at) = self.produced_at {
+            h.insert(PRODUCED_AT, format_time(at));
+        }
+        if let Some(p) = &self.producer {
+            h.insert(PRODUCER, p.clone());
+        }
+        if let Some(c) = &self.content_type {
+            h.insert(CONTENT_TYPE, c.clone());
+        }
+    }
+
+    /// True when the payload is JSON (no content type, or a JSON one).
+    pub fn is_json(&self) -> bool {
+        self.content_type
+            .as_deref()
+            .is_none_or(|c| c.starts_with(JSON) || c.ends_with("+json"))
+    }
+}
+
+/// A new UUIDv7 message id as text.
+pub fn new_message_id() -> String {
+    Uuid::now_v7().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_round_trips_through_headers() {
+        let mut meta = JobMeta::new("email.send");
+        meta.producer = Some("api".into());
+        meta.attempt = 3;
+        let mut h = Headers::new();
+        meta.write_to(&mut h);
+        let back = JobMeta::from_headers(&h);
+        assert_eq!(back.message_id, meta.message_id);
+        assert_eq!(back.job_type.as_deref(), Some("email.send"));
+        assert_eq!(back.attempt, 3);
+        assert_eq!(back.producer.as_deref(), Some("api"));
+        // millisecond precision survives
+        let a = meta.produced_at.unwrap().duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        let b = back.produced_at.unwrap().duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(a.as_millis(), b.as_millis());
+        assert!(back.is_json());
+    }
+
+    #[test]
+    fn broken_headers_fall_back_instead_of_failing() {
+        let h: Headers = [(ATTEMPT, "zero"), (PRODUCED_AT, "yesterday")]
+            .into_iter()
+            .collect();
+        let meta = JobMeta::from_headers(&h);
+        assert_eq!(meta.attempt, 1);
+        assert_eq!(meta.produced_at, None);
+        assert_eq!(meta.message_id, None);
+    }
+
+    #[test]
+    fn message_ids_are_uuid_v7() {
+        let id = new_message_id();
+        let u = Uuid::parse_str(&id).unwrap();
+        assert_eq!(u.get_version_num(), 7);
+    }
+}

@@ -1,0 +1,130 @@
+//! Consumer groups of the embedded backend: membership and partition assignment, in memory.
+//!
+//! Members live in this process, so a member that goes away is one whose subscription was dropped:
+//! no heartbeats are needed. Every join or leave starts a new generation and recomputes the whole
+//! assignment: per topic, its partitions are dealt round-robin over the members subscribed to it,
+//! in member order (Kafka's round-robin assignor). Members notice the change on their next poll.
+//! Committed offsets are fenced: only the current owner of a partition may commit it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use conveyor_core::TopicPartition;
+
+#[derive(Debug, Default)]
+struct GroupState {
+    generation: u64,
+    /// member id -> subscribed topics with their partition counts
+    members: BTreeMap<u64, Vec<(String, i32)>>,
+    assignment: HashMap<u64, BTreeSet<TopicPartition>>,
+}
+
+impl GroupState {
+    fn rebalance(&mut self) {
+        self.generation += 1;
+        self.assignment.clear();
+        let mut topics: BTreeMap<&str, (i32, Vec<u64>)> = BTreeMap::new();
+        for (id, subs) in &self.members {
+            self.assignment.insert(*id, BTreeSet::new());
+            for (t, n) in subs {
+                topics.entry(t).or_insert((*n, Vec::new())).1.push(*id);
+            }
+        }
+        for (topic, (n, members)) in topics {
+            for p in 0..n {
+                let owner = members[p as usize % members.len()];
+                self.assignment
+                    .get_mut(&owner)
+                    .expect("member present")
+                    .insert(TopicPartition::new(topic, p));
+            }
+        }
+    }
+}
+
+/// All consumer groups of one backend.
+#[derive(Debug, Default)]
+pub(crate) struct Groups {
+    groups: Mutex<HashMap<String, GroupState>>,
+    next_member: Mutex<u64>,
+}
+
+impl Groups {
+    /// Adds a member; returns its id.
+    pub(crate) fn join(&self, group: &str, topics: Vec<(String, i32)>) -> u64 {
+        let id = {
+            let mut n = self.next_member.lock().expect("member counter");
+            *n += 1;
+            *n
+        };
+        let mut groups = self.groups.lock().expect("groups lock");
+        let g = groups.entry(group.to_owned()).or_default();
+        g.members.insert(id, topics);
+        g.rebalance();
+        id
+    }
+
+    /// Removes a member.
+    pub(crate) fn leave(&self, group: &str, member: u64) {
+        let mut groups = self.groups.lock().expect("groups lock");
+        if let Some(g) = groups.get_mut(group) {
+            g.members.remove(&member);
+            if g.members.is_empty() {
+                groups.remove(group);
+            } else {
+                g.rebalance();
+            }
+        }
+    }
+
+    /// The current generation and this member's partitions.
+    pub(crate) fn assignment(&self, group: &str, member: u64) -> (u64, BTreeSet<TopicPartition>) {
+        let groups = self.groups.lock().expect("groups lock");
+        groups
+            .get(group)
+            .map(|g| (g.generation, g.assignment.get(&member).cloned().unwrap_or_default()))
+            .unwrap_or_default()
+    }
+
+    /// The current generation, cheaply.
+    pub(crate) fn generation(&self, group: &str) -> u64 {
+        let groups = self.groups.lock().expect("groups lock");
+        groups.get(group).map_or(0, |g| g.generation)
+    }
+
+    /// Runs `f` while holding the group lock if `member` owns `tp`, so ownership cannot change
+    /// between the check and the commit.
+    pub(crate) fn with_owned<T>(&self, group: &str, member: u64, tps: &[TopicPartition], f: impl FnOnce(&[bool]) -> T) -> T {
+        let groups = self.groups.lock().expect("groups lock");
+        let owned: Vec<bool> = tps
+            .iter()
+            .map(|tp| {
+                groups
+                    .get(group)
+                    .and_then(|g| g.assignment.get(&member))
+                    .is_some_and(|a| a.contains(tp))
+            })
+            .collect();
+        f(&owned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_shared_and_move_when_a_member_leaves() {
+        let g = Groups::default();
+        let a = g.join("g", vec![("t".into(), 6)]);
+        assert_eq!(g.assignment("g", a).1.len(), 6);
+        let b = g.join("g", vec![("t".into(), 6)]);
+        let (gen, pa) = g.assignment("g", a);
+        let (_, pb) = g.assignment("g", b);
+        assert_eq!((pa.len(), pb.len()), (3, 3));
+        assert!(pa.is_disjoint(&pb));
+        g.leave("g", a);
+        assert!(g.generation("g") > gen);
+        assert_eq!(g.assignment("g", b).1.len(), 6);
+    }
+}

@@ -1,0 +1,155 @@
+//! conveyor-embedded: the default backend, a durable partitioned log on local disk inside the
+//! process. Zero set-up, one machine.
+//!
+//! Storage is [fjall](https://docs.rs/fjall), an LSM-tree engine with a write-ahead journal: each
+//! topic is a keyspace whose keys are `(partition, offset)`, so a partition is an ordered range.
+//! A single writer thread turns concurrent publishes into group commits (see [`store`]).
+//!
+//! | capability | embedded |
+//! |---|---|
+//! | publish / subscribe / fetch | yes |
+//! | key -> partition | murmur2, as Kafka's Java client |
+//! | consumer groups | in-process members, round-robin assignor, fenced commits |
+//! | durability | OS write per group commit (`kill -9` safe); `fsync` per group commit by default |
+//! | retention | by age (`retention_ms`) and size (`retention_bytes`) per partition |
+//! | [`AtomicPublishCommit`] | yes (one batch) |
+//! | multiple processes on one data folder | no: the folder is locked by its process |
+//!
+//! # Layout
+//! - [`config`]: [`EmbeddedConfig`] and [`Durability`].
+//! - `store`: keyspaces, the writer thread, reads, offsets, retention.
+//! - `group`: consumer-group membership and assignment.
+//! - `subscription`: a group member.
+//! - `codec`: the on-disk record format.
+
+mod codec;
+pub mod config;
+mod group;
+mod store;
+mod subscription;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use conveyor_core::{
+    AtomicPublishCommit, Backend, CommitOffset, ConsumedRecord, Position, Record, Result,
+    SubscribeOptions, Subscription, TopicInfo, TopicSpec,
+};
+
+pub use config::{Durability, EmbeddedConfig};
+
+use group::Groups;
+use store::Store;
+use subscription::EmbeddedSubscription;
+
+/// The embedded backend. Clones share one log.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> conveyor_core::Result<()> {
+/// use conveyor_core::{Backend, Record, TopicSpec};
+/// let dir = tempfile::tempdir()?;
+/// let backend = conveyor_embedded::EmbeddedBackend::open(conveyor_embedded::EmbeddedConfig::new(dir.path()))?;
+/// backend.create_topic(&TopicSpec::new("emails", 3)).await?;
+/// let at = backend.publish("emails", vec![Record::new("{}").with_key("user-1")]).await?;
+/// assert_eq!(at[0].offset, 0);
+/// backend.close().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct EmbeddedBackend {
+    store: Arc<Store>,
+    groups: Arc<Groups>,
+}
+
+impl EmbeddedBackend {
+    /// Opens the log in `config.path`, creating it when missing, and recovers its topics.
+    pub fn open(config: EmbeddedConfig) -> Result<Self> {
+        Ok(EmbeddedBackend {
+            store: Store::open(config)?,
+            groups: Arc::new(Groups::default()),
+        })
+    }
+
+    /// Applies retention now as if the time were `now_ms`; returns how many records were deleted.
+    /// (It also runs by itself every [`EmbeddedConfig::retention_interval`].)
+    pub async fn run_retention(&self, now_ms: i64) -> Result<u64> {
+        self.store.retention(now_ms).await
+    }
+}
+
+#[async_trait]
+impl Backend for EmbeddedBackend {
+    fn name(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn create_topic(&self, spec: &TopicSpec) -> Result<TopicInfo> {
+        self.store.create_topic(spec.clone()).await
+    }
+
+    async fn describe_topic(&self, topic: &str) -> Result<Option<TopicInfo>> {
+        Ok(self.store.topic(topic).map(|t| t.info()))
+    }
+
+    async fn list_topics(&self) -> Result<Vec<TopicInfo>> {
+        Ok(self.store.list())
+    }
+
+    async fn publish(&self, topic: &str, records: Vec<Record>) -> Result<Vec<Position>> {
+        self.store.publish(topic, records, None).await
+    }
+
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
+        let mut topics = Vec::new();
+        for t in &options.topics {
+            let log = self.store.topic_or_err(t)?;
+            topics.push((t.clone(), log.spec.partitions));
+        }
+        if options.group.is_empty() {
+            return Err(conveyor_core::Error::InvalidArgument("the consumer group name is empty".into()));
+        }
+        let member = self.groups.join(&options.group, topics);
+        self.store.changes.send_modify(|v| *v += 1);
+        Ok(Box::new(EmbeddedSubscription {
+            store: Arc::clone(&self.store),
+            groups: Arc::clone(&self.groups),
+            group: options.group,
+            member,
+            start: options.start,
+            generation: 0,
+            positions: BTreeMap::new(),
+            changes: self.store.changes.subscribe(),
+            cursor: 0,
+        }))
+    }
+
+    async fn fetch(&self, topic: &str, partition: i32, offset: i64, max: usize) -> Result<Vec<ConsumedRecord>> {
+        let log = self.store.topic_or_err(topic)?;
+        self.store.read(&log, partition, offset, max)
+    }
+
+    async fn committed_offsets(&self, group: &str, topic: &str) -> Result<Vec<(i32, Option<i64>)>> {
+        let log = self.store.topic_or_err(topic)?;
+        (0..log.spec.partitions)
+            .map(|p| Ok((p, self.store.committed(group, topic, p)?)))
+            .collect()
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.store.shutdown().await
+    }
+}
+
+#[async_trait]
+impl AtomicPublishCommit for EmbeddedBackend {
+    async fn publish_and_commit(
+        &self,
+        topic: &str,
+        records: Vec<Record>,
+        group: &str,
+        offsets: &[CommitOffset],
+    ) -> Result<Vec<Position>> {
+        self.store.publish(topic, records, Some((group.to_owned(), offsets.to_vec()))).await
+    }
+}

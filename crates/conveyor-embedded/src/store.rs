@@ -1,0 +1,518 @@
+//! The log store: topics as fjall keyspaces, a single writer thread doing group commits, reads,
+//! committed offsets and retention.
+//!
+//! Every change (create topic, append, atomic append-and-commit, retention) goes through one
+//! writer thread. It takes all requests waiting in its queue, writes them as one fjall batch (one
+//! journal write, one fsync under [`Durability::Fsync`]) and only then publishes the new high
+//! watermarks and answers the callers. Readers never see a record before it is durable, and many
+//! concurrent single-record publishes cost one disk flush.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use conveyor_core::partitioner::partition_for_key;
+use conveyor_core::{
+    now_millis, CommitOffset, ConsumedRecord, Error, Position, Record, Result, TopicInfo,
+    TopicSpec,
+};
+use conveyor_core::topic::PartitionInfo;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use tokio::sync::{oneshot, watch};
+
+use crate::codec::{decode, encode, log_key, parse_log_key, timestamp_of};
+use crate::config::{Durability, EmbeddedConfig};
+
+fn storage(e: impl std::fmt::Display) -> Error {
+    Error::Storage(e.to_string())
+}
+
+/// One partition's watermarks and size. Only the writer thread changes them.
+#[derive(Debug, Default)]
+pub(crate) struct PartState {
+    pub(crate) low: AtomicI64,
+    pub(crate) high: AtomicI64,
+    pub(crate) bytes: AtomicU64,
+}
+
+/// One topic: its spec, its keyspace and its partitions.
+pub(crate) struct TopicLog {
+    pub(crate) spec: TopicSpec,
+    ks: Keyspace,
+    pub(crate) parts: Vec<PartState>,
+    round_robin: AtomicU32,
+}
+
+impl std::fmt::Debug for TopicLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicLog").field("spec", &self.spec).finish_non_exhaustive()
+    }
+}
+
+impl TopicLog {
+    pub(crate) fn info(&self) -> TopicInfo {
+        TopicInfo {
+            name: self.spec.name.clone(),
+            partitions: self
+                .parts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| PartitionInfo {
+                    partition: i as i32,
+                    low: p.low.load(Ordering::Acquire),
+                    high: p.high.load(Ordering::Acquire),
+                })
+                .collect(),
+        }
+    }
+}
+
+enum WriteOp {
+    Publish {
+        topic: String,
+        records: Vec<Record>,
+        commit: Option<(String, Vec<CommitOffset>)>,
+        reply: oneshot::Sender<Result<Vec<Position>>>,
+    },
+    CreateTopic {
+        spec: TopicSpec,
+        reply: oneshot::Sender<Result<TopicInfo>>,
+    },
+    Retention {
+        now: i64,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+/// The shared store. Cheap to clone through `Arc`.
+pub(crate) struct Store {
+    db: Database,
+    meta: Keyspace,
+    offsets: Keyspace,
+    topics: RwLock<BTreeMap<String, Arc<TopicLog>>>,
+    /// Bumped after every append and every group change; consumers wait on it.
+    pub(crate) changes: watch::Sender<u64>,
+    config: EmbeddedConfig,
+    ops: std::sync::Mutex<Option<mpsc::Sender<WriteOp>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.config.path).finish_non_exhaustive()
+    }
+}
+
+fn topic_meta_key(name: &str) -> Vec<u8> {
+    [b"topic\0".as_slice(), name.as_bytes()].concat()
+}
+
+fn part_meta_key(name: &str, p: i32) -> Vec<u8> {
+    [b"part\0".as_slice(), name.as_bytes(), b"\0", &p.to_be_bytes()].concat()
+}
+
+fn offset_key(group: &str, topic: &str, p: i32) -> Vec<u8> {
+    [group.as_bytes(), b"\0", topic.as_bytes(), b"\0", &p.to_be_bytes()].concat()
+}
+
+fn encode_part(low: i64, high: i64, bytes: u64) -> [u8; 24] {
+    let mut v = [0u8; 24];
+    v[..8].copy_from_slice(&low.to_be_bytes());
+    v[8..16].copy_from_slice(&high.to_be_bytes());
+    v[16..].copy_from_slice(&bytes.to_be_bytes());
+    v
+}
+
+fn keyspace_name(topic: &str) -> String {
+    format!("t.{topic}")
+}
+
+impl Store {
+    /// Opens (or creates) the store and starts its writer thread.
+    pub(crate) fn open(config: EmbeddedConfig) -> Result<Arc<Store>> {
+        std::fs::create_dir_all(&config.path)?;
+        let db = Database::builder(&config.path).open().map_err(|e| {
+            Error::Storage(format!(
+                "cannot open the embedded log at {}: {e} (is another conveyor process using this data folder?)",
+                config.path.display()
+            ))
+        })?;
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(storage)?;
+        let offsets = db.keyspace("offsets", KeyspaceCreateOptions::default).map_err(storage)?;
+        let mut topics = BTreeMap::new();
+        for guard in meta.prefix(b"topic\0") {
+            let (_, v) = guard.into_inner().map_err(storage)?;
+            let spec: TopicSpec = serde_json::from_slice(&v)
+                .map_err(|e| Error::Corrupt(format!("topic metadata: {e}")))?;
+            let log = Self::load_topic(&db, &meta, spec)?;
+            topics.insert(log.spec.name.clone(), Arc::new(log));
+        }
+        let (tx, rx) = mpsc::channel();
+        let store = Arc::new(Store {
+            db,
+            meta,
+            offsets,
+            topics: RwLock::new(topics),
+            changes: watch::channel(0).0,
+            config,
+            ops: std::sync::Mutex::new(Some(tx)),
+        });
+        let writer = Arc::clone(&store);
+        std::thread::Builder::new()
+            .name("conveyor-embedded-writer".into())
+            .spawn(move || writer.run_writer(rx))?;
+        Ok(store)
+    }
+
+    fn load_topic(db: &Database, meta: &Keyspace, spec: TopicSpec) -> Result<TopicLog> {
+        let ks = db
+            .keyspace(&keyspace_name(&spec.name), KeyspaceCreateOptions::default)
+            .map_err(storage)?;
+        let mut parts = Vec::with_capacity(spec.partitions as usize);
+        for p in 0..spec.partitions {
+            let state = PartState::default();
+            if let Some(v) = meta.get(part_meta_key(&spec.name, p)).map_err(storage)? {
+                if v.len() == 24 {
+                    state.low.store(i64::from_be_bytes(v[..8].try_into().expect("8")), Ordering::Relaxed);
+                    state.high.store(i64::from_be_bytes(v[8..16].try_into().expect("8")), Ordering::Relaxed);
+                    state.bytes.store(u64::from_be_bytes(v[16..].try_into().expect("8")), Ordering::Relaxed);
+                }
+            }
+            parts.push(state);
+        }
+        Ok(TopicLog {
+            spec,
+            ks,
+            parts,
+            round_robin: AtomicU32::new(0),
+        })
+    }
+
+    pub(crate) fn topic(&self, name: &str) -> Option<Arc<TopicLog>> {
+        self.topics.read().expect("topics lock").get(name).cloned()
+    }
+
+    pub(crate) fn topic_or_err(&self, name: &str) -> Result<Arc<TopicLog>> {
+        self.topic(name).ok_or_else(|| Error::UnknownTopic(name.to_owned()))
+    }
+
+    pub(crate) fn list(&self) -> Vec<TopicInfo> {
+        self.topics.read().expect("topics lock").values().map(|t| t.info()).collect()
+    }
+
+    fn send(&self, op: WriteOp) -> Result<()> {
+        let guard = self.ops.lock().expect("ops lock");
+        let tx = guard.as_ref().ok_or(Error::Closed)?;
+        tx.send(op).map_err(|_| Error::Closed)
+    }
+
+    pub(crate) async fn create_topic(&self, spec: TopicSpec) -> Result<TopicInfo> {
+        spec.validate()?;
+        let (reply, rx) = oneshot::channel();
+        self.send(WriteOp::CreateTopic { spec, reply })?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    pub(crate) async fn publish(
+        &self,
+        topic: &str,
+        records: Vec<Record>,
+        commit: Option<(String, Vec<CommitOffset>)>,
+    ) -> Result<Vec<Position>> {
+        if records.is_empty() && commit.is_none() {
+            self.topic_or_err(topic)?;
+            return Ok(Vec::new());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(WriteOp::Publish {
+            topic: topic.to_owned(),
+            records,
+            commit,
+            reply,
+        })?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Runs retention now, as if the clock read `now` (milliseconds since the epoch).
+    pub(crate) async fn retention(&self, now: i64) -> Result<u64> {
+        let (reply, rx) = oneshot::channel();
+        self.send(WriteOp::Retention { now, reply })?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    pub(crate) async fn shutdown(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        match self.send(WriteOp::Shutdown { reply }) {
+            Err(Error::Closed) => return Ok(()),
+            other => other?,
+        }
+        let result = rx.await.map_err(|_| Error::Closed)?;
+        self.ops.lock().expect("ops lock").take();
+        result
+    }
+
+    /// Reads up to `max` records of a partition from `offset` (clamped to the low watermark).
+    pub(crate) fn read(&self, topic: &TopicLog, partition: i32, offset: i64, max: usize) -> Result<Vec<ConsumedRecord>> {
+        let part = topic.parts.get(partition as usize).ok_or_else(|| Error::UnknownPartition {
+            topic: topic.spec.name.clone(),
+            partition,
+        })?;
+        let high = part.high.load(Ordering::Acquire);
+        let from = offset.max(part.low.load(Ordering::Acquire));
+        let to = high.min(from.saturating_add(max as i64));
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity((to - from) as usize);
+        for guard in topic.ks.range(log_key(partition, from)..log_key(partition, to)) {
+            let (k, v) = guard.into_inner().map_err(storage)?;
+            let (_, offset) = parse_log_key(&k)?;
+            out.push(decode(&topic.spec.name, partition, offset, Bytes::from(v))?);
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn committed(&self, group: &str, topic: &str, partition: i32) -> Result<Option<i64>> {
+        Ok(self
+            .offsets
+            .get(offset_key(group, topic, partition))
+            .map_err(storage)?
+            .and_then(|v| v.as_ref().try_into().ok().map(i64::from_be_bytes)))
+    }
+
+    pub(crate) fn commit(&self, group: &str, offsets: &[CommitOffset]) -> Result<()> {
+        let mut batch = self.db.batch();
+        for c in offsets {
+            batch.insert(&self.offsets, offset_key(group, &c.tp.topic, c.tp.partition), c.next_offset.to_be_bytes());
+        }
+        batch.commit().map_err(storage)
+    }
+
+    fn run_writer(self: Arc<Self>, rx: mpsc::Receiver<WriteOp>) {
+        let mut next_retention = Instant::now() + self.config.retention_interval;
+        let mut pending: Vec<WriteOp> = Vec::new();
+        loop {
+            let wait = next_retention.saturating_duration_since(Instant::now());
+            let first = match rx.recv_timeout(wait) {
+                Ok(op) => op,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(e) = self.apply_retention(now_millis()) {
+                        tracing::error!(error = %e, "retention failed; will try again");
+                    }
+                    next_retention = Instant::now() + self.config.retention_interval;
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            pending.push(first);
+            let mut records = 0;
+            while records < self.config.max_group_commit {
+                match rx.try_recv() {
+                    Ok(op) => {
+                        if let WriteOp::Publish { records: r, .. } = &op {
+                            records += r.len();
+                        }
+                        pending.push(op);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut publishes = Vec::new();
+            for op in pending.drain(..) {
+                match op {
+                    WriteOp::Publish { topic, records, commit, reply } => {
+                        publishes.push((topic, records, commit, reply));
+                    }
+                    WriteOp::CreateTopic { spec, reply } => {
+                        self.write_publishes(std::mem::take(&mut publishes));
+                        let _ = reply.send(self.do_create_topic(spec));
+                    }
+                    WriteOp::Retention { now, reply } => {
+                        self.write_publishes(std::mem::take(&mut publishes));
+                        let _ = reply.send(self.apply_retention(now));
+                    }
+                    WriteOp::Shutdown { reply } => {
+                        self.write_publishes(std::mem::take(&mut publishes));
+                        let result = self.db.persist(PersistMode::SyncAll).map_err(storage);
+                        let _ = reply.send(result);
+                        return;
+                    }
+                }
+            }
+            self.write_publishes(publishes);
+        }
+    }
+
+    fn do_create_topic(&self, spec: TopicSpec) -> Result<TopicInfo> {
+        if let Some(existing) = self.topic(&spec.name) {
+            if existing.spec.partitions != spec.partitions {
+                return Err(Error::TopicConflict {
+                    topic: spec.name,
+                    existing: existing.spec.partitions,
+                    requested: spec.partitions,
+                });
+            }
+            return Ok(existing.info());
+        }
+        let json = serde_json::to_vec(&spec).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let log = Self::load_topic(&self.db, &self.meta, spec)?;
+        let mut batch = self.db.batch().durability(self.persist_mode());
+        batch.insert(&self.meta, topic_meta_key(&log.spec.name), json);
+        for p in 0..log.spec.partitions {
+            batch.insert(&self.meta, part_meta_key(&log.spec.name, p), encode_part(0, 0, 0));
+        }
+        batch.commit().map_err(storage)?;
+        let info = log.info();
+        self.topics.write().expect("topics lock").insert(log.spec.name.clone(), Arc::new(log));
+        self.changes.send_modify(|v| *v += 1);
+        Ok(info)
+    }
+
+    fn persist_mode(&self) -> Option<PersistMode> {
+        match self.config.durability {
+            Durability::Os => None,
+            Durability::Fsync => Some(PersistMode::SyncData),
+        }
+    }
+
+    /// Encodes one publish request, choosing partitions. Nothing is written yet.
+    fn prepare(&self, log: &TopicLog, records: Vec<Record>, now: i64) -> Result<Vec<(i32, Bytes)>> {
+        let n = log.spec.partitions;
+        records
+            .into_iter()
+            .map(|r| {
+                let size = r.byte_len();
+                if size > self.config.max_record_bytes {
+                    return Err(Error::RecordTooLarge { size, max: self.config.max_record_bytes });
+                }
+                if r.headers.iter().any(|(name, v)| name.len() > u16::MAX as usize || v.len() > u32::MAX as usize) {
+                    return Err(Error::InvalidArgument("header name longer than 65535 bytes".into()));
+                }
+                let p = match (r.partition, &r.key) {
+                    (Some(p), _) if (0..n).contains(&p) => p,
+                    (Some(p), _) => {
+                        return Err(Error::UnknownPartition { topic: log.spec.name.clone(), partition: p })
+                    }
+                    (None, Some(k)) => partition_for_key(k, n),
+                    (None, None) => (log.round_robin.fetch_add(1, Ordering::Relaxed) % n as u32) as i32,
+                };
+                Ok((p, encode(r.timestamp.unwrap_or(now), r.key.as_ref(), &r.headers, &r.value)))
+            })
+            .collect()
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn write_publishes(
+        &self,
+        publishes: Vec<(String, Vec<Record>, Option<(String, Vec<CommitOffset>)>, oneshot::Sender<Result<Vec<Position>>>)>,
+    ) {
+        if publishes.is_empty() {
+            return;
+        }
+        let now = now_millis();
+        let mut batch = self.db.batch().durability(self.persist_mode());
+        // Tentative (high, bytes) per touched partition, applied only after the commit succeeds.
+        let mut touched: HashMap<(String, i32), (Arc<TopicLog>, i64, u64)> = HashMap::new();
+        let mut replies = Vec::with_capacity(publishes.len());
+        for (topic, records, commit, reply) in publishes {
+            let prepared = self
+                .topic_or_err(&topic)
+                .and_then(|log| Ok((self.prepare(&log, records, now)?, log)));
+            let (prepared, log) = match prepared {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    continue;
+                }
+            };
+            let mut positions = Vec::with_capacity(prepared.len());
+            for (p, raw) in prepared {
+                let entry = touched.entry((topic.clone(), p)).or_insert_with(|| {
+                    let part = &log.parts[p as usize];
+                    (Arc::clone(&log), part.high.load(Ordering::Acquire), part.bytes.load(Ordering::Acquire))
+                });
+                let offset = entry.1;
+                entry.1 += 1;
+                entry.2 += raw.len() as u64;
+                batch.insert(&log.ks, log_key(p, offset), raw);
+                positions.push(Position { partition: p, offset });
+            }
+            if let Some((group, offsets)) = commit {
+                for c in &offsets {
+                    batch.insert(&self.offsets, offset_key(&group, &c.tp.topic, c.tp.partition), c.next_offset.to_be_bytes());
+                }
+            }
+            replies.push((reply, positions));
+        }
+        for ((topic, p), (log, high, bytes)) in &touched {
+            let low = log.parts[*p as usize].low.load(Ordering::Acquire);
+            batch.insert(&self.meta, part_meta_key(topic, *p), encode_part(low, *high, *bytes));
+        }
+        match batch.commit() {
+            Ok(()) => {
+                for ((_, p), (log, high, bytes)) in touched {
+                    let part = &log.parts[p as usize];
+                    part.bytes.store(bytes, Ordering::Release);
+                    part.high.store(high, Ordering::Release);
+                }
+                self.changes.send_modify(|v| *v += 1);
+                for (reply, positions) in replies {
+                    let _ = reply.send(Ok(positions));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "embedded log append failed");
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(storage(&e)));
+                }
+            }
+        }
+    }
+
+    /// Deletes records older than each topic's `retention_ms` and, beyond `retention_bytes`, the
+    /// oldest records of each partition. Runs on the writer thread.
+    fn apply_retention(&self, now: i64) -> Result<u64> {
+        let topics: Vec<Arc<TopicLog>> = self.topics.read().expect("topics lock").values().cloned().collect();
+        let mut deleted = 0u64;
+        for log in topics {
+            if log.spec.retention_ms.is_none() && log.spec.retention_bytes.is_none() {
+                continue;
+            }
+            let cutoff = log.spec.retention_ms.map(|r| now - r);
+            for (p, part) in log.parts.iter().enumerate() {
+                let p = p as i32;
+                let (low, high) = (part.low.load(Ordering::Acquire), part.high.load(Ordering::Acquire));
+                let mut bytes = part.bytes.load(Ordering::Acquire);
+                let mut new_low = low;
+                let mut batch = self.db.batch();
+                for guard in log.ks.range(log_key(p, low)..log_key(p, high)) {
+                    let (k, v) = guard.into_inner().map_err(storage)?;
+                    let too_old = cutoff.is_some_and(|c| timestamp_of(&v).map(|t| t < c).unwrap_or(false));
+                    let too_big = log.spec.retention_bytes.is_some_and(|max| bytes > max);
+                    if !(too_old || too_big) || batch.len() >= 100_000 {
+                        break;
+                    }
+                    batch.remove(&log.ks, k.to_vec());
+                    bytes = bytes.saturating_sub(v.len() as u64);
+                    new_low = parse_log_key(&k)?.1 + 1;
+                }
+                if new_low == low {
+                    continue;
+                }
+                deleted += (new_low - low) as u64;
+                batch.insert(&self.meta, part_meta_key(&log.spec.name, p), encode_part(new_low, high, bytes));
+                batch.commit().map_err(storage)?;
+                part.low.store(new_low, Ordering::Release);
+                part.bytes.store(bytes, Ordering::Release);
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(deleted, "retention removed records");
+        }
+        Ok(deleted)
+    }
+}

@@ -1,0 +1,143 @@
+//! A member of an embedded consumer group: tracks its assignment and fetch positions, reads from
+//! the store and waits for appends when there is nothing to read.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use conveyor_core::{CommitOffset, Error, Poll, Result, StartFrom, Subscription, TopicPartition};
+use tokio::sync::watch;
+
+use crate::group::Groups;
+use crate::store::Store;
+
+/// One consumer-group member on the embedded backend. Dropping it leaves the group.
+#[derive(Debug)]
+pub(crate) struct EmbeddedSubscription {
+    pub(crate) store: Arc<Store>,
+    pub(crate) groups: Arc<Groups>,
+    pub(crate) group: String,
+    pub(crate) member: u64,
+    pub(crate) start: StartFrom,
+    pub(crate) generation: u64,
+    pub(crate) positions: BTreeMap<TopicPartition, i64>,
+    pub(crate) changes: watch::Receiver<u64>,
+    pub(crate) cursor: usize,
+}
+
+impl EmbeddedSubscription {
+    /// Applies a new generation's assignment; returns (revoked, assigned).
+    fn refresh_assignment(&mut self) -> Result<Option<(Vec<TopicPartition>, Vec<TopicPartition>)>> {
+        if self.groups.generation(&self.group) == self.generation {
+            return Ok(None);
+        }
+        let (generation, now): (u64, BTreeSet<TopicPartition>) = self.groups.assignment(&self.group, self.member);
+        self.generation = generation;
+        let before: BTreeSet<TopicPartition> = self.positions.keys().cloned().collect();
+        let revoked: Vec<_> = before.difference(&now).cloned().collect();
+        let assigned: Vec<_> = now.difference(&before).cloned().collect();
+        for tp in &revoked {
+            self.positions.remove(tp);
+        }
+        for tp in &assigned {
+            let log = self.store.topic_or_err(&tp.topic)?;
+            let part = &log.parts[tp.partition as usize];
+            let pos = match self.store.committed(&self.group, &tp.topic, tp.partition)? {
+                Some(o) => o,
+                None => match self.start {
+                    StartFrom::Earliest => part.low.load(Ordering::Acquire),
+                    StartFrom::Latest => part.high.load(Ordering::Acquire),
+                },
+            };
+            self.positions.insert(tp.clone(), pos);
+        }
+        if revoked.is_empty() && assigned.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((revoked, assigned)))
+    }
+
+    fn read_some(&mut self, max: usize) -> Result<Vec<conveyor_core::ConsumedRecord>> {
+        let mut out = Vec::new();
+        let n = self.positions.len();
+        if n == 0 {
+            return Ok(out);
+        }
+        self.cursor = (self.cursor + 1) % n;
+        let keys: Vec<TopicPartition> = self.positions.keys().cloned().collect();
+        for i in 0..n {
+            if out.len() >= max {
+                break;
+            }
+            let tp = &keys[(self.cursor + i) % n];
+            let log = self.store.topic_or_err(&tp.topic)?;
+            let pos = self.positions[tp];
+            let records = self.store.read(&log, tp.partition, pos, max - out.len())?;
+            if let Some(last) = records.last() {
+                self.positions.insert(tp.clone(), last.offset + 1);
+            }
+            out.extend(records);
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Subscription for EmbeddedSubscription {
+    async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Poll> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            self.changes.borrow_and_update();
+            if let Some((revoked, assigned)) = self.refresh_assignment()? {
+                return Ok(Poll::Rebalance { revoked, assigned });
+            }
+            let records = self.read_some(max.max(1))?;
+            if !records.is_empty() {
+                return Ok(Poll::Records(records));
+            }
+            match tokio::time::timeout_at(deadline, self.changes.changed()).await {
+                Err(_) => return Ok(Poll::Idle),
+                Ok(Err(_)) => return Err(Error::Closed),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+
+    async fn commit(&mut self, offsets: &[CommitOffset]) -> Result<()> {
+        let tps: Vec<TopicPartition> = offsets.iter().map(|c| c.tp.clone()).collect();
+        let (store, group) = (&self.store, &self.group);
+        self.groups.with_owned(group, self.member, &tps, |owned| {
+            let ok: Vec<CommitOffset> = offsets
+                .iter()
+                .zip(owned)
+                .filter(|(_, o)| **o)
+                .map(|(c, _)| c.clone())
+                .collect();
+            store.commit(group, &ok)?;
+            match offsets.iter().zip(owned).find(|(_, o)| !**o) {
+                Some((c, _)) => Err(Error::NotAssigned {
+                    topic: c.tp.topic.clone(),
+                    partition: c.tp.partition,
+                }),
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn assignment(&self) -> Vec<TopicPartition> {
+        self.positions.keys().cloned().collect()
+    }
+
+    fn group(&self) -> &str {
+        &self.group
+    }
+}
+
+impl Drop for EmbeddedSubscription {
+    fn drop(&mut self) {
+        self.groups.leave(&self.group, self.member);
+        self.store.changes.send_modify(|v| *v += 1);
+    }
+}
