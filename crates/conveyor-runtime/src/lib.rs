@@ -1,1 +1,27 @@
-//! stub
+//! conveyor-runtime: workers and the client, on any [`conveyor_core::Backend`].
+//!
+//! # Layout
+//! - [`worker`]: [`Worker`], the consumer-group worker: concurrency, per-key order, retries with
+//!   backoff, dead letters, commits of finished work only, graceful shutdown.
+//! - [`handler`]: the [`Handler`] trait and adapters for closures and typed JSON payloads.
+//! - [`job`]: [`Job`] (what a handler gets) and [`JobError`] (how an attempt fails).
+//! - [`tracker`]: the scheduler's bookkeeping: offsets safe to commit, per-key lanes.
+//! - [`dead_letter`]: the dead-letter record format.
+//! - [`client`]: [`Client`], enqueueing jobs.
+//! - [`webhook`]: [`WebhookHandler`], delivering jobs to HTTP endpoints.
+//! - [`bench`]: the measurements behind `conveyor bench`.
+
+pub mod bench;
+pub mod client;
+pub mod dead_letter;
+pub mod handler;
+pub mod job;
+pub mod tracker;
+pub mod webhook;
+pub mod worker;
+
+pub use client::{Client, Enqueued, NewJob};
+pub use handler::{handler_fn, json_handler, Handler};
+pub use job::{IntoOutcome, Job, JobError};
+pub use webhook::WebhookHandler;
+pub use worker::{Worker, WorkerBuilder, WorkerOptions, WorkerStats};

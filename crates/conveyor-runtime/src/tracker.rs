@@ -1,0 +1,154 @@
+//! Bookkeeping of the worker's scheduler, free of I/O so it is tested on its own:
+//! [`OffsetTracker`] (what may be committed) and [`KeyLanes`] (per-key ordering).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::Hash;
+
+/// Per partition: which fetched offsets are unfinished, so the commit never passes one.
+///
+/// The commit point is the lowest unfinished offset, or one past the highest fetched offset when
+/// everything fetched has finished: Kafka's "highest contiguous finished offset + 1".
+#[derive(Debug, Default, Clone)]
+pub struct OffsetTracker {
+    pending: BTreeSet<i64>,
+    next_fetched: Option<i64>,
+    committed: Option<i64>,
+}
+
+impl OffsetTracker {
+    /// Records that `offset` was fetched and is now unfinished.
+    pub fn fetched(&mut self, offset: i64) {
+        self.pending.insert(offset);
+        self.next_fetched = Some(self.next_fetched.map_or(offset + 1, |n| n.max(offset + 1)));
+    }
+
+    /// Records that `offset` finished (done or dead-lettered).
+    pub fn finished(&mut self, offset: i64) {
+        self.pending.remove(&offset);
+    }
+
+    /// The offset to commit now, if it moved since the last [`OffsetTracker::committed`].
+    pub fn commit_point(&self) -> Option<i64> {
+        let point = self.pending.first().copied().or(self.next_fetched)?;
+        (self.committed != Some(point)).then_some(point)
+    }
+
+    /// Records a successful commit.
+    pub fn committed(&mut self, offset: i64) {
+        self.committed = Some(offset);
+    }
+
+    /// Unfinished offsets.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// Per-key lanes: at most one job per key is running (or waiting to retry) at a time, and the
+/// others of that key wait in arrival order. Jobs without a key are never held back.
+#[derive(Debug)]
+pub struct KeyLanes<K, T> {
+    lanes: HashMap<K, VecDeque<T>>,
+}
+
+impl<K: Hash + Eq, T> Default for KeyLanes<K, T> {
+    fn default() -> Self {
+        KeyLanes { lanes: HashMap::new() }
+    }
+}
+
+impl<K: Hash + Eq + Clone, T> KeyLanes<K, T> {
+    /// Offers a new job. Returns it back when it may run now (its key was free, and is now owned
+    /// by it); otherwise queues it behind the running job of its key and returns `None`.
+    pub fn admit(&mut self, key: Option<&K>, job: T) -> Option<T> {
+        let Some(key) = key else { return Some(job) };
+        match self.lanes.get_mut(key) {
+            Some(queue) => {
+                queue.push_back(job);
+                None
+            }
+            None => {
+                self.lanes.insert(key.clone(), VecDeque::new());
+                Some(job)
+            }
+        }
+    }
+
+    /// The job owning `key` finished: returns the next job of that key, which now owns it.
+    pub fn release(&mut self, key: Option<&K>) -> Option<T> {
+        let key = key?;
+        let queue = self.lanes.get_mut(key)?;
+        match queue.pop_front() {
+            Some(next) => Some(next),
+            None => {
+                self.lanes.remove(key);
+                None
+            }
+        }
+    }
+
+    /// Removes every waiting job matching `drop`; returns how many were removed. Keys stay owned
+    /// by their running jobs.
+    pub fn remove_waiting(&mut self, mut drop: impl FnMut(&T) -> bool) -> usize {
+        let mut n = 0;
+        for q in self.lanes.values_mut() {
+            let before = q.len();
+            q.retain(|t| !drop(t));
+            n += before - q.len();
+        }
+        n
+    }
+
+    /// Jobs waiting behind a running job of the same key.
+    pub fn waiting(&self) -> usize {
+        self.lanes.values().map(VecDeque::len).sum()
+    }
+
+    /// Keys currently owned.
+    pub fn busy_keys(&self) -> usize {
+        self.lanes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_point_never_passes_an_unfinished_offset() {
+        let mut t = OffsetTracker::default();
+        assert_eq!(t.commit_point(), None);
+        for o in 10..15 {
+            t.fetched(o);
+        }
+        assert_eq!(t.commit_point(), Some(10));
+        t.finished(11);
+        t.finished(12);
+        assert_eq!(t.commit_point(), Some(10));
+        t.finished(10);
+        assert_eq!(t.commit_point(), Some(13));
+        t.committed(13);
+        assert_eq!(t.commit_point(), None, "no new commit until it moves");
+        t.finished(14);
+        t.finished(13);
+        assert_eq!(t.commit_point(), Some(15));
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn lanes_hold_same_key_jobs_in_order_and_let_others_pass() {
+        let mut l: KeyLanes<&str, u32> = KeyLanes::default();
+        assert_eq!(l.admit(Some(&"a"), 1), Some(1));
+        assert_eq!(l.admit(Some(&"a"), 2), None);
+        assert_eq!(l.admit(Some(&"b"), 3), Some(3));
+        assert_eq!(l.admit(None, 4), Some(4));
+        assert_eq!(l.admit(Some(&"a"), 5), None);
+        assert_eq!(l.waiting(), 2);
+        assert_eq!(l.release(Some(&"a")), Some(2));
+        assert_eq!(l.release(Some(&"a")), Some(5));
+        assert_eq!(l.release(Some(&"a")), None);
+        assert_eq!(l.busy_keys(), 1);
+        assert_eq!(l.admit(Some(&"a"), 6), Some(6), "a free key runs at once");
+        assert_eq!(l.release(None), None);
+    }
+}

@@ -1,0 +1,96 @@
+//! Webhook delivery: a handler that POSTs each job to an HTTP endpoint, so workers can be written
+//! in any language.
+//!
+//! The request body is the job's payload, byte for byte, with its content type. Metadata travels
+//! in `Conveyor-*` request headers (see [`WebhookHandler`]). The answer decides the outcome:
+//!
+//! | response | outcome |
+//! |---|---|
+//! | 2xx | done |
+//! | 408, 429, 5xx, timeout, connection error | retry with backoff (`Retry-After` seconds honoured) |
+//! | any other status | permanent failure: dead-letter |
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use conveyor_core::headers;
+use conveyor_core::Outcome;
+use reqwest::StatusCode;
+
+use crate::handler::Handler;
+use crate::job::Job;
+
+/// POSTs jobs to `url`. Request headers: `Content-Type`, `Conveyor-Message-Id`,
+/// `Conveyor-Job-Type`, `Conveyor-Attempt`, `Conveyor-Topic`, `Conveyor-Partition`,
+/// `Conveyor-Offset`, `Conveyor-Key` (when the key is UTF-8), `traceparent` (when present).
+#[derive(Debug, Clone)]
+pub struct WebhookHandler {
+    client: reqwest::Client,
+    url: String,
+}
+
+impl WebhookHandler {
+    /// A handler posting to `url`, giving up on an attempt after `timeout`.
+    pub fn new(url: impl Into<String>, timeout: Duration) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .pool_max_idle_per_host(64)
+            .build()
+            .expect("the HTTP client builds with static settings");
+        WebhookHandler { client, url: url.into() }
+    }
+}
+
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    let v = resp.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+#[async_trait]
+impl Handler for WebhookHandler {
+    async fn handle(&self, job: Job) -> Outcome {
+        let r = &job.record;
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                job.meta.content_type.as_deref().unwrap_or(headers::JSON),
+            )
+            .header("Conveyor-Job-Type", job.job_type())
+            .header("Conveyor-Attempt", job.attempt.to_string())
+            .header("Conveyor-Topic", r.topic.as_str())
+            .header("Conveyor-Partition", r.partition.to_string())
+            .header("Conveyor-Offset", r.offset.to_string());
+        if let Some(id) = job.id() {
+            req = req.header("Conveyor-Message-Id", id);
+        }
+        if let Some(key) = r.key.as_ref().and_then(|k| std::str::from_utf8(k).ok()) {
+            req = req.header("Conveyor-Key", key);
+        }
+        if let Some(tp) = r.headers.get_str(headers::TRACEPARENT) {
+            req = req.header("traceparent", tp);
+        }
+        let resp = match req.body(r.value.clone()).send().await {
+            Ok(resp) => resp,
+            Err(e) if e.is_timeout() => return Outcome::retry(format!("webhook {} timed out", self.url)),
+            Err(e) => return Outcome::retry(format!("webhook {} unreachable: {e}", self.url)),
+        };
+        let status = resp.status();
+        if status.is_success() {
+            return Outcome::Done;
+        }
+        let after = retry_after(&resp);
+        let body = resp.text().await.unwrap_or_default();
+        let snippet: String = body.chars().take(300).collect();
+        let error = format!("webhook {} answered {status}: {snippet}", self.url);
+        let retryable = status == StatusCode::REQUEST_TIMEOUT
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || status.is_server_error();
+        match (retryable, after) {
+            (true, Some(d)) => Outcome::retry_after(d, error),
+            (true, None) => Outcome::retry(error),
+            (false, _) => Outcome::fail(error),
+        }
+    }
+}

@@ -1,0 +1,569 @@
+//! The worker: consumes topics through a consumer group and runs handlers.
+//!
+//! One scheduler task owns all state (no locks): it polls the subscription while fewer than
+//! `max_buffered` records are unfinished, admits each record through [`KeyLanes`] (same key: one at
+//! a time, in order; other keys and keyless records go on), runs up to `concurrency` handlers as
+//! tasks, parks failed jobs on timers for their backoff (a retrying job holds its key, not a
+//! concurrency slot), dead-letters what cannot succeed, and commits per partition the highest
+//! contiguous finished offset ([`OffsetTracker`]) every `commit_interval`.
+//!
+//! What a crash can repeat: records fetched but not committed, so at most `max_buffered` records
+//! plus those finished within the last `commit_interval`. Nothing is committed before its job
+//! finished (done or dead-lettered), so nothing is lost.
+//!
+//! Rebalances: records of revoked partitions that have not started are dropped (the new owner gets
+//! them from the committed offset); running ones finish but their offsets are no longer committed
+//! here. Shutdown stops fetching, waits up to `shutdown_timeout` for running handlers, commits what
+//! finished and hands the rest back to the group (uncommitted, so redelivered).
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use conveyor_core::{
+    Backend, CommitOffset, ConsumedRecord, Error, Outcome, Poll, Result, RetryPolicy, StartFrom,
+    SubscribeOptions, Subscription, TopicPartition, TopicSpec,
+};
+use futures::FutureExt;
+use serde::de::DeserializeOwned;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::dead_letter::{dead_letter_record, dead_letter_topic, DeadLetterReason};
+use crate::handler::{json_handler, Handler};
+use crate::job::{IntoOutcome, Job};
+use crate::tracker::{KeyLanes, OffsetTracker};
+
+/// Counters a running worker updates; read them at any time through [`Worker::stats`].
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Jobs that finished with [`Outcome::Done`].
+    pub done: AtomicU64,
+    /// Attempts that failed and were scheduled again.
+    pub retried: AtomicU64,
+    /// Jobs sent to a dead-letter topic.
+    pub dead_lettered: AtomicU64,
+    /// Handler panics (each also counted as a failed attempt).
+    pub panicked: AtomicU64,
+    /// Handler attempts started.
+    pub started: AtomicU64,
+}
+
+impl WorkerStats {
+    /// Jobs finished either way: done or dead-lettered.
+    pub fn finished(&self) -> u64 {
+        self.done.load(Ordering::Relaxed) + self.dead_lettered.load(Ordering::Relaxed)
+    }
+}
+
+/// Worker settings. Defaults are given per field.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Consumer group. Workers sharing it share the partitions.
+    pub group: String,
+    /// Topics to consume.
+    pub topics: Vec<String>,
+    /// Handlers running at once. Default: 32.
+    pub concurrency: usize,
+    /// Records fetched but unfinished (running, waiting for their key, or waiting to retry) before
+    /// fetching pauses. Bounds memory and what a crash can redeliver. Default: 1024.
+    pub max_buffered: usize,
+    /// Retry policy for job types without their own. Default: [`RetryPolicy::default`].
+    pub retry: RetryPolicy,
+    /// Per job type retry policies.
+    pub retry_by_type: HashMap<String, RetryPolicy>,
+    /// Dead-letter topic suffix. Default: `.dlq`.
+    pub dlq_suffix: String,
+    /// Most time between a job finishing and its offset being committed. Default: 10 ms.
+    pub commit_interval: Duration,
+    /// How long shutdown waits for running handlers. Default: 30 s.
+    pub shutdown_timeout: Duration,
+    /// Where a new group starts. Default: earliest.
+    pub start: StartFrom,
+}
+
+impl WorkerOptions {
+    /// Defaults for `group` consuming `topics`.
+    pub fn new(group: impl Into<String>, topics: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        WorkerOptions {
+            group: group.into(),
+            topics: topics.into_iter().map(Into::into).collect(),
+            concurrency: 32,
+            max_buffered: 1024,
+            retry: RetryPolicy::default(),
+            retry_by_type: HashMap::new(),
+            dlq_suffix: ".dlq".into(),
+            commit_interval: Duration::from_millis(10),
+            shutdown_timeout: Duration::from_secs(30),
+            start: StartFrom::Earliest,
+        }
+    }
+}
+
+/// Builds a [`Worker`].
+///
+/// ```no_run
+/// # async fn demo(backend: std::sync::Arc<dyn conveyor_core::Backend>) -> conveyor_core::Result<()> {
+/// use conveyor_runtime::{JobError, Worker};
+/// #[derive(serde::Deserialize)]
+/// struct Email { to: String }
+///
+/// let worker = Worker::builder(backend, "mailers", ["emails"])
+///     .concurrency(16)
+///     .job("email.send", |email: Email, _job| async move {
+///         if email.to.is_empty() {
+///             return Err(JobError::fail("no recipient"));
+///         }
+///         Ok(())
+///     })
+///     .build();
+/// worker.run(tokio::signal::ctrl_c().map(|_| ())).await?;
+/// # Ok(()) }
+/// # use futures::FutureExt;
+/// ```
+pub struct WorkerBuilder {
+    backend: Arc<dyn Backend>,
+    options: WorkerOptions,
+    handlers: HashMap<String, Arc<dyn Handler>>,
+    fallback: Option<Arc<dyn Handler>>,
+}
+
+impl std::fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerBuilder").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl WorkerBuilder {
+    /// Replaces all options.
+    pub fn options(mut self, options: WorkerOptions) -> Self {
+        self.options = options;
+        self
+    }
+    /// Sets the concurrency limit.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.options.concurrency = n.max(1);
+        self
+    }
+    /// Sets the buffered-record limit.
+    pub fn max_buffered(mut self, n: usize) -> Self {
+        self.options.max_buffered = n.max(1);
+        self
+    }
+    /// Sets the default retry policy.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.options.retry = policy;
+        self
+    }
+    /// Sets the retry policy of one job type.
+    pub fn retry_for(mut self, job_type: impl Into<String>, policy: RetryPolicy) -> Self {
+        self.options.retry_by_type.insert(job_type.into(), policy);
+        self
+    }
+    /// Sets the commit interval.
+    pub fn commit_interval(mut self, d: Duration) -> Self {
+        self.options.commit_interval = d;
+        self
+    }
+    /// Sets the shutdown timeout.
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.options.shutdown_timeout = d;
+        self
+    }
+    /// Registers a handler for a job type.
+    pub fn handler(mut self, job_type: impl Into<String>, h: impl Handler) -> Self {
+        self.handlers.insert(job_type.into(), Arc::new(h));
+        self
+    }
+    /// Registers a typed handler: the JSON payload is decoded into `T` first.
+    pub fn job<T, F, Fut, O>(self, job_type: impl Into<String>, f: F) -> Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        F: Fn(T, Job) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = O> + Send + 'static,
+        O: IntoOutcome,
+    {
+        self.handler(job_type, json_handler(f))
+    }
+    /// Registers the handler for job types without their own (e.g. a webhook for a whole topic).
+    pub fn fallback(mut self, h: impl Handler) -> Self {
+        self.fallback = Some(Arc::new(h));
+        self
+    }
+    /// Builds the worker.
+    pub fn build(self) -> Worker {
+        Worker {
+            shared: Arc::new(Shared {
+                backend: self.backend,
+                options: self.options,
+                handlers: self.handlers,
+                fallback: self.fallback,
+                stats: Arc::new(WorkerStats::default()),
+            }),
+        }
+    }
+}
+
+struct Shared {
+    backend: Arc<dyn Backend>,
+    options: WorkerOptions,
+    handlers: HashMap<String, Arc<dyn Handler>>,
+    fallback: Option<Arc<dyn Handler>>,
+    stats: Arc<WorkerStats>,
+}
+
+impl Shared {
+    fn policy(&self, job_type: &str) -> &RetryPolicy {
+        self.options.retry_by_type.get(job_type).unwrap_or(&self.options.retry)
+    }
+}
+
+/// A worker; see the [module docs](self).
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("options", &self.shared.options).finish_non_exhaustive()
+    }
+}
+
+type LaneKey = (String, Bytes);
+
+struct Task {
+    record: ConsumedRecord,
+    attempt: u32,
+    epoch: u64,
+    lane: Option<LaneKey>,
+}
+
+enum TaskResult {
+    /// Done or dead-lettered: the offset may be committed.
+    Finished,
+    /// Failed; run again after the delay.
+    Retry(Duration),
+}
+
+impl Worker {
+    /// Starts building a worker for `group` on `topics`.
+    pub fn builder(
+        backend: Arc<dyn Backend>,
+        group: impl Into<String>,
+        topics: impl IntoIterator<Item = impl Into<String>>,
+    ) -> WorkerBuilder {
+        WorkerBuilder {
+            backend,
+            options: WorkerOptions::new(group, topics),
+            handlers: HashMap::new(),
+            fallback: None,
+        }
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        Arc::clone(&self.shared.stats)
+    }
+
+    /// Runs until `shutdown` completes, then drains (see the module docs) and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let s = &self.shared;
+        if s.options.topics.is_empty() {
+            return Err(Error::InvalidArgument("a worker needs at least one topic".into()));
+        }
+        for t in &s.options.topics {
+            let info = s.backend.describe_topic(t).await?.ok_or_else(|| Error::UnknownTopic(t.clone()))?;
+            let mut spec = TopicSpec::new(dead_letter_topic(t, &s.options.dlq_suffix), info.partition_count());
+            spec.retention_ms = Some(30 * 24 * 3600 * 1000);
+            match s.backend.create_topic(&spec).await {
+                Ok(_) | Err(Error::TopicConflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let sub = s
+            .backend
+            .subscribe(SubscribeOptions {
+                group: s.options.group.clone(),
+                topics: s.options.topics.clone(),
+                start: s.options.start,
+            })
+            .await?;
+        let mut sched = Scheduler {
+            shared: Arc::clone(&self.shared),
+            sub,
+            tracks: HashMap::new(),
+            lanes: KeyLanes::default(),
+            ready: VecDeque::new(),
+            running: JoinSet::new(),
+            timers: JoinSet::new(),
+            buffered: 0,
+            epoch: 0,
+            dirty: false,
+            last_commit: Instant::now(),
+        };
+        tracing::info!(group = %s.options.group, topics = ?s.options.topics, "worker started");
+        sched.run(shutdown).await
+    }
+}
+
+struct Scheduler {
+    shared: Arc<Shared>,
+    sub: Box<dyn Subscription>,
+    tracks: HashMap<TopicPartition, (u64, OffsetTracker)>,
+    lanes: KeyLanes<LaneKey, Task>,
+    ready: VecDeque<Task>,
+    running: JoinSet<(Task, TaskResult)>,
+    timers: JoinSet<Task>,
+    buffered: usize,
+    epoch: u64,
+    dirty: bool,
+    last_commit: Instant,
+}
+
+impl Scheduler {
+    async fn run(&mut self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let opts = self.shared.options.clone();
+        tokio::pin!(shutdown);
+        loop {
+            self.dispatch();
+            if self.dirty && self.last_commit.elapsed() >= opts.commit_interval {
+                self.commit().await;
+            }
+            let room = opts.max_buffered.saturating_sub(self.buffered);
+            let commit_in = opts.commit_interval.saturating_sub(self.last_commit.elapsed());
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(done) = self.running.join_next(), if !self.running.is_empty() => {
+                    self.on_task_done(done);
+                    while let Some(done) = self.running.try_join_next() {
+                        self.on_task_done(done);
+                    }
+                }
+                Some(due) = self.timers.join_next(), if !self.timers.is_empty() => {
+                    if let Ok(task) = due {
+                        self.ready.push_back(task);
+                    }
+                }
+                polled = self.sub.poll(room.min(512), Duration::from_millis(500)), if room > 0 => {
+                    match polled {
+                        Ok(p) => self.on_poll(p).await,
+                        Err(e) => {
+                            tracing::error!(error = %e, "poll failed; retrying in 1 s");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+                () = tokio::time::sleep(commit_in), if self.dirty => {}
+            }
+        }
+        self.drain(opts.shutdown_timeout).await;
+        Ok(())
+    }
+
+    fn is_current(&self, task: &Task) -> bool {
+        let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
+        self.tracks.get(&tp).is_some_and(|(e, _)| *e == task.epoch)
+    }
+
+    fn dispatch(&mut self) {
+        while self.running.len() < self.shared.options.concurrency {
+            let Some(task) = self.ready.pop_front() else { return };
+            if !self.is_current(&task) {
+                // Its partition was revoked: let the next job of its key through (it is stale too).
+                if let Some(next) = self.lanes.release(task.lane.as_ref()) {
+                    self.ready.push_back(next);
+                }
+                continue;
+            }
+            let shared = Arc::clone(&self.shared);
+            self.running.spawn(async move {
+                let result = run_attempt(&shared, &task).await;
+                (task, result)
+            });
+        }
+    }
+
+    fn on_task_done(&mut self, done: std::result::Result<(Task, TaskResult), tokio::task::JoinError>) {
+        let (task, result) = match done {
+            Ok(v) => v,
+            Err(e) => {
+                // Only the dead-letter path runs outside catch_unwind; an abort happens at shutdown.
+                tracing::error!(error = %e, "job task ended abnormally; its offset stays uncommitted");
+                return;
+            }
+        };
+        match result {
+            TaskResult::Retry(delay) if self.is_current(&task) => {
+                self.timers.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    Task { attempt: task.attempt + 1, ..task }
+                });
+            }
+            TaskResult::Retry(_) | TaskResult::Finished => {
+                let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
+                if let Some((epoch, track)) = self.tracks.get_mut(&tp) {
+                    if *epoch == task.epoch {
+                        track.finished(task.record.offset);
+                        self.buffered -= 1;
+                        self.dirty = true;
+                    }
+                }
+                if let Some(next) = self.lanes.release(task.lane.as_ref()) {
+                    self.ready.push_back(next);
+                }
+            }
+        }
+    }
+
+    async fn on_poll(&mut self, poll: Poll) {
+        match poll {
+            Poll::Idle => {}
+            Poll::Records(records) => {
+                for record in records {
+                    let tp = TopicPartition::new(record.topic.clone(), record.partition);
+                    let epoch = self.epoch;
+                    let (epoch, track) = self.tracks.entry(tp).or_insert_with(|| (epoch, OffsetTracker::default()));
+                    track.fetched(record.offset);
+                    self.buffered += 1;
+                    let lane = record.key.clone().map(|k| (record.topic.clone(), k));
+                    let task = Task { record, attempt: 1, epoch: *epoch, lane };
+                    if let Some(task) = self.lanes.admit(task.lane.clone().as_ref(), task) {
+                        self.ready.push_back(task);
+                    }
+                }
+            }
+            Poll::Rebalance { revoked, assigned } => {
+                tracing::info!(?revoked, ?assigned, group = %self.shared.options.group, "rebalance");
+                if !revoked.is_empty() {
+                    self.commit().await;
+                }
+                for tp in &revoked {
+                    if let Some((_, track)) = self.tracks.remove(tp) {
+                        self.buffered -= track.in_flight();
+                    }
+                }
+                for tp in assigned {
+                    self.epoch += 1;
+                    self.tracks.insert(tp, (self.epoch, OffsetTracker::default()));
+                }
+            }
+        }
+    }
+
+    async fn commit(&mut self) {
+        let offsets: Vec<CommitOffset> = self
+            .tracks
+            .iter()
+            .filter_map(|(tp, (_, t))| t.commit_point().map(|o| CommitOffset { tp: tp.clone(), next_offset: o }))
+            .collect();
+        self.last_commit = Instant::now();
+        if offsets.is_empty() {
+            self.dirty = false;
+            return;
+        }
+        match self.sub.commit(&offsets).await {
+            Ok(()) => {
+                for c in offsets {
+                    if let Some((_, t)) = self.tracks.get_mut(&c.tp) {
+                        t.committed(c.next_offset);
+                    }
+                }
+                self.dirty = false;
+            }
+            Err(e) => tracing::warn!(error = %e, "commit failed; will retry"),
+        }
+    }
+
+    async fn drain(&mut self, timeout: Duration) {
+        let waiting = self.ready.len() + self.lanes.waiting() + self.timers.len();
+        tracing::info!(running = self.running.len(), handed_back = waiting, "worker stopping");
+        self.timers.abort_all();
+        self.ready.clear();
+        let deadline = Instant::now() + timeout;
+        while !self.running.is_empty() {
+            match tokio::time::timeout_at(deadline, self.running.join_next()).await {
+                Ok(Some(Ok((task, TaskResult::Finished)))) => {
+                    let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
+                    if let Some((epoch, track)) = self.tracks.get_mut(&tp) {
+                        if *epoch == task.epoch {
+                            track.finished(task.record.offset);
+                        }
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(abandoned = self.running.len(), "shutdown timeout: abandoning running jobs; they will be redelivered");
+                    self.running.abort_all();
+                    break;
+                }
+            }
+        }
+        self.commit().await;
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into())
+}
+
+/// Runs one attempt and applies the retry policy; dead-letters what must not run again.
+async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
+    let job = Job::new(task.record.clone(), task.attempt);
+    let job_type = job.job_type().to_owned();
+    shared.stats.started.fetch_add(1, Ordering::Relaxed);
+    let handler = shared.handlers.get(&job_type).or(shared.fallback.as_ref()).cloned();
+    let outcome = match handler {
+        None => Outcome::fail(format!("no handler registered for job type `{job_type}`")),
+        Some(h) => AssertUnwindSafe(h.handle(job)).catch_unwind().await.unwrap_or_else(|p| {
+            shared.stats.panicked.fetch_add(1, Ordering::Relaxed);
+            Outcome::retry(format!("handler panicked: {}", panic_message(&*p)))
+        }),
+    };
+    let policy = shared.policy(&job_type);
+    let r = &task.record;
+    let (reason, error) = match outcome {
+        Outcome::Done => {
+            shared.stats.done.fetch_add(1, Ordering::Relaxed);
+            return TaskResult::Finished;
+        }
+        Outcome::Retry { error } | Outcome::RetryAfter { error, .. } if !policy.should_retry(task.attempt) => {
+            (DeadLetterReason::Exhausted, error)
+        }
+        Outcome::Retry { error } => {
+            tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, job_type, attempt = task.attempt, %error, "job failed; will retry");
+            shared.stats.retried.fetch_add(1, Ordering::Relaxed);
+            return TaskResult::Retry(policy.delay(task.attempt));
+        }
+        Outcome::RetryAfter { delay, error } => {
+            tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, job_type, attempt = task.attempt, %error, ?delay, "job failed; will retry");
+            shared.stats.retried.fetch_add(1, Ordering::Relaxed);
+            return TaskResult::Retry(delay.min(Duration::from_millis(policy.max_delay_ms)));
+        }
+        Outcome::Fail { error } => (DeadLetterReason::Failed, error),
+    };
+    let dlq = dead_letter_topic(&r.topic, &shared.options.dlq_suffix);
+    let record = dead_letter_record(r, &shared.options.group, task.attempt, reason, &error);
+    tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, job_type, attempt = task.attempt, %error, dlq, reason = reason.as_str(), "job dead-lettered");
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match shared.backend.publish(&dlq, vec![record.clone()]).await {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::error!(error = %e, dlq, "cannot write to the dead-letter topic; retrying (the job stays uncommitted)");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    TaskResult::Finished
+}
