@@ -89,11 +89,12 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn describe_topic(&self, topic: &str) -> Result<Option<TopicInfo>> {
+        self.store.ensure_open()?;
         Ok(self.store.topic(topic).map(|t| t.info()))
     }
 
     async fn list_topics(&self) -> Result<Vec<TopicInfo>> {
-        Ok(self.store.list())
+        self.store.list()
     }
 
     async fn publish(&self, topic: &str, records: Vec<Record>) -> Result<Vec<Position>> {
@@ -101,6 +102,7 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
+        self.store.ensure_open()?;
         let mut topics = Vec::new();
         for t in &options.topics {
             let log = self.store.topic_or_err(t)?;
@@ -125,6 +127,7 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn fetch(&self, topic: &str, partition: i32, offset: i64, max: usize) -> Result<Vec<ConsumedRecord>> {
+        self.store.ensure_open()?;
         let log = self.store.topic_or_err(topic)?;
         self.store.read(&log, partition, offset, max)
     }

@@ -200,8 +200,17 @@ impl Store {
         self.topic(name).ok_or_else(|| Error::UnknownTopic(name.to_owned()))
     }
 
-    pub(crate) fn list(&self) -> Vec<TopicInfo> {
-        self.topics.read().expect("topics lock").values().map(|t| t.info()).collect()
+    pub(crate) fn list(&self) -> Result<Vec<TopicInfo>> {
+        self.ensure_open()?;
+        Ok(self.topics.read().expect("topics lock").values().map(|t| t.info()).collect())
+    }
+
+    /// `Err(Closed)` once [`Store::shutdown`] ran.
+    pub(crate) fn ensure_open(&self) -> Result<()> {
+        match self.ops.lock().expect("ops lock").is_some() {
+            true => Ok(()),
+            false => Err(Error::Closed),
+        }
     }
 
     fn send(&self, op: WriteOp) -> Result<()> {

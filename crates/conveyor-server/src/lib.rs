@@ -1,1 +1,16 @@
-//! stub
+//! conveyor-server: the HTTP API, the configuration and the `conveyor dev` assembly.
+//!
+//! # Layout
+//! - [`config`]: [`Config`], loaded from `conveyor.toml` and `CONVEYOR_*` variables, validated.
+//! - [`error`]: [`ApiError`], every HTTP error with its stable code.
+//! - [`api`]: [`app`], the axum router (enqueue, topics, records, health, OpenAPI).
+//! - [`dev`]: [`dev::run`], the embedded backend, the webhook routes and the API in one process.
+
+pub mod api;
+pub mod config;
+pub mod dev;
+pub mod error;
+
+pub use api::{app, AppState};
+pub use config::{Config, ConfigError};
+pub use error::ApiError;

@@ -1,0 +1,352 @@
+//! The HTTP API. [`app`] builds the router from an [`AppState`], so tests call it without a socket.
+//!
+//! | route | purpose |
+//! |---|---|
+//! | `POST /v1/topics/{topic}/jobs` | enqueue one job |
+//! | `POST /v1/topics/{topic}/jobs/batch` | enqueue up to `api.max_batch` jobs atomically |
+//! | `GET /v1/topics`, `POST /v1/topics`, `GET /v1/topics/{topic}` | list, create, describe topics |
+//! | `GET /v1/topics/{topic}/records?partition=&offset=&limit=` | read records (for `conveyor tail`) |
+//! | `GET /v1/groups/{group}/lag?topic=` | committed offsets and lag per partition |
+//! | `GET /healthz`, `GET /readyz` | liveness, readiness (the backend answers) |
+//! | `GET /openapi.json` | the OpenAPI 3.1 document |
+//!
+//! A `201` means the job is durably stored (see the backend contract).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use bytes::Bytes;
+use conveyor_core::{headers, Backend, TopicInfo, TopicSpec};
+use conveyor_runtime::{Client, Enqueued, NewJob};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+
+/// The OpenAPI document served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The backend.
+    pub backend: Arc<dyn Backend>,
+    /// The client enqueueing jobs (producer name `conveyor-api`).
+    pub client: Client,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Most jobs per batch.
+    pub max_batch: usize,
+}
+
+impl AppState {
+    /// State with the default limits (1 MiB bodies, 1000 jobs per batch).
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        AppState {
+            client: Client::new(Arc::clone(&backend)).with_producer("conveyor-api"),
+            backend,
+            max_body_bytes: 1024 * 1024,
+            max_batch: 1000,
+        }
+    }
+}
+
+/// The router.
+pub fn app(state: AppState) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route("/v1/topics/{topic}/jobs", post(enqueue))
+        .route("/v1/topics/{topic}/jobs/batch", post(enqueue_batch))
+        .route("/v1/topics", get(list_topics).post(create_topic))
+        .route("/v1/topics/{topic}", get(describe_topic))
+        .route("/v1/topics/{topic}/records", get(read_records))
+        .route("/v1/groups/{group}/lag", get(group_lag))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(ready))
+        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .fallback(not_found)
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("{method} {}", uri.path()))
+}
+
+/// A JSON body: 415 unless `application/json`, 413 beyond the limit, 400 when not JSON, 422 when
+/// JSON of the wrong shape.
+struct JsonBody<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if !(mime == "application/json" || mime.ends_with("+json")) {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "Content-Type must be application/json, got `{ct}`; to enqueue other payloads, send them as `payload_base64` with a `content_type`"
+            )));
+        }
+        let body = Bytes::from_request(req, state).await.map_err(|e: BytesRejection| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(format!("the request body exceeds the limit ({e}); split it or raise api.max_body_bytes"))
+            } else {
+                ApiError::MalformedJson(format!("cannot read the body: {e}"))
+            }
+        })?;
+        serde_json::from_slice(&body).map(JsonBody).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => ApiError::invalid(field_of(&e), e.to_string()),
+            _ => ApiError::MalformedJson(format!("the body is not valid JSON: {e}")),
+        })
+    }
+}
+
+/// Best effort: the field serde complained about (`missing field `type``, `unknown field `x``).
+fn field_of(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    msg.split('`').nth(1).filter(|_| msg.contains("field")).unwrap_or("").to_owned()
+}
+
+/// One job in a request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobRequest {
+    /// The job type.
+    #[serde(rename = "type")]
+    job_type: String,
+    /// A JSON payload.
+    #[serde(default)]
+    payload: Option<Value>,
+    /// A binary payload, base64 (standard alphabet).
+    #[serde(default)]
+    payload_base64: Option<String>,
+    /// The binary payload's MIME type (with `payload_base64`).
+    #[serde(default)]
+    content_type: Option<String>,
+    /// The key.
+    #[serde(default)]
+    key: Option<String>,
+    /// Extra headers.
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+const RESERVED: &[&str] = &[
+    headers::MESSAGE_ID,
+    headers::JOB_TYPE,
+    headers::ATTEMPT,
+    headers::PRODUCED_AT,
+    headers::PRODUCER,
+    headers::CONTENT_TYPE,
+];
+
+impl JobRequest {
+    fn into_job(self, at: &str) -> Result<NewJob, ApiError> {
+        let field = |f: &str| format!("{at}{f}");
+        if self.job_type.trim().is_empty() || self.job_type.len() > 255 {
+            return Err(ApiError::invalid(field("type"), "`type` must be 1 to 255 characters"));
+        }
+        let (payload, content_type) = match (self.payload, self.payload_base64) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid(field("payload"), "give `payload` or `payload_base64`, not both"))
+            }
+            (None, None) => return Err(ApiError::invalid(field("payload"), "missing `payload` (JSON) or `payload_base64`")),
+            (Some(v), None) => {
+                if self.content_type.is_some() {
+                    return Err(ApiError::invalid(field("content_type"), "`content_type` goes with `payload_base64`; `payload` is JSON"));
+                }
+                (Bytes::from(serde_json::to_vec(&v).expect("a Value serializes")), None)
+            }
+            (None, Some(b64)) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64.as_bytes())
+                    .map_err(|e| ApiError::invalid(field("payload_base64"), format!("not valid base64: {e}")))?;
+                let ct = self.content_type.unwrap_or_else(|| "application/octet-stream".into());
+                (Bytes::from(bytes), Some(ct))
+            }
+        };
+        let mut job = NewJob::raw(self.job_type, payload, content_type);
+        if let Some(k) = self.key {
+            job = job.with_key(k);
+        }
+        for (name, value) in self.headers {
+            if RESERVED.contains(&name.as_str()) || name.starts_with("dlq_") || name.is_empty() {
+                return Err(ApiError::invalid(
+                    field(&format!("headers.{name}")),
+                    format!("header `{name}` is reserved for conveyor's metadata"),
+                ));
+            }
+            job = job.with_header(name, value);
+        }
+        Ok(job)
+    }
+}
+
+async fn enqueue(
+    State(s): State<AppState>,
+    Path(topic): Path<String>,
+    JsonBody(req): JsonBody<JobRequest>,
+) -> Result<(StatusCode, Json<Enqueued>), ApiError> {
+    let job = req.into_job("")?;
+    let at = s.client.enqueue(&topic, job).await?;
+    Ok((StatusCode::CREATED, Json(at)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    jobs: Vec<JobRequest>,
+}
+
+async fn enqueue_batch(
+    State(s): State<AppState>,
+    Path(topic): Path<String>,
+    JsonBody(req): JsonBody<BatchRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if req.jobs.is_empty() || req.jobs.len() > s.max_batch {
+        return Err(ApiError::invalid("jobs", format!("a batch holds 1 to {} jobs, got {}", s.max_batch, req.jobs.len())));
+    }
+    let jobs = req
+        .jobs
+        .into_iter()
+        .enumerate()
+        .map(|(i, j)| j.into_job(&format!("jobs[{i}].")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let at = s.client.enqueue_batch(&topic, jobs).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "jobs": at }))))
+}
+
+async fn list_topics(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "topics": s.backend.list_topics().await? })))
+}
+
+async fn describe_topic(State(s): State<AppState>, Path(topic): Path<String>) -> Result<Json<TopicInfo>, ApiError> {
+    s.backend
+        .describe_topic(&topic)
+        .await?
+        .map(Json)
+        .ok_or_else(|| conveyor_core::Error::UnknownTopic(topic).into())
+}
+
+async fn create_topic(
+    State(s): State<AppState>,
+    JsonBody(spec): JsonBody<TopicSpec>,
+) -> Result<(StatusCode, Json<TopicInfo>), ApiError> {
+    spec.validate()?;
+    Ok((StatusCode::CREATED, Json(s.backend.create_topic(&spec).await?)))
+}
+
+#[derive(Debug, Deserialize)]
+struct RecordsQuery {
+    #[serde(default)]
+    partition: i32,
+    #[serde(default)]
+    offset: Option<i64>,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+/// A record as JSON: `value` when it is JSON, `value_base64` otherwise.
+#[derive(Debug, Serialize)]
+struct RecordView {
+    partition: i32,
+    offset: i64,
+    timestamp: i64,
+    key: Option<String>,
+    headers: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_base64: Option<String>,
+}
+
+async fn read_records(
+    State(s): State<AppState>,
+    Path(topic): Path<String>,
+    query: Result<Query<RecordsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    let info = s
+        .backend
+        .describe_topic(&topic)
+        .await?
+        .ok_or_else(|| ApiError::from(conveyor_core::Error::UnknownTopic(topic.clone())))?;
+    let part = info
+        .partitions
+        .get(q.partition as usize)
+        .ok_or_else(|| ApiError::invalid("partition", format!("topic `{topic}` has {} partitions", info.partitions.len())))?;
+    let offset = q.offset.unwrap_or(part.low);
+    let records = s.backend.fetch(&topic, q.partition, offset, q.limit.min(1000)).await?;
+    let next = records.last().map_or(offset.max(part.low), |r| r.offset + 1);
+    let views: Vec<RecordView> = records
+        .into_iter()
+        .map(|r| {
+            let json: Option<Value> = serde_json::from_slice(&r.value).ok();
+            RecordView {
+                partition: r.partition,
+                offset: r.offset,
+                timestamp: r.timestamp,
+                key: r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+                headers: r.headers.iter().map(|(k, v)| (k.to_owned(), String::from_utf8_lossy(v).into_owned())).collect(),
+                value_base64: json.is_none().then(|| base64::engine::general_purpose::STANDARD.encode(&r.value)),
+                value: json,
+            }
+        })
+        .collect();
+    Ok(Json(json!({ "records": views, "next_offset": next, "high_watermark": part.high })))
+}
+
+#[derive(Debug, Deserialize)]
+struct LagQuery {
+    topic: String,
+}
+
+async fn group_lag(
+    State(s): State<AppState>,
+    Path(group): Path<String>,
+    Query(q): Query<LagQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let info = s
+        .backend
+        .describe_topic(&q.topic)
+        .await?
+        .ok_or_else(|| ApiError::from(conveyor_core::Error::UnknownTopic(q.topic.clone())))?;
+    let committed = s.backend.committed_offsets(&group, &q.topic).await?;
+    let partitions: Vec<Value> = info
+        .partitions
+        .iter()
+        .zip(committed)
+        .map(|(p, (_, c))| {
+            let lag = p.high - c.unwrap_or(p.low).max(p.low);
+            json!({ "partition": p.partition, "committed": c, "high_watermark": p.high, "lag": lag })
+        })
+        .collect();
+    let total: i64 = partitions.iter().map(|p| p["lag"].as_i64().unwrap_or(0)).sum();
+    Ok(Json(json!({ "group": group, "topic": q.topic, "lag": total, "partitions": partitions })))
+}
+
+async fn ready(State(s): State<AppState>) -> Response {
+    match s.backend.list_topics().await {
+        Ok(_) => Json(json!({"status": "ready", "backend": s.backend.name()})).into_response(),
+        Err(e) => ApiError::BackendUnavailable(format!("the backend does not answer: {e}")).into_response(),
+    }
+}

@@ -1,0 +1,370 @@
+//! Configuration: `conveyor.toml`, overridden by `CONVEYOR_*` environment variables, validated in
+//! one place. Nothing downstream reads the environment.
+//!
+//! Environment overrides use the `CONVEYOR_` prefix and join nested keys with `__`:
+//! `CONVEYOR_API__LISTEN=127.0.0.1:9000` sets `[api] listen`. Every default is stated on its field
+//! and in the README's configuration reference.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use conveyor_core::{RetryPolicy, TopicSpec};
+use conveyor_embedded::{Durability, EmbeddedConfig};
+use figment::providers::{Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// A configuration error; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file or an environment variable could not be parsed into the settings.
+    #[error("configuration: {0}")]
+    Parse(String),
+    /// A value parsed but is not acceptable.
+    #[error("configuration: `{key}`: {message}")]
+    Invalid {
+        /// The key, e.g. `routes[0].url`.
+        key: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Folder for conveyor's data (the embedded log lives in `<data_dir>/log`). Default: `.conveyor`.
+    pub data_dir: PathBuf,
+    /// The backend: only `embedded` today. Default: `embedded`.
+    pub backend: String,
+    /// The HTTP API.
+    pub api: ApiConfig,
+    /// The embedded backend.
+    pub embedded: EmbeddedSettings,
+    /// Retry policy for routes without their own. Default: 5 attempts, 1 s doubling to 5 min.
+    pub retry: RetryPolicy,
+    /// Topics created at start (kept when they exist).
+    pub topics: Vec<TopicSpec>,
+    /// Webhook routes: each delivers a topic's jobs to a URL.
+    pub routes: Vec<RouteConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from(".conveyor"),
+            backend: "embedded".into(),
+            api: ApiConfig::default(),
+            embedded: EmbeddedSettings::default(),
+            retry: RetryPolicy::default(),
+            topics: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// `[api]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address to listen on. Default: `127.0.0.1:8080`.
+    pub listen: String,
+    /// Largest request body, in bytes. Default: 1048576 (1 MiB).
+    pub max_body_bytes: usize,
+    /// Most jobs in one batch request. Default: 1000.
+    pub max_batch: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { listen: "127.0.0.1:8080".into(), max_body_bytes: 1024 * 1024, max_batch: 1000 }
+    }
+}
+
+/// `[embedded]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddedSettings {
+    /// `fsync` (default: each group commit is fsynced) or `os` (written to the OS: survives a
+    /// process crash, not a power loss).
+    pub durability: Durability,
+    /// Largest record, in bytes. Default: 1048576.
+    pub max_record_bytes: usize,
+    /// Seconds between retention runs. Default: 60.
+    pub retention_interval_secs: u64,
+}
+
+impl Default for EmbeddedSettings {
+    fn default() -> Self {
+        EmbeddedSettings { durability: Durability::Fsync, max_record_bytes: 1024 * 1024, retention_interval_secs: 60 }
+    }
+}
+
+/// `[[routes]]`: deliver every job of `topic` to `url`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The topic (created with defaults when not in `[[topics]]`).
+    pub topic: String,
+    /// The endpoint, `http://` or `https://`.
+    pub url: String,
+    /// Consumer group. Default: `webhook.<topic>`.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Requests in flight at once. Default: 16.
+    #[serde(default = "default_route_concurrency")]
+    pub concurrency: usize,
+    /// Request timeout in milliseconds. Default: 10000.
+    #[serde(default = "default_route_timeout")]
+    pub timeout_ms: u64,
+    /// Records fetched but unfinished before fetching pauses. Default: 256.
+    #[serde(default = "default_route_buffer")]
+    pub max_buffered: usize,
+    /// This route's retry policy. Default: the top-level `[retry]`.
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+}
+
+fn default_route_concurrency() -> usize {
+    16
+}
+fn default_route_timeout() -> u64 {
+    10_000
+}
+fn default_route_buffer() -> usize {
+    256
+}
+
+impl RouteConfig {
+    /// The route's consumer group.
+    pub fn group(&self) -> String {
+        self.group.clone().unwrap_or_else(|| format!("webhook.{}", self.topic))
+    }
+
+    /// The request timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// Environment variables with the prefix that are not configuration keys.
+const NOT_CONFIG: &[&str] = &["config", "log", "test_brokers"];
+
+impl Config {
+    /// Loads `path` (when given; a missing file is an error) or `./conveyor.toml` (when it exists),
+    /// then applies `CONVEYOR_*` variables from `env`, then validates.
+    pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let mut fig = Figment::new();
+        match path {
+            Some(p) if !p.exists() => {
+                return Err(ConfigError::Invalid {
+                    key: "--config".into(),
+                    message: format!("{} does not exist", p.display()),
+                })
+            }
+            Some(p) => fig = fig.merge(Toml::file(p)),
+            None if Path::new("conveyor.toml").exists() => fig = fig.merge(Toml::file("conveyor.toml")),
+            None => {}
+        }
+        let fig = fig.merge(EnvList { vars: env.to_vec() });
+        let config: Config = fig.extract().map_err(|e| ConfigError::Parse(format_figment(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| Err(ConfigError::Invalid { key, message });
+        if self.backend != "embedded" {
+            return invalid(
+                "backend".into(),
+                format!("unknown backend `{}`: this build supports `embedded`", self.backend),
+            );
+        }
+        if self.api.listen.parse::<SocketAddr>().is_err() {
+            return invalid("api.listen".into(), format!("`{}` is not an address like 127.0.0.1:8080", self.api.listen));
+        }
+        if self.api.max_body_bytes < 1024 {
+            return invalid("api.max_body_bytes".into(), "must be at least 1024".into());
+        }
+        if self.api.max_batch == 0 {
+            return invalid("api.max_batch".into(), "must be at least 1".into());
+        }
+        if let Err(m) = self.retry.validate() {
+            return invalid("retry".into(), m);
+        }
+        for (i, t) in self.topics.iter().enumerate() {
+            if let Err(e) = t.validate() {
+                return invalid(format!("topics[{i}]"), e.to_string());
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if let Err(e) = conveyor_core::topic::validate_name(&r.topic) {
+                return invalid(format!("routes[{i}].topic"), e.to_string());
+            }
+            if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
+                return invalid(format!("routes[{i}].url"), format!("`{}` must start with http:// or https://", r.url));
+            }
+            if r.concurrency == 0 {
+                return invalid(format!("routes[{i}].concurrency"), "must be at least 1".into());
+            }
+            if r.timeout_ms == 0 {
+                return invalid(format!("routes[{i}].timeout_ms"), "must be at least 1".into());
+            }
+            if let Some(Err(m)) = r.retry.as_ref().map(RetryPolicy::validate) {
+                return invalid(format!("routes[{i}].retry"), m);
+            }
+        }
+        Ok(())
+    }
+
+    /// The embedded backend's settings.
+    pub fn embedded_config(&self) -> EmbeddedConfig {
+        let mut c = EmbeddedConfig::new(self.data_dir.join("log"));
+        c.durability = self.embedded.durability;
+        c.max_record_bytes = self.embedded.max_record_bytes;
+        c.retention_interval = Duration::from_secs(self.embedded.retention_interval_secs.max(1));
+        c
+    }
+
+    /// Every topic to create at start: `[[topics]]`, then routes' topics not declared there.
+    pub fn all_topics(&self) -> Vec<TopicSpec> {
+        let mut out = self.topics.clone();
+        for r in &self.routes {
+            if !out.iter().any(|t| t.name == r.topic) {
+                out.push(TopicSpec::new(r.topic.clone(), TopicSpec::DEFAULT_PARTITIONS));
+            }
+        }
+        out
+    }
+}
+
+fn format_figment(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+            if key.is_empty() {
+                format!("{} ({source})", e.kind)
+            } else {
+                format!("`{key}`: {} ({source})", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A figment provider reading `CONVEYOR_*` pairs from a given list (the binary passes the process
+/// environment), so tests never touch global state.
+struct EnvList {
+    vars: Vec<(String, String)>,
+}
+
+impl figment::Provider for EnvList {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment variable(s)")
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut dict = figment::value::Dict::new();
+        for (k, v) in &self.vars {
+            let Some(rest) = k.strip_prefix("CONVEYOR_") else { continue };
+            let key = rest.to_ascii_lowercase();
+            if NOT_CONFIG.contains(&key.as_str()) {
+                continue;
+            }
+            let path: Vec<&str> = key.split("__").collect();
+            let value: figment::value::Value = v.parse().expect("figment values parse from any string");
+            let mut nested = value;
+            for seg in path.iter().skip(1).rev() {
+                let mut d = figment::value::Dict::new();
+                d.insert((*seg).to_owned(), nested);
+                nested = d.into();
+            }
+            merge_into(&mut dict, path[0], nested);
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+fn merge_into(dict: &mut figment::value::Dict, key: &str, value: figment::value::Value) {
+    use figment::value::Value;
+    match (dict.get_mut(key), value) {
+        (Some(Value::Dict(_, existing)), Value::Dict(_, new)) => {
+            for (k, v) in new {
+                merge_into(existing, &k, v);
+            }
+        }
+        (_, value) => {
+            dict.insert(key.to_owned(), value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(toml: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("conveyor.toml");
+        std::fs::write(&p, toml).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn file_then_environment_with_nested_keys() {
+        let (_d, p) = write(
+            r#"
+            data_dir = "/tmp/x"
+            [api]
+            listen = "127.0.0.1:9000"
+            [[routes]]
+            topic = "emails"
+            url = "http://127.0.0.1:9999/hook"
+            "#,
+        );
+        let env = vec![
+            ("CONVEYOR_API__LISTEN".to_owned(), "127.0.0.1:9100".to_owned()),
+            ("CONVEYOR_RETRY__MAX_ATTEMPTS".to_owned(), "7".to_owned()),
+            ("CONVEYOR_TEST_BROKERS".to_owned(), "ignored:9092".to_owned()),
+            ("OTHER".to_owned(), "x".to_owned()),
+        ];
+        let c = Config::load(Some(&p), &env).unwrap();
+        assert_eq!(c.api.listen, "127.0.0.1:9100");
+        assert_eq!(c.retry.max_attempts, 7);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.routes[0].group(), "webhook.emails");
+        assert_eq!(c.routes[0].concurrency, 16);
+        assert_eq!(c.all_topics()[0].name, "emails");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let (_d, p) = write("[api]\nlisten = 5\n");
+        let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("`api.listen`"), "{e}");
+
+        let (_d, p) = write("[[routes]]\ntopic = \"t\"\nurl = \"ftp://x\"\n");
+        let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("`routes[0].url`"), "{e}");
+
+        let (_d, p) = write("[api]\nlisten = \"nowhere\"\n");
+        let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("`api.listen`"), "{e}");
+
+        let (_d, p) = write("typo_key = 1\n");
+        let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("typo_key"), "{e}");
+
+        let env = vec![("CONVEYOR_RETRY__MAX_ATTEMPTS".to_owned(), "0".to_owned())];
+        let e = Config::load(None, &env).unwrap_err().to_string();
+        assert!(e.contains("`retry`") && e.contains("max_attempts"), "{e}");
+
+        let e = Config::load(Some(Path::new("/no/such/conveyor.toml")), &[]).unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+    }
+}

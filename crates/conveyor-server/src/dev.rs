@@ -1,0 +1,86 @@
+//! `conveyor dev`: the embedded backend, the configured topics, one webhook worker per route and
+//! the HTTP API, in one process, until a shutdown signal.
+//!
+//! [`run`] takes its listener and shutdown future as arguments, so tests run it on port 0 and stop
+//! it. Shutdown order: stop accepting requests (in-flight requests finish, so every `201` sent was
+//! stored), stop the workers (running deliveries finish or are handed back), close the log.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use conveyor_core::{Backend, Error};
+use conveyor_embedded::EmbeddedBackend;
+use conveyor_runtime::{WebhookHandler, Worker, WorkerOptions};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{app, AppState};
+use crate::config::Config;
+
+/// Opens the backend the configuration names and creates the configured topics.
+pub async fn open_backend(config: &Config) -> Result<Arc<dyn Backend>, Error> {
+    let backend: Arc<dyn Backend> = Arc::new(EmbeddedBackend::open(config.embedded_config())?);
+    for spec in config.all_topics() {
+        match backend.create_topic(&spec).await {
+            Ok(_) => {}
+            Err(Error::TopicConflict { topic, existing, requested }) => {
+                tracing::warn!(topic, existing, requested, "topic exists with another partition count; keeping it");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(backend)
+}
+
+/// The worker delivering a route's jobs to its webhook.
+pub fn route_worker(config: &Config, route: &crate::config::RouteConfig, backend: Arc<dyn Backend>) -> Worker {
+    let mut options = WorkerOptions::new(route.group(), [route.topic.clone()]);
+    options.concurrency = route.concurrency;
+    options.max_buffered = route.max_buffered;
+    options.retry = route.retry.clone().unwrap_or_else(|| config.retry.clone());
+    Worker::builder(backend, route.group(), [route.topic.clone()])
+        .options(options)
+        .fallback(WebhookHandler::new(route.url.clone(), route.timeout()))
+        .build()
+}
+
+/// Runs everything until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let backend = open_backend(&config).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut workers = Vec::new();
+    for route in &config.routes {
+        let worker = route_worker(&config, route, Arc::clone(&backend));
+        let mut stop = stop_rx.clone();
+        let topic = route.topic.clone();
+        workers.push(tokio::spawn(async move {
+            let result = worker
+                .run(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = &result {
+                tracing::error!(topic, error = %e, "route worker stopped");
+            }
+            result
+        }));
+    }
+    let mut state = AppState::new(Arc::clone(&backend));
+    state.max_body_bytes = config.api.max_body_bytes;
+    state.max_batch = config.api.max_batch;
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    tracing::info!("API stopped; stopping workers");
+    let _ = stop_tx.send(true);
+    for w in workers {
+        if let Ok(Err(e)) = w.await {
+            tracing::error!(error = %e, "worker ended with an error");
+        }
+    }
+    backend.close().await
+}

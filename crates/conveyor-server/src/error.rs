@@ -1,0 +1,131 @@
+//! HTTP errors: one enum, each variant a status, a stable machine code and a human message.
+//!
+//! Body: `{"error": {"code": "unknown_topic", "message": "...", "field": "jobs[2].type"}}`
+//! (`field` only for `invalid_field`).
+//!
+//! | code | status |
+//! |---|---|
+//! | `malformed_json` | 400 |
+//! | `not_found`, `unknown_topic` | 404 |
+//! | `method_not_allowed` | 405 |
+//! | `topic_conflict` | 409 |
+//! | `payload_too_large` | 413 |
+//! | `unsupported_media_type` | 415 |
+//! | `invalid_field` | 422 |
+//! | `internal` | 500 |
+//! | `backend_unavailable` | 503 |
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use conveyor_core::Error;
+use serde_json::json;
+
+/// An API error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The body is not well-formed JSON.
+    #[error("{0}")]
+    MalformedJson(String),
+    /// No such route.
+    #[error("no route for {0}; see /openapi.json")]
+    NotFound(String),
+    /// No such topic.
+    #[error("{0}")]
+    UnknownTopic(String),
+    /// Wrong method for the route.
+    #[error("method not allowed; see /openapi.json")]
+    MethodNotAllowed,
+    /// The topic exists with other settings.
+    #[error("{0}")]
+    TopicConflict(String),
+    /// The body or a record is too large.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// The body is not `application/json`.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A field is missing or has a wrong type or value.
+    #[error("{message}")]
+    InvalidField {
+        /// The field, e.g. `jobs[2].type`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The backend failed.
+    #[error("{0}")]
+    BackendUnavailable(String),
+    /// A bug.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 422 for `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::InvalidField { field: field.into(), message: message.into() }
+    }
+
+    /// The stable machine code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::UnknownTopic(_) => "unknown_topic",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::TopicConflict(_) => "topic_conflict",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::InvalidField { .. } => "invalid_field",
+            ApiError::BackendUnavailable(_) => "backend_unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) | ApiError::UnknownTopic(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::TopicConflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BackendUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::UnknownTopic(_) => ApiError::UnknownTopic(e.to_string()),
+            Error::UnknownPartition { .. } => ApiError::invalid("partition", e.to_string()),
+            Error::InvalidTopicName { .. } => ApiError::invalid("name", e.to_string()),
+            Error::InvalidArgument(m) => ApiError::invalid("", m),
+            Error::TopicConflict { .. } => ApiError::TopicConflict(e.to_string()),
+            Error::RecordTooLarge { .. } => ApiError::PayloadTooLarge(e.to_string()),
+            Error::Closed | Error::Storage(_) | Error::Io(_) | Error::Broker(_) => {
+                ApiError::BackendUnavailable(format!("{e}; the job was not stored, retry later"))
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "code": self.code(), "message": self.to_string() });
+        if let ApiError::InvalidField { field, .. } = &self {
+            body["field"] = json!(field);
+        }
+        if self.status().is_server_error() {
+            tracing::error!(code = self.code(), message = %self, "request failed");
+        }
+        (self.status(), Json(json!({ "error": body }))).into_response()
+    }
+}
