@@ -1,1 +1,232 @@
-//! Benchmarks (todo).
+//! The measurements behind `conveyor bench`: enqueue rate, processing rate of no-op jobs, and
+//! enqueue-to-handler-start latency, on any backend.
+//!
+//! 1. **Enqueue**: `jobs` jobs (~`payload_bytes` of JSON each, keys spread over 1,000 values)
+//!    enqueued one job per call by `concurrency` concurrent producers through [`Client`]; each call
+//!    returns only when its job is durable.
+//! 2. **Process**: a [`Worker`] with `concurrency` slots and a no-op handler drains them; the rate
+//!    is jobs / time from the worker's start to the last job done.
+//! 3. **Latency**: `latency_jobs` jobs enqueued one at a time into an idle worker; each is measured
+//!    from just before the enqueue call to the start of its handler, and the next is sent only after
+//!    the handler started.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use conveyor_core::{Backend, Result, TopicSpec};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{handler_fn, Client, Job, NewJob, Worker};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Jobs for the enqueue and processing phases. Default: 100,000.
+    pub jobs: usize,
+    /// Producers in the enqueue phase and handler slots in the processing phase. Default: 50.
+    pub concurrency: usize,
+    /// Jobs in the latency phase. Default: 2,000.
+    pub latency_jobs: usize,
+    /// Approximate JSON payload size in bytes. Default: 100.
+    pub payload_bytes: usize,
+    /// Partitions of the benchmark topics. Default: 8.
+    pub partitions: i32,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions { jobs: 100_000, concurrency: 50, latency_jobs: 2_000, payload_bytes: 100, partitions: 8 }
+    }
+}
+
+/// The figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchReport {
+    /// The backend's name.
+    pub backend: String,
+    /// Jobs enqueued per second (single-job calls, concurrent producers).
+    pub enqueue_jobs_s: f64,
+    /// No-op jobs processed per second.
+    pub process_jobs_s: f64,
+    /// Enqueue-to-handler-start latency percentiles, in milliseconds.
+    pub p50_ms: f64,
+    /// 95th percentile.
+    pub p95_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+}
+
+impl BenchReport {
+    /// The machine-readable last line.
+    pub fn result_line(&self) -> String {
+        format!(
+            "RESULT backend={} enqueue_jobs_s={:.0} process_jobs_s={:.0} p50_ms={:.3} p95_ms={:.3} p99_ms={:.3}",
+            self.backend, self.enqueue_jobs_s, self.process_jobs_s, self.p50_ms, self.p95_ms, self.p99_ms
+        )
+    }
+}
+
+fn payload(i: usize, size: usize) -> serde_json::Value {
+    let pad = size.saturating_sub(40);
+    serde_json::json!({ "n": i, "user": format!("user-{}", i % 1000), "pad": "x".repeat(pad) })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// Runs the three phases; `progress` receives human-readable lines while it runs.
+pub async fn run(
+    backend: Arc<dyn Backend>,
+    opts: &BenchOptions,
+    progress: impl Fn(String) + Send + Sync + Clone + 'static,
+) -> Result<BenchReport> {
+    let total = opts.jobs;
+    let suffix = uuid_suffix();
+    let jobs_topic = format!("bench.jobs.{suffix}");
+    let latency_topic = format!("bench.latency.{suffix}");
+    backend.create_topic(&TopicSpec::new(jobs_topic.clone(), opts.partitions)).await?;
+    backend.create_topic(&TopicSpec::new(latency_topic.clone(), opts.partitions)).await?;
+    let client = Client::new(Arc::clone(&backend)).with_producer("conveyor-bench");
+
+    // 1. enqueue
+    progress(format!("enqueue: {} jobs of ~{} B by {} concurrent producers", opts.jobs, opts.payload_bytes, opts.concurrency));
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut producers = Vec::new();
+    for _ in 0..opts.concurrency.max(1) {
+        let (client, next, topic, jobs, size) = (client.clone(), Arc::clone(&next), jobs_topic.clone(), opts.jobs, opts.payload_bytes);
+        producers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= jobs {
+                    return Ok::<(), conveyor_core::Error>(());
+                }
+                let job = NewJob::json("noop", &payload(i, size)).expect("payload serializes").with_key(format!("user-{}", i % 1000));
+                client.enqueue(&topic, job).await?;
+            }
+        }));
+    }
+    let ticker = spawn_ticker("enqueue", opts.jobs, {
+        let next = Arc::clone(&next);
+        move || next.load(Ordering::Relaxed).min(total) as u64
+    }, progress.clone());
+    for p in producers {
+        p.await.expect("producer task")?;
+    }
+    let enqueue_secs = started.elapsed().as_secs_f64();
+    stop_ticker(ticker).await;
+    let enqueue_jobs_s = opts.jobs as f64 / enqueue_secs;
+    progress(format!("enqueue: {} jobs in {:.2} s = {:.0} jobs/s", opts.jobs, enqueue_secs, enqueue_jobs_s));
+
+    // 2. process
+    progress(format!("process: no-op handler, concurrency {}", opts.concurrency));
+    let worker = Worker::builder(Arc::clone(&backend), format!("bench.process.{suffix}"), [jobs_topic.clone()])
+        .concurrency(opts.concurrency)
+        .max_buffered((opts.concurrency * 40).max(1024))
+        .handler("noop", handler_fn(|_job: Job| async {}))
+        .build();
+    let stats = worker.stats();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let started = Instant::now();
+    let handle = tokio::spawn(worker.run(async { let _ = stopped.await; }));
+    let ticker = spawn_ticker("process", opts.jobs, { let s = Arc::clone(&stats); move || s.done.load(Ordering::Relaxed) }, progress.clone());
+    while (stats.done.load(Ordering::Relaxed) as usize) < opts.jobs {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let process_secs = started.elapsed().as_secs_f64();
+    stop_ticker(ticker).await;
+    let _ = stop.send(());
+    handle.await.expect("worker task")?;
+    let process_jobs_s = opts.jobs as f64 / process_secs;
+    progress(format!("process: {} jobs in {:.2} s = {:.0} jobs/s", opts.jobs, process_secs, process_jobs_s));
+
+    // 3. latency
+    progress(format!("latency: {} jobs, one at a time, into an idle worker", opts.latency_jobs));
+    let (started_tx, mut started_rx) = mpsc::unbounded_channel::<(usize, Instant)>();
+    let worker = Worker::builder(Arc::clone(&backend), format!("bench.latency.{suffix}"), [latency_topic.clone()])
+        .concurrency(opts.concurrency)
+        .handler("probe", handler_fn(move |job: Job| {
+            let at = Instant::now();
+            let n: usize = job.json::<serde_json::Value>().ok().and_then(|v| v["n"].as_u64()).unwrap_or(0) as usize;
+            let _ = started_tx.send((n, at));
+            async {}
+        }))
+        .build();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(worker.run(async { let _ = stopped.await; }));
+    // let the worker join its group and go idle
+    let warmup = client.enqueue(&latency_topic, NewJob::json("probe", &payload(usize::MAX >> 1, opts.payload_bytes)).expect("json")).await?;
+    let _ = warmup;
+    started_rx.recv().await;
+    let samples = Arc::new(Mutex::new(Vec::with_capacity(opts.latency_jobs)));
+    for i in 0..opts.latency_jobs {
+        let sent = Instant::now();
+        client
+            .enqueue(&latency_topic, NewJob::json("probe", &payload(i, opts.payload_bytes)).expect("json").with_key(format!("user-{}", i % 1000)))
+            .await?;
+        loop {
+            let (n, at) = started_rx.recv().await.expect("worker alive");
+            if n == i {
+                samples.lock().expect("samples").push(at.duration_since(sent).as_secs_f64() * 1000.0);
+                break;
+            }
+        }
+        if (i + 1) % 500 == 0 {
+            progress(format!("latency: {}/{}", i + 1, opts.latency_jobs));
+        }
+    }
+    let _ = stop.send(());
+    handle.await.expect("worker task")?;
+    let mut s = samples.lock().expect("samples").clone();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let report = BenchReport {
+        backend: backend.name().to_owned(),
+        enqueue_jobs_s,
+        process_jobs_s,
+        p50_ms: percentile(&s, 0.50),
+        p95_ms: percentile(&s, 0.95),
+        p99_ms: percentile(&s, 0.99),
+    };
+    progress(format!("latency: p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms, max {:.3} ms", report.p50_ms, report.p95_ms, report.p99_ms, s.last().copied().unwrap_or(0.0)));
+    Ok(report)
+}
+
+fn uuid_suffix() -> String {
+    conveyor_core::headers::new_message_id().replace('-', "")[..12].to_owned()
+}
+
+type Ticker = (oneshot::Sender<()>, tokio::task::JoinHandle<()>);
+
+/// Reports `count()` of `total` once a second until stopped.
+fn spawn_ticker(
+    phase: &'static str,
+    total: usize,
+    count: impl Fn() -> u64 + Send + 'static,
+    progress: impl Fn(String) + Send + 'static,
+) -> Ticker {
+    let (tx, mut rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        let start = Instant::now();
+        loop {
+            tokio::select! {
+                _ = &mut rx => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    let n = count();
+                    progress(format!("  {phase}: {n}/{total} ({:.0} jobs/s so far)", n as f64 / start.elapsed().as_secs_f64()));
+                }
+            }
+        }
+    });
+    (tx, handle)
+}
+
+async fn stop_ticker(t: Ticker) {
+    let _ = t.0.send(());
+    let _ = t.1.await;
+}

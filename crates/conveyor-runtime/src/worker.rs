@@ -438,7 +438,8 @@ impl Scheduler {
                 }
             }
             Poll::Rebalance { revoked, assigned } => {
-                tracing::info!(?revoked, ?assigned, group = %self.shared.options.group, "rebalance");
+                let names = |tps: &[TopicPartition]| tps.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+                tracing::info!(revoked = %names(&revoked), assigned = %names(&assigned), group = %self.shared.options.group, "rebalance");
                 if !revoked.is_empty() {
                     self.commit().await;
                 }

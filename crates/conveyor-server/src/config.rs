@@ -151,7 +151,7 @@ impl RouteConfig {
 }
 
 /// Environment variables with the prefix that are not configuration keys.
-const NOT_CONFIG: &[&str] = &["config", "log", "test_brokers"];
+const NOT_CONFIG: &[&str] = &["config", "log", "url", "test_brokers"];
 
 impl Config {
     /// Loads `path` (when given; a missing file is an error) or `./conveyor.toml` (when it exists),

@@ -5,11 +5,13 @@
 //! - [`error`]: [`ApiError`], every HTTP error with its stable code.
 //! - [`api`]: [`app`], the axum router (enqueue, topics, records, health, OpenAPI).
 //! - [`dev`]: [`dev::run`], the embedded backend, the webhook routes and the API in one process.
+//! - [`remote`]: [`remote::ApiClient`], the HTTP API from Rust (used by the CLI).
 
 pub mod api;
 pub mod config;
 pub mod dev;
 pub mod error;
+pub mod remote;
 
 pub use api::{app, AppState};
 pub use config::{Config, ConfigError};

@@ -1,1 +1,158 @@
-fn main() {}
+//! The `conveyor` binary: parses arguments, resolves configuration, builds library objects and
+//! calls them. No logic lives here.
+
+mod cli;
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use conveyor_embedded::{Durability, EmbeddedBackend, EmbeddedConfig};
+use conveyor_runtime::bench::{self, BenchOptions};
+use conveyor_server::remote::ApiClient;
+use conveyor_server::Config;
+use serde_json::{json, Value};
+
+use cli::{BenchArgs, Cli, Command, TopicsCommand};
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CONVEYOR_LOG").unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Dev { config, listen, data_dir } => dev(config, listen, data_dir).await,
+        Command::Enqueue { topic, job_type, payload, key, headers, server } => {
+            let payload = if payload == "-" { std::io::read_to_string(std::io::stdin())? } else { payload };
+            let payload: Value = serde_json::from_str(&payload).context("--payload is not valid JSON")?;
+            let mut h = serde_json::Map::new();
+            for kv in headers {
+                let Some((k, v)) = kv.split_once('=') else { bail!("--header `{kv}` must be name=value") };
+                h.insert(k.to_owned(), json!(v));
+            }
+            let body = json!({ "type": job_type, "payload": payload, "key": key, "headers": h });
+            let at = ApiClient::new(server.url).enqueue(&topic, &body).await?;
+            println!("{}", serde_json::to_string(&at)?);
+            Ok(())
+        }
+        Command::Topics { command: TopicsCommand::List { server } } => {
+            let topics = ApiClient::new(server.url).list_topics().await?;
+            println!("{:<40} {:>10} {:>12} {:>12}", "TOPIC", "PARTITIONS", "RECORDS", "END OFFSETS");
+            for t in topics["topics"].as_array().into_iter().flatten() {
+                let parts = t["partitions"].as_array().cloned().unwrap_or_default();
+                let retained: i64 = parts.iter().map(|p| p["high"].as_i64().unwrap_or(0) - p["low"].as_i64().unwrap_or(0)).sum();
+                let highs: Vec<String> = parts.iter().map(|p| p["high"].to_string()).collect();
+                println!("{:<40} {:>10} {:>12} {:>12}", t["name"].as_str().unwrap_or(""), parts.len(), retained, highs.join(","));
+            }
+            Ok(())
+        }
+        Command::Topics { command: TopicsCommand::Create { name, partitions, retention_ms, server } } => {
+            let t = ApiClient::new(server.url).create_topic(&name, partitions, retention_ms).await?;
+            println!("topic {} has {} partitions", t["name"].as_str().unwrap_or(&name), t["partitions"].as_array().map_or(0, Vec::len));
+            Ok(())
+        }
+        Command::Tail { topic, from_beginning, no_follow, server } => tail(ApiClient::new(server.url), &topic, from_beginning, !no_follow).await,
+        Command::Bench(args) => run_bench(args).await,
+    }
+}
+
+async fn dev(config: Option<std::path::PathBuf>, listen: Option<std::net::SocketAddr>, data_dir: Option<std::path::PathBuf>) -> Result<()> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let mut config = Config::load(config.as_deref(), &env)?;
+    if let Some(l) = listen {
+        config.api.listen = l.to_string();
+    }
+    if let Some(d) = data_dir {
+        config.data_dir = d;
+    }
+    let listener = tokio::net::TcpListener::bind(&config.api.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (set [api] listen or --listen)", config.api.listen))?;
+    let addr = listener.local_addr()?;
+    eprintln!("conveyor dev: embedded backend in {}", config.embedded_config().path.display());
+    eprintln!("  API      http://{addr}/v1/topics/{{topic}}/jobs");
+    eprintln!("  OpenAPI  http://{addr}/openapi.json");
+    eprintln!("  health   http://{addr}/healthz  ready: http://{addr}/readyz");
+    for t in config.all_topics() {
+        eprintln!("  topic    {} ({} partitions)", t.name, t.partitions);
+    }
+    for r in &config.routes {
+        eprintln!("  route    {} -> {} (group {}, concurrency {})", r.topic, r.url, r.group(), r.concurrency);
+    }
+    eprintln!("  Ctrl-C to stop");
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    conveyor_server::dev::run(config, listener, shutdown).await?;
+    eprintln!("conveyor dev: stopped");
+    Ok(())
+}
+
+async fn tail(api: ApiClient, topic: &str, from_beginning: bool, follow: bool) -> Result<()> {
+    let info = api.describe_topic(topic).await?;
+    let parts = info["partitions"].as_array().cloned().unwrap_or_default();
+    let mut next: Vec<i64> = parts
+        .iter()
+        .map(|p| if from_beginning { p["low"].as_i64().unwrap_or(0) } else { p["high"].as_i64().unwrap_or(0) })
+        .collect();
+    loop {
+        let mut got = 0;
+        for (p, offset) in next.iter_mut().enumerate() {
+            let page = api.read_records(topic, p as i32, Some(*offset), 500).await?;
+            for r in page["records"].as_array().into_iter().flatten() {
+                println!("{r}");
+                got += 1;
+            }
+            *offset = page["next_offset"].as_i64().unwrap_or(*offset);
+        }
+        if got == 0 {
+            if !follow {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}
+
+async fn run_bench(args: BenchArgs) -> Result<()> {
+    if args.backend != "embedded" {
+        bail!("unknown backend `{}`: this build supports `embedded`", args.backend);
+    }
+    let durability = match args.durability.as_str() {
+        "fsync" => Durability::Fsync,
+        "os" => Durability::Os,
+        other => bail!("--durability `{other}`: use `fsync` or `os`"),
+    };
+    let tmp = tempfile::tempdir()?;
+    let path = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    let mut config = EmbeddedConfig::new(&path);
+    config.durability = durability;
+    let backend = Arc::new(EmbeddedBackend::open(config)?);
+    let opts = BenchOptions {
+        jobs: args.jobs,
+        concurrency: args.concurrency,
+        latency_jobs: args.latency_jobs,
+        payload_bytes: args.payload_bytes,
+        ..BenchOptions::default()
+    };
+    eprintln!(
+        "conveyor bench: backend=embedded durability={} data={} cores={}",
+        args.durability,
+        path.display(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let report = bench::run(backend.clone(), &opts, |line| eprintln!("{line}")).await?;
+    conveyor_core::Backend::close(&*backend).await?;
+    println!("{}", report.result_line());
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! [`ApiClient`]: the HTTP API from Rust, as the CLI uses it against a running `conveyor dev`.
+
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+/// An error talking to a conveyor server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RemoteError {
+    /// The server could not be reached.
+    #[error("cannot reach conveyor at {url}: {source}; is `conveyor dev` running? (set --url or CONVEYOR_URL)")]
+    Unreachable {
+        /// The base URL.
+        url: String,
+        /// The transport error.
+        source: reqwest::Error,
+    },
+    /// The server answered with an API error.
+    #[error("{status} {code}: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The stable error code.
+        code: String,
+        /// The message.
+        message: String,
+    },
+    /// The answer was not the expected JSON.
+    #[error("unexpected answer from conveyor: {0}")]
+    Protocol(String),
+}
+
+/// A client of conveyor's HTTP API.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    /// A client for the server at `base` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base: impl Into<String>) -> Self {
+        ApiClient { base: base.into().trim_end_matches('/').to_owned(), http: reqwest::Client::new() }
+    }
+
+    async fn call<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, RemoteError> {
+        let resp = req.send().await.map_err(|source| RemoteError::Unreachable { url: self.base.clone(), source })?;
+        let status = resp.status();
+        let body: Value = resp.json().await.map_err(|e| RemoteError::Protocol(e.to_string()))?;
+        if !status.is_success() {
+            return Err(RemoteError::Api {
+                status: status.as_u16(),
+                code: body["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
+                message: body["error"]["message"].as_str().unwrap_or("").to_owned(),
+            });
+        }
+        serde_json::from_value(body).map_err(|e| RemoteError::Protocol(e.to_string()))
+    }
+
+    /// `POST /v1/topics/{topic}/jobs` with a request body as the API documents it.
+    pub async fn enqueue(&self, topic: &str, job: &Value) -> Result<Value, RemoteError> {
+        self.call(self.http.post(format!("{}/v1/topics/{topic}/jobs", self.base)).json(job)).await
+    }
+
+    /// `GET /v1/topics`.
+    pub async fn list_topics(&self) -> Result<Value, RemoteError> {
+        self.call(self.http.get(format!("{}/v1/topics", self.base))).await
+    }
+
+    /// `POST /v1/topics`.
+    pub async fn create_topic(&self, name: &str, partitions: i32, retention_ms: Option<i64>) -> Result<Value, RemoteError> {
+        let body = json!({ "name": name, "partitions": partitions, "retention_ms": retention_ms });
+        self.call(self.http.post(format!("{}/v1/topics", self.base)).json(&body)).await
+    }
+
+    /// `GET /v1/topics/{topic}`.
+    pub async fn describe_topic(&self, topic: &str) -> Result<Value, RemoteError> {
+        self.call(self.http.get(format!("{}/v1/topics/{topic}", self.base))).await
+    }
+
+    /// `GET /v1/topics/{topic}/records`.
+    pub async fn read_records(&self, topic: &str, partition: i32, offset: Option<i64>, limit: usize) -> Result<Value, RemoteError> {
+        let mut url = format!("{}/v1/topics/{topic}/records?partition={partition}&limit={limit}", self.base);
+        if let Some(o) = offset {
+            url.push_str(&format!("&offset={o}"));
+        }
+        self.call(self.http.get(url)).await
+    }
+}

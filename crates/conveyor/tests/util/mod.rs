@@ -1,0 +1,113 @@
+//! Helpers for the end-to-end tests: a webhook receiver on port 0, and concurrent HTTP posting.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+
+/// What the receiver saw: per message id, the attempts delivered.
+#[derive(Debug, Default)]
+pub struct Received {
+    pub deliveries: Mutex<Vec<(String, u32, String)>>,
+}
+
+impl Received {
+    pub fn ids(&self) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for (id, _, _) in self.deliveries.lock().unwrap().iter() {
+            *m.entry(id.clone()).or_insert(0) += 1;
+        }
+        m
+    }
+    pub fn total(&self) -> usize {
+        self.deliveries.lock().unwrap().len()
+    }
+}
+
+/// Starts a receiver: job type `ok` -> 200, `bad` -> 400, `flaky` -> 503 until attempt 3, `slow`
+/// -> 200 after `delay`.
+pub async fn receiver(delay: Duration) -> (SocketAddr, Arc<Received>) {
+    let received = Arc::new(Received::default());
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(|State((r, delay)): State<(Arc<Received>, Duration)>, headers: HeaderMap, _body: bytes::Bytes| async move {
+                let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                let attempt: u32 = h("conveyor-attempt").parse().unwrap_or(0);
+                let job_type = h("conveyor-job-type");
+                r.deliveries.lock().unwrap().push((h("conveyor-message-id"), attempt, job_type.clone()));
+                match job_type.as_str() {
+                    "bad" => StatusCode::BAD_REQUEST,
+                    "flaky" if attempt < 3 => StatusCode::SERVICE_UNAVAILABLE,
+                    "slow" => {
+                        tokio::time::sleep(delay).await;
+                        StatusCode::OK
+                    }
+                    _ => StatusCode::OK,
+                }
+            }),
+        )
+        .with_state((Arc::clone(&received), delay));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, received)
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Posts `n` jobs of `job_type` with `workers` concurrent clients; returns the ids acknowledged
+/// with 201 (requests that failed are not acknowledged and not returned).
+pub async fn post_jobs(base: &str, topic: &str, job_type: &str, n: usize, workers: usize) -> Vec<String> {
+    let http = reqwest::Client::new();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (http, next, url, job_type) = (http.clone(), Arc::clone(&next), format!("{base}/v1/topics/{topic}/jobs"), job_type.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= n {
+                    return acked;
+                }
+                let body = serde_json::json!({"type": job_type, "key": format!("k{}", i % 97), "payload": {"i": i}});
+                match http.post(&url).json(&body).send().await {
+                    Ok(r) if r.status() == reqwest::StatusCode::CREATED => {
+                        let v: serde_json::Value = match r.json().await { Ok(v) => v, Err(_) => continue };
+                        acked.push(v["id"].as_str().unwrap().to_owned());
+                    }
+                    Ok(r) => panic!("unexpected status {}", r.status()),
+                    Err(_) => {
+                        // the server died (crash test): stop this client
+                        return acked;
+                    }
+                }
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+/// Waits until `cond` holds, up to `timeout`.
+pub async fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
