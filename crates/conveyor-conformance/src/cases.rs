@@ -27,12 +27,20 @@ pub async fn publish_consume_round_trip(h: &dyn Harness, f: &Features) {
     let b = open(h).await;
     let t = topic(&*b, "roundtrip", f.partitions).await;
     b.publish(&t, numbered(100)).await.expect("publish");
-    let mut sub = b.subscribe(SubscribeOptions::new(unique("g"), [t.clone()])).await.expect("subscribe");
+    let mut sub = b
+        .subscribe(SubscribeOptions::new(unique("g"), [t.clone()]))
+        .await
+        .expect("subscribe");
     let got = collect(&mut *sub, 100, f.timeout).await;
     let got: BTreeSet<String> = values(&got).into_iter().collect();
     let want: BTreeSet<String> = (0..100).map(|i| format!("m{i}")).collect();
     assert_eq!(got, want);
-    assert!(drain(&mut *sub, Duration::from_millis(300)).await.is_empty(), "extra records delivered");
+    assert!(
+        drain(&mut *sub, Duration::from_millis(300))
+            .await
+            .is_empty(),
+        "extra records delivered"
+    );
 }
 
 /// A batch's positions are contiguous offsets per partition, in input order.
@@ -43,7 +51,11 @@ pub async fn publish_returns_contiguous_positions(h: &dyn Harness, f: &Features)
     let second = b.publish(&t, numbered(5)).await.expect("publish");
     let offsets: Vec<i64> = first.iter().chain(&second).map(|p| p.offset).collect();
     assert_eq!(offsets, (0..15).collect::<Vec<i64>>());
-    let info = b.describe_topic(&t).await.expect("describe").expect("topic exists");
+    let info = b
+        .describe_topic(&t)
+        .await
+        .expect("describe")
+        .expect("topic exists");
     assert_eq!(info.partitions[0].high, 15);
     let _ = f;
 }
@@ -60,10 +72,16 @@ pub async fn same_key_same_partition_in_order(h: &dyn Harness, f: &Features) {
             .collect();
         let at = b.publish(&t, batch).await.expect("publish");
         for (k, pos) in at.iter().enumerate() {
-            assert_eq!(pos.partition, partition_for_key(format!("key-{k}").as_bytes(), f.partitions));
+            assert_eq!(
+                pos.partition,
+                partition_for_key(format!("key-{k}").as_bytes(), f.partitions)
+            );
         }
     }
-    let mut sub = b.subscribe(SubscribeOptions::new(unique("g"), [t])).await.expect("subscribe");
+    let mut sub = b
+        .subscribe(SubscribeOptions::new(unique("g"), [t]))
+        .await
+        .expect("subscribe");
     let got = collect(&mut *sub, keys * per_key, f.timeout).await;
     let mut last: HashMap<String, i64> = HashMap::new();
     for r in &got {
@@ -82,7 +100,10 @@ pub async fn explicit_partition_is_honoured(h: &dyn Harness, f: &Features) {
     let t = topic(&*b, "explicit", f.partitions).await;
     let last = f.partitions - 1;
     let at = b
-        .publish(&t, vec![Record::new("x").with_key("k").with_partition(last)])
+        .publish(
+            &t,
+            vec![Record::new("x").with_key("k").with_partition(last)],
+        )
         .await
         .expect("publish");
     assert_eq!(at[0].partition, last);
@@ -106,12 +127,28 @@ pub async fn headers_and_binary_payloads_survive(h: &dyn Harness, f: &Features) 
     headers.append("dup", "second");
     headers.append("empty", Bytes::new());
     let sent = vec![
-        Record { key: Some(all_bytes.clone()), value: all_bytes.clone(), headers: headers.clone(), ..Record::default() },
-        Record { key: Some(Bytes::new()), value: Bytes::new(), ..Record::default() },
-        Record { key: None, value: Bytes::from(vec![0u8; 100_000]), ..Record::default() },
+        Record {
+            key: Some(all_bytes.clone()),
+            value: all_bytes.clone(),
+            headers: headers.clone(),
+            ..Record::default()
+        },
+        Record {
+            key: Some(Bytes::new()),
+            value: Bytes::new(),
+            ..Record::default()
+        },
+        Record {
+            key: None,
+            value: Bytes::from(vec![0u8; 100_000]),
+            ..Record::default()
+        },
     ];
     b.publish(&t, sent.clone()).await.expect("publish");
-    let mut sub = b.subscribe(SubscribeOptions::new(unique("g"), [t])).await.expect("subscribe");
+    let mut sub = b
+        .subscribe(SubscribeOptions::new(unique("g"), [t]))
+        .await
+        .expect("subscribe");
     let got = collect(&mut *sub, 3, f.timeout).await;
     for (s, g) in sent.iter().zip(&got) {
         assert_eq!(g.key, s.key);
@@ -141,10 +178,16 @@ pub async fn concurrent_publishers_lose_nothing(h: &dyn Harness, f: &Features) {
     let mut positions = BTreeSet::new();
     for task in tasks {
         for p in task.await.expect("publisher") {
-            assert!(positions.insert((p.partition, p.offset)), "position {p:?} given twice");
+            assert!(
+                positions.insert((p.partition, p.offset)),
+                "position {p:?} given twice"
+            );
         }
     }
-    let mut sub = b.subscribe(SubscribeOptions::new(unique("g"), [t])).await.expect("subscribe");
+    let mut sub = b
+        .subscribe(SubscribeOptions::new(unique("g"), [t]))
+        .await
+        .expect("subscribe");
     let got = collect(&mut *sub, 800, f.timeout).await;
     let unique_values: BTreeSet<String> = values(&got).into_iter().collect();
     assert_eq!(unique_values.len(), 800);
@@ -158,9 +201,15 @@ pub async fn group_members_share_partitions(h: &dyn Harness, f: &Features) {
     let b = open(h).await;
     let t = topic(&*b, "group", f.partitions).await;
     let g = unique("g");
-    let mut s1 = b.subscribe(SubscribeOptions::new(g.clone(), [t.clone()])).await.expect("subscribe");
+    let mut s1 = b
+        .subscribe(SubscribeOptions::new(g.clone(), [t.clone()]))
+        .await
+        .expect("subscribe");
     wait_assigned(&mut *s1, f.timeout).await;
-    let mut s2 = b.subscribe(SubscribeOptions::new(g.clone(), [t.clone()])).await.expect("subscribe");
+    let mut s2 = b
+        .subscribe(SubscribeOptions::new(g.clone(), [t.clone()]))
+        .await
+        .expect("subscribe");
     wait_assigned(&mut *s2, f.timeout).await;
     // s1 learns of the rebalance on its next poll
     let _ = drain(&mut *s1, Duration::from_millis(300)).await;
@@ -170,21 +219,41 @@ pub async fn group_members_share_partitions(h: &dyn Harness, f: &Features) {
     assert_eq!(a1.len() + a2.len(), f.partitions as usize);
     assert!(!a1.is_empty() && !a2.is_empty());
 
-    let records: Vec<Record> = (0..200).map(|i| Record::new(format!("m{i}")).with_key(format!("k{i}"))).collect();
+    let records: Vec<Record> = (0..200)
+        .map(|i| Record::new(format!("m{i}")).with_key(format!("k{i}")))
+        .collect();
     b.publish(&t, records).await.expect("publish");
-    let (r1, r2) = tokio::join!(drain(&mut *s1, Duration::from_secs(2)), drain(&mut *s2, Duration::from_secs(2)));
+    let (r1, r2) = tokio::join!(
+        drain(&mut *s1, Duration::from_secs(2)),
+        drain(&mut *s2, Duration::from_secs(2))
+    );
     let mut r1 = r1;
     let mut r2 = r2;
     if r1.len() + r2.len() < 200 {
-        let (more1, more2) = tokio::join!(drain(&mut *s1, f.timeout / 2), drain(&mut *s2, f.timeout / 2));
+        let (more1, more2) = tokio::join!(
+            drain(&mut *s1, f.timeout / 2),
+            drain(&mut *s2, f.timeout / 2)
+        );
         r1.extend(more1);
         r2.extend(more2);
     }
-    assert!(r1.iter().all(|r| a1.contains(&TopicPartition::new(&t, r.partition))));
-    assert!(r2.iter().all(|r| a2.contains(&TopicPartition::new(&t, r.partition))));
+    assert!(r1
+        .iter()
+        .all(|r| a1.contains(&TopicPartition::new(&t, r.partition))));
+    assert!(r2
+        .iter()
+        .all(|r| a2.contains(&TopicPartition::new(&t, r.partition))));
     let all: BTreeSet<String> = values(&r1).into_iter().chain(values(&r2)).collect();
-    assert_eq!(all.len(), 200, "the two members together must see every record");
-    assert_eq!(r1.len() + r2.len(), 200, "no record delivered to both members");
+    assert_eq!(
+        all.len(),
+        200,
+        "the two members together must see every record"
+    );
+    assert_eq!(
+        r1.len() + r2.len(),
+        200,
+        "no record delivered to both members"
+    );
 }
 
 /// A new member of a group resumes at the committed offset.
@@ -194,18 +263,29 @@ pub async fn resume_from_committed_offset(h: &dyn Harness, f: &Features) {
     let g = unique("g");
     b.publish(&t, numbered(100)).await.expect("publish");
     {
-        let mut sub = b.subscribe(SubscribeOptions::new(g.clone(), [t.clone()])).await.expect("subscribe");
+        let mut sub = b
+            .subscribe(SubscribeOptions::new(g.clone(), [t.clone()]))
+            .await
+            .expect("subscribe");
         let got = collect(&mut *sub, 100, f.timeout).await;
         assert_eq!(got[0].offset, 0);
-        sub.commit(&[CommitOffset { tp: TopicPartition::new(&t, 0), next_offset: 60 }])
-            .await
-            .expect("commit");
+        sub.commit(&[CommitOffset {
+            tp: TopicPartition::new(&t, 0),
+            next_offset: 60,
+        }])
+        .await
+        .expect("commit");
     }
-    let mut sub = b.subscribe(SubscribeOptions::new(g, [t])).await.expect("subscribe");
+    let mut sub = b
+        .subscribe(SubscribeOptions::new(g, [t]))
+        .await
+        .expect("subscribe");
     let got = collect(&mut *sub, 40, f.timeout).await;
     assert_eq!(got.first().map(|r| r.offset), Some(60));
     assert_eq!(got.last().map(|r| r.offset), Some(99));
-    assert!(drain(&mut *sub, Duration::from_millis(300)).await.is_empty());
+    assert!(drain(&mut *sub, Duration::from_millis(300))
+        .await
+        .is_empty());
 }
 
 /// After a restart, what was delivered but not committed is delivered again; what was committed
@@ -218,17 +298,26 @@ pub async fn unacknowledged_records_are_redelivered_after_restart(h: &dyn Harnes
     let t = topic(&*b, "redeliver", 1).await;
     let g = unique("g");
     b.publish(&t, numbered(20)).await.expect("publish");
-    let mut sub = b.subscribe(SubscribeOptions::new(g.clone(), [t.clone()])).await.expect("subscribe");
-    collect(&mut *sub, 20, f.timeout).await;
-    sub.commit(&[CommitOffset { tp: TopicPartition::new(&t, 0), next_offset: 10 }])
+    let mut sub = b
+        .subscribe(SubscribeOptions::new(g.clone(), [t.clone()]))
         .await
-        .expect("commit");
+        .expect("subscribe");
+    collect(&mut *sub, 20, f.timeout).await;
+    sub.commit(&[CommitOffset {
+        tp: TopicPartition::new(&t, 0),
+        next_offset: 10,
+    }])
+    .await
+    .expect("commit");
     drop(sub);
     b.close().await.expect("close");
     drop(b);
 
     let b = open(h).await;
-    let mut sub = b.subscribe(SubscribeOptions::new(g, [t])).await.expect("subscribe");
+    let mut sub = b
+        .subscribe(SubscribeOptions::new(g, [t]))
+        .await
+        .expect("subscribe");
     let got = collect(&mut *sub, 10, f.timeout).await;
     let offsets: Vec<i64> = got.iter().map(|r| r.offset).collect();
     assert_eq!(offsets, (10..20).collect::<Vec<i64>>());
@@ -245,19 +334,31 @@ pub async fn close_flushes_acknowledged_publishes(h: &dyn Harness, f: &Features)
     let mut tasks = Vec::new();
     for i in 0..50 {
         let (b, t) = (Arc::clone(&b), t.clone());
-        tasks.push(tokio::spawn(async move { b.publish(&t, vec![Record::new(format!("c{i}"))]).await }));
+        tasks.push(tokio::spawn(async move {
+            b.publish(&t, vec![Record::new(format!("c{i}"))]).await
+        }));
     }
     let mut acked = Vec::new();
     for task in tasks {
         acked.push(task.await.expect("task").expect("publish")[0]);
     }
     b.close().await.expect("close");
-    assert!(matches!(b.publish(&t, numbered(1)).await, Err(Error::Closed)), "publish after close must fail");
+    assert!(
+        matches!(b.publish(&t, numbered(1)).await, Err(Error::Closed)),
+        "publish after close must fail"
+    );
     drop(b);
     let b = open(h).await;
     for pos in acked {
-        let r = b.fetch(&t, pos.partition, pos.offset, 1).await.expect("fetch");
-        assert_eq!(r.len(), 1, "acknowledged record at {pos:?} missing after restart");
+        let r = b
+            .fetch(&t, pos.partition, pos.offset, 1)
+            .await
+            .expect("fetch");
+        assert_eq!(
+            r.len(),
+            1,
+            "acknowledged record at {pos:?} missing after restart"
+        );
         assert_eq!(r[0].offset, pos.offset);
     }
 }
@@ -266,12 +367,16 @@ pub async fn close_flushes_acknowledged_publishes(h: &dyn Harness, f: &Features)
 pub async fn latest_start_skips_old_records(h: &dyn Harness, f: &Features) {
     let b = open(h).await;
     let t = topic(&*b, "latest", 1).await;
-    b.publish(&t, vec![Record::new("old")]).await.expect("publish");
+    b.publish(&t, vec![Record::new("old")])
+        .await
+        .expect("publish");
     let mut opts = SubscribeOptions::new(unique("g"), [t.clone()]);
     opts.start = StartFrom::Latest;
     let mut sub = b.subscribe(opts).await.expect("subscribe");
     wait_assigned(&mut *sub, f.timeout).await;
-    b.publish(&t, vec![Record::new("new")]).await.expect("publish");
+    b.publish(&t, vec![Record::new("new")])
+        .await
+        .expect("publish");
     let got = collect(&mut *sub, 1, f.timeout).await;
     assert_eq!(values(&got), vec!["new".to_owned()]);
 }
@@ -283,7 +388,11 @@ pub async fn fetch_reads_from_an_offset(h: &dyn Harness, f: &Features) {
     b.publish(&t, numbered(30)).await.expect("publish");
     let got = b.fetch(&t, 0, 25, 100).await.expect("fetch");
     assert_eq!(values(&got), vec!["m25", "m26", "m27", "m28", "m29"]);
-    assert!(b.fetch(&t, 0, 30, 100).await.expect("fetch at end").is_empty());
+    assert!(b
+        .fetch(&t, 0, 30, 100)
+        .await
+        .expect("fetch at end")
+        .is_empty());
     let _ = f;
 }
 
@@ -295,18 +404,32 @@ pub async fn commits_to_revoked_partitions_are_fenced(h: &dyn Harness, f: &Featu
     let b = open(h).await;
     let t = topic(&*b, "fenced", 2).await;
     let g = unique("g");
-    let mut s1 = b.subscribe(SubscribeOptions::new(g.clone(), [t.clone()])).await.expect("subscribe");
+    let mut s1 = b
+        .subscribe(SubscribeOptions::new(g.clone(), [t.clone()]))
+        .await
+        .expect("subscribe");
     wait_assigned(&mut *s1, f.timeout).await;
     assert_eq!(s1.assignment().len(), 2);
-    let mut s2 = b.subscribe(SubscribeOptions::new(g.clone(), [t.clone()])).await.expect("subscribe");
+    let mut s2 = b
+        .subscribe(SubscribeOptions::new(g.clone(), [t.clone()]))
+        .await
+        .expect("subscribe");
     wait_assigned(&mut *s2, f.timeout).await;
     let moved = s2.assignment()[0].clone();
     let err = s1
-        .commit(&[CommitOffset { tp: moved.clone(), next_offset: 1 }])
+        .commit(&[CommitOffset {
+            tp: moved.clone(),
+            next_offset: 1,
+        }])
         .await
         .expect_err("commit by the old owner must fail");
     assert!(matches!(err, Error::NotAssigned { .. }), "{err:?}");
-    let committed: BTreeMap<i32, Option<i64>> = b.committed_offsets(&g, &t).await.expect("offsets").into_iter().collect();
+    let committed: BTreeMap<i32, Option<i64>> = b
+        .committed_offsets(&g, &t)
+        .await
+        .expect("offsets")
+        .into_iter()
+        .collect();
     assert_eq!(committed[&moved.partition], None);
 }
 
@@ -314,13 +437,24 @@ pub async fn commits_to_revoked_partitions_are_fenced(h: &dyn Harness, f: &Featu
 pub async fn unknown_topics_are_errors(h: &dyn Harness, f: &Features) {
     let b = open(h).await;
     let missing = unique("missing");
-    assert!(matches!(b.publish(&missing, numbered(1)).await, Err(Error::UnknownTopic(_))));
     assert!(matches!(
-        b.subscribe(SubscribeOptions::new(unique("g"), [missing.clone()])).await,
+        b.publish(&missing, numbered(1)).await,
         Err(Error::UnknownTopic(_))
     ));
-    assert!(matches!(b.fetch(&missing, 0, 0, 1).await, Err(Error::UnknownTopic(_))));
-    assert!(b.describe_topic(&missing).await.expect("describe").is_none());
+    assert!(matches!(
+        b.subscribe(SubscribeOptions::new(unique("g"), [missing.clone()]))
+            .await,
+        Err(Error::UnknownTopic(_))
+    ));
+    assert!(matches!(
+        b.fetch(&missing, 0, 0, 1).await,
+        Err(Error::UnknownTopic(_))
+    ));
+    assert!(b
+        .describe_topic(&missing)
+        .await
+        .expect("describe")
+        .is_none());
     let _ = f;
 }
 
@@ -328,15 +462,27 @@ pub async fn unknown_topics_are_errors(h: &dyn Harness, f: &Features) {
 pub async fn committed_offsets_are_reported(h: &dyn Harness, f: &Features) {
     let b = open(h).await;
     let t = topic(&*b, "committed", 2).await;
-    b.publish(&t, vec![Record::new("a").with_partition(1), Record::new("b").with_partition(1)])
-        .await
-        .expect("publish");
+    b.publish(
+        &t,
+        vec![
+            Record::new("a").with_partition(1),
+            Record::new("b").with_partition(1),
+        ],
+    )
+    .await
+    .expect("publish");
     let g = unique("g");
-    let mut sub = b.subscribe(SubscribeOptions::new(g.clone(), [t.clone()])).await.expect("subscribe");
-    collect(&mut *sub, 2, f.timeout).await;
-    sub.commit(&[CommitOffset { tp: TopicPartition::new(&t, 1), next_offset: 2 }])
+    let mut sub = b
+        .subscribe(SubscribeOptions::new(g.clone(), [t.clone()]))
         .await
-        .expect("commit");
+        .expect("subscribe");
+    collect(&mut *sub, 2, f.timeout).await;
+    sub.commit(&[CommitOffset {
+        tp: TopicPartition::new(&t, 1),
+        next_offset: 2,
+    }])
+    .await
+    .expect("commit");
     let committed = b.committed_offsets(&g, &t).await.expect("offsets");
     assert_eq!(committed, vec![(0, None), (1, Some(2))]);
     let listed = b.list_topics().await.expect("list");

@@ -21,13 +21,25 @@ pub async fn topic(backend: &dyn Backend, prefix: &str, partitions: i32) -> Stri
 }
 
 /// Polls until `n` records arrived or `timeout` passed; panics with what it got on timeout.
-pub async fn collect(sub: &mut dyn Subscription, n: usize, timeout: Duration) -> Vec<ConsumedRecord> {
+pub async fn collect(
+    sub: &mut dyn Subscription,
+    n: usize,
+    timeout: Duration,
+) -> Vec<ConsumedRecord> {
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     while out.len() < n {
         let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "expected {n} records, got {} before the timeout", out.len());
-        match sub.poll(n - out.len(), left.min(Duration::from_millis(500))).await.expect("poll") {
+        assert!(
+            !left.is_zero(),
+            "expected {n} records, got {} before the timeout",
+            out.len()
+        );
+        match sub
+            .poll(n - out.len(), left.min(Duration::from_millis(500)))
+            .await
+            .expect("poll")
+        {
             Poll::Records(r) => out.extend(r),
             Poll::Rebalance { .. } | Poll::Idle => {}
         }
@@ -54,7 +66,10 @@ pub async fn drain(sub: &mut dyn Subscription, quiet: Duration) -> Vec<ConsumedR
 pub async fn wait_assigned(sub: &mut dyn Subscription, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while sub.assignment().is_empty() {
-        assert!(Instant::now() < deadline, "no partitions assigned within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no partitions assigned within {timeout:?}"
+        );
         if let Poll::Records(r) = sub.poll(1, Duration::from_millis(200)).await.expect("poll") {
             panic!("records arrived before assignment: {r:?}");
         }

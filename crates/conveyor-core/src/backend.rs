@@ -92,7 +92,10 @@ pub struct SubscribeOptions {
 
 impl SubscribeOptions {
     /// Subscribe `group` to `topics`, starting from the earliest record.
-    pub fn new(group: impl Into<String>, topics: impl IntoIterator<Item = impl Into<String>>) -> Self {
+    pub fn new(
+        group: impl Into<String>,
+        topics: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
         SubscribeOptions {
             group: group.into(),
             topics: topics.into_iter().map(Into::into).collect(),

@@ -44,7 +44,9 @@ pub enum Error {
         max: usize,
     },
     /// A commit named a partition this subscription does not own (it was revoked by a rebalance).
-    #[error("partition {topic}/{partition} is not assigned to this consumer (revoked by a rebalance)")]
+    #[error(
+        "partition {topic}/{partition} is not assigned to this consumer (revoked by a rebalance)"
+    )]
     NotAssigned {
         /// The topic.
         topic: String,

@@ -170,8 +170,16 @@ mod tests {
         assert_eq!(back.attempt, 3);
         assert_eq!(back.producer.as_deref(), Some("api"));
         // millisecond precision survives
-        let a = meta.produced_at.unwrap().duration_since(SystemTime::UNIX_EPOCH).unwrap();
-        let b = back.produced_at.unwrap().duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        let a = meta
+            .produced_at
+            .unwrap()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap();
+        let b = back
+            .produced_at
+            .unwrap()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap();
         assert_eq!(a.as_millis(), b.as_millis());
         assert!(back.is_json());
     }

@@ -109,6 +109,11 @@ mod tests {
         assert!(p.should_retry(1));
         assert!(p.should_retry(2));
         assert!(!p.should_retry(3));
-        assert!(RetryPolicy { max_attempts: 0, ..p }.validate().is_err());
+        assert!(RetryPolicy {
+            max_attempts: 0,
+            ..p
+        }
+        .validate()
+        .is_err());
     }
 }

@@ -35,9 +35,20 @@ pub(crate) fn parse_log_key(k: &[u8]) -> Result<(i32, i64)> {
 }
 
 /// Encodes a record for storage.
-pub(crate) fn encode(timestamp: i64, key: Option<&Bytes>, headers: &Headers, value: &[u8]) -> Bytes {
+pub(crate) fn encode(
+    timestamp: i64,
+    key: Option<&Bytes>,
+    headers: &Headers,
+    value: &[u8],
+) -> Bytes {
     let mut b = BytesMut::with_capacity(
-        1 + 8 + 4 + key.map_or(0, |k| k.len()) + 4 + headers.len() * 6 + headers.byte_len() + value.len(),
+        1 + 8
+            + 4
+            + key.map_or(0, |k| k.len())
+            + 4
+            + headers.len() * 6
+            + headers.byte_len()
+            + value.len(),
     );
     b.put_u8(VERSION);
     b.put_i64(timestamp);
@@ -92,7 +103,12 @@ impl Reader<'_> {
 }
 
 /// Decodes a stored record. `raw` is shared, so key, value and headers are zero-copy slices.
-pub(crate) fn decode(topic: &str, partition: i32, offset: i64, raw: Bytes) -> Result<ConsumedRecord> {
+pub(crate) fn decode(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    raw: Bytes,
+) -> Result<ConsumedRecord> {
     let timestamp = timestamp_of(&raw)?;
     let mut r = Reader { buf: &raw, pos: 9 };
     let key = match r.u32()? {

@@ -82,7 +82,12 @@ impl Groups {
         let groups = self.groups.lock().expect("groups lock");
         groups
             .get(group)
-            .map(|g| (g.generation, g.assignment.get(&member).cloned().unwrap_or_default()))
+            .map(|g| {
+                (
+                    g.generation,
+                    g.assignment.get(&member).cloned().unwrap_or_default(),
+                )
+            })
             .unwrap_or_default()
     }
 
@@ -94,7 +99,13 @@ impl Groups {
 
     /// Runs `f` while holding the group lock if `member` owns `tp`, so ownership cannot change
     /// between the check and the commit.
-    pub(crate) fn with_owned<T>(&self, group: &str, member: u64, tps: &[TopicPartition], f: impl FnOnce(&[bool]) -> T) -> T {
+    pub(crate) fn with_owned<T>(
+        &self,
+        group: &str,
+        member: u64,
+        tps: &[TopicPartition],
+        f: impl FnOnce(&[bool]) -> T,
+    ) -> T {
         let groups = self.groups.lock().expect("groups lock");
         let owned: Vec<bool> = tps
             .iter()

@@ -109,7 +109,9 @@ impl Backend for EmbeddedBackend {
             topics.push((t.clone(), log.spec.partitions));
         }
         if options.group.is_empty() {
-            return Err(conveyor_core::Error::InvalidArgument("the consumer group name is empty".into()));
+            return Err(conveyor_core::Error::InvalidArgument(
+                "the consumer group name is empty".into(),
+            ));
         }
         let member = self.groups.join(&options.group, topics);
         self.store.changes.send_modify(|v| *v += 1);
@@ -126,7 +128,13 @@ impl Backend for EmbeddedBackend {
         }))
     }
 
-    async fn fetch(&self, topic: &str, partition: i32, offset: i64, max: usize) -> Result<Vec<ConsumedRecord>> {
+    async fn fetch(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max: usize,
+    ) -> Result<Vec<ConsumedRecord>> {
         self.store.ensure_open()?;
         let log = self.store.topic_or_err(topic)?;
         self.store.read(&log, partition, offset, max)
@@ -153,6 +161,8 @@ impl AtomicPublishCommit for EmbeddedBackend {
         group: &str,
         offsets: &[CommitOffset],
     ) -> Result<Vec<Position>> {
-        self.store.publish(topic, records, Some((group.to_owned(), offsets.to_vec()))).await
+        self.store
+            .publish(topic, records, Some((group.to_owned(), offsets.to_vec())))
+            .await
     }
 }

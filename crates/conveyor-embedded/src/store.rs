@@ -14,11 +14,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use conveyor_core::partitioner::partition_for_key;
-use conveyor_core::{
-    now_millis, CommitOffset, ConsumedRecord, Error, Position, Record, Result, TopicInfo,
-    TopicSpec,
-};
 use conveyor_core::topic::PartitionInfo;
+use conveyor_core::{
+    now_millis, CommitOffset, ConsumedRecord, Error, Position, Record, Result, TopicInfo, TopicSpec,
+};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::{oneshot, watch};
 
@@ -47,7 +46,9 @@ pub(crate) struct TopicLog {
 
 impl std::fmt::Debug for TopicLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TopicLog").field("spec", &self.spec).finish_non_exhaustive()
+        f.debug_struct("TopicLog")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
     }
 }
 
@@ -103,7 +104,9 @@ pub(crate) struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.config.path).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("path", &self.config.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -112,11 +115,24 @@ fn topic_meta_key(name: &str) -> Vec<u8> {
 }
 
 fn part_meta_key(name: &str, p: i32) -> Vec<u8> {
-    [b"part\0".as_slice(), name.as_bytes(), b"\0", &p.to_be_bytes()].concat()
+    [
+        b"part\0".as_slice(),
+        name.as_bytes(),
+        b"\0",
+        &p.to_be_bytes(),
+    ]
+    .concat()
 }
 
 fn offset_key(group: &str, topic: &str, p: i32) -> Vec<u8> {
-    [group.as_bytes(), b"\0", topic.as_bytes(), b"\0", &p.to_be_bytes()].concat()
+    [
+        group.as_bytes(),
+        b"\0",
+        topic.as_bytes(),
+        b"\0",
+        &p.to_be_bytes(),
+    ]
+    .concat()
 }
 
 fn encode_part(low: i64, high: i64, bytes: u64) -> [u8; 24] {
@@ -141,8 +157,12 @@ impl Store {
                 config.path.display()
             ))
         })?;
-        let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(storage)?;
-        let offsets = db.keyspace("offsets", KeyspaceCreateOptions::default).map_err(storage)?;
+        let meta = db
+            .keyspace("meta", KeyspaceCreateOptions::default)
+            .map_err(storage)?;
+        let offsets = db
+            .keyspace("offsets", KeyspaceCreateOptions::default)
+            .map_err(storage)?;
         let mut topics = BTreeMap::new();
         for guard in meta.prefix(b"topic\0") {
             let (_, v) = guard.into_inner().map_err(storage)?;
@@ -177,9 +197,18 @@ impl Store {
             let state = PartState::default();
             if let Some(v) = meta.get(part_meta_key(&spec.name, p)).map_err(storage)? {
                 if v.len() == 24 {
-                    state.low.store(i64::from_be_bytes(v[..8].try_into().expect("8")), Ordering::Relaxed);
-                    state.high.store(i64::from_be_bytes(v[8..16].try_into().expect("8")), Ordering::Relaxed);
-                    state.bytes.store(u64::from_be_bytes(v[16..].try_into().expect("8")), Ordering::Relaxed);
+                    state.low.store(
+                        i64::from_be_bytes(v[..8].try_into().expect("8")),
+                        Ordering::Relaxed,
+                    );
+                    state.high.store(
+                        i64::from_be_bytes(v[8..16].try_into().expect("8")),
+                        Ordering::Relaxed,
+                    );
+                    state.bytes.store(
+                        u64::from_be_bytes(v[16..].try_into().expect("8")),
+                        Ordering::Relaxed,
+                    );
                 }
             }
             parts.push(state);
@@ -197,12 +226,19 @@ impl Store {
     }
 
     pub(crate) fn topic_or_err(&self, name: &str) -> Result<Arc<TopicLog>> {
-        self.topic(name).ok_or_else(|| Error::UnknownTopic(name.to_owned()))
+        self.topic(name)
+            .ok_or_else(|| Error::UnknownTopic(name.to_owned()))
     }
 
     pub(crate) fn list(&self) -> Result<Vec<TopicInfo>> {
         self.ensure_open()?;
-        Ok(self.topics.read().expect("topics lock").values().map(|t| t.info()).collect())
+        Ok(self
+            .topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .map(|t| t.info())
+            .collect())
     }
 
     /// `Err(Closed)` once [`Store::shutdown`] ran.
@@ -265,11 +301,20 @@ impl Store {
     }
 
     /// Reads up to `max` records of a partition from `offset` (clamped to the low watermark).
-    pub(crate) fn read(&self, topic: &TopicLog, partition: i32, offset: i64, max: usize) -> Result<Vec<ConsumedRecord>> {
-        let part = topic.parts.get(partition as usize).ok_or_else(|| Error::UnknownPartition {
-            topic: topic.spec.name.clone(),
-            partition,
-        })?;
+    pub(crate) fn read(
+        &self,
+        topic: &TopicLog,
+        partition: i32,
+        offset: i64,
+        max: usize,
+    ) -> Result<Vec<ConsumedRecord>> {
+        let part = topic
+            .parts
+            .get(partition as usize)
+            .ok_or_else(|| Error::UnknownPartition {
+                topic: topic.spec.name.clone(),
+                partition,
+            })?;
         let high = part.high.load(Ordering::Acquire);
         let from = offset.max(part.low.load(Ordering::Acquire));
         let to = high.min(from.saturating_add(max as i64));
@@ -277,7 +322,10 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut out = Vec::with_capacity((to - from) as usize);
-        for guard in topic.ks.range(log_key(partition, from)..log_key(partition, to)) {
+        for guard in topic
+            .ks
+            .range(log_key(partition, from)..log_key(partition, to))
+        {
             let (k, v) = guard.into_inner().map_err(storage)?;
             let (_, offset) = parse_log_key(&k)?;
             out.push(decode(&topic.spec.name, partition, offset, Bytes::from(v))?);
@@ -285,7 +333,12 @@ impl Store {
         Ok(out)
     }
 
-    pub(crate) fn committed(&self, group: &str, topic: &str, partition: i32) -> Result<Option<i64>> {
+    pub(crate) fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<i64>> {
         Ok(self
             .offsets
             .get(offset_key(group, topic, partition))
@@ -296,7 +349,11 @@ impl Store {
     pub(crate) fn commit(&self, group: &str, offsets: &[CommitOffset]) -> Result<()> {
         let mut batch = self.db.batch();
         for c in offsets {
-            batch.insert(&self.offsets, offset_key(group, &c.tp.topic, c.tp.partition), c.next_offset.to_be_bytes());
+            batch.insert(
+                &self.offsets,
+                offset_key(group, &c.tp.topic, c.tp.partition),
+                c.next_offset.to_be_bytes(),
+            );
         }
         batch.commit().map_err(storage)
     }
@@ -333,7 +390,12 @@ impl Store {
             let mut publishes = Vec::new();
             for op in pending.drain(..) {
                 match op {
-                    WriteOp::Publish { topic, records, commit, reply } => {
+                    WriteOp::Publish {
+                        topic,
+                        records,
+                        commit,
+                        reply,
+                    } => {
                         publishes.push((topic, records, commit, reply));
                     }
                     WriteOp::CreateTopic { spec, reply } => {
@@ -372,11 +434,18 @@ impl Store {
         let mut batch = self.db.batch().durability(self.persist_mode());
         batch.insert(&self.meta, topic_meta_key(&log.spec.name), json);
         for p in 0..log.spec.partitions {
-            batch.insert(&self.meta, part_meta_key(&log.spec.name, p), encode_part(0, 0, 0));
+            batch.insert(
+                &self.meta,
+                part_meta_key(&log.spec.name, p),
+                encode_part(0, 0, 0),
+            );
         }
         batch.commit().map_err(storage)?;
         let info = log.info();
-        self.topics.write().expect("topics lock").insert(log.spec.name.clone(), Arc::new(log));
+        self.topics
+            .write()
+            .expect("topics lock")
+            .insert(log.spec.name.clone(), Arc::new(log));
         self.changes.send_modify(|v| *v += 1);
         Ok(info)
     }
@@ -396,20 +465,41 @@ impl Store {
             .map(|r| {
                 let size = r.byte_len();
                 if size > self.config.max_record_bytes {
-                    return Err(Error::RecordTooLarge { size, max: self.config.max_record_bytes });
+                    return Err(Error::RecordTooLarge {
+                        size,
+                        max: self.config.max_record_bytes,
+                    });
                 }
-                if r.headers.iter().any(|(name, v)| name.len() > u16::MAX as usize || v.len() > u32::MAX as usize) {
-                    return Err(Error::InvalidArgument("header name longer than 65535 bytes".into()));
+                if r.headers
+                    .iter()
+                    .any(|(name, v)| name.len() > u16::MAX as usize || v.len() > u32::MAX as usize)
+                {
+                    return Err(Error::InvalidArgument(
+                        "header name longer than 65535 bytes".into(),
+                    ));
                 }
                 let p = match (r.partition, &r.key) {
                     (Some(p), _) if (0..n).contains(&p) => p,
                     (Some(p), _) => {
-                        return Err(Error::UnknownPartition { topic: log.spec.name.clone(), partition: p })
+                        return Err(Error::UnknownPartition {
+                            topic: log.spec.name.clone(),
+                            partition: p,
+                        })
                     }
                     (None, Some(k)) => partition_for_key(k, n),
-                    (None, None) => (log.round_robin.fetch_add(1, Ordering::Relaxed) % n as u32) as i32,
+                    (None, None) => {
+                        (log.round_robin.fetch_add(1, Ordering::Relaxed) % n as u32) as i32
+                    }
                 };
-                Ok((p, encode(r.timestamp.unwrap_or(now), r.key.as_ref(), &r.headers, &r.value)))
+                Ok((
+                    p,
+                    encode(
+                        r.timestamp.unwrap_or(now),
+                        r.key.as_ref(),
+                        &r.headers,
+                        &r.value,
+                    ),
+                ))
             })
             .collect()
     }
@@ -417,7 +507,12 @@ impl Store {
     #[allow(clippy::type_complexity)]
     fn write_publishes(
         &self,
-        publishes: Vec<(String, Vec<Record>, Option<(String, Vec<CommitOffset>)>, oneshot::Sender<Result<Vec<Position>>>)>,
+        publishes: Vec<(
+            String,
+            Vec<Record>,
+            Option<(String, Vec<CommitOffset>)>,
+            oneshot::Sender<Result<Vec<Position>>>,
+        )>,
     ) {
         if publishes.is_empty() {
             return;
@@ -442,24 +537,39 @@ impl Store {
             for (p, raw) in prepared {
                 let entry = touched.entry((topic.clone(), p)).or_insert_with(|| {
                     let part = &log.parts[p as usize];
-                    (Arc::clone(&log), part.high.load(Ordering::Acquire), part.bytes.load(Ordering::Acquire))
+                    (
+                        Arc::clone(&log),
+                        part.high.load(Ordering::Acquire),
+                        part.bytes.load(Ordering::Acquire),
+                    )
                 });
                 let offset = entry.1;
                 entry.1 += 1;
                 entry.2 += raw.len() as u64;
                 batch.insert(&log.ks, log_key(p, offset), raw);
-                positions.push(Position { partition: p, offset });
+                positions.push(Position {
+                    partition: p,
+                    offset,
+                });
             }
             if let Some((group, offsets)) = commit {
                 for c in &offsets {
-                    batch.insert(&self.offsets, offset_key(&group, &c.tp.topic, c.tp.partition), c.next_offset.to_be_bytes());
+                    batch.insert(
+                        &self.offsets,
+                        offset_key(&group, &c.tp.topic, c.tp.partition),
+                        c.next_offset.to_be_bytes(),
+                    );
                 }
             }
             replies.push((reply, positions));
         }
         for ((topic, p), (log, high, bytes)) in &touched {
             let low = log.parts[*p as usize].low.load(Ordering::Acquire);
-            batch.insert(&self.meta, part_meta_key(topic, *p), encode_part(low, *high, *bytes));
+            batch.insert(
+                &self.meta,
+                part_meta_key(topic, *p),
+                encode_part(low, *high, *bytes),
+            );
         }
         match batch.commit() {
             Ok(()) => {
@@ -485,7 +595,13 @@ impl Store {
     /// Deletes records older than each topic's `retention_ms` and, beyond `retention_bytes`, the
     /// oldest records of each partition. Runs on the writer thread.
     fn apply_retention(&self, now: i64) -> Result<u64> {
-        let topics: Vec<Arc<TopicLog>> = self.topics.read().expect("topics lock").values().cloned().collect();
+        let topics: Vec<Arc<TopicLog>> = self
+            .topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .cloned()
+            .collect();
         let mut deleted = 0u64;
         for log in topics {
             if log.spec.retention_ms.is_none() && log.spec.retention_bytes.is_none() {
@@ -494,13 +610,17 @@ impl Store {
             let cutoff = log.spec.retention_ms.map(|r| now - r);
             for (p, part) in log.parts.iter().enumerate() {
                 let p = p as i32;
-                let (low, high) = (part.low.load(Ordering::Acquire), part.high.load(Ordering::Acquire));
+                let (low, high) = (
+                    part.low.load(Ordering::Acquire),
+                    part.high.load(Ordering::Acquire),
+                );
                 let mut bytes = part.bytes.load(Ordering::Acquire);
                 let mut new_low = low;
                 let mut batch = self.db.batch();
                 for guard in log.ks.range(log_key(p, low)..log_key(p, high)) {
                     let (k, v) = guard.into_inner().map_err(storage)?;
-                    let too_old = cutoff.is_some_and(|c| timestamp_of(&v).map(|t| t < c).unwrap_or(false));
+                    let too_old =
+                        cutoff.is_some_and(|c| timestamp_of(&v).map(|t| t < c).unwrap_or(false));
                     let too_big = log.spec.retention_bytes.is_some_and(|max| bytes > max);
                     if !(too_old || too_big) || batch.len() >= 100_000 {
                         break;
@@ -513,7 +633,11 @@ impl Store {
                     continue;
                 }
                 deleted += (new_low - low) as u64;
-                batch.insert(&self.meta, part_meta_key(&log.spec.name, p), encode_part(new_low, high, bytes));
+                batch.insert(
+                    &self.meta,
+                    part_meta_key(&log.spec.name, p),
+                    encode_part(new_low, high, bytes),
+                );
                 batch.commit().map_err(storage)?;
                 part.low.store(new_low, Ordering::Release);
                 part.bytes.store(bytes, Ordering::Release);

@@ -33,7 +33,8 @@ impl EmbeddedSubscription {
         if self.groups.generation(&self.group) == self.generation {
             return Ok(None);
         }
-        let (generation, now): (u64, BTreeSet<TopicPartition>) = self.groups.assignment(&self.group, self.member);
+        let (generation, now): (u64, BTreeSet<TopicPartition>) =
+            self.groups.assignment(&self.group, self.member);
         self.generation = generation;
         let before: BTreeSet<TopicPartition> = self.positions.keys().cloned().collect();
         let revoked: Vec<_> = before.difference(&now).cloned().collect();

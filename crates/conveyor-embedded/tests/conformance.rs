@@ -14,11 +14,15 @@ struct Embedded {
 #[async_trait]
 impl Harness for Embedded {
     async fn open(&self) -> Result<Arc<dyn Backend>> {
-        Ok(Arc::new(EmbeddedBackend::open(EmbeddedConfig::new(self.dir.path()))?))
+        Ok(Arc::new(EmbeddedBackend::open(EmbeddedConfig::new(
+            self.dir.path(),
+        ))?))
     }
 }
 
 conformance_tests!(
     Features::default(),
-    Embedded { dir: tempfile::tempdir().expect("temp dir") }
+    Embedded {
+        dir: tempfile::tempdir().expect("temp dir")
+    }
 );

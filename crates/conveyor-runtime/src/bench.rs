@@ -36,7 +36,13 @@ pub struct BenchOptions {
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        BenchOptions { jobs: 100_000, concurrency: 50, latency_jobs: 2_000, payload_bytes: 100, partitions: 8 }
+        BenchOptions {
+            jobs: 100_000,
+            concurrency: 50,
+            latency_jobs: 2_000,
+            payload_bytes: 100,
+            partitions: 8,
+        }
     }
 }
 
@@ -90,52 +96,92 @@ pub async fn run(
     let suffix = uuid_suffix();
     let jobs_topic = format!("bench.jobs.{suffix}");
     let latency_topic = format!("bench.latency.{suffix}");
-    backend.create_topic(&TopicSpec::new(jobs_topic.clone(), opts.partitions)).await?;
-    backend.create_topic(&TopicSpec::new(latency_topic.clone(), opts.partitions)).await?;
+    backend
+        .create_topic(&TopicSpec::new(jobs_topic.clone(), opts.partitions))
+        .await?;
+    backend
+        .create_topic(&TopicSpec::new(latency_topic.clone(), opts.partitions))
+        .await?;
     let client = Client::new(Arc::clone(&backend)).with_producer("conveyor-bench");
 
     // 1. enqueue
-    progress(format!("enqueue: {} jobs of ~{} B by {} concurrent producers", opts.jobs, opts.payload_bytes, opts.concurrency));
+    progress(format!(
+        "enqueue: {} jobs of ~{} B by {} concurrent producers",
+        opts.jobs, opts.payload_bytes, opts.concurrency
+    ));
     let started = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut producers = Vec::new();
     for _ in 0..opts.concurrency.max(1) {
-        let (client, next, topic, jobs, size) = (client.clone(), Arc::clone(&next), jobs_topic.clone(), opts.jobs, opts.payload_bytes);
+        let (client, next, topic, jobs, size) = (
+            client.clone(),
+            Arc::clone(&next),
+            jobs_topic.clone(),
+            opts.jobs,
+            opts.payload_bytes,
+        );
         producers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= jobs {
                     return Ok::<(), conveyor_core::Error>(());
                 }
-                let job = NewJob::json("noop", &payload(i, size)).expect("payload serializes").with_key(format!("user-{}", i % 1000));
+                let job = NewJob::json("noop", &payload(i, size))
+                    .expect("payload serializes")
+                    .with_key(format!("user-{}", i % 1000));
                 client.enqueue(&topic, job).await?;
             }
         }));
     }
-    let ticker = spawn_ticker("enqueue", opts.jobs, {
-        let next = Arc::clone(&next);
-        move || next.load(Ordering::Relaxed).min(total) as u64
-    }, progress.clone());
+    let ticker = spawn_ticker(
+        "enqueue",
+        opts.jobs,
+        {
+            let next = Arc::clone(&next);
+            move || next.load(Ordering::Relaxed).min(total) as u64
+        },
+        progress.clone(),
+    );
     for p in producers {
         p.await.expect("producer task")?;
     }
     let enqueue_secs = started.elapsed().as_secs_f64();
     stop_ticker(ticker).await;
     let enqueue_jobs_s = opts.jobs as f64 / enqueue_secs;
-    progress(format!("enqueue: {} jobs in {:.2} s = {:.0} jobs/s", opts.jobs, enqueue_secs, enqueue_jobs_s));
+    progress(format!(
+        "enqueue: {} jobs in {:.2} s = {:.0} jobs/s",
+        opts.jobs, enqueue_secs, enqueue_jobs_s
+    ));
 
     // 2. process
-    progress(format!("process: no-op handler, concurrency {}", opts.concurrency));
-    let worker = Worker::builder(Arc::clone(&backend), format!("bench.process.{suffix}"), [jobs_topic.clone()])
-        .concurrency(opts.concurrency)
-        .max_buffered((opts.concurrency * 40).max(1024))
-        .handler("noop", handler_fn(|_job: Job| async {}))
-        .build();
+    progress(format!(
+        "process: no-op handler, concurrency {}",
+        opts.concurrency
+    ));
+    let worker = Worker::builder(
+        Arc::clone(&backend),
+        format!("bench.process.{suffix}"),
+        [jobs_topic.clone()],
+    )
+    .concurrency(opts.concurrency)
+    .max_buffered((opts.concurrency * 40).max(1024))
+    .handler("noop", handler_fn(|_job: Job| async {}))
+    .build();
     let stats = worker.stats();
     let (stop, stopped) = oneshot::channel::<()>();
     let started = Instant::now();
-    let handle = tokio::spawn(worker.run(async { let _ = stopped.await; }));
-    let ticker = spawn_ticker("process", opts.jobs, { let s = Arc::clone(&stats); move || s.done.load(Ordering::Relaxed) }, progress.clone());
+    let handle = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let ticker = spawn_ticker(
+        "process",
+        opts.jobs,
+        {
+            let s = Arc::clone(&stats);
+            move || s.done.load(Ordering::Relaxed)
+        },
+        progress.clone(),
+    );
     while (stats.done.load(Ordering::Relaxed) as usize) < opts.jobs {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -144,36 +190,68 @@ pub async fn run(
     let _ = stop.send(());
     handle.await.expect("worker task")?;
     let process_jobs_s = opts.jobs as f64 / process_secs;
-    progress(format!("process: {} jobs in {:.2} s = {:.0} jobs/s", opts.jobs, process_secs, process_jobs_s));
+    progress(format!(
+        "process: {} jobs in {:.2} s = {:.0} jobs/s",
+        opts.jobs, process_secs, process_jobs_s
+    ));
 
     // 3. latency
-    progress(format!("latency: {} jobs, one at a time, into an idle worker", opts.latency_jobs));
+    progress(format!(
+        "latency: {} jobs, one at a time, into an idle worker",
+        opts.latency_jobs
+    ));
     let (started_tx, mut started_rx) = mpsc::unbounded_channel::<(usize, Instant)>();
-    let worker = Worker::builder(Arc::clone(&backend), format!("bench.latency.{suffix}"), [latency_topic.clone()])
-        .concurrency(opts.concurrency)
-        .handler("probe", handler_fn(move |job: Job| {
+    let worker = Worker::builder(
+        Arc::clone(&backend),
+        format!("bench.latency.{suffix}"),
+        [latency_topic.clone()],
+    )
+    .concurrency(opts.concurrency)
+    .handler(
+        "probe",
+        handler_fn(move |job: Job| {
             let at = Instant::now();
-            let n: usize = job.json::<serde_json::Value>().ok().and_then(|v| v["n"].as_u64()).unwrap_or(0) as usize;
+            let n: usize = job
+                .json::<serde_json::Value>()
+                .ok()
+                .and_then(|v| v["n"].as_u64())
+                .unwrap_or(0) as usize;
             let _ = started_tx.send((n, at));
             async {}
-        }))
-        .build();
+        }),
+    )
+    .build();
     let (stop, stopped) = oneshot::channel::<()>();
-    let handle = tokio::spawn(worker.run(async { let _ = stopped.await; }));
+    let handle = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
     // let the worker join its group and go idle
-    let warmup = client.enqueue(&latency_topic, NewJob::json("probe", &payload(usize::MAX >> 1, opts.payload_bytes)).expect("json")).await?;
+    let warmup = client
+        .enqueue(
+            &latency_topic,
+            NewJob::json("probe", &payload(usize::MAX >> 1, opts.payload_bytes)).expect("json"),
+        )
+        .await?;
     let _ = warmup;
     started_rx.recv().await;
     let samples = Arc::new(Mutex::new(Vec::with_capacity(opts.latency_jobs)));
     for i in 0..opts.latency_jobs {
         let sent = Instant::now();
         client
-            .enqueue(&latency_topic, NewJob::json("probe", &payload(i, opts.payload_bytes)).expect("json").with_key(format!("user-{}", i % 1000)))
+            .enqueue(
+                &latency_topic,
+                NewJob::json("probe", &payload(i, opts.payload_bytes))
+                    .expect("json")
+                    .with_key(format!("user-{}", i % 1000)),
+            )
             .await?;
         loop {
             let (n, at) = started_rx.recv().await.expect("worker alive");
             if n == i {
-                samples.lock().expect("samples").push(at.duration_since(sent).as_secs_f64() * 1000.0);
+                samples
+                    .lock()
+                    .expect("samples")
+                    .push(at.duration_since(sent).as_secs_f64() * 1000.0);
                 break;
             }
         }
@@ -193,7 +271,13 @@ pub async fn run(
         p95_ms: percentile(&s, 0.95),
         p99_ms: percentile(&s, 0.99),
     };
-    progress(format!("latency: p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms, max {:.3} ms", report.p50_ms, report.p95_ms, report.p99_ms, s.last().copied().unwrap_or(0.0)));
+    progress(format!(
+        "latency: p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        report.p50_ms,
+        report.p95_ms,
+        report.p99_ms,
+        s.last().copied().unwrap_or(0.0)
+    ));
     Ok(report)
 }
 

@@ -24,12 +24,19 @@ pub struct NewJob {
 
 impl NewJob {
     /// A job with a JSON payload.
-    pub fn json<T: Serialize + ?Sized>(job_type: impl Into<String>, payload: &T) -> serde_json::Result<Self> {
+    pub fn json<T: Serialize + ?Sized>(
+        job_type: impl Into<String>,
+        payload: &T,
+    ) -> serde_json::Result<Self> {
         Ok(Self::raw(job_type, serde_json::to_vec(payload)?, None))
     }
 
     /// A job whose payload is already encoded; `content_type: None` means it is JSON.
-    pub fn raw(job_type: impl Into<String>, payload: impl Into<Bytes>, content_type: Option<String>) -> Self {
+    pub fn raw(
+        job_type: impl Into<String>,
+        payload: impl Into<Bytes>,
+        content_type: Option<String>,
+    ) -> Self {
         NewJob {
             job_type: job_type.into(),
             payload: payload.into(),
@@ -75,7 +82,10 @@ pub struct Client {
 impl Client {
     /// A client on `backend`.
     pub fn new(backend: Arc<dyn Backend>) -> Self {
-        Client { backend, producer: None }
+        Client {
+            backend,
+            producer: None,
+        }
     }
 
     /// Names the producer in each job's `producer` header.
@@ -97,7 +107,16 @@ impl Client {
         let id = meta.message_id.clone().expect("new job has an id");
         let mut h = job.headers;
         meta.write_to(&mut h);
-        (id, Record { key: job.key, value: job.payload, headers: h, partition: None, timestamp: None })
+        (
+            id,
+            Record {
+                key: job.key,
+                value: job.payload,
+                headers: h,
+                partition: None,
+                timestamp: None,
+            },
+        )
     }
 
     /// Enqueues one job; returns once it is durably stored.
@@ -109,12 +128,18 @@ impl Client {
     /// Enqueues jobs in one publish (atomic on the embedded backend); returns where each landed,
     /// in order.
     pub async fn enqueue_batch(&self, topic: &str, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
-        let (ids, records): (Vec<String>, Vec<Record>) = jobs.into_iter().map(|j| self.to_record(j)).unzip();
+        let (ids, records): (Vec<String>, Vec<Record>) =
+            jobs.into_iter().map(|j| self.to_record(j)).unzip();
         let positions: Vec<Position> = self.backend.publish(topic, records).await?;
         Ok(ids
             .into_iter()
             .zip(positions)
-            .map(|(id, p)| Enqueued { id, topic: topic.to_owned(), partition: p.partition, offset: p.offset })
+            .map(|(id, p)| Enqueued {
+                id,
+                topic: topic.to_owned(),
+                partition: p.partition,
+                offset: p.offset,
+            })
             .collect())
     }
 }

@@ -43,10 +43,14 @@ pub fn dead_letter_record(
     r.headers.insert(dlq::ERROR, error.to_owned());
     r.headers.insert(dlq::REASON, reason.as_str());
     r.headers.insert(dlq::ATTEMPTS, attempts.to_string());
-    r.headers.insert(dlq::FAILED_AT, format_time(SystemTime::now()));
-    r.headers.insert(dlq::ORIGINAL_TOPIC, original.topic.clone());
-    r.headers.insert(dlq::ORIGINAL_PARTITION, original.partition.to_string());
-    r.headers.insert(dlq::ORIGINAL_OFFSET, original.offset.to_string());
+    r.headers
+        .insert(dlq::FAILED_AT, format_time(SystemTime::now()));
+    r.headers
+        .insert(dlq::ORIGINAL_TOPIC, original.topic.clone());
+    r.headers
+        .insert(dlq::ORIGINAL_PARTITION, original.partition.to_string());
+    r.headers
+        .insert(dlq::ORIGINAL_OFFSET, original.offset.to_string());
     r.headers.insert(dlq::GROUP, group.to_owned());
     r
 }

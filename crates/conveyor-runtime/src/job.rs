@@ -20,7 +20,11 @@ pub struct Job {
 impl Job {
     pub(crate) fn new(record: ConsumedRecord, attempt: u32) -> Self {
         let meta = JobMeta::from_headers(&record.headers);
-        Job { record, meta, attempt }
+        Job {
+            record,
+            meta,
+            attempt,
+        }
     }
 
     /// The job type, or `""` when the record has none.

@@ -53,7 +53,9 @@ pub struct KeyLanes<K, T> {
 
 impl<K: Hash + Eq, T> Default for KeyLanes<K, T> {
     fn default() -> Self {
-        KeyLanes { lanes: HashMap::new() }
+        KeyLanes {
+            lanes: HashMap::new(),
+        }
     }
 }
 

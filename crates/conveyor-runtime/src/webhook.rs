@@ -37,12 +37,19 @@ impl WebhookHandler {
             .pool_max_idle_per_host(64)
             .build()
             .expect("the HTTP client builds with static settings");
-        WebhookHandler { client, url: url.into() }
+        WebhookHandler {
+            client,
+            url: url.into(),
+        }
     }
 }
 
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    let v = resp.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    let v = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
     v.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
@@ -73,7 +80,9 @@ impl Handler for WebhookHandler {
         }
         let resp = match req.body(r.value.clone()).send().await {
             Ok(resp) => resp,
-            Err(e) if e.is_timeout() => return Outcome::retry(format!("webhook {} timed out", self.url)),
+            Err(e) if e.is_timeout() => {
+                return Outcome::retry(format!("webhook {} timed out", self.url))
+            }
             Err(e) => return Outcome::retry(format!("webhook {} unreachable: {e}", self.url)),
         };
         let status = resp.status();

@@ -88,7 +88,10 @@ pub struct WorkerOptions {
 
 impl WorkerOptions {
     /// Defaults for `group` consuming `topics`.
-    pub fn new(group: impl Into<String>, topics: impl IntoIterator<Item = impl Into<String>>) -> Self {
+    pub fn new(
+        group: impl Into<String>,
+        topics: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
         WorkerOptions {
             group: group.into(),
             topics: topics.into_iter().map(Into::into).collect(),
@@ -134,7 +137,9 @@ pub struct WorkerBuilder {
 
 impl std::fmt::Debug for WorkerBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerBuilder").field("options", &self.options).finish_non_exhaustive()
+        f.debug_struct("WorkerBuilder")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
     }
 }
 
@@ -218,7 +223,10 @@ struct Shared {
 
 impl Shared {
     fn policy(&self, job_type: &str) -> &RetryPolicy {
-        self.options.retry_by_type.get(job_type).unwrap_or(&self.options.retry)
+        self.options
+            .retry_by_type
+            .get(job_type)
+            .unwrap_or(&self.options.retry)
     }
 }
 
@@ -229,7 +237,9 @@ pub struct Worker {
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("options", &self.shared.options).finish_non_exhaustive()
+        f.debug_struct("Worker")
+            .field("options", &self.shared.options)
+            .finish_non_exhaustive()
     }
 }
 
@@ -273,11 +283,20 @@ impl Worker {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let s = &self.shared;
         if s.options.topics.is_empty() {
-            return Err(Error::InvalidArgument("a worker needs at least one topic".into()));
+            return Err(Error::InvalidArgument(
+                "a worker needs at least one topic".into(),
+            ));
         }
         for t in &s.options.topics {
-            let info = s.backend.describe_topic(t).await?.ok_or_else(|| Error::UnknownTopic(t.clone()))?;
-            let mut spec = TopicSpec::new(dead_letter_topic(t, &s.options.dlq_suffix), info.partition_count());
+            let info = s
+                .backend
+                .describe_topic(t)
+                .await?
+                .ok_or_else(|| Error::UnknownTopic(t.clone()))?;
+            let mut spec = TopicSpec::new(
+                dead_letter_topic(t, &s.options.dlq_suffix),
+                info.partition_count(),
+            );
             spec.retention_ms = Some(30 * 24 * 3600 * 1000);
             match s.backend.create_topic(&spec).await {
                 Ok(_) | Err(Error::TopicConflict { .. }) => {}
@@ -334,7 +353,9 @@ impl Scheduler {
                 self.commit().await;
             }
             let room = opts.max_buffered.saturating_sub(self.buffered);
-            let commit_in = opts.commit_interval.saturating_sub(self.last_commit.elapsed());
+            let commit_in = opts
+                .commit_interval
+                .saturating_sub(self.last_commit.elapsed());
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
@@ -372,7 +393,9 @@ impl Scheduler {
 
     fn dispatch(&mut self) {
         while self.running.len() < self.shared.options.concurrency {
-            let Some(task) = self.ready.pop_front() else { return };
+            let Some(task) = self.ready.pop_front() else {
+                return;
+            };
             if !self.is_current(&task) {
                 // Its partition was revoked: let the next job of its key through (it is stale too).
                 if let Some(next) = self.lanes.release(task.lane.as_ref()) {
@@ -388,7 +411,10 @@ impl Scheduler {
         }
     }
 
-    fn on_task_done(&mut self, done: std::result::Result<(Task, TaskResult), tokio::task::JoinError>) {
+    fn on_task_done(
+        &mut self,
+        done: std::result::Result<(Task, TaskResult), tokio::task::JoinError>,
+    ) {
         let (task, result) = match done {
             Ok(v) => v,
             Err(e) => {
@@ -401,7 +427,10 @@ impl Scheduler {
             TaskResult::Retry(delay) if self.is_current(&task) => {
                 self.timers.spawn(async move {
                     tokio::time::sleep(delay).await;
-                    Task { attempt: task.attempt + 1, ..task }
+                    Task {
+                        attempt: task.attempt + 1,
+                        ..task
+                    }
                 });
             }
             TaskResult::Retry(_) | TaskResult::Finished => {
@@ -427,18 +456,31 @@ impl Scheduler {
                 for record in records {
                     let tp = TopicPartition::new(record.topic.clone(), record.partition);
                     let epoch = self.epoch;
-                    let (epoch, track) = self.tracks.entry(tp).or_insert_with(|| (epoch, OffsetTracker::default()));
+                    let (epoch, track) = self
+                        .tracks
+                        .entry(tp)
+                        .or_insert_with(|| (epoch, OffsetTracker::default()));
                     track.fetched(record.offset);
                     self.buffered += 1;
                     let lane = record.key.clone().map(|k| (record.topic.clone(), k));
-                    let task = Task { record, attempt: 1, epoch: *epoch, lane };
+                    let task = Task {
+                        record,
+                        attempt: 1,
+                        epoch: *epoch,
+                        lane,
+                    };
                     if let Some(task) = self.lanes.admit(task.lane.clone().as_ref(), task) {
                         self.ready.push_back(task);
                     }
                 }
             }
             Poll::Rebalance { revoked, assigned } => {
-                let names = |tps: &[TopicPartition]| tps.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+                let names = |tps: &[TopicPartition]| {
+                    tps.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
                 tracing::info!(revoked = %names(&revoked), assigned = %names(&assigned), group = %self.shared.options.group, "rebalance");
                 if !revoked.is_empty() {
                     self.commit().await;
@@ -450,7 +492,8 @@ impl Scheduler {
                 }
                 for tp in assigned {
                     self.epoch += 1;
-                    self.tracks.insert(tp, (self.epoch, OffsetTracker::default()));
+                    self.tracks
+                        .insert(tp, (self.epoch, OffsetTracker::default()));
                 }
             }
         }
@@ -460,7 +503,12 @@ impl Scheduler {
         let offsets: Vec<CommitOffset> = self
             .tracks
             .iter()
-            .filter_map(|(tp, (_, t))| t.commit_point().map(|o| CommitOffset { tp: tp.clone(), next_offset: o }))
+            .filter_map(|(tp, (_, t))| {
+                t.commit_point().map(|o| CommitOffset {
+                    tp: tp.clone(),
+                    next_offset: o,
+                })
+            })
             .collect();
         self.last_commit = Instant::now();
         if offsets.is_empty() {
@@ -482,7 +530,11 @@ impl Scheduler {
 
     async fn drain(&mut self, timeout: Duration) {
         let waiting = self.ready.len() + self.lanes.waiting() + self.timers.len();
-        tracing::info!(running = self.running.len(), handed_back = waiting, "worker stopping");
+        tracing::info!(
+            running = self.running.len(),
+            handed_back = waiting,
+            "worker stopping"
+        );
         self.timers.abort_all();
         self.ready.clear();
         let deadline = Instant::now() + timeout;
@@ -499,7 +551,10 @@ impl Scheduler {
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(_) => {
-                    tracing::warn!(abandoned = self.running.len(), "shutdown timeout: abandoning running jobs; they will be redelivered");
+                    tracing::warn!(
+                        abandoned = self.running.len(),
+                        "shutdown timeout: abandoning running jobs; they will be redelivered"
+                    );
                     self.running.abort_all();
                     break;
                 }
@@ -521,13 +576,20 @@ async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
     let job = Job::new(task.record.clone(), task.attempt);
     let job_type = job.job_type().to_owned();
     shared.stats.started.fetch_add(1, Ordering::Relaxed);
-    let handler = shared.handlers.get(&job_type).or(shared.fallback.as_ref()).cloned();
+    let handler = shared
+        .handlers
+        .get(&job_type)
+        .or(shared.fallback.as_ref())
+        .cloned();
     let outcome = match handler {
         None => Outcome::fail(format!("no handler registered for job type `{job_type}`")),
-        Some(h) => AssertUnwindSafe(h.handle(job)).catch_unwind().await.unwrap_or_else(|p| {
-            shared.stats.panicked.fetch_add(1, Ordering::Relaxed);
-            Outcome::retry(format!("handler panicked: {}", panic_message(&*p)))
-        }),
+        Some(h) => AssertUnwindSafe(h.handle(job))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|p| {
+                shared.stats.panicked.fetch_add(1, Ordering::Relaxed);
+                Outcome::retry(format!("handler panicked: {}", panic_message(&*p)))
+            }),
     };
     let policy = shared.policy(&job_type);
     let r = &task.record;
@@ -536,7 +598,9 @@ async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
             shared.stats.done.fetch_add(1, Ordering::Relaxed);
             return TaskResult::Finished;
         }
-        Outcome::Retry { error } | Outcome::RetryAfter { error, .. } if !policy.should_retry(task.attempt) => {
+        Outcome::Retry { error } | Outcome::RetryAfter { error, .. }
+            if !policy.should_retry(task.attempt) =>
+        {
             (DeadLetterReason::Exhausted, error)
         }
         Outcome::Retry { error } => {

@@ -20,19 +20,32 @@ struct Env {
 
 async fn env(topic: &str, partitions: i32) -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let backend: Arc<dyn Backend> = Arc::new(EmbeddedBackend::open(EmbeddedConfig::new(dir.path())).unwrap());
-    backend.create_topic(&TopicSpec::new(topic, partitions)).await.unwrap();
+    let backend: Arc<dyn Backend> =
+        Arc::new(EmbeddedBackend::open(EmbeddedConfig::new(dir.path())).unwrap());
+    backend
+        .create_topic(&TopicSpec::new(topic, partitions))
+        .await
+        .unwrap();
     let client = Client::new(Arc::clone(&backend));
-    Env { _dir: dir, backend, client }
+    Env {
+        _dir: dir,
+        backend,
+        client,
+    }
 }
 
 /// Runs the worker until `done()` holds (or 20 s pass), then shuts it down.
 async fn run_until(worker: Worker, done: impl Fn() -> bool) {
     let (stop, stopped) = oneshot::channel::<()>();
-    let handle = tokio::spawn(worker.run(async { let _ = stopped.await; }));
+    let handle = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !done() {
-        assert!(tokio::time::Instant::now() < deadline, "condition not reached in 20 s");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached in 20 s"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     stop.send(()).unwrap();
@@ -40,10 +53,19 @@ async fn run_until(worker: Worker, done: impl Fn() -> bool) {
 }
 
 async fn read_all(backend: &Arc<dyn Backend>, topic: &str) -> Vec<ConsumedRecord> {
-    let info = backend.describe_topic(topic).await.unwrap().expect("topic exists");
+    let info = backend
+        .describe_topic(topic)
+        .await
+        .unwrap()
+        .expect("topic exists");
     let mut out = Vec::new();
     for p in info.partitions {
-        out.extend(backend.fetch(topic, p.partition, p.low, 100_000).await.unwrap());
+        out.extend(
+            backend
+                .fetch(topic, p.partition, p.low, 100_000)
+                .await
+                .unwrap(),
+        );
     }
     out
 }
@@ -51,15 +73,27 @@ async fn read_all(backend: &Arc<dyn Backend>, topic: &str) -> Vec<ConsumedRecord
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn always_failing_job_is_dead_lettered_after_max_attempts() {
     let e = env("jobs", 2).await;
-    let at = e.client.enqueue("jobs", NewJob::json("charge", &serde_json::json!({"n": 1})).unwrap().with_key("c1")).await.unwrap();
+    let at = e
+        .client
+        .enqueue(
+            "jobs",
+            NewJob::json("charge", &serde_json::json!({"n": 1}))
+                .unwrap()
+                .with_key("c1"),
+        )
+        .await
+        .unwrap();
     let attempts = Arc::new(AtomicU32::new(0));
     let a = Arc::clone(&attempts);
     let worker = Worker::builder(Arc::clone(&e.backend), "g", ["jobs"])
         .retry(RetryPolicy::fast(4))
-        .handler("charge", handler_fn(move |_job: Job| {
-            a.fetch_add(1, Ordering::SeqCst);
-            async { Err::<(), _>(JobError::retry("card declined")) }
-        }))
+        .handler(
+            "charge",
+            handler_fn(move |_job: Job| {
+                a.fetch_add(1, Ordering::SeqCst);
+                async { Err::<(), _>(JobError::retry("card declined")) }
+            }),
+        )
         .build();
     let stats = worker.stats();
     run_until(worker, || stats.dead_lettered.load(Ordering::SeqCst) == 1).await;
@@ -71,8 +105,14 @@ async fn always_failing_job_is_dead_lettered_after_max_attempts() {
     assert_eq!(h.get_str(dlq::REASON), Some("exhausted"));
     assert_eq!(h.get_str(dlq::ATTEMPTS), Some("4"));
     assert_eq!(h.get_str(dlq::ORIGINAL_TOPIC), Some("jobs"));
-    assert_eq!(h.get_str(dlq::ORIGINAL_PARTITION), Some(at.partition.to_string().as_str()));
-    assert_eq!(h.get_str(dlq::ORIGINAL_OFFSET), Some(at.offset.to_string().as_str()));
+    assert_eq!(
+        h.get_str(dlq::ORIGINAL_PARTITION),
+        Some(at.partition.to_string().as_str())
+    );
+    assert_eq!(
+        h.get_str(dlq::ORIGINAL_OFFSET),
+        Some(at.offset.to_string().as_str())
+    );
     assert_eq!(h.get_str(dlq::GROUP), Some("g"));
     assert!(h.get_str(dlq::FAILED_AT).is_some());
     assert_eq!(h.get_str("message_id"), Some(at.id.as_str()));
@@ -86,17 +126,27 @@ async fn always_failing_job_is_dead_lettered_after_max_attempts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_failing_twice_then_succeeding_is_done_after_three_attempts() {
     let e = env("jobs", 1).await;
-    e.client.enqueue("jobs", NewJob::json("flaky", &1).unwrap()).await.unwrap();
+    e.client
+        .enqueue("jobs", NewJob::json("flaky", &1).unwrap())
+        .await
+        .unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = Arc::clone(&seen);
     let worker = Worker::builder(Arc::clone(&e.backend), "g", ["jobs"])
         .retry(RetryPolicy::fast(5))
-        .handler("flaky", handler_fn(move |job: Job| {
-            s.lock().unwrap().push(job.attempt);
-            async move {
-                if job.attempt < 3 { Err(JobError::retry("not yet")) } else { Ok(()) }
-            }
-        }))
+        .handler(
+            "flaky",
+            handler_fn(move |job: Job| {
+                s.lock().unwrap().push(job.attempt);
+                async move {
+                    if job.attempt < 3 {
+                        Err(JobError::retry("not yet"))
+                    } else {
+                        Ok(())
+                    }
+                }
+            }),
+        )
         .build();
     let stats = worker.stats();
     run_until(worker, || stats.done.load(Ordering::SeqCst) == 1).await;
@@ -114,19 +164,33 @@ async fn same_key_jobs_run_one_at_a_time_in_order_while_other_keys_proceed() {
     let mut batch = Vec::new();
     for i in 0..per_key {
         for k in 0..keys {
-            batch.push(NewJob::json("step", &serde_json::json!({"key": k, "seq": i})).unwrap().with_key(format!("k{k}")));
+            batch.push(
+                NewJob::json("step", &serde_json::json!({"key": k, "seq": i}))
+                    .unwrap()
+                    .with_key(format!("k{k}")),
+            );
         }
     }
     e.client.enqueue_batch("jobs", batch).await.unwrap();
 
     #[derive(serde::Deserialize)]
-    struct Step { key: usize, seq: usize }
-    let running: Arc<Vec<AtomicBool>> = Arc::new((0..keys).map(|_| AtomicBool::new(false)).collect());
+    struct Step {
+        key: usize,
+        seq: usize,
+    }
+    let running: Arc<Vec<AtomicBool>> =
+        Arc::new((0..keys).map(|_| AtomicBool::new(false)).collect());
     let order: Arc<Mutex<HashMap<usize, Vec<usize>>>> = Arc::default();
     let overlap_violations = Arc::new(AtomicUsize::new(0));
     let now_running = Arc::new(AtomicUsize::new(0));
     let max_running = Arc::new(AtomicUsize::new(0));
-    let (r, o, v, n, m) = (running.clone(), order.clone(), overlap_violations.clone(), now_running.clone(), max_running.clone());
+    let (r, o, v, n, m) = (
+        running.clone(),
+        order.clone(),
+        overlap_violations.clone(),
+        now_running.clone(),
+        max_running.clone(),
+    );
     let worker = Worker::builder(Arc::clone(&e.backend), "g", ["jobs"])
         .concurrency(8)
         .job("step", move |s: Step, _job: Job| {
@@ -146,38 +210,78 @@ async fn same_key_jobs_run_one_at_a_time_in_order_while_other_keys_proceed() {
         })
         .build();
     let stats = worker.stats();
-    run_until(worker, || stats.done.load(Ordering::SeqCst) == (keys * per_key) as u64).await;
-    assert_eq!(overlap_violations.load(Ordering::SeqCst), 0, "two jobs of one key ran at once");
+    run_until(worker, || {
+        stats.done.load(Ordering::SeqCst) == (keys * per_key) as u64
+    })
+    .await;
+    assert_eq!(
+        overlap_violations.load(Ordering::SeqCst),
+        0,
+        "two jobs of one key ran at once"
+    );
     let order = order.lock().unwrap();
     for k in 0..keys {
-        assert_eq!(order[&k], (0..per_key).collect::<Vec<_>>(), "key {k} ran out of order");
+        assert_eq!(
+            order[&k],
+            (0..per_key).collect::<Vec<_>>(),
+            "key {k} ran out of order"
+        );
     }
-    assert!(max_running.load(Ordering::SeqCst) > 1, "other keys must run concurrently");
+    assert!(
+        max_running.load(Ordering::SeqCst) > 1,
+        "other keys must run concurrently"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retrying_job_blocks_its_key_but_not_other_keys() {
     let e = env("jobs", 1).await;
-    e.client.enqueue("jobs", NewJob::json("t", &"slow-1").unwrap().with_key("slow")).await.unwrap();
-    e.client.enqueue("jobs", NewJob::json("t", &"slow-2").unwrap().with_key("slow")).await.unwrap();
+    e.client
+        .enqueue(
+            "jobs",
+            NewJob::json("t", &"slow-1").unwrap().with_key("slow"),
+        )
+        .await
+        .unwrap();
+    e.client
+        .enqueue(
+            "jobs",
+            NewJob::json("t", &"slow-2").unwrap().with_key("slow"),
+        )
+        .await
+        .unwrap();
     for i in 0..20 {
-        e.client.enqueue("jobs", NewJob::json("t", &format!("fast-{i}")).unwrap().with_key(format!("f{i}"))).await.unwrap();
+        e.client
+            .enqueue(
+                "jobs",
+                NewJob::json("t", &format!("fast-{i}"))
+                    .unwrap()
+                    .with_key(format!("f{i}")),
+            )
+            .await
+            .unwrap();
     }
     let log: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
     let l = Arc::clone(&log);
     let worker = Worker::builder(Arc::clone(&e.backend), "g", ["jobs"])
         .concurrency(1)
-        .handler("t", handler_fn(move |job: Job| {
-            let name: String = job.json().unwrap();
-            l.lock().unwrap().push((name.clone(), job.attempt));
-            async move {
-                if name == "slow-1" && job.attempt == 1 {
-                    Err(JobError::RetryAfter(Duration::from_millis(300), "busy".into()))
-                } else {
-                    Ok(())
+        .handler(
+            "t",
+            handler_fn(move |job: Job| {
+                let name: String = job.json().unwrap();
+                l.lock().unwrap().push((name.clone(), job.attempt));
+                async move {
+                    if name == "slow-1" && job.attempt == 1 {
+                        Err(JobError::RetryAfter(
+                            Duration::from_millis(300),
+                            "busy".into(),
+                        ))
+                    } else {
+                        Ok(())
+                    }
                 }
-            }
-        }))
+            }),
+        )
         .build();
     let stats = worker.stats();
     run_until(worker, || stats.done.load(Ordering::SeqCst) == 22).await;
@@ -187,17 +291,29 @@ async fn a_retrying_job_blocks_its_key_but_not_other_keys() {
     for i in 0..20 {
         assert!(pos(&format!("fast-{i}"), 1) < pos("slow-1", 2));
     }
-    assert!(pos("slow-1", 2) < pos("slow-2", 1), "slow-2 must wait for slow-1");
+    assert!(
+        pos("slow-1", 2) < pos("slow-2", 1),
+        "slow-2 must wait for slow-1"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_handler_is_a_failure_and_the_worker_lives_on() {
     let e = env("jobs", 1).await;
-    e.client.enqueue("jobs", NewJob::json("boom", &0).unwrap()).await.unwrap();
-    e.client.enqueue("jobs", NewJob::json("ok", &0).unwrap()).await.unwrap();
+    e.client
+        .enqueue("jobs", NewJob::json("boom", &0).unwrap())
+        .await
+        .unwrap();
+    e.client
+        .enqueue("jobs", NewJob::json("ok", &0).unwrap())
+        .await
+        .unwrap();
     let worker = Worker::builder(Arc::clone(&e.backend), "g", ["jobs"])
         .retry(RetryPolicy::fast(2))
-        .handler("boom", handler_fn(|_job: Job| async { panic!("index out of bounds") as Outcome }))
+        .handler(
+            "boom",
+            handler_fn(|_job: Job| async { panic!("index out of bounds") as Outcome }),
+        )
         .handler("ok", handler_fn(|_job: Job| async {}))
         .build();
     let stats = worker.stats();
@@ -206,16 +322,27 @@ async fn a_panicking_handler_is_a_failure_and_the_worker_lives_on() {
     assert_eq!(stats.done.load(Ordering::SeqCst), 1);
     let dead = read_all(&e.backend, "jobs.dlq").await;
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].headers.get_str(dlq::ERROR), Some("handler panicked: index out of bounds"));
+    assert_eq!(
+        dead[0].headers.get_str(dlq::ERROR),
+        Some("handler panicked: index out of bounds")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_payloads_and_unknown_job_types_are_dead_lettered_without_retries() {
     let e = env("jobs", 1).await;
-    e.client.enqueue("jobs", NewJob::raw("typed", "not json", None)).await.unwrap();
-    e.client.enqueue("jobs", NewJob::json("nobody-handles-this", &0).unwrap()).await.unwrap();
+    e.client
+        .enqueue("jobs", NewJob::raw("typed", "not json", None))
+        .await
+        .unwrap();
+    e.client
+        .enqueue("jobs", NewJob::json("nobody-handles-this", &0).unwrap())
+        .await
+        .unwrap();
     #[derive(serde::Deserialize)]
-    struct P { _x: u32 }
+    struct P {
+        _x: u32,
+    }
     let worker = Worker::builder(Arc::clone(&e.backend), "g", ["jobs"])
         .job("typed", |_p: P, _job: Job| async { Ok::<(), JobError>(()) })
         .build();
@@ -223,51 +350,82 @@ async fn bad_payloads_and_unknown_job_types_are_dead_lettered_without_retries() 
     run_until(worker, || stats.dead_lettered.load(Ordering::SeqCst) == 2).await;
     assert_eq!(stats.retried.load(Ordering::SeqCst), 0);
     let dead = read_all(&e.backend, "jobs.dlq").await;
-    let mut errors: Vec<&str> = dead.iter().map(|r| r.headers.get_str(dlq::ERROR).unwrap()).collect();
+    let mut errors: Vec<&str> = dead
+        .iter()
+        .map(|r| r.headers.get_str(dlq::ERROR).unwrap())
+        .collect();
     errors.sort();
-    assert_eq!(errors[0], "no handler registered for job type `nobody-handles-this`");
-    assert!(errors[1].starts_with("payload is not a valid `P`: expected ident"), "{errors:?}");
-    assert!(dead.iter().all(|r| r.headers.get_str(dlq::REASON) == Some("failed")));
+    assert_eq!(
+        errors[0],
+        "no handler registered for job type `nobody-handles-this`"
+    );
+    assert!(
+        errors[1].starts_with("payload is not a valid `P`: expected ident"),
+        "{errors:?}"
+    );
+    assert!(dead
+        .iter()
+        .all(|r| r.headers.get_str(dlq::REASON) == Some("failed")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_finished_work_is_committed_and_the_rest_is_redelivered() {
     let e = env("jobs", 1).await;
     for i in 0..10 {
-        e.client.enqueue("jobs", NewJob::json("t", &i).unwrap().with_key(format!("k{i}"))).await.unwrap();
+        e.client
+            .enqueue(
+                "jobs",
+                NewJob::json("t", &i).unwrap().with_key(format!("k{i}")),
+            )
+            .await
+            .unwrap();
     }
     // offset 0 never finishes in the first run; 1..9 do
     let first_run_done = Arc::new(AtomicUsize::new(0));
     let f = Arc::clone(&first_run_done);
     let worker = Worker::builder(Arc::clone(&e.backend), "g", ["jobs"])
         .shutdown_timeout(Duration::from_millis(100))
-        .handler("t", handler_fn(move |job: Job| {
-            let f = Arc::clone(&f);
-            async move {
-                if job.record.offset == 0 {
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
+        .handler(
+            "t",
+            handler_fn(move |job: Job| {
+                let f = Arc::clone(&f);
+                async move {
+                    if job.record.offset == 0 {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                    }
+                    f.fetch_add(1, Ordering::SeqCst);
                 }
-                f.fetch_add(1, Ordering::SeqCst);
-            }
-        }))
+            }),
+        )
         .build();
     run_until(worker, || first_run_done.load(Ordering::SeqCst) == 9).await;
     let committed = e.backend.committed_offsets("g", "jobs").await.unwrap();
-    assert_eq!(committed[0].1, Some(0), "the commit must not pass the unfinished offset 0");
+    assert_eq!(
+        committed[0].1,
+        Some(0),
+        "the commit must not pass the unfinished offset 0"
+    );
 
     let seen: Arc<Mutex<Vec<i64>>> = Arc::default();
     let s = Arc::clone(&seen);
     let worker = Worker::builder(Arc::clone(&e.backend), "g", ["jobs"])
-        .handler("t", handler_fn(move |job: Job| {
-            s.lock().unwrap().push(job.record.offset);
-            async {}
-        }))
+        .handler(
+            "t",
+            handler_fn(move |job: Job| {
+                s.lock().unwrap().push(job.record.offset);
+                async {}
+            }),
+        )
         .build();
     let stats = worker.stats();
     run_until(worker, || stats.done.load(Ordering::SeqCst) == 10).await;
     let mut seen = seen.lock().unwrap().clone();
     seen.sort();
-    assert_eq!(seen, (0..10).collect::<Vec<i64>>(), "everything after the unfinished job is redelivered");
+    assert_eq!(
+        seen,
+        (0..10).collect::<Vec<i64>>(),
+        "everything after the unfinished job is redelivered"
+    );
     let committed = e.backend.committed_offsets("g", "jobs").await.unwrap();
     assert_eq!(committed[0].1, Some(10));
 }

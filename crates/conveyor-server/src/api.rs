@@ -71,7 +71,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/groups/{group}/lag", get(group_lag))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
-        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))
@@ -96,7 +99,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
-        let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let mime = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if !(mime == "application/json" || mime.ends_with("+json")) {
             return Err(ApiError::UnsupportedMediaType(format!(
                 "Content-Type must be application/json, got `{ct}`; to enqueue other payloads, send them as `payload_base64` with a `content_type`"
@@ -109,17 +117,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ApiError::MalformedJson(format!("cannot read the body: {e}"))
             }
         })?;
-        serde_json::from_slice(&body).map(JsonBody).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => ApiError::invalid(field_of(&e), e.to_string()),
-            _ => ApiError::MalformedJson(format!("the body is not valid JSON: {e}")),
-        })
+        serde_json::from_slice(&body)
+            .map(JsonBody)
+            .map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => ApiError::invalid(field_of(&e), e.to_string()),
+                _ => ApiError::MalformedJson(format!("the body is not valid JSON: {e}")),
+            })
     }
 }
 
 /// Best effort: the field serde complained about (`missing field `type``, `unknown field `x``).
 fn field_of(e: &serde_json::Error) -> String {
     let msg = e.to_string();
-    msg.split('`').nth(1).filter(|_| msg.contains("field")).unwrap_or("").to_owned()
+    msg.split('`')
+        .nth(1)
+        .filter(|_| msg.contains("field"))
+        .unwrap_or("")
+        .to_owned()
 }
 
 /// One job in a request.
@@ -159,24 +173,45 @@ impl JobRequest {
     fn into_job(self, at: &str) -> Result<NewJob, ApiError> {
         let field = |f: &str| format!("{at}{f}");
         if self.job_type.trim().is_empty() || self.job_type.len() > 255 {
-            return Err(ApiError::invalid(field("type"), "`type` must be 1 to 255 characters"));
+            return Err(ApiError::invalid(
+                field("type"),
+                "`type` must be 1 to 255 characters",
+            ));
         }
         let (payload, content_type) = match (self.payload, self.payload_base64) {
             (Some(_), Some(_)) => {
-                return Err(ApiError::invalid(field("payload"), "give `payload` or `payload_base64`, not both"))
+                return Err(ApiError::invalid(
+                    field("payload"),
+                    "give `payload` or `payload_base64`, not both",
+                ))
             }
-            (None, None) => return Err(ApiError::invalid(field("payload"), "missing `payload` (JSON) or `payload_base64`")),
+            (None, None) => {
+                return Err(ApiError::invalid(
+                    field("payload"),
+                    "missing `payload` (JSON) or `payload_base64`",
+                ))
+            }
             (Some(v), None) => {
                 if self.content_type.is_some() {
-                    return Err(ApiError::invalid(field("content_type"), "`content_type` goes with `payload_base64`; `payload` is JSON"));
+                    return Err(ApiError::invalid(
+                        field("content_type"),
+                        "`content_type` goes with `payload_base64`; `payload` is JSON",
+                    ));
                 }
-                (Bytes::from(serde_json::to_vec(&v).expect("a Value serializes")), None)
+                (
+                    Bytes::from(serde_json::to_vec(&v).expect("a Value serializes")),
+                    None,
+                )
             }
             (None, Some(b64)) => {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(b64.as_bytes())
-                    .map_err(|e| ApiError::invalid(field("payload_base64"), format!("not valid base64: {e}")))?;
-                let ct = self.content_type.unwrap_or_else(|| "application/octet-stream".into());
+                    .map_err(|e| {
+                        ApiError::invalid(field("payload_base64"), format!("not valid base64: {e}"))
+                    })?;
+                let ct = self
+                    .content_type
+                    .unwrap_or_else(|| "application/octet-stream".into());
                 (Bytes::from(bytes), Some(ct))
             }
         };
@@ -219,7 +254,14 @@ async fn enqueue_batch(
     JsonBody(req): JsonBody<BatchRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if req.jobs.is_empty() || req.jobs.len() > s.max_batch {
-        return Err(ApiError::invalid("jobs", format!("a batch holds 1 to {} jobs, got {}", s.max_batch, req.jobs.len())));
+        return Err(ApiError::invalid(
+            "jobs",
+            format!(
+                "a batch holds 1 to {} jobs, got {}",
+                s.max_batch,
+                req.jobs.len()
+            ),
+        ));
     }
     let jobs = req
         .jobs
@@ -235,7 +277,10 @@ async fn list_topics(State(s): State<AppState>) -> Result<Json<Value>, ApiError>
     Ok(Json(json!({ "topics": s.backend.list_topics().await? })))
 }
 
-async fn describe_topic(State(s): State<AppState>, Path(topic): Path<String>) -> Result<Json<TopicInfo>, ApiError> {
+async fn describe_topic(
+    State(s): State<AppState>,
+    Path(topic): Path<String>,
+) -> Result<Json<TopicInfo>, ApiError> {
     s.backend
         .describe_topic(&topic)
         .await?
@@ -248,7 +293,10 @@ async fn create_topic(
     JsonBody(spec): JsonBody<TopicSpec>,
 ) -> Result<(StatusCode, Json<TopicInfo>), ApiError> {
     spec.validate()?;
-    Ok((StatusCode::CREATED, Json(s.backend.create_topic(&spec).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(s.backend.create_topic(&spec).await?),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -290,13 +338,20 @@ async fn read_records(
         .describe_topic(&topic)
         .await?
         .ok_or_else(|| ApiError::from(conveyor_core::Error::UnknownTopic(topic.clone())))?;
-    let part = info
-        .partitions
-        .get(q.partition as usize)
-        .ok_or_else(|| ApiError::invalid("partition", format!("topic `{topic}` has {} partitions", info.partitions.len())))?;
+    let part = info.partitions.get(q.partition as usize).ok_or_else(|| {
+        ApiError::invalid(
+            "partition",
+            format!("topic `{topic}` has {} partitions", info.partitions.len()),
+        )
+    })?;
     let offset = q.offset.unwrap_or(part.low);
-    let records = s.backend.fetch(&topic, q.partition, offset, q.limit.min(1000)).await?;
-    let next = records.last().map_or(offset.max(part.low), |r| r.offset + 1);
+    let records = s
+        .backend
+        .fetch(&topic, q.partition, offset, q.limit.min(1000))
+        .await?;
+    let next = records
+        .last()
+        .map_or(offset.max(part.low), |r| r.offset + 1);
     let views: Vec<RecordView> = records
         .into_iter()
         .map(|r| {
@@ -305,14 +360,25 @@ async fn read_records(
                 partition: r.partition,
                 offset: r.offset,
                 timestamp: r.timestamp,
-                key: r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
-                headers: r.headers.iter().map(|(k, v)| (k.to_owned(), String::from_utf8_lossy(v).into_owned())).collect(),
-                value_base64: json.is_none().then(|| base64::engine::general_purpose::STANDARD.encode(&r.value)),
+                key: r
+                    .key
+                    .as_ref()
+                    .map(|k| String::from_utf8_lossy(k).into_owned()),
+                headers: r
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), String::from_utf8_lossy(v).into_owned()))
+                    .collect(),
+                value_base64: json
+                    .is_none()
+                    .then(|| base64::engine::general_purpose::STANDARD.encode(&r.value)),
                 value: json,
             }
         })
         .collect();
-    Ok(Json(json!({ "records": views, "next_offset": next, "high_watermark": part.high })))
+    Ok(Json(
+        json!({ "records": views, "next_offset": next, "high_watermark": part.high }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -340,13 +406,19 @@ async fn group_lag(
             json!({ "partition": p.partition, "committed": c, "high_watermark": p.high, "lag": lag })
         })
         .collect();
-    let total: i64 = partitions.iter().map(|p| p["lag"].as_i64().unwrap_or(0)).sum();
-    Ok(Json(json!({ "group": group, "topic": q.topic, "lag": total, "partitions": partitions })))
+    let total: i64 = partitions
+        .iter()
+        .map(|p| p["lag"].as_i64().unwrap_or(0))
+        .sum();
+    Ok(Json(
+        json!({ "group": group, "topic": q.topic, "lag": total, "partitions": partitions }),
+    ))
 }
 
 async fn ready(State(s): State<AppState>) -> Response {
     match s.backend.list_topics().await {
         Ok(_) => Json(json!({"status": "ready", "backend": s.backend.name()})).into_response(),
-        Err(e) => ApiError::BackendUnavailable(format!("the backend does not answer: {e}")).into_response(),
+        Err(e) => ApiError::BackendUnavailable(format!("the backend does not answer: {e}"))
+            .into_response(),
     }
 }

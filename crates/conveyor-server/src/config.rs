@@ -80,7 +80,11 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: "127.0.0.1:8080".into(), max_body_bytes: 1024 * 1024, max_batch: 1000 }
+        ApiConfig {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 1024 * 1024,
+            max_batch: 1000,
+        }
     }
 }
 
@@ -99,7 +103,11 @@ pub struct EmbeddedSettings {
 
 impl Default for EmbeddedSettings {
     fn default() -> Self {
-        EmbeddedSettings { durability: Durability::Fsync, max_record_bytes: 1024 * 1024, retention_interval_secs: 60 }
+        EmbeddedSettings {
+            durability: Durability::Fsync,
+            max_record_bytes: 1024 * 1024,
+            retention_interval_secs: 60,
+        }
     }
 }
 
@@ -141,7 +149,9 @@ fn default_route_buffer() -> usize {
 impl RouteConfig {
     /// The route's consumer group.
     pub fn group(&self) -> String {
-        self.group.clone().unwrap_or_else(|| format!("webhook.{}", self.topic))
+        self.group
+            .clone()
+            .unwrap_or_else(|| format!("webhook.{}", self.topic))
     }
 
     /// The request timeout.
@@ -166,11 +176,15 @@ impl Config {
                 })
             }
             Some(p) => fig = fig.merge(Toml::file(p)),
-            None if Path::new("conveyor.toml").exists() => fig = fig.merge(Toml::file("conveyor.toml")),
+            None if Path::new("conveyor.toml").exists() => {
+                fig = fig.merge(Toml::file("conveyor.toml"))
+            }
             None => {}
         }
         let fig = fig.merge(EnvList { vars: env.to_vec() });
-        let config: Config = fig.extract().map_err(|e| ConfigError::Parse(format_figment(e)))?;
+        let config: Config = fig
+            .extract()
+            .map_err(|e| ConfigError::Parse(format_figment(e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -181,11 +195,20 @@ impl Config {
         if self.backend != "embedded" {
             return invalid(
                 "backend".into(),
-                format!("unknown backend `{}`: this build supports `embedded`", self.backend),
+                format!(
+                    "unknown backend `{}`: this build supports `embedded`",
+                    self.backend
+                ),
             );
         }
         if self.api.listen.parse::<SocketAddr>().is_err() {
-            return invalid("api.listen".into(), format!("`{}` is not an address like 127.0.0.1:8080", self.api.listen));
+            return invalid(
+                "api.listen".into(),
+                format!(
+                    "`{}` is not an address like 127.0.0.1:8080",
+                    self.api.listen
+                ),
+            );
         }
         if self.api.max_body_bytes < 1024 {
             return invalid("api.max_body_bytes".into(), "must be at least 1024".into());
@@ -206,13 +229,22 @@ impl Config {
                 return invalid(format!("routes[{i}].topic"), e.to_string());
             }
             if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
-                return invalid(format!("routes[{i}].url"), format!("`{}` must start with http:// or https://", r.url));
+                return invalid(
+                    format!("routes[{i}].url"),
+                    format!("`{}` must start with http:// or https://", r.url),
+                );
             }
             if r.concurrency == 0 {
-                return invalid(format!("routes[{i}].concurrency"), "must be at least 1".into());
+                return invalid(
+                    format!("routes[{i}].concurrency"),
+                    "must be at least 1".into(),
+                );
             }
             if r.timeout_ms == 0 {
-                return invalid(format!("routes[{i}].timeout_ms"), "must be at least 1".into());
+                return invalid(
+                    format!("routes[{i}].timeout_ms"),
+                    "must be at least 1".into(),
+                );
             }
             if let Some(Err(m)) = r.retry.as_ref().map(RetryPolicy::validate) {
                 return invalid(format!("routes[{i}].retry"), m);
@@ -235,7 +267,10 @@ impl Config {
         let mut out = self.topics.clone();
         for r in &self.routes {
             if !out.iter().any(|t| t.name == r.topic) {
-                out.push(TopicSpec::new(r.topic.clone(), TopicSpec::DEFAULT_PARTITIONS));
+                out.push(TopicSpec::new(
+                    r.topic.clone(),
+                    TopicSpec::DEFAULT_PARTITIONS,
+                ));
             }
         }
         out
@@ -246,7 +281,11 @@ fn format_figment(e: figment::Error) -> String {
     e.into_iter()
         .map(|e| {
             let key = e.path.join(".");
-            let source = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| m.name.to_string())
+                .unwrap_or_default();
             if key.is_empty() {
                 format!("{} ({source})", e.kind)
             } else {
@@ -268,16 +307,21 @@ impl figment::Provider for EnvList {
         figment::Metadata::named("environment variable(s)")
     }
 
-    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
         let mut dict = figment::value::Dict::new();
         for (k, v) in &self.vars {
-            let Some(rest) = k.strip_prefix("CONVEYOR_") else { continue };
+            let Some(rest) = k.strip_prefix("CONVEYOR_") else {
+                continue;
+            };
             let key = rest.to_ascii_lowercase();
             if NOT_CONFIG.contains(&key.as_str()) {
                 continue;
             }
             let path: Vec<&str> = key.split("__").collect();
-            let value: figment::value::Value = v.parse().expect("figment values parse from any string");
+            let value: figment::value::Value =
+                v.parse().expect("figment values parse from any string");
             let mut nested = value;
             for seg in path.iter().skip(1).rev() {
                 let mut d = figment::value::Dict::new();
@@ -328,9 +372,15 @@ mod tests {
             "#,
         );
         let env = vec![
-            ("CONVEYOR_API__LISTEN".to_owned(), "127.0.0.1:9100".to_owned()),
+            (
+                "CONVEYOR_API__LISTEN".to_owned(),
+                "127.0.0.1:9100".to_owned(),
+            ),
             ("CONVEYOR_RETRY__MAX_ATTEMPTS".to_owned(), "7".to_owned()),
-            ("CONVEYOR_TEST_BROKERS".to_owned(), "ignored:9092".to_owned()),
+            (
+                "CONVEYOR_TEST_BROKERS".to_owned(),
+                "ignored:9092".to_owned(),
+            ),
             ("OTHER".to_owned(), "x".to_owned()),
         ];
         let c = Config::load(Some(&p), &env).unwrap();
@@ -364,7 +414,9 @@ mod tests {
         let e = Config::load(None, &env).unwrap_err().to_string();
         assert!(e.contains("`retry`") && e.contains("max_attempts"), "{e}");
 
-        let e = Config::load(Some(Path::new("/no/such/conveyor.toml")), &[]).unwrap_err().to_string();
+        let e = Config::load(Some(Path::new("/no/such/conveyor.toml")), &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not exist"), "{e}");
     }
 }

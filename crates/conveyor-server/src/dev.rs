@@ -23,8 +23,17 @@ pub async fn open_backend(config: &Config) -> Result<Arc<dyn Backend>, Error> {
     for spec in config.all_topics() {
         match backend.create_topic(&spec).await {
             Ok(_) => {}
-            Err(Error::TopicConflict { topic, existing, requested }) => {
-                tracing::warn!(topic, existing, requested, "topic exists with another partition count; keeping it");
+            Err(Error::TopicConflict {
+                topic,
+                existing,
+                requested,
+            }) => {
+                tracing::warn!(
+                    topic,
+                    existing,
+                    requested,
+                    "topic exists with another partition count; keeping it"
+                );
             }
             Err(e) => return Err(e),
         }
@@ -33,7 +42,11 @@ pub async fn open_backend(config: &Config) -> Result<Arc<dyn Backend>, Error> {
 }
 
 /// The worker delivering a route's jobs to its webhook.
-pub fn route_worker(config: &Config, route: &crate::config::RouteConfig, backend: Arc<dyn Backend>) -> Worker {
+pub fn route_worker(
+    config: &Config,
+    route: &crate::config::RouteConfig,
+    backend: Arc<dyn Backend>,
+) -> Worker {
     let mut options = WorkerOptions::new(route.group(), [route.topic.clone()]);
     options.concurrency = route.concurrency;
     options.max_buffered = route.max_buffered;

@@ -65,7 +65,10 @@ pub enum ApiError {
 impl ApiError {
     /// A 422 for `field`.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError::InvalidField { field: field.into(), message: message.into() }
+        ApiError::InvalidField {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     /// The stable machine code.

@@ -40,17 +40,35 @@ pub struct ApiClient {
 impl ApiClient {
     /// A client for the server at `base` (e.g. `http://127.0.0.1:8080`).
     pub fn new(base: impl Into<String>) -> Self {
-        ApiClient { base: base.into().trim_end_matches('/').to_owned(), http: reqwest::Client::new() }
+        ApiClient {
+            base: base.into().trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
+        }
     }
 
-    async fn call<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, RemoteError> {
-        let resp = req.send().await.map_err(|source| RemoteError::Unreachable { url: self.base.clone(), source })?;
+    async fn call<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, RemoteError> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| RemoteError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
         let status = resp.status();
-        let body: Value = resp.json().await.map_err(|e| RemoteError::Protocol(e.to_string()))?;
+        let body: Value = resp
+            .json()
+            .await
+            .map_err(|e| RemoteError::Protocol(e.to_string()))?;
         if !status.is_success() {
             return Err(RemoteError::Api {
                 status: status.as_u16(),
-                code: body["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
+                code: body["error"]["code"]
+                    .as_str()
+                    .unwrap_or("unknown")
+                    .to_owned(),
                 message: body["error"]["message"].as_str().unwrap_or("").to_owned(),
             });
         }
@@ -59,28 +77,54 @@ impl ApiClient {
 
     /// `POST /v1/topics/{topic}/jobs` with a request body as the API documents it.
     pub async fn enqueue(&self, topic: &str, job: &Value) -> Result<Value, RemoteError> {
-        self.call(self.http.post(format!("{}/v1/topics/{topic}/jobs", self.base)).json(job)).await
+        self.call(
+            self.http
+                .post(format!("{}/v1/topics/{topic}/jobs", self.base))
+                .json(job),
+        )
+        .await
     }
 
     /// `GET /v1/topics`.
     pub async fn list_topics(&self) -> Result<Value, RemoteError> {
-        self.call(self.http.get(format!("{}/v1/topics", self.base))).await
+        self.call(self.http.get(format!("{}/v1/topics", self.base)))
+            .await
     }
 
     /// `POST /v1/topics`.
-    pub async fn create_topic(&self, name: &str, partitions: i32, retention_ms: Option<i64>) -> Result<Value, RemoteError> {
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        retention_ms: Option<i64>,
+    ) -> Result<Value, RemoteError> {
         let body = json!({ "name": name, "partitions": partitions, "retention_ms": retention_ms });
-        self.call(self.http.post(format!("{}/v1/topics", self.base)).json(&body)).await
+        self.call(
+            self.http
+                .post(format!("{}/v1/topics", self.base))
+                .json(&body),
+        )
+        .await
     }
 
     /// `GET /v1/topics/{topic}`.
     pub async fn describe_topic(&self, topic: &str) -> Result<Value, RemoteError> {
-        self.call(self.http.get(format!("{}/v1/topics/{topic}", self.base))).await
+        self.call(self.http.get(format!("{}/v1/topics/{topic}", self.base)))
+            .await
     }
 
     /// `GET /v1/topics/{topic}/records`.
-    pub async fn read_records(&self, topic: &str, partition: i32, offset: Option<i64>, limit: usize) -> Result<Value, RemoteError> {
-        let mut url = format!("{}/v1/topics/{topic}/records?partition={partition}&limit={limit}", self.base);
+    pub async fn read_records(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: Option<i64>,
+        limit: usize,
+    ) -> Result<Value, RemoteError> {
+        let mut url = format!(
+            "{}/v1/topics/{topic}/records?partition={partition}&limit={limit}",
+            self.base
+        );
         if let Some(o) = offset {
             url.push_str(&format!("&offset={o}"));
         }

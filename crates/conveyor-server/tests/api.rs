@@ -19,23 +19,43 @@ struct Api {
 
 async fn api() -> Api {
     let dir = tempfile::tempdir().unwrap();
-    let backend: Arc<dyn Backend> = Arc::new(EmbeddedBackend::open(EmbeddedConfig::new(dir.path())).unwrap());
-    backend.create_topic(&TopicSpec::new("emails", 3)).await.unwrap();
+    let backend: Arc<dyn Backend> =
+        Arc::new(EmbeddedBackend::open(EmbeddedConfig::new(dir.path())).unwrap());
+    backend
+        .create_topic(&TopicSpec::new("emails", 3))
+        .await
+        .unwrap();
     let mut state = AppState::new(Arc::clone(&backend));
     state.max_body_bytes = 64 * 1024;
     state.max_batch = 10;
-    Api { _dir: dir, router: app(state), backend }
+    Api {
+        _dir: dir,
+        router: app(state),
+        backend,
+    }
 }
 
-async fn send(api: &Api, method: &str, uri: &str, ct: Option<&str>, body: impl Into<Body>) -> (StatusCode, Value) {
+async fn send(
+    api: &Api,
+    method: &str,
+    uri: &str,
+    ct: Option<&str>,
+    body: impl Into<Body>,
+) -> (StatusCode, Value) {
     let mut req = Request::builder().method(method).uri(uri);
     if let Some(ct) = ct {
         req = req.header("content-type", ct);
     }
-    let resp = api.router.clone().oneshot(req.body(body.into()).unwrap()).await.unwrap();
+    let resp = api
+        .router
+        .clone()
+        .oneshot(req.body(body.into()).unwrap())
+        .await
+        .unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
     (status, v)
 }
 
@@ -44,7 +64,9 @@ async fn post(api: &Api, uri: &str, body: Value) -> (StatusCode, Value) {
 }
 
 fn code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code in {v}"))
+    v["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {v}"))
 }
 
 #[tokio::test]
@@ -52,8 +74,14 @@ async fn enqueue_stores_the_job_with_its_metadata() {
     let a = api().await;
     let (s, v) = post(&a, "/v1/topics/emails/jobs", json!({"type": "email.send", "key": "user-1", "payload": {"to": "a@b.c"}, "headers": {"tenant": "acme"}})).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
-    let (p, o) = (v["partition"].as_i64().unwrap() as i32, v["offset"].as_i64().unwrap());
-    assert_eq!(p, conveyor_core::partitioner::partition_for_key(b"user-1", 3));
+    let (p, o) = (
+        v["partition"].as_i64().unwrap() as i32,
+        v["offset"].as_i64().unwrap(),
+    );
+    assert_eq!(
+        p,
+        conveyor_core::partitioner::partition_for_key(b"user-1", 3)
+    );
     let stored = a.backend.fetch("emails", p, o, 1).await.unwrap();
     let r = &stored[0];
     assert_eq!(&r.value[..], br#"{"to":"a@b.c"}"#);
@@ -67,9 +95,23 @@ async fn enqueue_stores_the_job_with_its_metadata() {
 #[tokio::test]
 async fn binary_payloads_pass_through_as_bytes() {
     let a = api().await;
-    let (s, v) = post(&a, "/v1/topics/emails/jobs", json!({"type": "img", "payload_base64": "AP8A/w==", "content_type": "image/png"})).await;
+    let (s, v) = post(
+        &a,
+        "/v1/topics/emails/jobs",
+        json!({"type": "img", "payload_base64": "AP8A/w==", "content_type": "image/png"}),
+    )
+    .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
-    let r = &a.backend.fetch("emails", v["partition"].as_i64().unwrap() as i32, v["offset"].as_i64().unwrap(), 1).await.unwrap()[0];
+    let r = &a
+        .backend
+        .fetch(
+            "emails",
+            v["partition"].as_i64().unwrap() as i32,
+            v["offset"].as_i64().unwrap(),
+            1,
+        )
+        .await
+        .unwrap()[0];
     assert_eq!(&r.value[..], &[0u8, 255, 0, 255]);
     assert_eq!(r.headers.get_str("content_type"), Some("image/png"));
 }
@@ -77,26 +119,48 @@ async fn binary_payloads_pass_through_as_bytes() {
 #[tokio::test]
 async fn batch_is_stored_in_order() {
     let a = api().await;
-    let jobs: Vec<Value> = (0..5).map(|i| json!({"type": "t", "key": "same", "payload": i})).collect();
+    let jobs: Vec<Value> = (0..5)
+        .map(|i| json!({"type": "t", "key": "same", "payload": i}))
+        .collect();
     let (s, v) = post(&a, "/v1/topics/emails/jobs/batch", json!({"jobs": jobs})).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
-    let offsets: Vec<i64> = v["jobs"].as_array().unwrap().iter().map(|j| j["offset"].as_i64().unwrap()).collect();
+    let offsets: Vec<i64> = v["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["offset"].as_i64().unwrap())
+        .collect();
     assert_eq!(offsets, vec![0, 1, 2, 3, 4]);
 }
 
 #[tokio::test]
 async fn malformed_json_is_400() {
     let a = api().await;
-    let (s, v) = send(&a, "POST", "/v1/topics/emails/jobs", Some("application/json"), "{\"type\": ").await;
+    let (s, v) = send(
+        &a,
+        "POST",
+        "/v1/topics/emails/jobs",
+        Some("application/json"),
+        "{\"type\": ",
+    )
+    .await;
     assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "malformed_json"));
 }
 
 #[tokio::test]
 async fn unknown_topic_is_404() {
     let a = api().await;
-    let (s, v) = post(&a, "/v1/topics/nope/jobs", json!({"type": "t", "payload": 1})).await;
+    let (s, v) = post(
+        &a,
+        "/v1/topics/nope/jobs",
+        json!({"type": "t", "payload": 1}),
+    )
+    .await;
     assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "unknown_topic"));
-    assert!(v["error"]["message"].as_str().unwrap().contains("conveyor topics create nope"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("conveyor topics create nope"));
     let (s, v) = send(&a, "GET", "/v1/topics/nope", None, "").await;
     assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "unknown_topic"));
     let (s, v) = send(&a, "GET", "/no/such/route", None, "").await;
@@ -107,8 +171,16 @@ async fn unknown_topic_is_404() {
 async fn oversized_body_is_413_and_nothing_is_stored() {
     let a = api().await;
     let big = "x".repeat(70 * 1024);
-    let (s, v) = post(&a, "/v1/topics/emails/jobs", json!({"type": "t", "payload": big})).await;
-    assert_eq!((s, code(&v)), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+    let (s, v) = post(
+        &a,
+        "/v1/topics/emails/jobs",
+        json!({"type": "t", "payload": big}),
+    )
+    .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
     let info = a.backend.describe_topic("emails").await.unwrap().unwrap();
     assert_eq!(info.retained(), 0);
 }
@@ -116,10 +188,23 @@ async fn oversized_body_is_413_and_nothing_is_stored() {
 #[tokio::test]
 async fn wrong_content_type_is_415() {
     let a = api().await;
-    let (s, v) = send(&a, "POST", "/v1/topics/emails/jobs", Some("text/plain"), "{\"type\":\"t\",\"payload\":1}").await;
-    assert_eq!((s, code(&v)), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"));
+    let (s, v) = send(
+        &a,
+        "POST",
+        "/v1/topics/emails/jobs",
+        Some("text/plain"),
+        "{\"type\":\"t\",\"payload\":1}",
+    )
+    .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+    );
     let (s, v) = send(&a, "POST", "/v1/topics/emails/jobs", None, "{}").await;
-    assert_eq!((s, code(&v)), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"));
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+    );
 }
 
 #[tokio::test]
@@ -130,26 +215,55 @@ async fn invalid_fields_are_422_and_name_the_field() {
         (json!({"type": 5, "payload": 1}), ""),
         (json!({"type": "", "payload": 1}), "type"),
         (json!({"type": "t"}), "payload"),
-        (json!({"type": "t", "payload": 1, "payload_base64": "AA=="}), "payload"),
-        (json!({"type": "t", "payload_base64": "%%%"}), "payload_base64"),
-        (json!({"type": "t", "payload": 1, "headers": {"message_id": "x"}}), "headers.message_id"),
-        (json!({"type": "t", "payload": 1, "surprise": true}), "surprise"),
+        (
+            json!({"type": "t", "payload": 1, "payload_base64": "AA=="}),
+            "payload",
+        ),
+        (
+            json!({"type": "t", "payload_base64": "%%%"}),
+            "payload_base64",
+        ),
+        (
+            json!({"type": "t", "payload": 1, "headers": {"message_id": "x"}}),
+            "headers.message_id",
+        ),
+        (
+            json!({"type": "t", "payload": 1, "surprise": true}),
+            "surprise",
+        ),
         (json!({"type": "t", "payload": 1, "key": 7}), ""),
     ];
     for (body, field) in cases {
         let (s, v) = post(&a, "/v1/topics/emails/jobs", body.clone()).await;
-        assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"), "{body}: {v}");
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+            "{body}: {v}"
+        );
         if !field.is_empty() {
             assert_eq!(v["error"]["field"], field, "{body}: {v}");
         }
     }
-    let (s, v) = post(&a, "/v1/topics/emails/jobs/batch", json!({"jobs": [{"type": "t", "payload": 1}, {"type": ""}]})).await;
-    assert_eq!((s, v["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("jobs[1].type")));
+    let (s, v) = post(
+        &a,
+        "/v1/topics/emails/jobs/batch",
+        json!({"jobs": [{"type": "t", "payload": 1}, {"type": ""}]}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("jobs[1].type"))
+    );
     let (s, _) = post(&a, "/v1/topics/emails/jobs/batch", json!({"jobs": []})).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-    let many: Vec<Value> = (0..11).map(|_| json!({"type": "t", "payload": 1})).collect();
+    let many: Vec<Value> = (0..11)
+        .map(|_| json!({"type": "t", "payload": 1}))
+        .collect();
     let (s, v) = post(&a, "/v1/topics/emails/jobs/batch", json!({"jobs": many})).await;
-    assert_eq!((s, v["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("jobs")));
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("jobs"))
+    );
     // a rejected batch stores nothing
     let info = a.backend.describe_topic("emails").await.unwrap().unwrap();
     assert_eq!(info.retained(), 0);
@@ -164,19 +278,49 @@ async fn topics_health_readiness_records_and_openapi() {
     let (s, v) = post(&a, "/v1/topics", json!({"name": "orders", "partitions": 2})).await;
     assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "topic_conflict"));
     let (s, v) = post(&a, "/v1/topics", json!({"name": "bad name"})).await;
-    assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"));
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field")
+    );
     let (_, v) = send(&a, "GET", "/v1/topics", None, "").await;
-    let names: Vec<&str> = v["topics"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = v["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["emails", "orders"]);
 
-    post(&a, "/v1/topics/orders/jobs", json!({"type": "t", "payload": {"n": 1}, "key": "k"})).await;
+    post(
+        &a,
+        "/v1/topics/orders/jobs",
+        json!({"type": "t", "payload": {"n": 1}, "key": "k"}),
+    )
+    .await;
     let p = conveyor_core::partitioner::partition_for_key(b"k", 6);
-    let (s, v) = send(&a, "GET", &format!("/v1/topics/orders/records?partition={p}"), None, "").await;
+    let (s, v) = send(
+        &a,
+        "GET",
+        &format!("/v1/topics/orders/records?partition={p}"),
+        None,
+        "",
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["records"][0]["value"], json!({"n": 1}));
     assert_eq!(v["next_offset"], 1);
-    let (s, v) = send(&a, "GET", "/v1/topics/orders/records?partition=99", None, "").await;
-    assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"));
+    let (s, v) = send(
+        &a,
+        "GET",
+        "/v1/topics/orders/records?partition=99",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field")
+    );
     let (s, v) = send(&a, "GET", "/v1/groups/g/lag?topic=orders", None, "").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["lag"], 1);
@@ -184,20 +328,46 @@ async fn topics_health_readiness_records_and_openapi() {
     let (s, v) = send(&a, "GET", "/healthz", None, "").await;
     assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("ok")));
     let (s, v) = send(&a, "GET", "/readyz", None, "").await;
-    assert_eq!((s, v["backend"].as_str()), (StatusCode::OK, Some("embedded")));
+    assert_eq!(
+        (s, v["backend"].as_str()),
+        (StatusCode::OK, Some("embedded"))
+    );
     let (s, v) = send(&a, "DELETE", "/healthz", None, "").await;
-    assert_eq!((s, code(&v)), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
 
     let (s, v) = send(&a, "GET", "/openapi.json", None, "").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["openapi"], "3.1.0");
-    for path in ["/v1/topics/{topic}/jobs", "/v1/topics/{topic}/jobs/batch", "/v1/topics", "/healthz", "/readyz"] {
-        assert!(v["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
+    for path in [
+        "/v1/topics/{topic}/jobs",
+        "/v1/topics/{topic}/jobs/batch",
+        "/v1/topics",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(
+            v["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
     }
 
     a.backend.close().await.unwrap();
     let (s, v) = send(&a, "GET", "/readyz", None, "").await;
-    assert_eq!((s, code(&v)), (StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable"));
-    let (s, v) = post(&a, "/v1/topics/orders/jobs", json!({"type": "t", "payload": 1})).await;
-    assert_eq!((s, code(&v)), (StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable"));
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable")
+    );
+    let (s, v) = post(
+        &a,
+        "/v1/topics/orders/jobs",
+        json!({"type": "t", "payload": 1}),
+    )
+    .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable")
+    );
 }

@@ -19,7 +19,8 @@ use cli::{BenchArgs, Cli, Command, TopicsCommand};
 async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CONVEYOR_LOG").unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("CONVEYOR_LOG")
+                .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -31,13 +32,31 @@ async fn main() {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Dev { config, listen, data_dir } => dev(config, listen, data_dir).await,
-        Command::Enqueue { topic, job_type, payload, key, headers, server } => {
-            let payload = if payload == "-" { std::io::read_to_string(std::io::stdin())? } else { payload };
-            let payload: Value = serde_json::from_str(&payload).context("--payload is not valid JSON")?;
+        Command::Dev {
+            config,
+            listen,
+            data_dir,
+        } => dev(config, listen, data_dir).await,
+        Command::Enqueue {
+            topic,
+            job_type,
+            payload,
+            key,
+            headers,
+            server,
+        } => {
+            let payload = if payload == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                payload
+            };
+            let payload: Value =
+                serde_json::from_str(&payload).context("--payload is not valid JSON")?;
             let mut h = serde_json::Map::new();
             for kv in headers {
-                let Some((k, v)) = kv.split_once('=') else { bail!("--header `{kv}` must be name=value") };
+                let Some((k, v)) = kv.split_once('=') else {
+                    bail!("--header `{kv}` must be name=value")
+                };
                 h.insert(k.to_owned(), json!(v));
             }
             let body = json!({ "type": job_type, "payload": payload, "key": key, "headers": h });
@@ -45,28 +64,73 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&at)?);
             Ok(())
         }
-        Command::Topics { command: TopicsCommand::List { server } } => {
+        Command::Topics {
+            command: TopicsCommand::List { server },
+        } => {
             let topics = ApiClient::new(server.url).list_topics().await?;
-            println!("{:<40} {:>10} {:>12} {:>12}", "TOPIC", "PARTITIONS", "RECORDS", "END OFFSETS");
+            println!(
+                "{:<40} {:>10} {:>12} {:>12}",
+                "TOPIC", "PARTITIONS", "RECORDS", "END OFFSETS"
+            );
             for t in topics["topics"].as_array().into_iter().flatten() {
                 let parts = t["partitions"].as_array().cloned().unwrap_or_default();
-                let retained: i64 = parts.iter().map(|p| p["high"].as_i64().unwrap_or(0) - p["low"].as_i64().unwrap_or(0)).sum();
+                let retained: i64 = parts
+                    .iter()
+                    .map(|p| p["high"].as_i64().unwrap_or(0) - p["low"].as_i64().unwrap_or(0))
+                    .sum();
                 let highs: Vec<String> = parts.iter().map(|p| p["high"].to_string()).collect();
-                println!("{:<40} {:>10} {:>12} {:>12}", t["name"].as_str().unwrap_or(""), parts.len(), retained, highs.join(","));
+                println!(
+                    "{:<40} {:>10} {:>12} {:>12}",
+                    t["name"].as_str().unwrap_or(""),
+                    parts.len(),
+                    retained,
+                    highs.join(",")
+                );
             }
             Ok(())
         }
-        Command::Topics { command: TopicsCommand::Create { name, partitions, retention_ms, server } } => {
-            let t = ApiClient::new(server.url).create_topic(&name, partitions, retention_ms).await?;
-            println!("topic {} has {} partitions", t["name"].as_str().unwrap_or(&name), t["partitions"].as_array().map_or(0, Vec::len));
+        Command::Topics {
+            command:
+                TopicsCommand::Create {
+                    name,
+                    partitions,
+                    retention_ms,
+                    server,
+                },
+        } => {
+            let t = ApiClient::new(server.url)
+                .create_topic(&name, partitions, retention_ms)
+                .await?;
+            println!(
+                "topic {} has {} partitions",
+                t["name"].as_str().unwrap_or(&name),
+                t["partitions"].as_array().map_or(0, Vec::len)
+            );
             Ok(())
         }
-        Command::Tail { topic, from_beginning, no_follow, server } => tail(ApiClient::new(server.url), &topic, from_beginning, !no_follow).await,
+        Command::Tail {
+            topic,
+            from_beginning,
+            no_follow,
+            server,
+        } => {
+            tail(
+                ApiClient::new(server.url),
+                &topic,
+                from_beginning,
+                !no_follow,
+            )
+            .await
+        }
         Command::Bench(args) => run_bench(args).await,
     }
 }
 
-async fn dev(config: Option<std::path::PathBuf>, listen: Option<std::net::SocketAddr>, data_dir: Option<std::path::PathBuf>) -> Result<()> {
+async fn dev(
+    config: Option<std::path::PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+    data_dir: Option<std::path::PathBuf>,
+) -> Result<()> {
     let env: Vec<(String, String)> = std::env::vars().collect();
     let mut config = Config::load(config.as_deref(), &env)?;
     if let Some(l) = listen {
@@ -77,9 +141,17 @@ async fn dev(config: Option<std::path::PathBuf>, listen: Option<std::net::Socket
     }
     let listener = tokio::net::TcpListener::bind(&config.api.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (set [api] listen or --listen)", config.api.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (set [api] listen or --listen)",
+                config.api.listen
+            )
+        })?;
     let addr = listener.local_addr()?;
-    eprintln!("conveyor dev: embedded backend in {}", config.embedded_config().path.display());
+    eprintln!(
+        "conveyor dev: embedded backend in {}",
+        config.embedded_config().path.display()
+    );
     eprintln!("  API      http://{addr}/v1/topics/{{topic}}/jobs");
     eprintln!("  OpenAPI  http://{addr}/openapi.json");
     eprintln!("  health   http://{addr}/healthz  ready: http://{addr}/readyz");
@@ -87,7 +159,13 @@ async fn dev(config: Option<std::path::PathBuf>, listen: Option<std::net::Socket
         eprintln!("  topic    {} ({} partitions)", t.name, t.partitions);
     }
     for r in &config.routes {
-        eprintln!("  route    {} -> {} (group {}, concurrency {})", r.topic, r.url, r.group(), r.concurrency);
+        eprintln!(
+            "  route    {} -> {} (group {}, concurrency {})",
+            r.topic,
+            r.url,
+            r.group(),
+            r.concurrency
+        );
     }
     eprintln!("  Ctrl-C to stop");
     let shutdown = async {
@@ -103,12 +181,20 @@ async fn tail(api: ApiClient, topic: &str, from_beginning: bool, follow: bool) -
     let parts = info["partitions"].as_array().cloned().unwrap_or_default();
     let mut next: Vec<i64> = parts
         .iter()
-        .map(|p| if from_beginning { p["low"].as_i64().unwrap_or(0) } else { p["high"].as_i64().unwrap_or(0) })
+        .map(|p| {
+            if from_beginning {
+                p["low"].as_i64().unwrap_or(0)
+            } else {
+                p["high"].as_i64().unwrap_or(0)
+            }
+        })
         .collect();
     loop {
         let mut got = 0;
         for (p, offset) in next.iter_mut().enumerate() {
-            let page = api.read_records(topic, p as i32, Some(*offset), 500).await?;
+            let page = api
+                .read_records(topic, p as i32, Some(*offset), 500)
+                .await?;
             for r in page["records"].as_array().into_iter().flatten() {
                 println!("{r}");
                 got += 1;
@@ -126,7 +212,10 @@ async fn tail(api: ApiClient, topic: &str, from_beginning: bool, follow: bool) -
 
 async fn run_bench(args: BenchArgs) -> Result<()> {
     if args.backend != "embedded" {
-        bail!("unknown backend `{}`: this build supports `embedded`", args.backend);
+        bail!(
+            "unknown backend `{}`: this build supports `embedded`",
+            args.backend
+        );
     }
     let durability = match args.durability.as_str() {
         "fsync" => Durability::Fsync,
@@ -134,7 +223,10 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         other => bail!("--durability `{other}`: use `fsync` or `os`"),
     };
     let tmp = tempfile::tempdir()?;
-    let path = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    let path = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_owned());
     let mut config = EmbeddedConfig::new(&path);
     config.durability = durability;
     let backend = Arc::new(EmbeddedBackend::open(config)?);

@@ -73,20 +73,32 @@ max_delay_ms = 100
         let base = base.clone();
         async move { post_jobs(&base, "jobs", "slow", 6_000, 16).await }
     });
-    wait_for(Duration::from_secs(60), "1,000 deliveries before the crash", || received.total() >= 1_000).await;
+    wait_for(
+        Duration::from_secs(60),
+        "1,000 deliveries before the crash",
+        || received.total() >= 1_000,
+    )
+    .await;
     child.kill().expect("kill -9"); // SIGKILL on Unix
     child.wait().unwrap();
     let acked = poster.await.unwrap();
     let delivered_before = received.total();
-    assert!(acked.len() > delivered_before.min(1_000), "the crash must happen with work outstanding");
+    assert!(
+        acked.len() > delivered_before.min(1_000),
+        "the crash must happen with work outstanding"
+    );
     assert!(acked.len() < 6_000, "the crash must interrupt the posting");
 
     let mut child = start(&config);
     wait_healthy(&base).await;
-    wait_for(Duration::from_secs(90), "every acknowledged job delivered after the restart", || {
-        let ids = received.ids();
-        acked.iter().all(|id| ids.contains_key(id))
-    })
+    wait_for(
+        Duration::from_secs(90),
+        "every acknowledged job delivered after the restart",
+        || {
+            let ids = received.ids();
+            acked.iter().all(|id| ids.contains_key(id))
+        },
+    )
     .await;
     child.kill().unwrap();
     child.wait().unwrap();

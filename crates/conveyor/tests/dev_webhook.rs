@@ -16,7 +16,11 @@ async fn start_dev(config: Config) -> (String, oneshot::Sender<()>, tokio::task:
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
-        conveyor_server::dev::run(config, listener, async { let _ = stopped.await; }).await.unwrap();
+        conveyor_server::dev::run(config, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
     });
     (base, stop, handle)
 }
@@ -37,16 +41,29 @@ fn route(topic: &str, url: String) -> RouteConfig {
 async fn ten_thousand_jobs_over_http_are_each_delivered_to_the_webhook() {
     let (hook, received) = receiver(Duration::ZERO).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config { data_dir: dir.path().to_owned(), ..Config::default() };
-    config.routes.push(route("orders", format!("http://{hook}/hook")));
+    let mut config = Config {
+        data_dir: dir.path().to_owned(),
+        ..Config::default()
+    };
+    config
+        .routes
+        .push(route("orders", format!("http://{hook}/hook")));
     let (base, stop, handle) = start_dev(config).await;
 
     let acked = post_jobs(&base, "orders", "ok", 10_000, 16).await;
     assert_eq!(acked.len(), 10_000, "every request must be acknowledged");
-    wait_for(Duration::from_secs(120), "all 10,000 jobs delivered", || received.ids().len() == 10_000).await;
+    wait_for(
+        Duration::from_secs(120),
+        "all 10,000 jobs delivered",
+        || received.ids().len() == 10_000,
+    )
+    .await;
     let ids = received.ids();
     for id in &acked {
-        assert!(ids.contains_key(id), "job {id} was acknowledged but never delivered");
+        assert!(
+            ids.contains_key(id),
+            "job {id} was acknowledged but never delivered"
+        );
     }
     // a healthy run delivers each job once
     assert_eq!(received.total(), 10_000);
@@ -54,7 +71,8 @@ async fn ten_thousand_jobs_over_http_are_each_delivered_to_the_webhook() {
     // lag reaches zero once the commits land
     let http = reqwest::Client::new();
     wait_for(Duration::from_secs(10), "lag 0", || {
-        let v: serde_json::Value = futures_lite(http.get(format!("{base}/v1/groups/webhook.orders/lag?topic=orders")));
+        let v: serde_json::Value =
+            futures_lite(http.get(format!("{base}/v1/groups/webhook.orders/lag?topic=orders")));
         v["lag"] == 0
     })
     .await;
@@ -65,7 +83,8 @@ async fn ten_thousand_jobs_over_http_are_each_delivered_to_the_webhook() {
 /// Blocking helper for use inside `wait_for` (runs on a multi-thread runtime).
 fn futures_lite(req: reqwest::RequestBuilder) -> serde_json::Value {
     tokio::task::block_in_place(|| {
-        tokio::runtime::Handle::current().block_on(async { req.send().await.unwrap().json().await.unwrap() })
+        tokio::runtime::Handle::current()
+            .block_on(async { req.send().await.unwrap().json().await.unwrap() })
     })
 }
 
@@ -73,39 +92,76 @@ fn futures_lite(req: reqwest::RequestBuilder) -> serde_json::Value {
 async fn webhook_failures_retry_on_5xx_and_dead_letter_on_4xx() {
     let (hook, received) = receiver(Duration::ZERO).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config { data_dir: dir.path().to_owned(), ..Config::default() };
-    config.routes.push(route("payments", format!("http://{hook}/hook")));
+    let mut config = Config {
+        data_dir: dir.path().to_owned(),
+        ..Config::default()
+    };
+    config
+        .routes
+        .push(route("payments", format!("http://{hook}/hook")));
     let (base, stop, handle) = start_dev(config).await;
 
     let flaky = post_jobs(&base, "payments", "flaky", 1, 1).await;
     let bad = post_jobs(&base, "payments", "bad", 1, 1).await;
-    wait_for(Duration::from_secs(20), "flaky done after 3 attempts", || {
-        received.deliveries.lock().unwrap().iter().any(|(id, a, _)| *id == flaky[0] && *a == 3)
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "flaky done after 3 attempts",
+        || {
+            received
+                .deliveries
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(id, a, _)| *id == flaky[0] && *a == 3)
+        },
+    )
     .await;
 
     let http = reqwest::Client::new();
     let mut dlq = serde_json::Value::Null;
-    wait_for(Duration::from_secs(20), "the 400 lands in payments.dlq", || {
-        let info: serde_json::Value = futures_lite(http.get(format!("{base}/v1/topics/payments.dlq")));
-        let Some(parts) = info["partitions"].as_array() else { return false };
-        for p in parts {
-            if p["high"].as_i64().unwrap_or(0) > 0 {
-                dlq = futures_lite(http.get(format!("{base}/v1/topics/payments.dlq/records?partition={}", p["partition"])));
-                return true;
+    wait_for(
+        Duration::from_secs(20),
+        "the 400 lands in payments.dlq",
+        || {
+            let info: serde_json::Value =
+                futures_lite(http.get(format!("{base}/v1/topics/payments.dlq")));
+            let Some(parts) = info["partitions"].as_array() else {
+                return false;
+            };
+            for p in parts {
+                if p["high"].as_i64().unwrap_or(0) > 0 {
+                    dlq = futures_lite(http.get(format!(
+                        "{base}/v1/topics/payments.dlq/records?partition={}",
+                        p["partition"]
+                    )));
+                    return true;
+                }
             }
-        }
-        false
-    })
+            false
+        },
+    )
     .await;
     let r = &dlq["records"][0];
     assert_eq!(r["headers"]["message_id"], bad[0].as_str());
     assert_eq!(r["headers"]["dlq_reason"], "failed");
     assert_eq!(r["headers"]["dlq_attempts"], "1");
-    assert!(r["headers"]["dlq_error"].as_str().unwrap().contains("400 Bad Request"), "{r}");
+    assert!(
+        r["headers"]["dlq_error"]
+            .as_str()
+            .unwrap()
+            .contains("400 Bad Request"),
+        "{r}"
+    );
     assert_eq!(r["headers"]["dlq_original_topic"], "payments");
     assert_eq!(r["value"], serde_json::json!({"i": 0}));
-    let attempts: Vec<u32> = received.deliveries.lock().unwrap().iter().filter(|(id, ..)| *id == flaky[0]).map(|(_, a, _)| *a).collect();
+    let attempts: Vec<u32> = received
+        .deliveries
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(id, ..)| *id == flaky[0])
+        .map(|(_, a, _)| *a)
+        .collect();
     assert_eq!(attempts, vec![1, 2, 3]);
     stop.send(()).unwrap();
     handle.await.unwrap();

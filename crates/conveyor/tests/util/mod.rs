@@ -38,21 +38,35 @@ pub async fn receiver(delay: Duration) -> (SocketAddr, Arc<Received>) {
     let app = Router::new()
         .route(
             "/hook",
-            post(|State((r, delay)): State<(Arc<Received>, Duration)>, headers: HeaderMap, _body: bytes::Bytes| async move {
-                let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-                let attempt: u32 = h("conveyor-attempt").parse().unwrap_or(0);
-                let job_type = h("conveyor-job-type");
-                r.deliveries.lock().unwrap().push((h("conveyor-message-id"), attempt, job_type.clone()));
-                match job_type.as_str() {
-                    "bad" => StatusCode::BAD_REQUEST,
-                    "flaky" if attempt < 3 => StatusCode::SERVICE_UNAVAILABLE,
-                    "slow" => {
-                        tokio::time::sleep(delay).await;
-                        StatusCode::OK
+            post(
+                |State((r, delay)): State<(Arc<Received>, Duration)>,
+                 headers: HeaderMap,
+                 _body: bytes::Bytes| async move {
+                    let h = |n: &str| {
+                        headers
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned()
+                    };
+                    let attempt: u32 = h("conveyor-attempt").parse().unwrap_or(0);
+                    let job_type = h("conveyor-job-type");
+                    r.deliveries.lock().unwrap().push((
+                        h("conveyor-message-id"),
+                        attempt,
+                        job_type.clone(),
+                    ));
+                    match job_type.as_str() {
+                        "bad" => StatusCode::BAD_REQUEST,
+                        "flaky" if attempt < 3 => StatusCode::SERVICE_UNAVAILABLE,
+                        "slow" => {
+                            tokio::time::sleep(delay).await;
+                            StatusCode::OK
+                        }
+                        _ => StatusCode::OK,
                     }
-                    _ => StatusCode::OK,
-                }
-            }),
+                },
+            ),
         )
         .with_state((Arc::clone(&received), delay));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -63,17 +77,32 @@ pub async fn receiver(delay: Duration) -> (SocketAddr, Arc<Received>) {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Posts `n` jobs of `job_type` with `workers` concurrent clients; returns the ids acknowledged
 /// with 201 (requests that failed are not acknowledged and not returned).
-pub async fn post_jobs(base: &str, topic: &str, job_type: &str, n: usize, workers: usize) -> Vec<String> {
+pub async fn post_jobs(
+    base: &str,
+    topic: &str,
+    job_type: &str,
+    n: usize,
+    workers: usize,
+) -> Vec<String> {
     let http = reqwest::Client::new();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..workers {
-        let (http, next, url, job_type) = (http.clone(), Arc::clone(&next), format!("{base}/v1/topics/{topic}/jobs"), job_type.to_owned());
+        let (http, next, url, job_type) = (
+            http.clone(),
+            Arc::clone(&next),
+            format!("{base}/v1/topics/{topic}/jobs"),
+            job_type.to_owned(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut acked = Vec::new();
             loop {
@@ -107,7 +136,10 @@ pub async fn post_jobs(base: &str, topic: &str, job_type: &str, n: usize, worker
 pub async fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
