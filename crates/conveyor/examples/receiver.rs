@@ -13,11 +13,19 @@ use axum::Router;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9000".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9000".into());
     let app = Router::new().route(
         "/hook",
         post(|headers: HeaderMap, body: String| async move {
-            let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+            let h = |n: &str| {
+                headers
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-")
+                    .to_owned()
+            };
             let job_type = h("conveyor-job-type");
             println!(
                 "{} {} attempt={} {}/{}@{} key={} body={body}",
@@ -30,7 +38,10 @@ async fn main() -> anyhow::Result<()> {
                 h("conveyor-key"),
             );
             match job_type.as_str() {
-                "always-fails" => (StatusCode::UNPROCESSABLE_ENTITY, "this job can never succeed"),
+                "always-fails" => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "this job can never succeed",
+                ),
                 "flaky" => (StatusCode::SERVICE_UNAVAILABLE, "try again later"),
                 _ => (StatusCode::OK, "ok"),
             }
