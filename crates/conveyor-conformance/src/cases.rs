@@ -11,7 +11,7 @@ use conveyor_core::{
     Backend, CommitOffset, Error, Headers, Record, StartFrom, SubscribeOptions, TopicPartition,
 };
 
-use crate::util::{collect, drain, topic, unique, values, wait_assigned};
+use crate::util::{collect, drain, settle, topic, unique, values, wait_assigned};
 use crate::{Features, Harness};
 
 async fn open(h: &dyn Harness) -> Arc<dyn Backend> {
@@ -210,9 +210,7 @@ pub async fn group_members_share_partitions(h: &dyn Harness, f: &Features) {
         .subscribe(SubscribeOptions::new(g.clone(), [t.clone()]))
         .await
         .expect("subscribe");
-    wait_assigned(&mut *s2, f.timeout).await;
-    // s1 learns of the rebalance on its next poll
-    let _ = drain(&mut *s1, Duration::from_millis(300)).await;
+    settle(&mut [&mut *s1, &mut *s2], f.partitions as usize, f.timeout).await;
     let a1: BTreeSet<TopicPartition> = s1.assignment().into_iter().collect();
     let a2: BTreeSet<TopicPartition> = s2.assignment().into_iter().collect();
     assert!(a1.is_disjoint(&a2), "{a1:?} and {a2:?} overlap");
@@ -414,7 +412,7 @@ pub async fn commits_to_revoked_partitions_are_fenced(h: &dyn Harness, f: &Featu
         .subscribe(SubscribeOptions::new(g.clone(), [t.clone()]))
         .await
         .expect("subscribe");
-    wait_assigned(&mut *s2, f.timeout).await;
+    settle(&mut [&mut *s1, &mut *s2], 2, f.timeout).await;
     let moved = s2.assignment()[0].clone();
     let err = s1
         .commit(&[CommitOffset {

@@ -83,3 +83,33 @@ pub fn values(records: &[ConsumedRecord]) -> Vec<String> {
         .map(|r| String::from_utf8_lossy(&r.value).into_owned())
         .collect()
 }
+
+/// Polls every member in turn (a rebalance needs all members to take part, as in Kafka) until each
+/// owns at least one partition and together they own `partitions` distinct partitions.
+pub async fn settle(subs: &mut [&mut dyn Subscription], partitions: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut all = std::collections::BTreeSet::new();
+        let mut total = 0;
+        for s in subs.iter() {
+            let a = s.assignment();
+            total += a.len();
+            all.extend(a);
+        }
+        let settled = subs.iter().all(|s| !s.assignment().is_empty())
+            && all.len() == partitions
+            && total == partitions;
+        if settled {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group did not settle within {timeout:?}"
+        );
+        for s in subs.iter_mut() {
+            if let Poll::Records(r) = s.poll(1, Duration::from_millis(50)).await.expect("poll") {
+                panic!("records arrived while settling: {r:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Settings of the Kafka backend. librdkafka properties pass through as a string map; secrets
+//! never appear in `Debug` output or logs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+
+/// Producer tuning presets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Profile {
+    /// `linger.ms=0`: each publish goes out at once. The default.
+    #[default]
+    LowLatency,
+    /// `linger.ms=5`, 1 MiB batches, lz4: more records per request.
+    Throughput,
+}
+
+/// Property names whose values are secret.
+const SECRET_KEYS: &[&str] = &[
+    "sasl.password",
+    "sasl.oauthbearer.client.secret",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl.keystore.password",
+    "ssl_key",
+];
+
+/// How to reach and use the cluster.
+#[derive(Clone)]
+pub struct KafkaConfig {
+    /// `host:port,host:port`: the bootstrap brokers.
+    pub brokers: String,
+    /// Producer preset. Default: [`Profile::LowLatency`].
+    pub profile: Profile,
+    /// Replication factor of topics created by conveyor; `None` (the default) uses the broker's
+    /// `default.replication.factor`.
+    pub replication_factor: Option<i32>,
+    /// Consumer session timeout. Default: 10 s (librdkafka's default is 45 s; a crashed worker's
+    /// partitions move after this long).
+    pub session_timeout: Duration,
+    /// Timeout of metadata, watermark and admin calls. Default: 10 s.
+    pub request_timeout: Duration,
+    /// Extra librdkafka properties (TLS, SASL, tuning), applied last to every client.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let props: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), if is_secret(k) { "******" } else { v.as_str() }))
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("profile", &self.profile)
+            .field("replication_factor", &self.replication_factor)
+            .field("session_timeout", &self.session_timeout)
+            .field("properties", &props)
+            .finish()
+    }
+}
+
+fn is_secret(key: &str) -> bool {
+    SECRET_KEYS.contains(&key) || key.contains("password") || key.contains("secret")
+}
+
+impl KafkaConfig {
+    /// Defaults for `brokers`.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        KafkaConfig {
+            brokers: brokers.into(),
+            profile: Profile::default(),
+            replication_factor: None,
+            session_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// Sets a librdkafka property.
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(key.into(), value.into());
+        self
+    }
+
+    fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        c.set("client.id", "conveyor");
+        c
+    }
+
+    fn finish(&self, mut c: ClientConfig) -> ClientConfig {
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// The producer's configuration: idempotent, `acks=all`, murmur2 partitioning.
+    pub(crate) fn producer(&self) -> ClientConfig {
+        let mut c = self.base();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("partitioner", "murmur2_random")
+            .set("message.timeout.ms", "120000");
+        match self.profile {
+            Profile::LowLatency => {
+                c.set("linger.ms", "0");
+            }
+            Profile::Throughput => {
+                c.set("linger.ms", "5")
+                    .set("batch.size", "1048576")
+                    .set("compression.type", "lz4");
+            }
+        }
+        self.finish(c)
+    }
+
+    /// A group member's configuration: manual commits, cooperative-sticky assignment.
+    pub(crate) fn consumer(&self, group: &str, reset: &str) -> ClientConfig {
+        let mut c = self.base();
+        c.set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", reset)
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set(
+                "session.timeout.ms",
+                self.session_timeout.as_millis().to_string(),
+            )
+            .set("allow.auto.create.topics", "false")
+            .set("enable.partition.eof", "false");
+        self.finish(c)
+    }
+
+    /// A reader outside any group (fetch, committed offsets).
+    pub(crate) fn reader(&self, group: &str) -> ClientConfig {
+        let mut c = self.base();
+        c.set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false");
+        self.finish(c)
+    }
+
+    /// The admin client's configuration.
+    pub(crate) fn admin(&self) -> ClientConfig {
+        self.finish(self.base())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_hidden_from_debug() {
+        let c = KafkaConfig::new("b:9092")
+            .set("sasl.mechanism", "SCRAM-SHA-512")
+            .set("sasl.username", "app")
+            .set("sasl.password", "hunter2")
+            .set("ssl.key.password", "s3cret");
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        assert!(shown.contains("SCRAM-SHA-512") && shown.contains("app"));
+    }
+
+    #[test]
+    fn producer_is_idempotent_and_partitions_like_java() {
+        let p = KafkaConfig::new("b:9092").producer();
+        assert_eq!(p.get("enable.idempotence"), Some("true"));
+        assert_eq!(p.get("acks"), Some("all"));
+        assert_eq!(p.get("partitioner"), Some("murmur2_random"));
+        let mut t = KafkaConfig::new("b:9092");
+        t.profile = Profile::Throughput;
+        assert_eq!(t.producer().get("compression.type"), Some("lz4"));
+    }
+}

@@ -1,0 +1,463 @@
+//! conveyor-kafka: the `kafka` backend, for Kafka, Redpanda and any Kafka-protocol broker, built on
+//! rdkafka (librdkafka compiled from the crate's bundled source).
+//!
+//! | capability | kafka |
+//! |---|---|
+//! | publish | idempotent producer, `acks=all`, each record's delivery awaited; a batch is *not* atomic |
+//! | key -> partition | `partitioner=murmur2_random`: the same partition as conveyor's embedded backend and Kafka's Java client |
+//! | consumer groups | cooperative-sticky assignor, manual synchronous commits, rebalances reported to the runtime |
+//! | fenced commits | locally: a member refuses to commit partitions it no longer owns |
+//! | topic creation | Kafka's CreateTopics (admin client); a [`TopicCreator`] for brokers without it |
+//! | fetch / tail | a group-less reader assigned to one partition |
+//! | [`conveyor_core::AtomicPublishCommit`] | not yet (needs Kafka transactions) |
+//!
+//! # Layout
+//! - [`config`]: [`KafkaConfig`], profiles and pass-through librdkafka properties.
+//! - [`admin`]: [`TopicCreator`] and the admin-client implementation.
+//! - `consumer`: the group member.
+//! - [`mock`]: [`mock::MockBroker`], librdkafka's in-process mock cluster for tests and fault injection.
+
+pub mod admin;
+pub mod config;
+mod consumer;
+pub mod mock;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use conveyor_core::topic::PartitionInfo;
+use conveyor_core::{
+    Backend, ConsumedRecord, Error, Position, Record, Result, StartFrom, SubscribeOptions,
+    Subscription, TopicInfo, TopicSpec,
+};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+pub use admin::{AdminCreator, TopicCreator};
+pub use config::{KafkaConfig, Profile};
+
+use consumer::{to_record, GroupContext, KafkaSubscription};
+
+/// Maps an rdkafka error to conveyor's.
+pub(crate) fn broker(e: KafkaError) -> Error {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => Error::RecordTooLarge { size: 0, max: 0 },
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition) | Some(RDKafkaErrorCode::UnknownTopic) => {
+            Error::UnknownTopic(e.to_string())
+        }
+        _ => Error::Broker(e.to_string()),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Broker(format!("blocking task failed: {e}")))?
+}
+
+/// The Kafka backend. Clones share one producer.
+#[derive(Debug, Clone)]
+pub struct KafkaBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: KafkaConfig,
+    producer: FutureProducer,
+    creator: Arc<dyn TopicCreator>,
+    partitions: RwLock<HashMap<String, i32>>,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBackend")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaBackend {
+    /// Connects to the cluster (lazily: the first call contacts it), creating topics with Kafka's
+    /// admin API.
+    pub fn connect(config: KafkaConfig) -> Result<Self> {
+        let creator = Arc::new(AdminCreator::new(&config)?);
+        Self::with_creator(config, creator)
+    }
+
+    /// Connects, creating topics through `creator` (e.g. a [`mock::MockBroker`]).
+    pub fn with_creator(config: KafkaConfig, creator: Arc<dyn TopicCreator>) -> Result<Self> {
+        let mut pc = config.producer();
+        pc.set("allow.auto.create.topics", "false");
+        let producer: FutureProducer = pc.create().map_err(broker)?;
+        Ok(KafkaBackend {
+            inner: Arc::new(Inner {
+                config,
+                producer,
+                creator,
+                partitions: RwLock::new(HashMap::new()),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    fn ensure_open(&self) -> Result<()> {
+        match self.inner.closed.load(Ordering::Acquire) {
+            true => Err(Error::Closed),
+            false => Ok(()),
+        }
+    }
+
+    /// Partition count from metadata, `None` when the topic does not exist.
+    async fn fetch_partitions(&self, topic: &str) -> Result<Option<i32>> {
+        let (producer, topic_owned, timeout) = (
+            self.inner.producer.clone(),
+            topic.to_owned(),
+            self.inner.config.request_timeout,
+        );
+        let n = blocking(move || {
+            let md = producer
+                .client()
+                .fetch_metadata(Some(&topic_owned), timeout)
+                .map_err(broker)?;
+            Ok(md
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic_owned)
+                .and_then(|t| {
+                    (t.error().is_none() && !t.partitions().is_empty())
+                        .then_some(t.partitions().len() as i32)
+                }))
+        })
+        .await?;
+        let mut cache = self.inner.partitions.write().expect("partition cache");
+        match n {
+            Some(n) => cache.insert(topic.to_owned(), n),
+            None => cache.remove(topic),
+        };
+        Ok(n)
+    }
+
+    async fn partitions(&self, topic: &str) -> Result<i32> {
+        if let Some(n) = self
+            .inner
+            .partitions
+            .read()
+            .expect("partition cache")
+            .get(topic)
+        {
+            return Ok(*n);
+        }
+        self.fetch_partitions(topic)
+            .await?
+            .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))
+    }
+
+    async fn describe(&self, topic: &str) -> Result<Option<TopicInfo>> {
+        let Some(n) = self.fetch_partitions(topic).await? else {
+            return Ok(None);
+        };
+        let (producer, name, timeout) = (
+            self.inner.producer.clone(),
+            topic.to_owned(),
+            self.inner.config.request_timeout,
+        );
+        blocking(move || {
+            let partitions = (0..n)
+                .map(|p| {
+                    let (low, high) = producer
+                        .client()
+                        .fetch_watermarks(&name, p, timeout)
+                        .map_err(broker)?;
+                    Ok(PartitionInfo {
+                        partition: p,
+                        low,
+                        high,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Some(TopicInfo { name, partitions }))
+        })
+        .await
+    }
+
+    fn reader(&self, group: &str) -> Result<BaseConsumer> {
+        self.inner.config.reader(group).create().map_err(broker)
+    }
+}
+
+#[async_trait]
+impl Backend for KafkaBackend {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn create_topic(&self, spec: &TopicSpec) -> Result<TopicInfo> {
+        self.ensure_open()?;
+        spec.validate()?;
+        if let Some(existing) = self.fetch_partitions(&spec.name).await? {
+            if existing != spec.partitions {
+                return Err(Error::TopicConflict {
+                    topic: spec.name.clone(),
+                    existing,
+                    requested: spec.partitions,
+                });
+            }
+        } else {
+            self.inner.creator.create(spec).await?;
+        }
+        let deadline = Instant::now() + self.inner.config.request_timeout;
+        loop {
+            match self.describe(&spec.name).await? {
+                Some(info) if info.partition_count() == spec.partitions => return Ok(info),
+                Some(info) => {
+                    return Err(Error::TopicConflict {
+                        topic: spec.name.clone(),
+                        existing: info.partition_count(),
+                        requested: spec.partitions,
+                    })
+                }
+                None if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                None => {
+                    return Err(Error::Broker(format!(
+                        "topic `{}` was created but does not show in metadata",
+                        spec.name
+                    )))
+                }
+            }
+        }
+    }
+
+    async fn describe_topic(&self, topic: &str) -> Result<Option<TopicInfo>> {
+        self.ensure_open()?;
+        self.describe(topic).await
+    }
+
+    async fn list_topics(&self) -> Result<Vec<TopicInfo>> {
+        self.ensure_open()?;
+        let (producer, timeout) = (
+            self.inner.producer.clone(),
+            self.inner.config.request_timeout,
+        );
+        let names: BTreeSet<String> = blocking(move || {
+            let md = producer
+                .client()
+                .fetch_metadata(None, timeout)
+                .map_err(broker)?;
+            Ok(md
+                .topics()
+                .iter()
+                .filter(|t| !t.name().starts_with("__"))
+                .map(|t| t.name().to_owned())
+                .collect())
+        })
+        .await?;
+        let mut out = Vec::new();
+        for n in names {
+            if let Some(info) = self.describe(&n).await? {
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn publish(&self, topic: &str, records: Vec<Record>) -> Result<Vec<Position>> {
+        self.ensure_open()?;
+        let mut n = self.partitions(topic).await?;
+        if let Some(p) = records
+            .iter()
+            .filter_map(|r| r.partition)
+            .find(|p| !(0..n).contains(p))
+        {
+            n = self
+                .fetch_partitions(topic)
+                .await?
+                .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))?;
+            if !(0..n).contains(&p) {
+                return Err(Error::UnknownPartition {
+                    topic: topic.to_owned(),
+                    partition: p,
+                });
+            }
+        }
+        let mut deliveries = Vec::with_capacity(records.len());
+        for r in &records {
+            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+            for (k, v) in r.headers.iter() {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(&v[..]),
+                });
+            }
+            let mut rec = FutureRecord::<[u8], [u8]>::to(topic)
+                .payload(&r.value[..])
+                .headers(headers);
+            if let Some(k) = &r.key {
+                rec = rec.key(&k[..]);
+            }
+            if let Some(p) = r.partition {
+                rec = rec.partition(p);
+            }
+            if let Some(t) = r.timestamp {
+                rec = rec.timestamp(t);
+            }
+            loop {
+                match self.inner.producer.send_result(rec) {
+                    Ok(f) => {
+                        deliveries.push(f);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        rec = back;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err((
+                        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                        _,
+                    )) => {
+                        return Err(Error::RecordTooLarge {
+                            size: r.byte_len(),
+                            max: 1_000_000,
+                        });
+                    }
+                    Err((e, _)) => return Err(broker(e)),
+                }
+            }
+        }
+        let mut positions = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            match d.await {
+                Ok(Ok(delivery)) => positions.push(Position {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                }),
+                Ok(Err((e, _))) => return Err(broker(e)),
+                Err(_) => return Err(Error::Closed),
+            }
+        }
+        Ok(positions)
+    }
+
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
+        self.ensure_open()?;
+        if options.group.is_empty() {
+            return Err(Error::InvalidArgument(
+                "the consumer group name is empty".into(),
+            ));
+        }
+        for t in &options.topics {
+            self.partitions(t).await?;
+        }
+        let reset = match options.start {
+            StartFrom::Earliest => "earliest",
+            StartFrom::Latest => "latest",
+        };
+        let consumer: StreamConsumer<GroupContext> = self
+            .inner
+            .config
+            .consumer(&options.group, reset)
+            .create_with_context(GroupContext::default())
+            .map_err(broker)?;
+        let topics: Vec<&str> = options.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).map_err(broker)?;
+        Ok(Box::new(KafkaSubscription {
+            consumer: Arc::new(consumer),
+            group: options.group,
+            assignment: BTreeSet::new(),
+            held: Vec::new(),
+        }))
+    }
+
+    async fn fetch(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max: usize,
+    ) -> Result<Vec<ConsumedRecord>> {
+        self.ensure_open()?;
+        let n = self.partitions(topic).await?;
+        if !(0..n).contains(&partition) {
+            return Err(Error::UnknownPartition {
+                topic: topic.to_owned(),
+                partition,
+            });
+        }
+        let reader = self.reader(&format!(
+            "conveyor.reader.{}",
+            uuid::Uuid::now_v7().simple()
+        ))?;
+        let (topic, timeout) = (topic.to_owned(), self.inner.config.request_timeout);
+        blocking(move || {
+            let (low, high) = reader
+                .fetch_watermarks(&topic, partition, timeout)
+                .map_err(broker)?;
+            let from = offset.max(low);
+            let want = (high - from).clamp(0, max as i64) as usize;
+            if want == 0 {
+                return Ok(Vec::new());
+            }
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&topic, partition, Offset::Offset(from))
+                .map_err(broker)?;
+            reader.assign(&tpl).map_err(broker)?;
+            let deadline = Instant::now() + timeout;
+            let mut out = Vec::with_capacity(want);
+            while out.len() < want && Instant::now() < deadline {
+                match reader.poll(Duration::from_millis(100)) {
+                    Some(Ok(m)) => out.push(to_record(&m)),
+                    Some(Err(e)) => return Err(broker(e)),
+                    None => {}
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn committed_offsets(&self, group: &str, topic: &str) -> Result<Vec<(i32, Option<i64>)>> {
+        self.ensure_open()?;
+        let n = self.partitions(topic).await?;
+        let reader = self.reader(group)?;
+        let (topic, timeout) = (topic.to_owned(), self.inner.config.request_timeout);
+        blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..n {
+                tpl.add_partition(&topic, p);
+            }
+            let committed = reader.committed_offsets(tpl, timeout).map_err(broker)?;
+            Ok((0..n)
+                .map(|p| {
+                    let o = committed
+                        .find_partition(&topic, p)
+                        .and_then(|e| match e.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        });
+                    (p, o)
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let (producer, timeout) = (
+            self.inner.producer.clone(),
+            self.inner.config.request_timeout,
+        );
+        blocking(move || producer.flush(timeout).map_err(broker)).await
+    }
+}

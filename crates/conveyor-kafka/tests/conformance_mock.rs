@@ -1,0 +1,42 @@
+//! The shared conformance suite against librdkafka's mock cluster, in process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use conveyor_conformance::{conformance_tests, Features, Harness};
+use conveyor_core::{Backend, Result};
+use conveyor_kafka::mock::MockBroker;
+use conveyor_kafka::{KafkaBackend, KafkaConfig};
+
+struct Mock {
+    broker: Arc<MockBroker>,
+}
+
+impl Mock {
+    fn new() -> Self {
+        Mock {
+            broker: Arc::new(MockBroker::start(3).expect("mock cluster")),
+        }
+    }
+}
+
+#[async_trait]
+impl Harness for Mock {
+    async fn open(&self) -> Result<Arc<dyn Backend>> {
+        let mut config = KafkaConfig::new(self.broker.bootstrap_servers());
+        config.session_timeout = Duration::from_secs(6);
+        Ok(Arc::new(KafkaBackend::with_creator(
+            config,
+            self.broker.clone(),
+        )?))
+    }
+}
+
+conformance_tests!(
+    Features {
+        timeout: Duration::from_secs(30),
+        ..Features::default()
+    },
+    Mock::new()
+);
