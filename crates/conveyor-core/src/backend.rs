@@ -159,6 +159,13 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Flushes and closes. Later calls fail with `Closed`.
     async fn close(&self) -> Result<()>;
+
+    /// How often a worker should commit when it has progress to commit: cheap local commits can be
+    /// frequent (fewer redeliveries after a crash), a broker round trip should not be. Default:
+    /// 10 ms.
+    fn commit_interval_hint(&self) -> Duration {
+        Duration::from_millis(10)
+    }
 }
 
 /// A member of a consumer group.

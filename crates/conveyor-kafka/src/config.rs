@@ -42,6 +42,10 @@ pub struct KafkaConfig {
     pub session_timeout: Duration,
     /// Timeout of metadata, watermark and admin calls. Default: 10 s.
     pub request_timeout: Duration,
+    /// Longest a broker may hold a fetch that has no data (`fetch.wait.max.ms`). Default: 10 ms:
+    /// Kafka answers at once when data arrives, but some Kafka-protocol brokers (librdkafka's mock,
+    /// tansu) hold every fetch this long, which then bounds job latency.
+    pub fetch_wait: Duration,
     /// Extra librdkafka properties (TLS, SASL, tuning), applied last to every client.
     pub properties: BTreeMap<String, String>,
 }
@@ -76,6 +80,7 @@ impl KafkaConfig {
             replication_factor: None,
             session_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
+            fetch_wait: Duration::from_millis(10),
             properties: BTreeMap::new(),
         }
     }
@@ -133,7 +138,8 @@ impl KafkaConfig {
                 self.session_timeout.as_millis().to_string(),
             )
             .set("allow.auto.create.topics", "false")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", self.fetch_wait.as_millis().to_string());
         self.finish(c)
     }
 

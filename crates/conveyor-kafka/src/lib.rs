@@ -16,11 +16,13 @@
 //! - [`admin`]: [`TopicCreator`] and the admin-client implementation.
 //! - `consumer`: the group member.
 //! - [`mock`]: [`mock::MockBroker`], librdkafka's in-process mock cluster for tests and fault injection.
+//! - [`raw_bench`]: the bare-rdkafka baseline for `conveyor bench --raw`.
 
 pub mod admin;
 pub mod config;
 mod consumer;
 pub mod mock;
+pub mod raw_bench;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -448,6 +450,11 @@ impl Backend for KafkaBackend {
                 .collect())
         })
         .await
+    }
+
+    /// 200 ms: each commit is a round trip to the group coordinator, which also serves heartbeats.
+    fn commit_interval_hint(&self) -> Duration {
+        Duration::from_millis(200)
     }
 
     async fn close(&self) -> Result<()> {

@@ -5,7 +5,8 @@
 //!    enqueued one job per call by `concurrency` concurrent producers through [`Client`]; each call
 //!    returns only when its job is durable.
 //! 2. **Process**: a [`Worker`] with `concurrency` slots and a no-op handler drains them; the rate
-//!    is jobs / time from the worker's start to the last job done.
+//!    is jobs / time from the first handler start to the last job done (a Kafka group join is
+//!    not counted).
 //! 3. **Latency**: `latency_jobs` jobs enqueued one at a time into an idle worker; each is measured
 //!    from just before the enqueue call to the start of its handler, and the next is sent only after
 //!    the handler started.
@@ -169,10 +170,13 @@ pub async fn run(
     .build();
     let stats = worker.stats();
     let (stop, stopped) = oneshot::channel::<()>();
-    let started = Instant::now();
     let handle = tokio::spawn(worker.run(async {
         let _ = stopped.await;
     }));
+    while stats.started.load(Ordering::Relaxed) == 0 {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let started = Instant::now();
     let ticker = spawn_ticker(
         "process",
         opts.jobs,

@@ -78,8 +78,9 @@ pub struct WorkerOptions {
     pub retry_by_type: HashMap<String, RetryPolicy>,
     /// Dead-letter topic suffix. Default: `.dlq`.
     pub dlq_suffix: String,
-    /// Most time between a job finishing and its offset being committed. Default: 10 ms.
-    pub commit_interval: Duration,
+    /// Most time between a job finishing and its offset being committed. Default: the backend's
+    /// [`Backend::commit_interval_hint`] (embedded 10 ms, Kafka 200 ms).
+    pub commit_interval: Option<Duration>,
     /// How long shutdown waits for running handlers. Default: 30 s.
     pub shutdown_timeout: Duration,
     /// Where a new group starts. Default: earliest.
@@ -100,7 +101,7 @@ impl WorkerOptions {
             retry: RetryPolicy::default(),
             retry_by_type: HashMap::new(),
             dlq_suffix: ".dlq".into(),
-            commit_interval: Duration::from_millis(10),
+            commit_interval: None,
             shutdown_timeout: Duration::from_secs(30),
             start: StartFrom::Earliest,
         }
@@ -171,7 +172,7 @@ impl WorkerBuilder {
     }
     /// Sets the commit interval.
     pub fn commit_interval(mut self, d: Duration) -> Self {
-        self.options.commit_interval = d;
+        self.options.commit_interval = Some(d);
         self
     }
     /// Sets the shutdown timeout.
@@ -346,16 +347,17 @@ struct Scheduler {
 impl Scheduler {
     async fn run(&mut self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let opts = self.shared.options.clone();
+        let commit_interval = opts
+            .commit_interval
+            .unwrap_or_else(|| self.shared.backend.commit_interval_hint());
         tokio::pin!(shutdown);
         loop {
             self.dispatch();
-            if self.dirty && self.last_commit.elapsed() >= opts.commit_interval {
+            if self.dirty && self.last_commit.elapsed() >= commit_interval {
                 self.commit().await;
             }
             let room = opts.max_buffered.saturating_sub(self.buffered);
-            let commit_in = opts
-                .commit_interval
-                .saturating_sub(self.last_commit.elapsed());
+            let commit_in = commit_interval.saturating_sub(self.last_commit.elapsed());
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,

@@ -38,8 +38,10 @@ pub enum ConfigError {
 pub struct Config {
     /// Folder for conveyor's data (the embedded log lives in `<data_dir>/log`). Default: `.conveyor`.
     pub data_dir: PathBuf,
-    /// The backend: only `embedded` today. Default: `embedded`.
+    /// The backend: `embedded` or `kafka`. Default: `embedded`.
     pub backend: String,
+    /// The Kafka backend (with `backend = "kafka"`).
+    pub kafka: KafkaSettings,
     /// The HTTP API.
     pub api: ApiConfig,
     /// The embedded backend.
@@ -57,6 +59,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from(".conveyor"),
             backend: "embedded".into(),
+            kafka: KafkaSettings::default(),
             api: ApiConfig::default(),
             embedded: EmbeddedSettings::default(),
             retry: RetryPolicy::default(),
@@ -108,6 +111,62 @@ impl Default for EmbeddedSettings {
             max_record_bytes: 1024 * 1024,
             retention_interval_secs: 60,
         }
+    }
+}
+
+/// `[kafka]`
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Bootstrap brokers, `host:port,host:port`. Default: `127.0.0.1:9092`.
+    pub brokers: String,
+    /// Producer preset: `low_latency` (linger 0, the default) or `throughput` (linger 5 ms, 1 MiB
+    /// batches, lz4).
+    pub profile: String,
+    /// Replication factor of topics conveyor creates. Default: the broker's default.
+    pub replication_factor: Option<i32>,
+    /// Consumer session timeout in milliseconds: how long before a dead worker's partitions move.
+    /// Default: 10000.
+    pub session_timeout_ms: u64,
+    /// Timeout of metadata and admin requests in milliseconds. Default: 10000.
+    pub request_timeout_ms: u64,
+    /// librdkafka properties passed through as they are (TLS, SASL, tuning). Values of keys naming
+    /// a password or secret are never printed.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            brokers: "127.0.0.1:9092".into(),
+            profile: "low_latency".into(),
+            replication_factor: None,
+            session_timeout_ms: 10_000,
+            request_timeout_ms: 10_000,
+            properties: Default::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.to_config().fmt(f)
+    }
+}
+
+impl KafkaSettings {
+    /// The Kafka backend's configuration.
+    pub fn to_config(&self) -> conveyor_kafka::KafkaConfig {
+        let mut c = conveyor_kafka::KafkaConfig::new(self.brokers.clone());
+        c.profile = match self.profile.as_str() {
+            "throughput" => conveyor_kafka::Profile::Throughput,
+            _ => conveyor_kafka::Profile::LowLatency,
+        };
+        c.replication_factor = self.replication_factor;
+        c.session_timeout = Duration::from_millis(self.session_timeout_ms);
+        c.request_timeout = Duration::from_millis(self.request_timeout_ms);
+        c.properties = self.properties.clone();
+        c
     }
 }
 
@@ -192,14 +251,31 @@ impl Config {
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: String, message: String| Err(ConfigError::Invalid { key, message });
-        if self.backend != "embedded" {
-            return invalid(
-                "backend".into(),
-                format!(
-                    "unknown backend `{}`: this build supports `embedded`",
-                    self.backend
-                ),
-            );
+        match self.backend.as_str() {
+            "embedded" => {}
+            "kafka" => {
+                if self.kafka.brokers.trim().is_empty() {
+                    return invalid(
+                        "kafka.brokers".into(),
+                        "set the bootstrap brokers, e.g. \"127.0.0.1:9092\" (CONVEYOR_KAFKA__BROKERS)".into(),
+                    );
+                }
+                if !["low_latency", "throughput"].contains(&self.kafka.profile.as_str()) {
+                    return invalid(
+                        "kafka.profile".into(),
+                        format!(
+                            "`{}`: use `low_latency` or `throughput`",
+                            self.kafka.profile
+                        ),
+                    );
+                }
+            }
+            other => {
+                return invalid(
+                    "backend".into(),
+                    format!("unknown backend `{other}`: use `embedded` or `kafka`"),
+                )
+            }
         }
         if self.api.listen.parse::<SocketAddr>().is_err() {
             return invalid(
@@ -393,6 +469,23 @@ mod tests {
     }
 
     #[test]
+    fn kafka_settings_from_file_and_environment_hide_secrets() {
+        let (_d, p) = write(
+            "backend = \"kafka\"\n[kafka]\nprofile = \"throughput\"\n[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n",
+        );
+        let env = vec![(
+            "CONVEYOR_KAFKA__BROKERS".to_owned(),
+            "10.0.0.1:9092,10.0.0.2:9092".to_owned(),
+        )];
+        let c = Config::load(Some(&p), &env).unwrap();
+        assert_eq!(c.kafka.brokers, "10.0.0.1:9092,10.0.0.2:9092");
+        let k = c.kafka.to_config();
+        assert_eq!(k.profile, conveyor_kafka::Profile::Throughput);
+        assert_eq!(k.properties["sasl.password"], "hunter2");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let (_d, p) = write("[api]\nlisten = 5\n");
         let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
@@ -413,6 +506,10 @@ mod tests {
         let env = vec![("CONVEYOR_RETRY__MAX_ATTEMPTS".to_owned(), "0".to_owned())];
         let e = Config::load(None, &env).unwrap_err().to_string();
         assert!(e.contains("`retry`") && e.contains("max_attempts"), "{e}");
+
+        let (_d, p) = write("backend = \"kafka\"\n[kafka]\nbrokers = \"\"\n");
+        let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("`kafka.brokers`"), "{e}");
 
         let e = Config::load(Some(Path::new("/no/such/conveyor.toml")), &[])
             .unwrap_err()

@@ -1,4 +1,4 @@
-//! `conveyor dev`: the embedded backend, the configured topics, one webhook worker per route and
+//! `conveyor dev`: the configured backend (embedded by default, or Kafka), the configured topics, one webhook worker per route and
 //! the HTTP API, in one process, until a shutdown signal.
 //!
 //! [`run`] takes its listener and shutdown future as arguments, so tests run it on port 0 and stop
@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use conveyor_core::{Backend, Error};
 use conveyor_embedded::EmbeddedBackend;
+use conveyor_kafka::KafkaBackend;
 use conveyor_runtime::{WebhookHandler, Worker, WorkerOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -19,7 +20,10 @@ use crate::config::Config;
 
 /// Opens the backend the configuration names and creates the configured topics.
 pub async fn open_backend(config: &Config) -> Result<Arc<dyn Backend>, Error> {
-    let backend: Arc<dyn Backend> = Arc::new(EmbeddedBackend::open(config.embedded_config())?);
+    let backend: Arc<dyn Backend> = match config.backend.as_str() {
+        "kafka" => Arc::new(KafkaBackend::connect(config.kafka.to_config())?),
+        _ => Arc::new(EmbeddedBackend::open(config.embedded_config())?),
+    };
     for spec in config.all_topics() {
         match backend.create_topic(&spec).await {
             Ok(_) => {}

@@ -64,7 +64,7 @@ pub(crate) enum Command {
         #[command(flatten)]
         server: Server,
     },
-    /// Measure enqueue rate, processing rate and latency on the embedded backend.
+    /// Measure enqueue rate, processing rate and latency on the embedded or Kafka backend.
     Bench(BenchArgs),
 }
 
@@ -111,9 +111,23 @@ pub(crate) struct BenchArgs {
     /// Approximate payload size in bytes.
     #[arg(long, default_value_t = 100)]
     pub(crate) payload_bytes: usize,
-    /// Backend: `embedded`.
+    /// Backend: `embedded` or `kafka`.
     #[arg(long, default_value = "embedded")]
     pub(crate) backend: String,
+    /// Kafka bootstrap brokers (with `--backend kafka`); `mock` starts librdkafka's in-process
+    /// mock cluster.
+    #[arg(
+        long,
+        env = "CONVEYOR_KAFKA__BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub(crate) brokers: String,
+    /// Kafka producer profile: `low_latency` or `throughput`.
+    #[arg(long, default_value = "low_latency")]
+    pub(crate) profile: String,
+    /// Also measure bare rdkafka produce and consume on the same broker (with `--backend kafka`).
+    #[arg(long)]
+    pub(crate) raw: bool,
     /// Embedded durability: `fsync` (default) or `os`.
     #[arg(long, default_value = "fsync")]
     pub(crate) durability: String,

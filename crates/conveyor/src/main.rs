@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use conveyor_core::{Backend, TopicSpec};
 use conveyor_embedded::{Durability, EmbeddedBackend, EmbeddedConfig};
+use conveyor_kafka::KafkaBackend;
 use conveyor_runtime::bench::{self, BenchOptions};
 use conveyor_server::remote::ApiClient;
 use conveyor_server::Config;
@@ -148,10 +150,13 @@ async fn dev(
             )
         })?;
     let addr = listener.local_addr()?;
-    eprintln!(
-        "conveyor dev: embedded backend in {}",
-        config.embedded_config().path.display()
-    );
+    match config.backend.as_str() {
+        "kafka" => eprintln!("conveyor dev: kafka backend at {}", config.kafka.brokers),
+        _ => eprintln!(
+            "conveyor dev: embedded backend in {}",
+            config.embedded_config().path.display()
+        ),
+    }
     eprintln!("  API      http://{addr}/v1/topics/{{topic}}/jobs");
     eprintln!("  OpenAPI  http://{addr}/openapi.json");
     eprintln!("  health   http://{addr}/healthz  ready: http://{addr}/readyz");
@@ -211,25 +216,6 @@ async fn tail(api: ApiClient, topic: &str, from_beginning: bool, follow: bool) -
 }
 
 async fn run_bench(args: BenchArgs) -> Result<()> {
-    if args.backend != "embedded" {
-        bail!(
-            "unknown backend `{}`: this build supports `embedded`",
-            args.backend
-        );
-    }
-    let durability = match args.durability.as_str() {
-        "fsync" => Durability::Fsync,
-        "os" => Durability::Os,
-        other => bail!("--durability `{other}`: use `fsync` or `os`"),
-    };
-    let tmp = tempfile::tempdir()?;
-    let path = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| tmp.path().to_owned());
-    let mut config = EmbeddedConfig::new(&path);
-    config.durability = durability;
-    let backend = Arc::new(EmbeddedBackend::open(config)?);
     let opts = BenchOptions {
         jobs: args.jobs,
         concurrency: args.concurrency,
@@ -237,14 +223,88 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         payload_bytes: args.payload_bytes,
         ..BenchOptions::default()
     };
-    eprintln!(
-        "conveyor bench: backend=embedded durability={} data={} cores={}",
-        args.durability,
-        path.display(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    let report = bench::run(backend.clone(), &opts, |line| eprintln!("{line}")).await?;
-    conveyor_core::Backend::close(&*backend).await?;
-    println!("{}", report.result_line());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let tmp = tempfile::tempdir()?;
+    let mut kafka = None;
+    let backend: Arc<dyn Backend> = match args.backend.as_str() {
+        "embedded" => {
+            let durability = match args.durability.as_str() {
+                "fsync" => Durability::Fsync,
+                "os" => Durability::Os,
+                other => bail!("--durability `{other}`: use `fsync` or `os`"),
+            };
+            let path = args
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| tmp.path().to_owned());
+            let mut config = EmbeddedConfig::new(&path);
+            config.durability = durability;
+            eprintln!(
+                "conveyor bench: backend=embedded durability={} data={} cores={cores}",
+                args.durability,
+                path.display()
+            );
+            Arc::new(EmbeddedBackend::open(config)?)
+        }
+        "kafka" => {
+            let settings = conveyor_server::config::KafkaSettings {
+                brokers: args.brokers.clone(),
+                profile: args.profile.clone(),
+                ..Default::default()
+            };
+            let mut config = settings.to_config();
+            let creator: Option<Arc<conveyor_kafka::mock::MockBroker>> = if args.brokers == "mock" {
+                let mock = Arc::new(conveyor_kafka::mock::MockBroker::start(1)?);
+                config.brokers = mock.bootstrap_servers().to_owned();
+                Some(mock)
+            } else {
+                None
+            };
+            eprintln!(
+                "conveyor bench: backend=kafka brokers={} profile={} cores={cores}",
+                args.brokers, args.profile
+            );
+            kafka = Some(config.clone());
+            match creator {
+                Some(mock) => Arc::new(KafkaBackend::with_creator(config, mock)?),
+                None => Arc::new(KafkaBackend::connect(config)?),
+            }
+        }
+        other => bail!("unknown backend `{other}`: use `embedded` or `kafka`"),
+    };
+    let report = bench::run(Arc::clone(&backend), &opts, |line| eprintln!("{line}")).await?;
+    let mut line = report.result_line();
+    if args.raw {
+        let Some(config) = kafka else {
+            bail!("--raw measures bare rdkafka: use it with --backend kafka")
+        };
+        let topic = format!(
+            "bench.raw.{}",
+            conveyor_core::headers::new_message_id().replace('-', "")
+        );
+        backend
+            .create_topic(&TopicSpec::new(topic.clone(), opts.partitions))
+            .await?;
+        let raw = conveyor_kafka::raw_bench::run(
+            &config,
+            &topic,
+            opts.jobs,
+            opts.concurrency,
+            opts.payload_bytes,
+            |l| eprintln!("{l}"),
+        )
+        .await?;
+        eprintln!(
+            "overhead: conveyor enqueue is {:.2}x the raw produce rate, conveyor processing {:.2}x the raw consume rate",
+            report.enqueue_jobs_s / raw.produce_s,
+            report.process_jobs_s / raw.consume_s
+        );
+        line.push_str(&format!(
+            " raw_produce_s={:.0} raw_consume_s={:.0}",
+            raw.produce_s, raw.consume_s
+        ));
+    }
+    backend.close().await?;
+    println!("{line}");
     Ok(())
 }
