@@ -22,11 +22,13 @@ use crate::job::Job;
 
 /// POSTs jobs to `url`. Request headers: `Content-Type`, `Conveyor-Message-Id`,
 /// `Conveyor-Job-Type`, `Conveyor-Attempt`, `Conveyor-Topic`, `Conveyor-Partition`,
-/// `Conveyor-Offset`, `Conveyor-Key` (when the key is UTF-8), `traceparent` (when present).
+/// `Conveyor-Offset`, `Conveyor-Key` (when the key is UTF-8), `Conveyor-Worker` (the delivering
+/// worker, `pid-<process id>` by default), `traceparent` (when present).
 #[derive(Debug, Clone)]
 pub struct WebhookHandler {
     client: reqwest::Client,
     url: String,
+    worker: String,
 }
 
 impl WebhookHandler {
@@ -40,7 +42,14 @@ impl WebhookHandler {
         WebhookHandler {
             client,
             url: url.into(),
+            worker: format!("pid-{}", std::process::id()),
         }
+    }
+
+    /// Names the delivering worker in `Conveyor-Worker` (default: `pid-<process id>`).
+    pub fn with_worker_id(mut self, id: impl Into<String>) -> Self {
+        self.worker = id.into();
+        self
     }
 }
 
@@ -68,7 +77,8 @@ impl Handler for WebhookHandler {
             .header("Conveyor-Attempt", job.attempt.to_string())
             .header("Conveyor-Topic", r.topic.as_str())
             .header("Conveyor-Partition", r.partition.to_string())
-            .header("Conveyor-Offset", r.offset.to_string());
+            .header("Conveyor-Offset", r.offset.to_string())
+            .header("Conveyor-Worker", self.worker.as_str());
         if let Some(id) = job.id() {
             req = req.header("Conveyor-Message-Id", id);
         }

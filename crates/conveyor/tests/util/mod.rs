@@ -16,6 +16,8 @@ use axum::Router;
 #[derive(Debug, Default)]
 pub struct Received {
     pub deliveries: Mutex<Vec<(String, u32, String)>>,
+    /// The `Conveyor-Worker` of each delivery, in the same order.
+    pub workers: Mutex<Vec<String>>,
 }
 
 impl Received {
