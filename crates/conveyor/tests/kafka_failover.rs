@@ -86,11 +86,16 @@ max_delay_ms = 100
     // both members own partitions: keys spread over all 6, deliveries come from both processes
     let first = post_jobs(&bases[0], &topic, "ok", 600, 8).await;
     assert_eq!(first.len(), 600);
-    wait_for(Duration::from_secs(120), "the first 600 jobs delivered by both workers", || {
-        let ids = received.ids();
-        let workers: HashSet<String> = received.workers.lock().unwrap().iter().cloned().collect();
-        first.iter().all(|id| ids.contains_key(id)) && workers.len() == 2
-    })
+    wait_for(
+        Duration::from_secs(120),
+        "the first 600 jobs delivered by both workers",
+        || {
+            let ids = received.ids();
+            let workers: HashSet<String> =
+                received.workers.lock().unwrap().iter().cloned().collect();
+            first.iter().all(|id| ids.contains_key(id)) && workers.len() == 2
+        },
+    )
     .await;
 
     a.kill().expect("kill -9 worker a");
@@ -99,19 +104,32 @@ max_delay_ms = 100
     let before = received.total();
     let second = post_jobs(&bases[1], &topic, "ok", 600, 8).await;
     assert_eq!(second.len(), 600);
-    wait_for(Duration::from_secs(120), "every job delivered after the kill", || {
-        let ids = received.ids();
-        second.iter().all(|id| ids.contains_key(id))
-    })
+    wait_for(
+        Duration::from_secs(120),
+        "every job delivered after the kill",
+        || {
+            let ids = received.ids();
+            second.iter().all(|id| ids.contains_key(id))
+        },
+    )
     .await;
     let after: Vec<String> = received.workers.lock().unwrap()[before..].to_vec();
     assert!(!after.contains(&killed), "a dead process cannot deliver");
     let ids = received.ids();
-    assert!(first.iter().chain(&second).all(|id| ids.contains_key(id)), "no job lost");
+    assert!(
+        first.iter().chain(&second).all(|id| ids.contains_key(id)),
+        "no job lost"
+    );
     b.kill().unwrap();
     b.wait().unwrap();
 }
 
 fn uuid_like() -> String {
-    format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
 }
