@@ -137,7 +137,7 @@ async fn scenario(brokers: i32, extra: &[(&str, &str)], during: impl AsyncFnOnce
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_produce_errors_lose_and_duplicate_nothing() {
     scenario(3, &[], async |mock: &MockBroker| {
-        let errs = vec![
+        let errs = [
             RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
             RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT,
