@@ -393,6 +393,18 @@ impl Scheduler {
         self.tracks.get(&tp).is_some_and(|(e, _)| *e == task.epoch)
     }
 
+    /// Marks a finished job's offset committable, unless its partition was revoked since.
+    fn mark_finished(&mut self, task: &Task) {
+        let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
+        if let Some((epoch, track)) = self.tracks.get_mut(&tp) {
+            if *epoch == task.epoch {
+                track.finished(task.record.offset);
+                self.buffered -= 1;
+                self.dirty = true;
+            }
+        }
+    }
+
     fn dispatch(&mut self) {
         while self.running.len() < self.shared.options.concurrency {
             let Some(task) = self.ready.pop_front() else {
@@ -436,14 +448,7 @@ impl Scheduler {
                 });
             }
             TaskResult::Retry(_) | TaskResult::Finished => {
-                let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
-                if let Some((epoch, track)) = self.tracks.get_mut(&tp) {
-                    if *epoch == task.epoch {
-                        track.finished(task.record.offset);
-                        self.buffered -= 1;
-                        self.dirty = true;
-                    }
-                }
+                self.mark_finished(&task);
                 if let Some(next) = self.lanes.release(task.lane.as_ref()) {
                     self.ready.push_back(next);
                 }
@@ -542,14 +547,7 @@ impl Scheduler {
         let deadline = Instant::now() + timeout;
         while !self.running.is_empty() {
             match tokio::time::timeout_at(deadline, self.running.join_next()).await {
-                Ok(Some(Ok((task, TaskResult::Finished)))) => {
-                    let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
-                    if let Some((epoch, track)) = self.tracks.get_mut(&tp) {
-                        if *epoch == task.epoch {
-                            track.finished(task.record.offset);
-                        }
-                    }
-                }
+                Ok(Some(Ok((task, TaskResult::Finished)))) => self.mark_finished(&task),
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(_) => {

@@ -3,37 +3,12 @@
 
 mod util;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use util::{free_port, post_jobs, receiver, wait_for};
+use util::{free_port, post_jobs, receiver, start_dev, wait_for, wait_ok};
 
 const CONCURRENCY: usize = 16;
 const MAX_BUFFERED: usize = 256;
-
-fn start(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_conveyor"))
-        .args(["dev", "--config"])
-        .arg(config)
-        .env("CONVEYOR_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start conveyor dev")
-}
-
-async fn wait_healthy(base: &str) {
-    let http = reqwest::Client::new();
-    for _ in 0..200 {
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("conveyor dev did not become healthy at {base}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_delivery_loses_no_acknowledged_job() {
@@ -67,8 +42,8 @@ max_delay_ms = 100
     .unwrap();
     let base = format!("http://127.0.0.1:{port}");
 
-    let mut child = start(&config);
-    wait_healthy(&base).await;
+    let mut child = start_dev(&config);
+    wait_ok(&base, "/healthz", Duration::from_secs(10)).await;
     let poster = tokio::spawn({
         let base = base.clone();
         async move { post_jobs(&base, "jobs", "slow", 6_000, 16).await }
@@ -89,8 +64,8 @@ max_delay_ms = 100
     );
     assert!(acked.len() < 6_000, "the crash must interrupt the posting");
 
-    let mut child = start(&config);
-    wait_healthy(&base).await;
+    let mut child = start_dev(&config);
+    wait_ok(&base, "/healthz", Duration::from_secs(10)).await;
     wait_for(
         Duration::from_secs(90),
         "every acknowledged job delivered after the restart",

@@ -8,34 +8,9 @@
 mod util;
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use util::{free_port, post_jobs, receiver, wait_for};
-
-fn start(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_conveyor"))
-        .args(["dev", "--config"])
-        .arg(config)
-        .env("CONVEYOR_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start conveyor dev")
-}
-
-async fn wait_healthy(base: &str) {
-    let http = reqwest::Client::new();
-    for _ in 0..300 {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("conveyor dev did not become ready at {base}");
-}
+use util::{free_port, post_jobs, receiver, start_dev, wait_for, wait_ok};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_process_hands_its_partitions_to_the_other() {
@@ -78,10 +53,10 @@ max_delay_ms = 100
         configs.push(path);
         bases.push(format!("http://127.0.0.1:{port}"));
     }
-    let mut a = start(&configs[0]);
-    wait_healthy(&bases[0]).await;
-    let mut b = start(&configs[1]);
-    wait_healthy(&bases[1]).await;
+    let mut a = start_dev(&configs[0]);
+    wait_ok(&bases[0], "/readyz", Duration::from_secs(30)).await;
+    let mut b = start_dev(&configs[1]);
+    wait_ok(&bases[1], "/readyz", Duration::from_secs(30)).await;
 
     // both members own partitions: keys spread over all 6, deliveries come from both processes
     let first = post_jobs(&bases[0], &topic, "ok", 600, 8).await;

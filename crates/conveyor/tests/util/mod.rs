@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -144,4 +145,31 @@ pub async fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> b
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Starts the real `conveyor dev` binary with a configuration file.
+pub fn start_dev(config: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args(["dev", "--config"])
+        .arg(config)
+        .env("CONVEYOR_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start conveyor dev")
+}
+
+/// Waits until `GET {base}{path}` answers 2xx, up to `timeout`.
+pub async fn wait_ok(base: &str, path: &str, timeout: Duration) {
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(r) = http.get(format!("{base}{path}")).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("conveyor dev did not answer {path} at {base} within {timeout:?}");
 }
