@@ -136,6 +136,16 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Lists all topics, sorted by name.
     async fn list_topics(&self) -> Result<Vec<TopicInfo>>;
 
+    /// The topic's current shape (partitions, retention, cleanup policy and, where it applies,
+    /// replication), or `None` when it does not exist. Compare it with a desired spec with
+    /// [`crate::topic::plan`].
+    async fn topic_spec(&self, topic: &str) -> Result<Option<TopicSpec>>;
+
+    /// Changes an existing topic to match `spec`: adds partitions and sets retention, cleanup
+    /// policy and min in-sync replicas. Never removes partitions nor changes the replication
+    /// factor ([`crate::topic::plan`] refuses those). Fails with `UnknownTopic` when it is missing.
+    async fn update_topic(&self, spec: &TopicSpec) -> Result<TopicInfo>;
+
     /// Appends records to a topic and returns where each landed, in input order. Returns only when
     /// all are durable (see the contract). Fails with `UnknownTopic` for a missing topic.
     async fn publish(&self, topic: &str, records: Vec<Record>) -> Result<Vec<Position>>;

@@ -68,6 +68,14 @@ pub enum Error {
     /// The broker or client library reported an error.
     #[error("broker error: {0}")]
     Broker(String),
+    /// The backend (or the broker behind it) cannot do what was asked.
+    #[error("not supported by {backend}: {what}")]
+    Unsupported {
+        /// The backend or broker, e.g. `embedded` or `the librdkafka mock cluster`.
+        backend: String,
+        /// What it cannot do, and what to do instead.
+        what: String,
+    },
     /// An operating-system I/O error.
     #[error(transparent)]
     Io(#[from] std::io::Error),

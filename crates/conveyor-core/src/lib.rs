@@ -32,7 +32,7 @@ pub use headers::JobMeta;
 pub use outcome::Outcome;
 pub use record::{ConsumedRecord, Headers, Position, Record};
 pub use retry::RetryPolicy;
-pub use topic::{TopicInfo, TopicSpec};
+pub use topic::{CleanupPolicy, PlanAction, TopicInfo, TopicPlan, TopicSpec};
 
 /// Milliseconds since the Unix epoch, the timestamp unit of every record (as in Kafka).
 pub fn now_millis() -> i64 {

@@ -77,6 +77,25 @@ impl Groups {
         }
     }
 
+    /// A topic gained partitions: every group subscribed to it rebalances over the new count.
+    pub(crate) fn resize(&self, topic: &str, partitions: i32) {
+        let mut groups = self.groups.lock().expect("groups lock");
+        for g in groups.values_mut() {
+            let mut changed = false;
+            for subs in g.members.values_mut() {
+                for (t, n) in subs.iter_mut() {
+                    if t == topic && *n != partitions {
+                        *n = partitions;
+                        changed = true;
+                    }
+                }
+            }
+            if changed {
+                g.rebalance();
+            }
+        }
+    }
+
     /// The current generation and this member's partitions.
     pub(crate) fn assignment(&self, group: &str, member: u64) -> (u64, BTreeSet<TopicPartition>) {
         let groups = self.groups.lock().expect("groups lock");

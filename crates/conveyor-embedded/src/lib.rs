@@ -97,6 +97,18 @@ impl Backend for EmbeddedBackend {
         self.store.list()
     }
 
+    async fn topic_spec(&self, topic: &str) -> Result<Option<TopicSpec>> {
+        self.store.ensure_open()?;
+        Ok(self.store.topic(topic).map(|t| t.spec.clone()))
+    }
+
+    async fn update_topic(&self, spec: &TopicSpec) -> Result<TopicInfo> {
+        let info = self.store.update_topic(spec.clone()).await?;
+        self.groups.resize(&spec.name, info.partition_count());
+        self.store.changes.send_modify(|v| *v += 1);
+        Ok(info)
+    }
+
     async fn publish(&self, topic: &str, records: Vec<Record>) -> Result<Vec<Position>> {
         self.store.publish(topic, records, None).await
     }

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use conveyor_core::partitioner::partition_for_key;
-use conveyor_core::topic::PartitionInfo;
+use conveyor_core::topic::{CleanupPolicy, PartitionInfo};
 use conveyor_core::{
     now_millis, CommitOffset, ConsumedRecord, Error, Position, Record, Result, TopicInfo, TopicSpec,
 };
@@ -78,6 +78,10 @@ enum WriteOp {
         reply: oneshot::Sender<Result<Vec<Position>>>,
     },
     CreateTopic {
+        spec: TopicSpec,
+        reply: oneshot::Sender<Result<TopicInfo>>,
+    },
+    UpdateTopic {
         spec: TopicSpec,
         reply: oneshot::Sender<Result<TopicInfo>>,
     },
@@ -256,10 +260,35 @@ impl Store {
     }
 
     pub(crate) async fn create_topic(&self, spec: TopicSpec) -> Result<TopicInfo> {
-        spec.validate()?;
+        let spec = Self::supported(spec)?;
         let (reply, rx) = oneshot::channel();
         self.send(WriteOp::CreateTopic { spec, reply })?;
         rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Adds partitions and changes retention of an existing topic.
+    pub(crate) async fn update_topic(&self, spec: TopicSpec) -> Result<TopicInfo> {
+        let spec = Self::supported(spec)?;
+        let (reply, rx) = oneshot::channel();
+        self.send(WriteOp::UpdateTopic { spec, reply })?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Validates a spec and drops what does not apply to one copy on one machine (replication).
+    fn supported(mut spec: TopicSpec) -> Result<TopicSpec> {
+        spec.validate()?;
+        if spec.cleanup_policy != CleanupPolicy::Delete {
+            return Err(Error::Unsupported {
+                backend: "the embedded backend".into(),
+                what: format!(
+                    "topic `{}`: cleanup_policy `{}` (it deletes by age and size but does not compact); use `delete` here, or the kafka backend",
+                    spec.name, spec.cleanup_policy
+                ),
+            });
+        }
+        spec.replication_factor = None;
+        spec.min_insync_replicas = None;
+        Ok(spec)
     }
 
     pub(crate) async fn publish(
@@ -402,6 +431,10 @@ impl Store {
                         self.write_publishes(std::mem::take(&mut publishes));
                         let _ = reply.send(self.do_create_topic(spec));
                     }
+                    WriteOp::UpdateTopic { spec, reply } => {
+                        self.write_publishes(std::mem::take(&mut publishes));
+                        let _ = reply.send(self.do_update_topic(spec));
+                    }
                     WriteOp::Retention { now, reply } => {
                         self.write_publishes(std::mem::take(&mut publishes));
                         let _ = reply.send(self.apply_retention(now));
@@ -441,6 +474,42 @@ impl Store {
             );
         }
         batch.commit().map_err(storage)?;
+        let info = log.info();
+        self.topics
+            .write()
+            .expect("topics lock")
+            .insert(log.spec.name.clone(), Arc::new(log));
+        self.changes.send_modify(|v| *v += 1);
+        Ok(info)
+    }
+
+    /// Rewrites the topic's metadata and adds zeroed partitions; the partition metadata written
+    /// with every append is current, so the topic reloads from it with its watermarks intact.
+    fn do_update_topic(&self, spec: TopicSpec) -> Result<TopicInfo> {
+        let existing = self.topic_or_err(&spec.name)?;
+        let old = existing.spec.partitions;
+        if spec.partitions < old {
+            return Err(Error::TopicConflict {
+                topic: spec.name,
+                existing: old,
+                requested: spec.partitions,
+            });
+        }
+        if spec == existing.spec {
+            return Ok(existing.info());
+        }
+        let json = serde_json::to_vec(&spec).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let mut batch = self.db.batch().durability(self.persist_mode());
+        batch.insert(&self.meta, topic_meta_key(&spec.name), json);
+        for p in old..spec.partitions {
+            batch.insert(
+                &self.meta,
+                part_meta_key(&spec.name, p),
+                encode_part(0, 0, 0),
+            );
+        }
+        batch.commit().map_err(storage)?;
+        let log = Self::load_topic(&self.db, &self.meta, spec)?;
         let info = log.info();
         self.topics
             .write()

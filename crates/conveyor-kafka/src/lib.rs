@@ -7,13 +7,13 @@
 //! | key -> partition | `partitioner=murmur2_random`: the same partition as conveyor's embedded backend and Kafka's Java client |
 //! | consumer groups | cooperative-sticky assignor, manual synchronous commits, rebalances reported to the runtime |
 //! | fenced commits | locally: a member refuses to commit partitions it no longer owns |
-//! | topic creation | Kafka's CreateTopics (admin client); a [`TopicCreator`] for brokers without it |
+//! | topic admin | Kafka's CreateTopics, DescribeConfigs, AlterConfigs, CreatePartitions (admin client); a [`TopicAdmin`] for peers without them |
 //! | fetch / tail | a group-less reader assigned to one partition |
 //! | [`conveyor_core::AtomicPublishCommit`] | not yet (needs Kafka transactions) |
 //!
 //! # Layout
 //! - [`config`]: [`KafkaConfig`], profiles and pass-through librdkafka properties.
-//! - [`admin`]: [`TopicCreator`] and the admin-client implementation.
+//! - [`admin`]: [`TopicAdmin`] and the admin-client implementation.
 //! - `consumer`: the group member.
 //! - [`mock`]: [`mock::MockBroker`], librdkafka's in-process mock cluster for tests and fault injection.
 //! - [`raw_bench`]: the bare-rdkafka baseline for `conveyor bench --raw`.
@@ -42,7 +42,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-pub use admin::{AdminCreator, TopicCreator};
+pub use admin::{AdminClientTopics, TopicAdmin};
 pub use config::{KafkaConfig, Profile};
 
 use consumer::{to_record, GroupContext, KafkaSubscription};
@@ -64,6 +64,9 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| Error::Broker(format!("blocking task failed: {e}")))?
 }
 
+/// How long a topic's partition count is trusted before metadata is read again.
+const PARTITION_CACHE_TTL: Duration = Duration::from_secs(60);
+
 /// The Kafka backend. Clones share one producer.
 #[derive(Debug, Clone)]
 pub struct KafkaBackend {
@@ -73,8 +76,9 @@ pub struct KafkaBackend {
 struct Inner {
     config: KafkaConfig,
     producer: FutureProducer,
-    creator: Arc<dyn TopicCreator>,
-    partitions: RwLock<HashMap<String, i32>>,
+    admin: Arc<dyn TopicAdmin>,
+    /// Partition counts from metadata, with when they were read.
+    partitions: RwLock<HashMap<String, (i32, Instant)>>,
     closed: AtomicBool,
 }
 
@@ -90,12 +94,12 @@ impl KafkaBackend {
     /// Connects to the cluster (lazily: the first call contacts it), creating topics with Kafka's
     /// admin API.
     pub fn connect(config: KafkaConfig) -> Result<Self> {
-        let creator = Arc::new(AdminCreator::new(&config)?);
-        Self::with_creator(config, creator)
+        let admin = Arc::new(AdminClientTopics::new(&config)?);
+        Self::with_admin(config, admin)
     }
 
-    /// Connects, creating topics through `creator` (e.g. a [`mock::MockBroker`]).
-    pub fn with_creator(config: KafkaConfig, creator: Arc<dyn TopicCreator>) -> Result<Self> {
+    /// Connects, administering topics through `admin` (e.g. a [`mock::MockBroker`]).
+    pub fn with_admin(config: KafkaConfig, admin: Arc<dyn TopicAdmin>) -> Result<Self> {
         let mut pc = config.producer();
         pc.set("allow.auto.create.topics", "false");
         let producer: FutureProducer = pc.create().map_err(broker)?;
@@ -103,7 +107,7 @@ impl KafkaBackend {
             inner: Arc::new(Inner {
                 config,
                 producer,
-                creator,
+                admin,
                 partitions: RwLock::new(HashMap::new()),
                 closed: AtomicBool::new(false),
             }),
@@ -117,14 +121,15 @@ impl KafkaBackend {
         }
     }
 
-    /// Partition count from metadata, `None` when the topic does not exist.
-    async fn fetch_partitions(&self, topic: &str) -> Result<Option<i32>> {
+    /// Partition count and replication factor from metadata, `None` when the topic does not
+    /// exist. Refreshes the partition cache.
+    async fn metadata(&self, topic: &str) -> Result<Option<(i32, i32)>> {
         let (producer, topic_owned, timeout) = (
             self.inner.producer.clone(),
             topic.to_owned(),
             self.inner.config.request_timeout,
         );
-        let n = blocking(move || {
+        let found = blocking(move || {
             let md = producer
                 .client()
                 .fetch_metadata(Some(&topic_owned), timeout)
@@ -134,28 +139,40 @@ impl KafkaBackend {
                 .iter()
                 .find(|t| t.name() == topic_owned)
                 .and_then(|t| {
-                    (t.error().is_none() && !t.partitions().is_empty())
-                        .then_some(t.partitions().len() as i32)
+                    (t.error().is_none() && !t.partitions().is_empty()).then(|| {
+                        let rf = t.partitions()[0].replicas().len() as i32;
+                        (t.partitions().len() as i32, rf)
+                    })
                 }))
         })
         .await?;
         let mut cache = self.inner.partitions.write().expect("partition cache");
-        match n {
-            Some(n) => cache.insert(topic.to_owned(), n),
+        match found {
+            Some((n, _)) => cache.insert(topic.to_owned(), (n, Instant::now())),
             None => cache.remove(topic),
         };
-        Ok(n)
+        Ok(found)
     }
 
+    /// Partition count from metadata, `None` when the topic does not exist.
+    async fn fetch_partitions(&self, topic: &str) -> Result<Option<i32>> {
+        Ok(self.metadata(topic).await?.map(|(n, _)| n))
+    }
+
+    /// The partition count used to route keys; re-read from metadata after
+    /// [`PARTITION_CACHE_TTL`] so partitions added elsewhere are used (as Kafka's producers do
+    /// with `metadata.max.age.ms`).
     async fn partitions(&self, topic: &str) -> Result<i32> {
-        if let Some(n) = self
+        if let Some((n, at)) = self
             .inner
             .partitions
             .read()
             .expect("partition cache")
             .get(topic)
         {
-            return Ok(*n);
+            if at.elapsed() < PARTITION_CACHE_TTL {
+                return Ok(*n);
+            }
         }
         self.fetch_partitions(topic)
             .await?
@@ -213,7 +230,7 @@ impl Backend for KafkaBackend {
                 });
             }
         } else {
-            self.inner.creator.create(spec).await?;
+            self.inner.admin.create(spec).await?;
         }
         let deadline = Instant::now() + self.inner.config.request_timeout;
         loop {
@@ -242,6 +259,67 @@ impl Backend for KafkaBackend {
     async fn describe_topic(&self, topic: &str) -> Result<Option<TopicInfo>> {
         self.ensure_open()?;
         self.describe(topic).await
+    }
+
+    async fn topic_spec(&self, topic: &str) -> Result<Option<TopicSpec>> {
+        self.ensure_open()?;
+        let Some((partitions, replication)) = self.metadata(topic).await? else {
+            return Ok(None);
+        };
+        let c = self.inner.admin.configs(topic).await?;
+        Ok(Some(TopicSpec {
+            name: topic.to_owned(),
+            partitions,
+            retention_ms: c.retention_ms,
+            retention_bytes: c.retention_bytes,
+            cleanup_policy: c.cleanup_policy,
+            replication_factor: Some(replication),
+            min_insync_replicas: c.min_insync_replicas,
+        }))
+    }
+
+    async fn update_topic(&self, spec: &TopicSpec) -> Result<TopicInfo> {
+        self.ensure_open()?;
+        spec.validate()?;
+        let current = self
+            .topic_spec(&spec.name)
+            .await?
+            .ok_or_else(|| Error::UnknownTopic(spec.name.clone()))?;
+        if spec.partitions < current.partitions {
+            return Err(Error::TopicConflict {
+                topic: spec.name.clone(),
+                existing: current.partitions,
+                requested: spec.partitions,
+            });
+        }
+        let want = admin::config_entries(spec);
+        let have = admin::config_entries(&TopicSpec {
+            min_insync_replicas: spec.min_insync_replicas.and(current.min_insync_replicas),
+            ..current.clone()
+        });
+        let changed: Vec<_> = want.into_iter().filter(|e| !have.contains(e)).collect();
+        if !changed.is_empty() {
+            self.inner.admin.alter(&spec.name, &changed).await?;
+        }
+        if spec.partitions > current.partitions {
+            self.inner
+                .admin
+                .add_partitions(&spec.name, spec.partitions)
+                .await?;
+            let deadline = Instant::now() + self.inner.config.request_timeout;
+            while self.fetch_partitions(&spec.name).await? != Some(spec.partitions) {
+                if Instant::now() >= deadline {
+                    return Err(Error::Broker(format!(
+                        "topic `{}` was grown to {} partitions but metadata does not show them yet; run the command again",
+                        spec.name, spec.partitions
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        self.describe(&spec.name)
+            .await?
+            .ok_or_else(|| Error::UnknownTopic(spec.name.clone()))
     }
 
     async fn list_topics(&self) -> Result<Vec<TopicInfo>> {

@@ -15,7 +15,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use tokio::sync::oneshot;
 
-use crate::admin::TopicCreator;
+use crate::admin::{TopicAdmin, TopicConfigs};
 
 /// A fault to inject.
 #[derive(Debug, Clone)]
@@ -122,10 +122,29 @@ impl MockBroker {
 }
 
 #[async_trait]
-impl TopicCreator for MockBroker {
+impl TopicAdmin for MockBroker {
     async fn create(&self, spec: &TopicSpec) -> Result<()> {
         let (name, partitions) = (spec.name.clone(), spec.partitions);
         self.call(|tx| Command::CreateTopic(name, partitions, tx))
             .await
+    }
+
+    async fn configs(&self, _topic: &str) -> Result<TopicConfigs> {
+        Err(unsupported("reading topic configuration (DescribeConfigs)"))
+    }
+
+    async fn alter(&self, _topic: &str, _entries: &[(&'static str, String)]) -> Result<()> {
+        Err(unsupported("changing topic configuration (AlterConfigs)"))
+    }
+
+    async fn add_partitions(&self, _topic: &str, _total: i32) -> Result<()> {
+        Err(unsupported("adding partitions (CreatePartitions)"))
+    }
+}
+
+fn unsupported(what: &str) -> Error {
+    Error::Unsupported {
+        backend: "the librdkafka mock cluster".into(),
+        what: format!("{what}; test it against a real broker (scripts/live-kafka.sh)"),
     }
 }

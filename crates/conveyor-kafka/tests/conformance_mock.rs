@@ -26,7 +26,7 @@ impl Harness for Mock {
     async fn open(&self) -> Result<Arc<dyn Backend>> {
         let mut config = KafkaConfig::new(self.broker.bootstrap_servers());
         config.session_timeout = Duration::from_secs(6);
-        Ok(Arc::new(KafkaBackend::with_creator(
+        Ok(Arc::new(KafkaBackend::with_admin(
             config,
             self.broker.clone(),
         )?))

@@ -27,7 +27,7 @@ async fn scenario(brokers: i32, extra: &[(&str, &str)], during: impl AsyncFnOnce
         config = config.set(*k, *v);
     }
     let backend: Arc<dyn Backend> =
-        Arc::new(KafkaBackend::with_creator(config, mock.clone()).unwrap());
+        Arc::new(KafkaBackend::with_admin(config, mock.clone()).unwrap());
     backend
         .create_topic(&TopicSpec::new("jobs", 4))
         .await

@@ -8,6 +8,7 @@
 //! - [`tracker`]: the scheduler's bookkeeping: offsets safe to commit, per-key lanes.
 //! - [`dead_letter`]: the dead-letter record format.
 //! - [`client`]: [`Client`], enqueueing jobs.
+//! - [`lag`]: [`lag::group_lag`], consumer lag per group and partition.
 //! - [`webhook`]: [`WebhookHandler`], delivering jobs to HTTP endpoints.
 //! - [`bench`]: the measurements behind `conveyor bench`.
 
@@ -16,6 +17,7 @@ pub mod client;
 pub mod dead_letter;
 pub mod handler;
 pub mod job;
+pub mod lag;
 pub mod tracker;
 pub mod webhook;
 pub mod worker;
@@ -23,5 +25,6 @@ pub mod worker;
 pub use client::{Client, Enqueued, NewJob};
 pub use handler::{handler_fn, json_handler, Handler};
 pub use job::{IntoOutcome, Job, JobError};
+pub use lag::{group_lag, GroupLag, PartitionLag};
 pub use webhook::WebhookHandler;
 pub use worker::{Worker, WorkerBuilder, WorkerOptions, WorkerStats};

@@ -6,7 +6,8 @@
 //! | `POST /v1/topics/{topic}/jobs/batch` | enqueue up to `api.max_batch` jobs atomically |
 //! | `GET /v1/topics`, `POST /v1/topics`, `GET /v1/topics/{topic}` | list, create, describe topics |
 //! | `GET /v1/topics/{topic}/records?partition=&offset=&limit=` | read records (for `conveyor tail`) |
-//! | `GET /v1/groups/{group}/lag?topic=` | committed offsets and lag per partition |
+//! | `POST /v1/topics:apply` | plan (`dry_run`) or apply topic specs: create, add partitions, change retention |
+//! | `GET /v1/groups/{group}/lag[?topic=]` | committed offsets and lag per partition |
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness (the backend answers) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document |
 //!
@@ -23,7 +24,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use bytes::Bytes;
-use conveyor_core::{headers, Backend, TopicInfo, TopicSpec};
+use conveyor_core::{headers, Backend, PlanAction, TopicInfo, TopicSpec};
 use conveyor_runtime::{Client, Enqueued, NewJob};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -67,6 +68,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/topics/{topic}/jobs/batch", post(enqueue_batch))
         .route("/v1/topics", get(list_topics).post(create_topic))
         .route("/v1/topics/{topic}", get(describe_topic))
+        .route("/v1/topics:apply", post(apply_topics))
         .route("/v1/topics/{topic}/records", get(read_records))
         .route("/v1/groups/{group}/lag", get(group_lag))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -383,36 +385,82 @@ async fn read_records(
 
 #[derive(Debug, Deserialize)]
 struct LagQuery {
-    topic: String,
+    #[serde(default)]
+    topic: Option<String>,
 }
 
+/// Lag of a group on one topic (`?topic=`), or on every topic where it has committed offsets.
 async fn group_lag(
     State(s): State<AppState>,
     Path(group): Path<String>,
-    Query(q): Query<LagQuery>,
+    query: Result<Query<LagQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let info = s
-        .backend
-        .describe_topic(&q.topic)
-        .await?
-        .ok_or_else(|| ApiError::from(conveyor_core::Error::UnknownTopic(q.topic.clone())))?;
-    let committed = s.backend.committed_offsets(&group, &q.topic).await?;
-    let partitions: Vec<Value> = info
-        .partitions
-        .iter()
-        .zip(committed)
-        .map(|(p, (_, c))| {
-            let lag = p.high - c.unwrap_or(p.low).max(p.low);
-            json!({ "partition": p.partition, "committed": c, "high_watermark": p.high, "lag": lag })
-        })
-        .collect();
-    let total: i64 = partitions
-        .iter()
-        .map(|p| p["lag"].as_i64().unwrap_or(0))
-        .sum();
+    let Query(q) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    let lags = match &q.topic {
+        Some(topic) => vec![conveyor_runtime::group_lag(s.backend.as_ref(), &group, topic).await?],
+        None => conveyor_runtime::lag::group_lag_all(s.backend.as_ref(), &group).await?,
+    };
+    let total: i64 = lags.iter().map(|l| l.lag).sum();
     Ok(Json(
-        json!({ "group": group, "topic": q.topic, "lag": total, "partitions": partitions }),
+        json!({ "group": group, "lag": total, "topics": lags }),
     ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplyRequest {
+    topics: Vec<TopicSpec>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Plans (and unless `dry_run`, applies) topic specs: creates missing topics, updates changed
+/// ones. Nothing is applied when any plan is refused.
+async fn apply_topics(
+    State(s): State<AppState>,
+    JsonBody(req): JsonBody<ApplyRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let mut plans = Vec::with_capacity(req.topics.len());
+    for (i, spec) in req.topics.iter().enumerate() {
+        if let Err(e) = spec.validate() {
+            return Err(ApiError::invalid(format!("topics[{i}]"), e.to_string()));
+        }
+        let current = s.backend.topic_spec(&spec.name).await?;
+        plans.push(conveyor_core::topic::plan(spec, current.as_ref()));
+    }
+    let refused: Vec<String> = plans
+        .iter()
+        .filter_map(|p| p.refused.as_ref().map(|r| format!("{}: {r}", p.name)))
+        .collect();
+    if req.dry_run {
+        return Ok(Json(json!({ "plan": plans, "applied": false })));
+    }
+    if !refused.is_empty() {
+        return Err(ApiError::PlanRefused(format!(
+            "nothing was applied: {}",
+            refused.join("; ")
+        )));
+    }
+    let mut done = Vec::new();
+    for (spec, plan) in req.topics.iter().zip(&plans) {
+        let result = match plan.action {
+            PlanAction::Create => s.backend.create_topic(spec).await.map(|_| ()),
+            PlanAction::Update => s.backend.update_topic(spec).await.map(|_| ()),
+            PlanAction::Unchanged | PlanAction::Refused => Ok(()),
+        };
+        if let Err(e) = result {
+            let applied = match done.is_empty() {
+                true => "nothing was applied".to_owned(),
+                false => format!("applied before this failure: {}", done.join(", ")),
+            };
+            let message = format!("topic `{}`: {e} ({applied})", spec.name);
+            return Err(ApiError::from(e).with_message(message));
+        }
+        if plan.action != PlanAction::Unchanged {
+            done.push(spec.name.clone());
+        }
+    }
+    Ok(Json(json!({ "plan": plans, "applied": true })))
 }
 
 async fn ready(State(s): State<AppState>) -> Response {

@@ -353,7 +353,7 @@ impl Config {
     }
 }
 
-fn format_figment(e: figment::Error) -> String {
+pub(crate) fn format_figment(e: figment::Error) -> String {
     e.into_iter()
         .map(|e| {
             let key = e.path.join(".");

@@ -8,11 +8,12 @@
 //! | `malformed_json` | 400 |
 //! | `not_found`, `unknown_topic` | 404 |
 //! | `method_not_allowed` | 405 |
-//! | `topic_conflict` | 409 |
+//! | `topic_conflict`, `plan_refused` | 409 |
 //! | `payload_too_large` | 413 |
 //! | `unsupported_media_type` | 415 |
 //! | `invalid_field` | 422 |
 //! | `internal` | 500 |
+//! | `unsupported` | 501 |
 //! | `backend_unavailable` | 503 |
 
 use axum::http::StatusCode;
@@ -40,6 +41,12 @@ pub enum ApiError {
     /// The topic exists with other settings.
     #[error("{0}")]
     TopicConflict(String),
+    /// A topics plan contains changes that cannot be made in place; nothing was applied.
+    #[error("{0}")]
+    PlanRefused(String),
+    /// The backend cannot do this (e.g. compaction on the embedded backend).
+    #[error("{0}")]
+    Unsupported(String),
     /// The body or a record is too large.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -71,6 +78,24 @@ impl ApiError {
         }
     }
 
+    /// The same error with another message (e.g. with context added).
+    pub fn with_message(self, message: String) -> Self {
+        match self {
+            ApiError::MalformedJson(_) => ApiError::MalformedJson(message),
+            ApiError::NotFound(_) => ApiError::NotFound(message),
+            ApiError::UnknownTopic(_) => ApiError::UnknownTopic(message),
+            ApiError::MethodNotAllowed => ApiError::MethodNotAllowed,
+            ApiError::TopicConflict(_) => ApiError::TopicConflict(message),
+            ApiError::PlanRefused(_) => ApiError::PlanRefused(message),
+            ApiError::Unsupported(_) => ApiError::Unsupported(message),
+            ApiError::PayloadTooLarge(_) => ApiError::PayloadTooLarge(message),
+            ApiError::UnsupportedMediaType(_) => ApiError::UnsupportedMediaType(message),
+            ApiError::InvalidField { field, .. } => ApiError::InvalidField { field, message },
+            ApiError::BackendUnavailable(_) => ApiError::BackendUnavailable(message),
+            ApiError::Internal(_) => ApiError::Internal(message),
+        }
+    }
+
     /// The stable machine code.
     pub fn code(&self) -> &'static str {
         match self {
@@ -79,6 +104,8 @@ impl ApiError {
             ApiError::UnknownTopic(_) => "unknown_topic",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::TopicConflict(_) => "topic_conflict",
+            ApiError::PlanRefused(_) => "plan_refused",
+            ApiError::Unsupported(_) => "unsupported",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::InvalidField { .. } => "invalid_field",
@@ -93,7 +120,8 @@ impl ApiError {
             ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) | ApiError::UnknownTopic(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::TopicConflict(_) => StatusCode::CONFLICT,
+            ApiError::TopicConflict(_) | ApiError::PlanRefused(_) => StatusCode::CONFLICT,
+            ApiError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -112,6 +140,7 @@ impl From<Error> for ApiError {
             Error::InvalidArgument(m) => ApiError::invalid("", m),
             Error::TopicConflict { .. } => ApiError::TopicConflict(e.to_string()),
             Error::RecordTooLarge { .. } => ApiError::PayloadTooLarge(e.to_string()),
+            Error::Unsupported { .. } => ApiError::Unsupported(e.to_string()),
             Error::Closed | Error::Storage(_) | Error::Io(_) | Error::Broker(_) => {
                 ApiError::BackendUnavailable(format!("{e}; the job was not stored, retry later"))
             }

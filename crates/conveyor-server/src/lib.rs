@@ -6,12 +6,14 @@
 //! - [`api`]: [`app`], the axum router (enqueue, topics, records, health, OpenAPI).
 //! - [`dev`]: [`dev::run`], the embedded backend, the webhook routes and the API in one process.
 //! - [`remote`]: [`remote::ApiClient`], the HTTP API from Rust (used by the CLI).
+//! - [`topics`]: topics files (`conveyor topics apply -f topics.toml`).
 
 pub mod api;
 pub mod config;
 pub mod dev;
 pub mod error;
 pub mod remote;
+pub mod topics;
 
 pub use api::{app, AppState};
 pub use config::{Config, ConfigError};

@@ -130,4 +130,30 @@ impl ApiClient {
         }
         self.call(self.http.get(url)).await
     }
+
+    /// `POST /v1/topics:apply`: the plan for `topics`, applied unless `dry_run`.
+    pub async fn apply_topics(
+        &self,
+        topics: &[conveyor_core::TopicSpec],
+        dry_run: bool,
+    ) -> Result<Value, RemoteError> {
+        let body = json!({ "topics": topics, "dry_run": dry_run });
+        self.call(
+            self.http
+                .post(format!("{}/v1/topics:apply", self.base))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// `GET /v1/groups/{group}/lag`, for one topic or every topic the group committed on.
+    pub async fn lag(&self, group: &str, topic: Option<&str>) -> Result<Value, RemoteError> {
+        let mut req = self
+            .http
+            .get(format!("{}/v1/groups/{group}/lag", self.base));
+        if let Some(t) = topic {
+            req = req.query(&[("topic", t)]);
+        }
+        self.call(req).await
+    }
 }

@@ -64,6 +64,19 @@ pub(crate) enum Command {
         #[command(flatten)]
         server: Server,
     },
+    /// Show a consumer group's lag: per partition, committed offset against the high watermark.
+    Lag {
+        /// The consumer group (a route's group is `conveyor.<topic>` unless set).
+        group: String,
+        /// Only this topic. Default: every topic where the group has committed offsets.
+        #[arg(long, short)]
+        topic: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: Server,
+    },
     /// Measure enqueue rate, processing rate and latency on the embedded or Kafka backend.
     Bench(BenchArgs),
 }
@@ -72,6 +85,20 @@ pub(crate) enum Command {
 pub(crate) enum TopicsCommand {
     /// List topics with partitions and offsets.
     List {
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Create or update the topics of a topics file: shows the plan, then applies it.
+    Apply {
+        /// The topics file (`[defaults]` and `[[topics]]` entries; see the README).
+        #[arg(long = "file", short = 'f')]
+        file: PathBuf,
+        /// Show the plan only.
+        #[arg(long)]
+        dry_run: bool,
+        /// Apply without asking.
+        #[arg(long, short)]
+        yes: bool,
         #[command(flatten)]
         server: Server,
     },

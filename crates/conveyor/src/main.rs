@@ -2,6 +2,7 @@
 //! calls them. No logic lives here.
 
 mod cli;
+mod output;
 
 use std::sync::Arc;
 
@@ -70,24 +71,30 @@ async fn run(cli: Cli) -> Result<()> {
             command: TopicsCommand::List { server },
         } => {
             let topics = ApiClient::new(server.url).list_topics().await?;
-            println!(
-                "{:<40} {:>10} {:>12} {:>12}",
-                "TOPIC", "PARTITIONS", "RECORDS", "END OFFSETS"
-            );
-            for t in topics["topics"].as_array().into_iter().flatten() {
-                let parts = t["partitions"].as_array().cloned().unwrap_or_default();
-                let retained: i64 = parts
-                    .iter()
-                    .map(|p| p["high"].as_i64().unwrap_or(0) - p["low"].as_i64().unwrap_or(0))
-                    .sum();
-                let highs: Vec<String> = parts.iter().map(|p| p["high"].to_string()).collect();
-                println!(
-                    "{:<40} {:>10} {:>12} {:>12}",
-                    t["name"].as_str().unwrap_or(""),
-                    parts.len(),
-                    retained,
-                    highs.join(",")
-                );
+            print!("{}", output::topics(&topics));
+            Ok(())
+        }
+        Command::Topics {
+            command:
+                TopicsCommand::Apply {
+                    file,
+                    dry_run,
+                    yes,
+                    server,
+                },
+        } => apply_topics(ApiClient::new(server.url), &file, dry_run, yes).await,
+        Command::Lag {
+            group,
+            topic,
+            json,
+            server,
+        } => {
+            let lag = ApiClient::new(server.url)
+                .lag(&group, topic.as_deref())
+                .await?;
+            match json {
+                true => println!("{}", serde_json::to_string_pretty(&lag)?),
+                false => print!("{}", output::lag(&lag)),
             }
             Ok(())
         }
@@ -181,6 +188,45 @@ async fn dev(
     Ok(())
 }
 
+/// Plans, shows the plan, asks (unless `--yes`), applies.
+async fn apply_topics(
+    api: ApiClient,
+    file: &std::path::Path,
+    dry_run: bool,
+    yes: bool,
+) -> Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let specs = conveyor_server::topics::load_topics_file(file)?;
+    let planned = api.apply_topics(&specs, true).await?;
+    let (text, sum) = output::plan(&planned);
+    print!("{text}");
+    if sum.refused > 0 {
+        bail!("the plan has refused changes (see above); fix the file, nothing was applied");
+    }
+    if dry_run {
+        return Ok(());
+    }
+    if sum.create + sum.update == 0 {
+        println!("nothing to do");
+        return Ok(());
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            bail!("not applied: pass --yes to apply without a prompt");
+        }
+        print!("apply these changes? [y/N] ");
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            bail!("not applied");
+        }
+    }
+    api.apply_topics(&specs, false).await?;
+    println!("applied: {} created, {} updated", sum.create, sum.update);
+    Ok(())
+}
+
 async fn tail(api: ApiClient, topic: &str, from_beginning: bool, follow: bool) -> Result<()> {
     let info = api.describe_topic(topic).await?;
     let parts = info["partitions"].as_array().cloned().unwrap_or_default();
@@ -266,7 +312,7 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
             );
             kafka = Some(config.clone());
             match creator {
-                Some(mock) => Arc::new(KafkaBackend::with_creator(config, mock)?),
+                Some(mock) => Arc::new(KafkaBackend::with_admin(config, mock)?),
                 None => Arc::new(KafkaBackend::connect(config)?),
             }
         }
