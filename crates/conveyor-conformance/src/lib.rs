@@ -46,6 +46,11 @@ pub struct Features {
     pub timeout: Duration,
     /// Partitions of multi-partition test topics.
     pub partitions: i32,
+    /// Topic settings can be read and changed (`topic_spec`, `update_topic` without new
+    /// partitions). Kafka: DescribeConfigs and AlterConfigs.
+    pub topic_config: bool,
+    /// Partitions can be added (`update_topic`). Kafka: CreatePartitions.
+    pub add_partitions: bool,
 }
 
 impl Default for Features {
@@ -56,6 +61,8 @@ impl Default for Features {
             consumer_groups: true,
             timeout: Duration::from_secs(20),
             partitions: 4,
+            topic_config: true,
+            add_partitions: true,
         }
     }
 }
@@ -83,6 +90,8 @@ macro_rules! conformance_tests {
             commits_to_revoked_partitions_are_fenced,
             unknown_topics_are_errors,
             committed_offsets_are_reported,
+            topic_settings_are_read_and_changed,
+            added_partitions_are_used,
         );
     };
     (@cases $features:expr, $harness:expr; $($case:ident),* $(,)?) => {

@@ -84,6 +84,7 @@ impl std::fmt::Display for CleanupPolicy {
 /// A topic's desired (or, as reported by [`Backend::topic_spec`](crate::Backend::topic_spec),
 /// current) shape: name, partitions, retention, cleanup policy and replication.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TopicSpec {
     /// The topic name (see [`validate_name`]).
     pub name: String,
@@ -307,16 +308,12 @@ pub fn plan(desired: &TopicSpec, current: Option<&TopicSpec>) -> TopicPlan {
             none.clone(),
             desired.cleanup_policy.to_string(),
         );
-        change(
-            "replication_factor",
-            none.clone(),
-            show(desired.replication_factor, "broker default"),
-        );
-        change(
-            "min_insync_replicas",
-            none,
-            show(desired.min_insync_replicas, "broker default"),
-        );
+        if let Some(rf) = desired.replication_factor {
+            change("replication_factor", none.clone(), rf.to_string());
+        }
+        if let Some(isr) = desired.min_insync_replicas {
+            change("min_insync_replicas", none, isr.to_string());
+        }
         p.action = PlanAction::Create;
         return p;
     };

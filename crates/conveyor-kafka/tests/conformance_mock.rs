@@ -36,6 +36,9 @@ impl Harness for Mock {
 conformance_tests!(
     Features {
         timeout: Duration::from_secs(30),
+        // the mock has no DescribeConfigs, AlterConfigs or CreatePartitions
+        topic_config: false,
+        add_partitions: false,
         ..Features::default()
     },
     Mock::new()

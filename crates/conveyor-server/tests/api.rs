@@ -371,3 +371,147 @@ async fn topics_health_readiness_records_and_openapi() {
         (StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable")
     );
 }
+
+#[tokio::test]
+async fn topics_apply_plans_applies_and_is_idempotent() {
+    let a = api().await;
+    let post = |body: Value| {
+        let a = &a;
+        async move {
+            send(
+                a,
+                "POST",
+                "/v1/topics:apply",
+                Some("application/json"),
+                body.to_string(),
+            )
+            .await
+        }
+    };
+    let topics = json!([
+        {"name": "emails", "partitions": 3},
+        {"name": "events", "partitions": 2, "retention_ms": null, "replication_factor": 3}
+    ]);
+    let (s, v) = post(json!({"topics": topics, "dry_run": true})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["plan"][0]["action"], "unchanged");
+    assert_eq!(v["plan"][1]["action"], "create");
+    assert_eq!(v["applied"], false);
+    assert!(
+        a.backend.describe_topic("events").await.unwrap().is_none(),
+        "a dry run changes nothing"
+    );
+
+    let (s, v) = post(json!({"topics": topics})).await;
+    assert_eq!((s, &v["applied"]), (StatusCode::OK, &json!(true)), "{v}");
+    let events = a.backend.topic_spec("events").await.unwrap().unwrap();
+    assert_eq!((events.partitions, events.retention_ms), (2, None));
+
+    // applying again changes nothing; the replication warning is shown for the embedded backend
+    let (_, v) = post(json!({"topics": topics, "dry_run": true})).await;
+    assert_eq!(v["plan"][1]["action"], "unchanged", "{v}");
+    assert!(v["plan"][1]["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("do not apply"));
+
+    // growing and changing retention is an update, with the key-mapping warning
+    let grown = json!([{"name": "events", "partitions": 4, "retention_ms": 86400000}]);
+    let (_, v) = post(json!({"topics": grown, "dry_run": true})).await;
+    assert_eq!(v["plan"][0]["action"], "update");
+    assert_eq!(v["plan"][0]["changes"].as_array().unwrap().len(), 2);
+    assert!(v["plan"][0]["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("moves keys"));
+    let (s, _) = post(json!({"topics": grown})).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        a.backend
+            .describe_topic("events")
+            .await
+            .unwrap()
+            .unwrap()
+            .partition_count(),
+        4
+    );
+
+    // shrinking is refused and nothing in the request is applied
+    let shrink = json!([{"name": "new-one", "partitions": 1}, {"name": "events", "partitions": 2}]);
+    let (s, v) = post(json!({"topics": shrink})).await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "plan_refused"), "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("cannot shrink"));
+    assert!(a.backend.describe_topic("new-one").await.unwrap().is_none());
+
+    // compaction is not something the embedded backend does
+    let compact = json!([{"name": "state", "cleanup_policy": "compact"}]);
+    let (s, v) = post(json!({"topics": compact})).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::NOT_IMPLEMENTED, "unsupported"),
+        "{v}"
+    );
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("nothing was applied"));
+
+    // bad input: unknown field, bad policy, invalid spec
+    let (s, v) = post(json!({"topics": [{"name": "x", "replicas": 3}]})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let (s, _) = post(json!({"topics": [{"name": "x", "cleanup_policy": "shred"}]})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, v) = post(json!({"topics": [{"name": "x", "partitions": 0}]})).await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("topics[0]"))
+    );
+}
+
+#[tokio::test]
+async fn lag_per_partition_and_for_every_committed_topic() {
+    use conveyor_core::{CommitOffset, Record, TopicPartition};
+    let a = api().await;
+    let records = (0..6)
+        .map(|i| Record::new("x").with_partition(i % 3))
+        .collect();
+    a.backend.publish("emails", records).await.unwrap();
+    let (_, v) = send(&a, "GET", "/v1/groups/g/lag", None, "").await;
+    assert_eq!(
+        v["topics"],
+        json!([]),
+        "a group with no commits has no topics"
+    );
+
+    let mut sub = a
+        .backend
+        .subscribe(conveyor_core::SubscribeOptions::new("g", ["emails"]))
+        .await
+        .unwrap();
+    let _ = sub
+        .poll(10, std::time::Duration::from_secs(1))
+        .await
+        .unwrap();
+    sub.commit(&[CommitOffset {
+        tp: TopicPartition::new("emails", 0),
+        next_offset: 2,
+    }])
+    .await
+    .unwrap();
+    let (s, v) = send(&a, "GET", "/v1/groups/g/lag", None, "").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["lag"], 4, "{v}");
+    let t = &v["topics"][0];
+    assert_eq!(t["topic"], "emails");
+    assert_eq!(
+        t["partitions"][0],
+        json!({"partition": 0, "committed": 2, "low_watermark": 0, "high_watermark": 2, "lag": 0})
+    );
+    assert_eq!(t["partitions"][1]["committed"], Value::Null);
+    assert_eq!(t["partitions"][1]["lag"], 2);
+    let (s, v) = send(&a, "GET", "/v1/groups/g/lag?topic=nope", None, "").await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "unknown_topic"));
+}
