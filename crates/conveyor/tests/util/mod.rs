@@ -147,16 +147,56 @@ pub async fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> b
     }
 }
 
+/// A child process killed (SIGKILL) and reaped when dropped, so a failing test leaves no
+/// `conveyor dev` running.
+#[derive(Debug)]
+pub struct Dev(pub Child);
+
+impl std::ops::Deref for Dev {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Dev {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the real `conveyor dev` binary with a configuration file.
-pub fn start_dev(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_conveyor"))
+pub fn start_dev(config: &std::path::Path) -> Dev {
+    Dev(Command::new(env!("CARGO_BIN_EXE_conveyor"))
         .args(["dev", "--config"])
         .arg(config)
         .env("CONVEYOR_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("start conveyor dev")
+        .expect("start conveyor dev"))
+}
+
+/// Runs the `conveyor` binary to completion; returns (success, stdout, stderr).
+pub fn conveyor(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args(args)
+        .env("CONVEYOR_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run conveyor");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Waits until `GET {base}{path}` answers 2xx, up to `timeout`.
