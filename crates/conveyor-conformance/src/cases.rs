@@ -9,8 +9,8 @@ use bytes::Bytes;
 use conveyor_core::partitioner::partition_for_key;
 use conveyor_core::topic::{plan, CleanupPolicy, PlanAction};
 use conveyor_core::{
-    Backend, CommitOffset, Error, Headers, Record, StartFrom, SubscribeOptions, TopicPartition,
-    TopicSpec,
+    Backend, CommitOffset, Error, Headers, Poll, Record, StartFrom, SubscribeOptions,
+    TopicPartition, TopicSpec,
 };
 
 use crate::util::{collect, drain, settle, topic, unique, values, wait_assigned};
@@ -576,4 +576,76 @@ pub async fn added_partitions_are_used(h: &dyn Harness, f: &Features) {
     assert_eq!(got.len(), 50);
     let parts: BTreeSet<i32> = got.iter().map(|r| r.partition).collect();
     assert_eq!(parts.len(), 4, "records from every partition");
+}
+
+/// Progress passed to `store` (finished, not yet committed) is not repeated by the member that
+/// takes the partitions over in a rebalance.
+pub async fn stored_progress_survives_a_revocation(h: &dyn Harness, f: &Features) {
+    if !f.consumer_groups {
+        return;
+    }
+    let b = open(h).await;
+    let t = topic(&*b, "stored", f.partitions).await;
+    let per = 10;
+    let records = (0..f.partitions * per)
+        .map(|i| Record::new(format!("m{i}")).with_partition(i % f.partitions))
+        .collect();
+    b.publish(&t, records).await.expect("publish");
+    let group = unique("g");
+    let mut first = b
+        .subscribe(SubscribeOptions::new(group.clone(), [t.clone()]))
+        .await
+        .expect("subscribe");
+    let got = collect(&mut *first, (f.partitions * per) as usize, f.timeout).await;
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    for r in &got {
+        let e = next.entry(r.partition).or_default();
+        *e = (*e).max(r.offset + 1);
+    }
+    let stored: Vec<CommitOffset> = next
+        .iter()
+        .map(|(p, o)| CommitOffset {
+            tp: TopicPartition::new(t.clone(), *p),
+            next_offset: *o,
+        })
+        .collect();
+    first.store(&stored).expect("store");
+
+    let mut second = b
+        .subscribe(SubscribeOptions::new(group.clone(), [t.clone()]))
+        .await
+        .expect("subscribe");
+    let deadline = tokio::time::Instant::now() + f.timeout;
+    let mut again = Vec::new();
+    while first.assignment().len() == f.partitions as usize || second.assignment().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second member got no partitions within {:?}",
+            f.timeout
+        );
+        for s in [&mut first, &mut second] {
+            if let Poll::Records(r) = s.poll(16, Duration::from_millis(50)).await.expect("poll") {
+                again.extend(r);
+            }
+        }
+    }
+    again.extend(drain(&mut *second, Duration::from_millis(500)).await);
+    assert!(
+        again.is_empty(),
+        "finished (stored) records were delivered again after the rebalance: {:?}",
+        values(&again)
+    );
+    let committed = b.committed_offsets(&group, &t).await.expect("committed");
+    for tp in second.assignment() {
+        let c = committed
+            .iter()
+            .find(|(p, _)| *p == tp.partition)
+            .and_then(|(_, c)| *c);
+        assert_eq!(
+            c,
+            Some(per as i64),
+            "partition {} moved without its progress",
+            tp.partition
+        );
+    }
 }

@@ -90,6 +90,7 @@ macro_rules! conformance_tests {
             commits_to_revoked_partitions_are_fenced,
             unknown_topics_are_errors,
             committed_offsets_are_reported,
+            stored_progress_survives_a_revocation,
             topic_settings_are_read_and_changed,
             added_partitions_are_used,
         );

@@ -188,6 +188,16 @@ pub trait Subscription: Send + fmt::Debug {
     /// other offsets in the call are still committed.
     async fn commit(&mut self, offsets: &[CommitOffset]) -> Result<()>;
 
+    /// Records finished progress without acknowledging it yet. A backend whose partitions can be
+    /// taken away between two commits (Kafka) commits the stored offsets of a partition just
+    /// before it is revoked, so work that finished is not repeated by the next owner. Local and
+    /// cheap; call it as work finishes and [`Subscription::commit`] on an interval. Partitions not
+    /// owned are ignored. The default does nothing (commits are cheap enough to be frequent).
+    fn store(&mut self, offsets: &[CommitOffset]) -> Result<()> {
+        let _ = offsets;
+        Ok(())
+    }
+
     /// The partitions currently owned.
     fn assignment(&self) -> Vec<TopicPartition>;
 

@@ -107,6 +107,37 @@ impl Subscription for EmbeddedSubscription {
     }
 
     async fn commit(&mut self, offsets: &[CommitOffset]) -> Result<()> {
+        self.commit_owned(offsets)
+    }
+
+    /// Local commits are cheap: stored progress is committed at once (partitions not owned are
+    /// skipped).
+    fn store(&mut self, offsets: &[CommitOffset]) -> Result<()> {
+        match self.commit_owned(offsets) {
+            Err(Error::NotAssigned { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    fn assignment(&self) -> Vec<TopicPartition> {
+        self.positions.keys().cloned().collect()
+    }
+
+    fn group(&self) -> &str {
+        &self.group
+    }
+}
+
+impl Drop for EmbeddedSubscription {
+    fn drop(&mut self) {
+        self.groups.leave(&self.group, self.member);
+        self.store.changes.send_modify(|v| *v += 1);
+    }
+}
+
+impl EmbeddedSubscription {
+    /// Commits the offsets of owned partitions; `NotAssigned` names the first one not owned.
+    fn commit_owned(&self, offsets: &[CommitOffset]) -> Result<()> {
         let tps: Vec<TopicPartition> = offsets.iter().map(|c| c.tp.clone()).collect();
         let (store, group) = (&self.store, &self.group);
         self.groups.with_owned(group, self.member, &tps, |owned| {
@@ -125,20 +156,5 @@ impl Subscription for EmbeddedSubscription {
                 None => Ok(()),
             }
         })
-    }
-
-    fn assignment(&self) -> Vec<TopicPartition> {
-        self.positions.keys().cloned().collect()
-    }
-
-    fn group(&self) -> &str {
-        &self.group
-    }
-}
-
-impl Drop for EmbeddedSubscription {
-    fn drop(&mut self) {
-        self.groups.leave(&self.group, self.member);
-        self.store.changes.send_modify(|v| *v += 1);
     }
 }

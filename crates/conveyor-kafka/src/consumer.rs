@@ -5,7 +5,9 @@
 //! [`Subscription::poll`] reports them before any record of a newly assigned partition (records
 //! fetched in the same call are held back until the event was returned). Commits are synchronous
 //! (they return once the group coordinator stored them) and fenced locally: a partition this member
-//! no longer owns is refused with `NotAssigned`, as on the embedded backend.
+//! no longer owns is refused with `NotAssigned`, as on the embedded backend. Offsets passed to
+//! [`Subscription::store`] go to librdkafka's offset store and are committed synchronously just
+//! before a revocation (`pre_rebalance`), so work that finished between two commits is kept.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -20,7 +22,9 @@ use futures_util::FutureExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers as _, Message};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 /// Queues rebalance events for the subscription.
@@ -39,6 +43,23 @@ fn tps(list: &TopicPartitionList) -> Vec<TopicPartition> {
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
+    /// Before partitions are taken away, commit what finished on them (the offsets the runtime
+    /// stored with [`Subscription::store`]), so the next owner does not repeat it.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => tracing::debug!(
+                    partitions = list.count(),
+                    "committed stored offsets before revocation"
+                ),
+                Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot commit stored offsets before revocation; the next owner repeats that work")
+                }
+            }
+        }
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let event = match rebalance {
             Rebalance::Assign(list) => (Vec::new(), tps(list)),
@@ -181,6 +202,18 @@ impl Subscription for KafkaSubscription {
             }),
             None => Ok(()),
         }
+    }
+
+    fn store(&mut self, offsets: &[CommitOffset]) -> Result<()> {
+        let mut list = TopicPartitionList::new();
+        for c in offsets.iter().filter(|c| self.assignment.contains(&c.tp)) {
+            list.add_partition_offset(&c.tp.topic, c.tp.partition, Offset::Offset(c.next_offset))
+                .map_err(crate::broker)?;
+        }
+        if list.count() > 0 {
+            self.consumer.store_offsets(&list).map_err(crate::broker)?;
+        }
+        Ok(())
     }
 
     fn assignment(&self) -> Vec<TopicPartition> {

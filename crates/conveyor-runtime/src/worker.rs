@@ -11,9 +11,11 @@
 //! plus those finished within the last `commit_interval`. Nothing is committed before its job
 //! finished (done or dead-lettered), so nothing is lost.
 //!
-//! Rebalances: records of revoked partitions that have not started are dropped (the new owner gets
-//! them from the committed offset); running ones finish but their offsets are no longer committed
-//! here. Shutdown stops fetching, waits up to `shutdown_timeout` for running handlers, commits what
+//! Rebalances: finished progress is handed to [`Subscription::store`] as it happens, and the
+//! backend commits it just before a partition is revoked (Kafka: in the rebalance callback), so
+//! the new owner does not repeat finished work. Records of revoked partitions that have not
+//! started are dropped (the new owner gets them from the committed offset); running ones finish
+//! but their offsets are no longer committed here. Shutdown stops fetching, waits up to `shutdown_timeout` for running handlers, commits what
 //! finished and hands the rest back to the group (uncommitted, so redelivered).
 
 use std::collections::{HashMap, VecDeque};
@@ -323,6 +325,7 @@ impl Worker {
             buffered: 0,
             epoch: 0,
             dirty: false,
+            unstored: false,
             last_commit: Instant::now(),
         };
         tracing::info!(group = %s.options.group, topics = ?s.options.topics, "worker started");
@@ -341,6 +344,8 @@ struct Scheduler {
     buffered: usize,
     epoch: u64,
     dirty: bool,
+    /// Progress not yet passed to [`Subscription::store`].
+    unstored: bool,
     last_commit: Instant,
 }
 
@@ -353,6 +358,9 @@ impl Scheduler {
         tokio::pin!(shutdown);
         loop {
             self.dispatch();
+            if self.unstored {
+                self.store();
+            }
             if self.dirty && self.last_commit.elapsed() >= commit_interval {
                 self.commit().await;
             }
@@ -401,6 +409,7 @@ impl Scheduler {
                 track.finished(task.record.offset);
                 self.buffered -= 1;
                 self.dirty = true;
+                self.unstored = true;
             }
         }
     }
@@ -506,9 +515,9 @@ impl Scheduler {
         }
     }
 
-    async fn commit(&mut self) {
-        let offsets: Vec<CommitOffset> = self
-            .tracks
+    /// Offsets that may be committed now, per owned partition.
+    fn commit_points(&self) -> Vec<CommitOffset> {
+        self.tracks
             .iter()
             .filter_map(|(tp, (_, t))| {
                 t.commit_point().map(|o| CommitOffset {
@@ -516,7 +525,20 @@ impl Scheduler {
                     next_offset: o,
                 })
             })
-            .collect();
+            .collect()
+    }
+
+    /// Hands finished progress to the subscription (committed by the backend on revocation).
+    fn store(&mut self) {
+        self.unstored = false;
+        let offsets = self.commit_points();
+        if let Err(e) = self.sub.store(&offsets) {
+            tracing::debug!(error = %e, "cannot store offsets; the next commit covers them");
+        }
+    }
+
+    async fn commit(&mut self) {
+        let offsets = self.commit_points();
         self.last_commit = Instant::now();
         if offsets.is_empty() {
             self.dirty = false;
