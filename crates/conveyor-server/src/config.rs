@@ -395,7 +395,12 @@ impl figment::Provider for EnvList {
             if NOT_CONFIG.contains(&key.as_str()) {
                 continue;
             }
-            let path: Vec<&str> = key.split("__").collect();
+            let mut path: Vec<String> = key.split("__").map(str::to_owned).collect();
+            // librdkafka property names use dots, which shells cannot export:
+            // CONVEYOR_KAFKA__PROPERTIES__SASL_PASSWORD sets `sasl.password`.
+            if path.len() == 3 && path[0] == "kafka" && path[1] == "properties" {
+                path[2] = path[2].replace('_', ".");
+            }
             let value: figment::value::Value =
                 v.parse().expect("figment values parse from any string");
             let mut nested = value;
@@ -404,7 +409,7 @@ impl figment::Provider for EnvList {
                 d.insert((*seg).to_owned(), nested);
                 nested = d.into();
             }
-            merge_into(&mut dict, path[0], nested);
+            merge_into(&mut dict, &path[0], nested);
         }
         Ok(figment::Profile::Default.collect(dict))
     }
@@ -473,11 +478,18 @@ mod tests {
         let (_d, p) = write(
             "backend = \"kafka\"\n[kafka]\nprofile = \"throughput\"\n[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n",
         );
-        let env = vec![(
-            "CONVEYOR_KAFKA__BROKERS".to_owned(),
-            "10.0.0.1:9092,10.0.0.2:9092".to_owned(),
-        )];
+        let env = vec![
+            (
+                "CONVEYOR_KAFKA__BROKERS".to_owned(),
+                "10.0.0.1:9092,10.0.0.2:9092".to_owned(),
+            ),
+            (
+                "CONVEYOR_KAFKA__PROPERTIES__SASL_USERNAME".to_owned(),
+                "app".to_owned(),
+            ),
+        ];
         let c = Config::load(Some(&p), &env).unwrap();
+        assert_eq!(c.kafka.properties["sasl.username"], "app");
         assert_eq!(c.kafka.brokers, "10.0.0.1:9092,10.0.0.2:9092");
         let k = c.kafka.to_config();
         assert_eq!(k.profile, conveyor_kafka::Profile::Throughput);

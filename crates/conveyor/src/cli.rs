@@ -66,7 +66,7 @@ pub(crate) enum Command {
     },
     /// Show a consumer group's lag: per partition, committed offset against the high watermark.
     Lag {
-        /// The consumer group (a route's group is `conveyor.<topic>` unless set).
+        /// The consumer group (a route's group is `webhook.<topic>` unless set).
         group: String,
         /// Only this topic. Default: every topic where the group has committed offsets.
         #[arg(long, short)]
