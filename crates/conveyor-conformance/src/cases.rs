@@ -492,7 +492,7 @@ pub async fn committed_offsets_are_reported(h: &dyn Harness, f: &Features) {
 /// A topic's settings read back as created, change with `update_topic`, and a plan against the
 /// changed topic is empty. Shrinking and unknown topics are errors.
 pub async fn topic_settings_are_read_and_changed(h: &dyn Harness, f: &Features) {
-    if !f.topic_config {
+    if !f.read_topic_config {
         return;
     }
     let b = open(h).await;
@@ -509,6 +509,14 @@ pub async fn topic_settings_are_read_and_changed(h: &dyn Harness, f: &Features) 
     assert_eq!(current.retention_ms, Some(24 * 3600 * 1000));
     assert_eq!(current.cleanup_policy, CleanupPolicy::Delete);
     assert_eq!(plan(&spec, Some(&current)).action, PlanAction::Unchanged);
+    assert!(b
+        .topic_spec(&unique("missing"))
+        .await
+        .expect("topic_spec")
+        .is_none());
+    if !f.alter_topic_config {
+        return;
+    }
 
     let mut changed = spec.clone();
     changed.retention_ms = Some(2 * 24 * 3600 * 1000);

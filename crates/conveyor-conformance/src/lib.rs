@@ -46,9 +46,10 @@ pub struct Features {
     pub timeout: Duration,
     /// Partitions of multi-partition test topics.
     pub partitions: i32,
-    /// Topic settings can be read and changed (`topic_spec`, `update_topic` without new
-    /// partitions). Kafka: DescribeConfigs and AlterConfigs.
-    pub topic_config: bool,
+    /// Topic settings can be read (`topic_spec`). Kafka: DescribeConfigs.
+    pub read_topic_config: bool,
+    /// Topic settings can be changed (`update_topic` without new partitions). Kafka: AlterConfigs.
+    pub alter_topic_config: bool,
     /// Partitions can be added (`update_topic`). Kafka: CreatePartitions.
     pub add_partitions: bool,
 }
@@ -61,7 +62,8 @@ impl Default for Features {
             consumer_groups: true,
             timeout: Duration::from_secs(20),
             partitions: 4,
-            topic_config: true,
+            read_topic_config: true,
+            alter_topic_config: true,
             add_partitions: true,
         }
     }

@@ -100,7 +100,7 @@ impl AdminClientTopics {
             .admin
             .describe_configs([&ResourceSpecifier::Topic(topic)], &self.options())
             .await
-            .map_err(crate::broker)?;
+            .map_err(|e| admin_error(e, "reading topic configuration (DescribeConfigs)"))?;
         let resource = results
             .into_iter()
             .next()
@@ -117,6 +117,19 @@ impl AdminClientTopics {
                 (e.name, e.value, own)
             })
             .collect())
+    }
+}
+
+/// An admin error, as `Unsupported` when the broker lacks the request.
+fn admin_error(e: rdkafka::error::KafkaError, what: &str) -> Error {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::UnsupportedFeature | RDKafkaErrorCode::UnsupportedVersion) => {
+            Error::Unsupported {
+                backend: "this broker".into(),
+                what: format!("{what}; make the change with the broker's own tools"),
+            }
+        }
+        _ => crate::broker(e),
     }
 }
 
@@ -205,7 +218,7 @@ impl TopicAdmin for AdminClientTopics {
             .admin
             .alter_configs([&alter], &self.options())
             .await
-            .map_err(crate::broker)?;
+            .map_err(|e| admin_error(e, "changing topic configuration (AlterConfigs)"))?;
         for r in results {
             if let Err((_, code)) = r {
                 return Err(Error::Broker(format!(
@@ -222,7 +235,7 @@ impl TopicAdmin for AdminClientTopics {
             .admin
             .create_partitions([&new], &self.options())
             .await
-            .map_err(crate::broker)?;
+            .map_err(|e| admin_error(e, "adding partitions (CreatePartitions)"))?;
         for r in results {
             if let Err((_, code)) = r {
                 return Err(Error::Broker(format!(

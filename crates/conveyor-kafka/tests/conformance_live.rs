@@ -25,12 +25,13 @@ impl Harness for Live {
     }
 }
 
-/// tansu 0.6 lacks CreatePartitions (see DEVELOPERS.md); `scripts/live-kafka.sh` sets
+/// tansu 0.6 lacks AlterConfigs and CreatePartitions (see DEVELOPERS.md); `scripts/live-kafka.sh` sets
 /// `CONVEYOR_TEST_BROKER_KIND=tansu` when it runs it. Any other broker runs every case.
 fn features() -> Features {
     let tansu = std::env::var("CONVEYOR_TEST_BROKER_KIND").is_ok_and(|k| k == "tansu");
     Features {
         timeout: Duration::from_secs(60),
+        alter_topic_config: !tansu,
         add_partitions: !tansu,
         ..Features::default()
     }

@@ -37,7 +37,8 @@ conformance_tests!(
     Features {
         timeout: Duration::from_secs(30),
         // the mock has no DescribeConfigs, AlterConfigs or CreatePartitions
-        topic_config: false,
+        read_topic_config: false,
+        alter_topic_config: false,
         add_partitions: false,
         ..Features::default()
     },

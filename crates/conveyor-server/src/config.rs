@@ -219,8 +219,9 @@ impl RouteConfig {
     }
 }
 
-/// Environment variables with the prefix that are not configuration keys.
-const NOT_CONFIG: &[&str] = &["config", "log", "url", "test_brokers"];
+/// Environment variables with the prefix that are not configuration keys (and `CONVEYOR_TEST_*`,
+/// read by the tests).
+const NOT_CONFIG: &[&str] = &["config", "log", "url", "skip_live", "cache"];
 
 impl Config {
     /// Loads `path` (when given; a missing file is an error) or `./conveyor.toml` (when it exists),
@@ -392,7 +393,7 @@ impl figment::Provider for EnvList {
                 continue;
             };
             let key = rest.to_ascii_lowercase();
-            if NOT_CONFIG.contains(&key.as_str()) {
+            if NOT_CONFIG.contains(&key.as_str()) || key.starts_with("test_") {
                 continue;
             }
             let mut path: Vec<String> = key.split("__").map(str::to_owned).collect();

@@ -54,11 +54,12 @@ pub async fn receiver(delay: Duration) -> (SocketAddr, Arc<Received>) {
                     };
                     let attempt: u32 = h("conveyor-attempt").parse().unwrap_or(0);
                     let job_type = h("conveyor-job-type");
-                    r.deliveries.lock().unwrap().push((
-                        h("conveyor-message-id"),
-                        attempt,
-                        job_type.clone(),
-                    ));
+                    {
+                        // one lock order for both lists, so their entries line up
+                        let mut deliveries = r.deliveries.lock().unwrap();
+                        r.workers.lock().unwrap().push(h("conveyor-worker"));
+                        deliveries.push((h("conveyor-message-id"), attempt, job_type.clone()));
+                    }
                     match job_type.as_str() {
                         "bad" => StatusCode::BAD_REQUEST,
                         "flaky" if attempt < 3 => StatusCode::SERVICE_UNAVAILABLE,
@@ -177,7 +178,10 @@ pub fn start_dev(config: &std::path::Path) -> Dev {
     Dev(Command::new(env!("CARGO_BIN_EXE_conveyor"))
         .args(["dev", "--config"])
         .arg(config)
-        .env("CONVEYOR_LOG", "warn")
+        .env(
+            "CONVEYOR_LOG",
+            std::env::var("CONVEYOR_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
