@@ -93,6 +93,7 @@ macro_rules! conformance_tests {
             unknown_topics_are_errors,
             committed_offsets_are_reported,
             stored_progress_survives_a_revocation,
+            paused_partitions_resume_where_they_stopped,
             topic_settings_are_read_and_changed,
             added_partitions_are_used,
         );

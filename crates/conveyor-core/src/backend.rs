@@ -188,6 +188,15 @@ pub trait Subscription: Send + fmt::Debug {
     /// other offsets in the call are still committed.
     async fn commit(&mut self, offsets: &[CommitOffset]) -> Result<()>;
 
+    /// Stops delivering records of these owned partitions until [`Subscription::resume`], while
+    /// polling goes on (a member that stops polling is removed from a Kafka group). Records are
+    /// neither lost nor skipped: delivery resumes where it stopped. A rebalance that revokes a
+    /// partition also forgets its pause; newly assigned partitions start unpaused.
+    fn pause(&mut self, partitions: &[TopicPartition]) -> Result<()>;
+
+    /// Delivers records of paused partitions again.
+    fn resume(&mut self, partitions: &[TopicPartition]) -> Result<()>;
+
     /// Records finished progress without acknowledging it yet. A backend whose partitions can be
     /// taken away between two commits (Kafka) commits the stored offsets of a partition just
     /// before it is revoked, so work that finished is not repeated by the next owner. Local and

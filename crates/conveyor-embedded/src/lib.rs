@@ -28,7 +28,7 @@ mod group;
 mod store;
 mod subscription;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -137,6 +137,7 @@ impl Backend for EmbeddedBackend {
             positions: BTreeMap::new(),
             changes: self.store.changes.subscribe(),
             cursor: 0,
+            paused: BTreeSet::new(),
         }))
     }
 

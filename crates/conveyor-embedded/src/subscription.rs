@@ -25,6 +25,8 @@ pub(crate) struct EmbeddedSubscription {
     pub(crate) positions: BTreeMap<TopicPartition, i64>,
     pub(crate) changes: watch::Receiver<u64>,
     pub(crate) cursor: usize,
+    /// Owned partitions not read until resumed.
+    pub(crate) paused: BTreeSet<TopicPartition>,
 }
 
 impl EmbeddedSubscription {
@@ -41,6 +43,7 @@ impl EmbeddedSubscription {
         let assigned: Vec<_> = now.difference(&before).cloned().collect();
         for tp in &revoked {
             self.positions.remove(tp);
+            self.paused.remove(tp);
         }
         for tp in &assigned {
             let log = self.store.topic_or_err(&tp.topic)?;
@@ -73,6 +76,9 @@ impl EmbeddedSubscription {
                 break;
             }
             let tp = &keys[(self.cursor + i) % n];
+            if self.paused.contains(tp) {
+                continue;
+            }
             let log = self.store.topic_or_err(&tp.topic)?;
             let pos = self.positions[tp];
             let records = self.store.read(&log, tp.partition, pos, max - out.len())?;
@@ -108,6 +114,23 @@ impl Subscription for EmbeddedSubscription {
 
     async fn commit(&mut self, offsets: &[CommitOffset]) -> Result<()> {
         self.commit_owned(offsets)
+    }
+
+    fn pause(&mut self, partitions: &[TopicPartition]) -> Result<()> {
+        self.paused.extend(
+            partitions
+                .iter()
+                .filter(|tp| self.positions.contains_key(*tp))
+                .cloned(),
+        );
+        Ok(())
+    }
+
+    fn resume(&mut self, partitions: &[TopicPartition]) -> Result<()> {
+        for tp in partitions {
+            self.paused.remove(tp);
+        }
+        Ok(())
     }
 
     /// Local commits are cheap: stored progress is committed at once (partitions not owned are

@@ -78,7 +78,11 @@ pub(crate) struct KafkaSubscription {
     pub(crate) consumer: Arc<StreamConsumer<GroupContext>>,
     pub(crate) group: String,
     pub(crate) assignment: BTreeSet<TopicPartition>,
+    /// Records received but not yet returned: the rest of a batch cut by a rebalance event, and
+    /// records of paused partitions that librdkafka had already queued (its position is past
+    /// them, so they are kept here until the partition resumes).
     pub(crate) held: Vec<ConsumedRecord>,
+    pub(crate) paused: BTreeSet<TopicPartition>,
 }
 
 impl std::fmt::Debug for KafkaSubscription {
@@ -113,7 +117,45 @@ pub(crate) fn to_record(m: &BorrowedMessage<'_>) -> ConsumedRecord {
     }
 }
 
+fn tp_list(tps: &[&TopicPartition]) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for tp in tps {
+        list.add_partition(&tp.topic, tp.partition);
+    }
+    list
+}
+
 impl KafkaSubscription {
+    fn is_paused(&self, r: &ConsumedRecord) -> bool {
+        !self.paused.is_empty()
+            && self
+                .paused
+                .contains(&TopicPartition::new(r.topic.clone(), r.partition))
+    }
+
+    /// Adds a received record to the batch, or parks it when its partition is paused.
+    fn admit(&mut self, r: ConsumedRecord, batch: &mut Vec<ConsumedRecord>) {
+        match self.is_paused(&r) {
+            true => self.held.push(r),
+            false => batch.push(r),
+        }
+    }
+
+    /// Up to `max` held records of partitions that are not paused, in the order received.
+    fn take_held(&mut self, max: usize) -> Vec<ConsumedRecord> {
+        let mut out = Vec::new();
+        let mut keep = Vec::with_capacity(self.held.len());
+        for r in std::mem::take(&mut self.held) {
+            if out.len() < max && !self.is_paused(&r) {
+                out.push(r);
+            } else {
+                keep.push(r);
+            }
+        }
+        self.held = keep;
+        out
+    }
+
     fn next_event(&mut self) -> Option<Poll> {
         let (revoked, assigned) = self
             .consumer
@@ -124,6 +166,7 @@ impl KafkaSubscription {
             .pop_front()?;
         for tp in &revoked {
             self.assignment.remove(tp);
+            self.paused.remove(tp);
         }
         // records fetched before a revocation must not be handed out after it
         self.held.retain(|r| {
@@ -139,38 +182,75 @@ impl KafkaSubscription {
 #[async_trait]
 impl Subscription for KafkaSubscription {
     async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Poll> {
+        let max = max.max(1);
         if let Some(e) = self.next_event() {
             return Ok(e);
         }
-        if !self.held.is_empty() {
-            let n = max.max(1).min(self.held.len());
-            return Ok(Poll::Records(self.held.drain(..n).collect()));
+        let ready = self.take_held(max);
+        if !ready.is_empty() {
+            return Ok(Poll::Records(ready));
         }
-        let first = match tokio::time::timeout(timeout, self.consumer.recv()).await {
-            Err(_) => return Ok(self.next_event().unwrap_or(Poll::Idle)),
-            Ok(Err(e)) => return Err(crate::broker(e)),
-            Ok(Ok(m)) => to_record(&m),
-        };
-        let mut records = vec![first];
-        while records.len() < max {
-            match self.consumer.recv().now_or_never() {
-                Some(Ok(m)) => records.push(to_record(&m)),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer error");
-                    break;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut records = Vec::new();
+        while records.is_empty() {
+            let first = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Err(_) => return Ok(self.next_event().unwrap_or(Poll::Idle)),
+                Ok(Err(e)) => return Err(crate::broker(e)),
+                Ok(Ok(m)) => to_record(&m),
+            };
+            self.admit(first, &mut records);
+            while records.len() < max {
+                match self.consumer.recv().now_or_never() {
+                    Some(Ok(m)) => self.admit(to_record(&m), &mut records),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        break;
+                    }
+                    None => break,
                 }
-                None => break,
+            }
+            if let Some(e) = self.next_event() {
+                self.held.extend(records);
+                let assignment = &self.assignment;
+                self.held.retain(|r| {
+                    assignment.contains(&TopicPartition::new(r.topic.clone(), r.partition))
+                });
+                return Ok(e);
             }
         }
-        if let Some(e) = self.next_event() {
-            self.held = records;
-            self.held.retain(|r| {
-                self.assignment
-                    .contains(&TopicPartition::new(r.topic.clone(), r.partition))
-            });
-            return Ok(e);
-        }
         Ok(Poll::Records(records))
+    }
+
+    fn pause(&mut self, partitions: &[TopicPartition]) -> Result<()> {
+        let owned: Vec<&TopicPartition> = partitions
+            .iter()
+            .filter(|tp| self.assignment.contains(*tp))
+            .collect();
+        if owned.is_empty() {
+            return Ok(());
+        }
+        self.consumer
+            .pause(&tp_list(&owned))
+            .map_err(crate::broker)?;
+        self.paused.extend(owned.into_iter().cloned());
+        Ok(())
+    }
+
+    fn resume(&mut self, partitions: &[TopicPartition]) -> Result<()> {
+        let paused: Vec<&TopicPartition> = partitions
+            .iter()
+            .filter(|tp| self.paused.contains(*tp))
+            .collect();
+        if paused.is_empty() {
+            return Ok(());
+        }
+        self.consumer
+            .resume(&tp_list(&paused))
+            .map_err(crate::broker)?;
+        for tp in paused {
+            self.paused.remove(tp);
+        }
+        Ok(())
     }
 
     async fn commit(&mut self, offsets: &[CommitOffset]) -> Result<()> {

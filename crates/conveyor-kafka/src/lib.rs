@@ -454,6 +454,7 @@ impl Backend for KafkaBackend {
             group: options.group,
             assignment: BTreeSet::new(),
             held: Vec::new(),
+            paused: BTreeSet::new(),
         }))
     }
 

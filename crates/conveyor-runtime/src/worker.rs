@@ -18,7 +18,7 @@
 //! but their offsets are no longer committed here. Shutdown stops fetching, waits up to `shutdown_timeout` for running handlers, commits what
 //! finished and hands the rest back to the group (uncommitted, so redelivered).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -326,6 +326,7 @@ impl Worker {
             epoch: 0,
             dirty: false,
             unstored: false,
+            paused: HashSet::new(),
             last_commit: Instant::now(),
         };
         tracing::info!(group = %s.options.group, topics = ?s.options.topics, "worker started");
@@ -346,6 +347,8 @@ struct Scheduler {
     dirty: bool,
     /// Progress not yet passed to [`Subscription::store`].
     unstored: bool,
+    /// Partitions paused for backpressure.
+    paused: HashSet<TopicPartition>,
     last_commit: Instant,
 }
 
@@ -364,6 +367,7 @@ impl Scheduler {
             if self.dirty && self.last_commit.elapsed() >= commit_interval {
                 self.commit().await;
             }
+            self.backpressure(opts.max_buffered);
             let room = opts.max_buffered.saturating_sub(self.buffered);
             let commit_in = commit_interval.saturating_sub(self.last_commit.elapsed());
             tokio::select! {
@@ -380,7 +384,8 @@ impl Scheduler {
                         self.ready.push_back(task);
                     }
                 }
-                polled = self.sub.poll(room.min(512), Duration::from_millis(500)), if room > 0 => {
+                // polling goes on while paused: it serves rebalances and keeps the group membership
+                polled = self.sub.poll(room.clamp(1, 512), Duration::from_millis(500)) => {
                     match polled {
                         Ok(p) => self.on_poll(p).await,
                         Err(e) => {
@@ -502,6 +507,7 @@ impl Scheduler {
                     self.commit().await;
                 }
                 for tp in &revoked {
+                    self.paused.remove(tp);
                     if let Some((_, track)) = self.tracks.remove(tp) {
                         self.buffered -= track.in_flight();
                     }
@@ -511,6 +517,55 @@ impl Scheduler {
                     self.tracks
                         .insert(tp, (self.epoch, OffsetTracker::default()));
                 }
+            }
+        }
+    }
+
+    /// Pauses a partition when the worker holds `max_buffered` unfinished records, or when the
+    /// partition alone holds half of that (a key stuck in retries must not starve the other
+    /// partitions); resumes it once both fall to half. Records are never dropped: a paused
+    /// partition resumes where it stopped.
+    fn backpressure(&mut self, max_buffered: usize) {
+        let cap = (max_buffered / 2).max(1);
+        let full = self.buffered >= max_buffered;
+        let relieved = self.buffered <= max_buffered / 2;
+        let mut pause = Vec::new();
+        let mut resume = Vec::new();
+        for (tp, (_, track)) in &self.tracks {
+            let n = track.in_flight();
+            let paused = self.paused.contains(tp);
+            if !paused && (full || n >= cap) {
+                pause.push(tp.clone());
+            } else if paused && relieved && n <= cap / 2 {
+                resume.push(tp.clone());
+            }
+        }
+        if !pause.is_empty() {
+            match self.sub.pause(&pause) {
+                Ok(()) => {
+                    tracing::debug!(
+                        partitions = pause.len(),
+                        buffered = self.buffered,
+                        "backpressure: paused"
+                    );
+                    self.paused.extend(pause);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot pause partitions"),
+            }
+        }
+        if !resume.is_empty() {
+            match self.sub.resume(&resume) {
+                Ok(()) => {
+                    tracing::debug!(
+                        partitions = resume.len(),
+                        buffered = self.buffered,
+                        "backpressure: resumed"
+                    );
+                    for tp in &resume {
+                        self.paused.remove(tp);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot resume partitions"),
             }
         }
     }
