@@ -369,6 +369,9 @@ impl Scheduler {
             }
             self.backpressure(opts.max_buffered);
             let room = opts.max_buffered.saturating_sub(self.buffered);
+            // one poll never takes more than a partition's share, so a single partition cannot
+            // fill the whole buffer before backpressure looks at it
+            let partition_cap = (opts.max_buffered / 2).max(1);
             let commit_in = commit_interval.saturating_sub(self.last_commit.elapsed());
             tokio::select! {
                 biased;
@@ -385,7 +388,7 @@ impl Scheduler {
                     }
                 }
                 // polling goes on while paused: it serves rebalances and keeps the group membership
-                polled = self.sub.poll(room.clamp(1, 512), Duration::from_millis(500)) => {
+                polled = self.sub.poll(room.min(partition_cap).clamp(1, 512), Duration::from_millis(500)) => {
                     match polled {
                         Ok(p) => self.on_poll(p).await,
                         Err(e) => {

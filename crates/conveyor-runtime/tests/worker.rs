@@ -429,3 +429,95 @@ async fn only_finished_work_is_committed_and_the_rest_is_redelivered() {
     let committed = e.backend.committed_offsets("g", "jobs").await.unwrap();
     assert_eq!(committed[0].1, Some(10));
 }
+
+/// A key stuck in retries fills its partition's share of the buffer; that partition is paused and
+/// the others keep flowing, and the stuck partition resumes with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_partition_is_paused_and_does_not_starve_the_others() {
+    let e = env("jobs", 2).await;
+    // partition 0: one key, its first job retries for a while; partition 1: 200 independent jobs
+    let part = |k: &str| conveyor_core::partitioner::partition_for_key(k.as_bytes(), 2);
+    let stuck: Vec<NewJob> = (0..100)
+        .map(|i| {
+            NewJob::json("t", &format!("stuck-{i}"))
+                .unwrap()
+                .with_key("stuck")
+        })
+        .collect();
+    e.client.enqueue_batch("jobs", stuck).await.unwrap();
+    let other_keys = (0..)
+        .map(|i| format!("k{i}"))
+        .filter(|k| part(k) != part("stuck"));
+    let free: Vec<NewJob> = other_keys
+        .take(200)
+        .enumerate()
+        .map(|(i, k)| NewJob::json("t", &format!("free-{i}")).unwrap().with_key(k))
+        .collect();
+    e.client.enqueue_batch("jobs", free).await.unwrap();
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let l = Arc::clone(&log);
+    let release = Arc::new(AtomicBool::new(false));
+    let r = Arc::clone(&release);
+    let worker = Worker::builder(Arc::clone(&e.backend), "g", ["jobs"])
+        .concurrency(4)
+        .max_buffered(20)
+        .retry(RetryPolicy::fast(1_000_000))
+        .handler(
+            "t",
+            handler_fn(move |job: Job| {
+                let name: String = job.json().unwrap();
+                let blocked = name == "stuck-0" && !r.load(Ordering::SeqCst);
+                if !blocked {
+                    l.lock().unwrap().push(name);
+                }
+                async move {
+                    match blocked {
+                        true => Err(JobError::RetryAfter(
+                            Duration::from_millis(20),
+                            "busy".into(),
+                        )),
+                        false => Ok(()),
+                    }
+                }
+            }),
+        )
+        .build();
+    let stats = worker.stats();
+    let (l2, rel) = (Arc::clone(&log), Arc::clone(&release));
+    run_until(worker, move || {
+        let n_free = l2
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| n.starts_with("free-"))
+            .count();
+        eprintln!(
+            "DEBUG free {n_free} done {} log {}",
+            stats.done.load(Ordering::SeqCst),
+            l2.lock().unwrap().len()
+        );
+        if n_free == 200 {
+            // every free job ran while the stuck key was still blocked: now let it through
+            rel.store(true, Ordering::SeqCst);
+        }
+        stats.done.load(Ordering::SeqCst) == 300
+    })
+    .await;
+    let log = log.lock().unwrap();
+    let first_stuck = log.iter().position(|n| n == "stuck-0").unwrap();
+    let free_before = log[..first_stuck]
+        .iter()
+        .filter(|n| n.starts_with("free-"))
+        .count();
+    assert_eq!(
+        free_before, 200,
+        "partition 1 finished while partition 0 was stuck"
+    );
+    let stuck: Vec<&String> = log.iter().filter(|n| n.starts_with("stuck-")).collect();
+    let want: Vec<String> = (0..100).map(|i| format!("stuck-{i}")).collect();
+    assert_eq!(
+        stuck,
+        want.iter().collect::<Vec<_>>(),
+        "the stuck key resumed in order, nothing lost"
+    );
+}
