@@ -40,6 +40,9 @@ use crate::handler::{json_handler, Handler};
 use crate::job::{IntoOutcome, Job};
 use crate::tracker::{KeyLanes, OffsetTracker};
 
+/// How long the buffer may stay full before partitions are paused and polling resumes.
+const STALL: Duration = Duration::from_secs(1);
+
 /// Counters a running worker updates; read them at any time through [`Worker::stats`].
 #[derive(Debug, Default)]
 pub struct WorkerStats {
@@ -327,6 +330,8 @@ impl Worker {
             dirty: false,
             unstored: false,
             paused: HashSet::new(),
+            waiting: HashMap::new(),
+            full_since: None,
             last_commit: Instant::now(),
         };
         tracing::info!(group = %s.options.group, topics = ?s.options.topics, "worker started");
@@ -349,6 +354,10 @@ struct Scheduler {
     unstored: bool,
     /// Partitions paused for backpressure.
     paused: HashSet<TopicPartition>,
+    /// Per partition, jobs waiting behind a running or retrying job of their key.
+    waiting: HashMap<TopicPartition, usize>,
+    /// Since when `max_buffered` records have been unfinished.
+    full_since: Option<Instant>,
     last_commit: Instant,
 }
 
@@ -367,7 +376,7 @@ impl Scheduler {
             if self.dirty && self.last_commit.elapsed() >= commit_interval {
                 self.commit().await;
             }
-            self.backpressure(opts.max_buffered);
+            let stalled = self.backpressure(opts.max_buffered);
             let room = opts.max_buffered.saturating_sub(self.buffered);
             // one poll never takes more than a partition's share, so a single partition cannot
             // fill the whole buffer before backpressure looks at it
@@ -387,8 +396,9 @@ impl Scheduler {
                         self.ready.push_back(task);
                     }
                 }
-                // polling goes on while paused: it serves rebalances and keeps the group membership
-                polled = self.sub.poll(room.min(partition_cap).clamp(1, 512), Duration::from_millis(500)) => {
+                // a full buffer stops polling; once full for STALL, partitions are paused and
+                // polling goes on (it serves rebalances and keeps the group membership)
+                polled = self.sub.poll(room.min(partition_cap).clamp(1, 512), Duration::from_millis(500)), if room > 0 || stalled => {
                     match polled {
                         Ok(p) => self.on_poll(p).await,
                         Err(e) => {
@@ -398,6 +408,7 @@ impl Scheduler {
                     }
                 }
                 () = tokio::time::sleep(commit_in), if self.dirty => {}
+                () = tokio::time::sleep(STALL), if room == 0 && !stalled => {}
             }
         }
         self.drain(opts.shutdown_timeout).await;
@@ -422,6 +433,17 @@ impl Scheduler {
         }
     }
 
+    /// Lets the next job of `task`'s key through.
+    fn release_lane(&mut self, task: &Task) {
+        if let Some(next) = self.lanes.release(task.lane.as_ref()) {
+            let tp = TopicPartition::new(next.record.topic.clone(), next.record.partition);
+            if let Some(n) = self.waiting.get_mut(&tp) {
+                *n = n.saturating_sub(1);
+            }
+            self.ready.push_back(next);
+        }
+    }
+
     fn dispatch(&mut self) {
         while self.running.len() < self.shared.options.concurrency {
             let Some(task) = self.ready.pop_front() else {
@@ -429,9 +451,7 @@ impl Scheduler {
             };
             if !self.is_current(&task) {
                 // Its partition was revoked: let the next job of its key through (it is stale too).
-                if let Some(next) = self.lanes.release(task.lane.as_ref()) {
-                    self.ready.push_back(next);
-                }
+                self.release_lane(&task);
                 continue;
             }
             let shared = Arc::clone(&self.shared);
@@ -466,9 +486,7 @@ impl Scheduler {
             }
             TaskResult::Retry(_) | TaskResult::Finished => {
                 self.mark_finished(&task);
-                if let Some(next) = self.lanes.release(task.lane.as_ref()) {
-                    self.ready.push_back(next);
-                }
+                self.release_lane(&task);
             }
         }
     }
@@ -493,8 +511,10 @@ impl Scheduler {
                         epoch: *epoch,
                         lane,
                     };
-                    if let Some(task) = self.lanes.admit(task.lane.clone().as_ref(), task) {
-                        self.ready.push_back(task);
+                    let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
+                    match self.lanes.admit(task.lane.clone().as_ref(), task) {
+                        Some(task) => self.ready.push_back(task),
+                        None => *self.waiting.entry(tp).or_default() += 1,
                     }
                 }
             }
@@ -511,6 +531,7 @@ impl Scheduler {
                 }
                 for tp in &revoked {
                     self.paused.remove(tp);
+                    self.waiting.remove(tp);
                     if let Some((_, track)) = self.tracks.remove(tp) {
                         self.buffered -= track.in_flight();
                     }
@@ -524,20 +545,29 @@ impl Scheduler {
         }
     }
 
-    /// Pauses a partition when the worker holds `max_buffered` unfinished records, or when the
-    /// partition alone holds half of that (a key stuck in retries must not starve the other
-    /// partitions); resumes it once both fall to half. Records are never dropped: a paused
-    /// partition resumes where it stopped.
-    fn backpressure(&mut self, max_buffered: usize) {
+    /// Pauses a partition when the buffer has been full (`max_buffered` unfinished records) for
+    /// [`STALL`], or when half of it is jobs of this partition waiting behind a busy key (a key
+    /// stuck in retries must not starve the other partitions); resumes it once both fall to half. Pausing costs a refetch on
+    /// Kafka, so a buffer that is full only briefly just stops polling. Records are never
+    /// dropped: a paused partition resumes where it stopped. Returns whether the worker is
+    /// stalled (full for `STALL` or longer), in which case it polls while paused.
+    fn backpressure(&mut self, max_buffered: usize) -> bool {
         let cap = (max_buffered / 2).max(1);
         let full = self.buffered >= max_buffered;
+        match full {
+            true => {
+                self.full_since.get_or_insert_with(Instant::now);
+            }
+            false => self.full_since = None,
+        }
+        let stalled = self.full_since.is_some_and(|t| t.elapsed() >= STALL);
         let relieved = self.buffered <= max_buffered / 2;
         let mut pause = Vec::new();
         let mut resume = Vec::new();
-        for (tp, (_, track)) in &self.tracks {
-            let n = track.in_flight();
+        for tp in self.tracks.keys() {
+            let n = self.waiting.get(tp).copied().unwrap_or(0);
             let paused = self.paused.contains(tp);
-            if !paused && (full || n >= cap) {
+            if !paused && (stalled || n >= cap) {
                 pause.push(tp.clone());
             } else if paused && relieved && n <= cap / 2 {
                 resume.push(tp.clone());
@@ -571,6 +601,7 @@ impl Scheduler {
                 Err(e) => tracing::warn!(error = %e, "cannot resume partitions"),
             }
         }
+        stalled
     }
 
     /// Offsets that may be committed now, per owned partition.
