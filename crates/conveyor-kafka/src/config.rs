@@ -67,7 +67,8 @@ impl fmt::Debug for KafkaConfig {
     }
 }
 
-fn is_secret(key: &str) -> bool {
+/// Whether a property's value must not be shown.
+pub(crate) fn is_secret(key: &str) -> bool {
     SECRET_KEYS.contains(&key) || key.contains("password") || key.contains("secret")
 }
 

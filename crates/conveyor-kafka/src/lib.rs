@@ -49,6 +49,16 @@ use consumer::{to_record, GroupContext, KafkaSubscription};
 
 /// Maps an rdkafka error to conveyor's.
 pub(crate) fn broker(e: KafkaError) -> Error {
+    if let KafkaError::ClientConfig(_, desc, key, value) = &e {
+        // rdkafka's own message ends with the value, which may be a (misspelt) secret
+        let desc = match config::is_secret(key) && !value.is_empty() {
+            true => desc.replace(value.as_str(), "******"),
+            false => desc.clone(),
+        };
+        return Error::InvalidArgument(format!(
+            "kafka property `{key}`: {desc} (see librdkafka's CONFIGURATION.md; set it under [kafka.properties])"
+        ));
+    }
     match e.rdkafka_error_code() {
         Some(RDKafkaErrorCode::MessageSizeTooLarge) => Error::RecordTooLarge { size: 0, max: 0 },
         Some(RDKafkaErrorCode::UnknownTopicOrPartition) | Some(RDKafkaErrorCode::UnknownTopic) => {
