@@ -62,4 +62,4 @@ else
 fi
 
 cargo test -p conveyor-kafka --features live --test conformance_live "$@"
-cargo test -p conveyor --features live --test kafka_failover "$@"
+cargo test -p conveyor --features live --test kafka_failover "$@" -- --nocapture
