@@ -462,25 +462,7 @@ impl Store {
             }
             return Ok(existing.info());
         }
-        let json = serde_json::to_vec(&spec).map_err(|e| Error::Corrupt(e.to_string()))?;
-        let log = Self::load_topic(&self.db, &self.meta, spec)?;
-        let mut batch = self.db.batch().durability(self.persist_mode());
-        batch.insert(&self.meta, topic_meta_key(&log.spec.name), json);
-        for p in 0..log.spec.partitions {
-            batch.insert(
-                &self.meta,
-                part_meta_key(&log.spec.name, p),
-                encode_part(0, 0, 0),
-            );
-        }
-        batch.commit().map_err(storage)?;
-        let info = log.info();
-        self.topics
-            .write()
-            .expect("topics lock")
-            .insert(log.spec.name.clone(), Arc::new(log));
-        self.changes.send_modify(|v| *v += 1);
-        Ok(info)
+        self.write_topic(spec, 0)
     }
 
     /// Rewrites the topic's metadata and adds zeroed partitions; the partition metadata written
@@ -498,10 +480,16 @@ impl Store {
         if spec == existing.spec {
             return Ok(existing.info());
         }
+        self.write_topic(spec, old)
+    }
+
+    /// Stores `spec` with zeroed metadata for partitions `new_from..`, then (re)loads the topic
+    /// from the stored metadata and makes it visible.
+    fn write_topic(&self, spec: TopicSpec, new_from: i32) -> Result<TopicInfo> {
         let json = serde_json::to_vec(&spec).map_err(|e| Error::Corrupt(e.to_string()))?;
         let mut batch = self.db.batch().durability(self.persist_mode());
         batch.insert(&self.meta, topic_meta_key(&spec.name), json);
-        for p in old..spec.partitions {
+        for p in new_from..spec.partitions {
             batch.insert(
                 &self.meta,
                 part_meta_key(&spec.name, p),
