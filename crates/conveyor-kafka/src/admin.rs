@@ -133,6 +133,13 @@ fn admin_error(e: rdkafka::error::KafkaError, what: &str) -> Error {
     }
 }
 
+/// The error code of the first failed resource in an admin call's results.
+fn first_failure<T>(results: Vec<Result<T, (T, RDKafkaErrorCode)>>) -> Option<RDKafkaErrorCode> {
+    results
+        .into_iter()
+        .find_map(|r| r.err().map(|(_, code)| code))
+}
+
 fn parse_entries(topic: &str, entries: &[(String, Option<String>, bool)]) -> Result<TopicConfigs> {
     let get = |name: &str| {
         entries
@@ -219,14 +226,12 @@ impl TopicAdmin for AdminClientTopics {
             .alter_configs([&alter], &self.options())
             .await
             .map_err(|e| admin_error(e, "changing topic configuration (AlterConfigs)"))?;
-        for r in results {
-            if let Err((_, code)) = r {
-                return Err(Error::Broker(format!(
-                    "cannot change the configuration of topic `{topic}`: {code}"
-                )));
-            }
+        match first_failure(results) {
+            Some(code) => Err(Error::Broker(format!(
+                "cannot change the configuration of topic `{topic}`: {code}"
+            ))),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     async fn add_partitions(&self, topic: &str, total: i32) -> Result<()> {
@@ -236,14 +241,12 @@ impl TopicAdmin for AdminClientTopics {
             .create_partitions([&new], &self.options())
             .await
             .map_err(|e| admin_error(e, "adding partitions (CreatePartitions)"))?;
-        for r in results {
-            if let Err((_, code)) = r {
-                return Err(Error::Broker(format!(
-                    "cannot grow topic `{topic}` to {total} partitions: {code}"
-                )));
-            }
+        match first_failure(results) {
+            Some(code) => Err(Error::Broker(format!(
+                "cannot grow topic `{topic}` to {total} partitions: {code}"
+            ))),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 

@@ -165,16 +165,19 @@ async fn a_broker_down_for_two_seconds_loses_and_duplicates_nothing() {
     .await;
 }
 
+/// Broker 1 answers every request `rtt` late for 2 s.
+async fn slow_for_two_seconds(mock: &MockBroker, rtt: Duration) {
+    mock.inject(Fault::RoundTripTime(1, rtt)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    mock.inject(Fault::RoundTripTime(1, Duration::ZERO))
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_round_trips_lose_and_duplicate_nothing() {
     scenario(1, &[], async |mock: &MockBroker| {
-        mock.inject(Fault::RoundTripTime(1, Duration::from_millis(300)))
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        mock.inject(Fault::RoundTripTime(1, Duration::ZERO))
-            .await
-            .unwrap();
+        slow_for_two_seconds(mock, Duration::from_millis(300)).await
     })
     .await;
 }
@@ -189,15 +192,7 @@ async fn round_trips_slower_than_the_socket_timeout_duplicate_nothing() {
     scenario(
         1,
         &[("socket.timeout.ms", "300")],
-        async |mock: &MockBroker| {
-            mock.inject(Fault::RoundTripTime(1, Duration::from_millis(1000)))
-                .await
-                .unwrap();
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            mock.inject(Fault::RoundTripTime(1, Duration::ZERO))
-                .await
-                .unwrap();
-        },
+        async |mock: &MockBroker| slow_for_two_seconds(mock, Duration::from_millis(1000)).await,
     )
     .await;
 }
