@@ -70,7 +70,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Topics {
             command: TopicsCommand::List { server },
         } => {
-            let topics = ApiClient::new(server.url).list_topics().await?;
+            let answer = ApiClient::new(server.url).list_topics().await?;
+            let topics: Vec<conveyor_core::TopicInfo> =
+                serde_json::from_value(answer["topics"].clone())
+                    .context("unexpected topic list from the API")?;
             print!("{}", output::topics(&topics));
             Ok(())
         }
@@ -94,7 +97,12 @@ async fn run(cli: Cli) -> Result<()> {
                 .await?;
             match json {
                 true => println!("{}", serde_json::to_string_pretty(&lag)?),
-                false => print!("{}", output::lag(&lag)),
+                false => {
+                    let lags: Vec<conveyor_runtime::GroupLag> =
+                        serde_json::from_value(lag["topics"].clone())
+                            .context("unexpected lag answer from the API")?;
+                    print!("{}", output::lag(&group, &lags))
+                }
             }
             Ok(())
         }
@@ -198,7 +206,9 @@ async fn apply_topics(
     use std::io::{BufRead, IsTerminal, Write};
     let specs = conveyor_server::topics::load_topics_file(file)?;
     let planned = api.apply_topics(&specs, true).await?;
-    let (text, sum) = output::plan(&planned);
+    let plans: Vec<conveyor_core::TopicPlan> =
+        serde_json::from_value(planned["plan"].clone()).context("unexpected plan from the API")?;
+    let (text, sum) = output::plan(&plans);
     print!("{text}");
     if sum.refused > 0 {
         bail!("the plan has refused changes (see above); fix the file, nothing was applied");

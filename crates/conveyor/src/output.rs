@@ -1,36 +1,25 @@
 //! How the CLI prints API answers: tables for topics, plans and lag. Formatting only.
 
-use serde_json::Value;
-
-fn arr(v: &Value) -> impl Iterator<Item = &Value> {
-    v.as_array().into_iter().flatten()
-}
-
-fn s(v: &Value) -> &str {
-    v.as_str().unwrap_or("")
-}
+use conveyor_core::{PlanAction, TopicInfo, TopicPlan};
+use conveyor_runtime::GroupLag;
 
 /// `GET /v1/topics` as a table.
-pub(crate) fn topics(topics: &Value) -> String {
+pub(crate) fn topics(topics: &[TopicInfo]) -> String {
     let mut out = format!(
         "{:<40} {:>10} {:>12}  {}\n",
         "TOPIC", "PARTITIONS", "RECORDS", "OFFSETS (partition:low-high)"
     );
-    for t in arr(&topics["topics"]) {
-        let parts: Vec<&Value> = arr(&t["partitions"]).collect();
-        let retained: i64 = parts
+    for t in topics {
+        let ranges: Vec<String> = t
+            .partitions
             .iter()
-            .map(|p| p["high"].as_i64().unwrap_or(0) - p["low"].as_i64().unwrap_or(0))
-            .sum();
-        let ranges: Vec<String> = parts
-            .iter()
-            .map(|p| format!("{}:{}-{}", p["partition"], p["low"], p["high"]))
+            .map(|p| format!("{}:{}-{}", p.partition, p.low, p.high))
             .collect();
         out.push_str(&format!(
             "{:<40} {:>10} {:>12}  {}\n",
-            s(&t["name"]),
-            parts.len(),
-            retained,
+            t.name,
+            t.partition_count(),
+            t.retained(),
             ranges.join(" ")
         ));
     }
@@ -38,42 +27,37 @@ pub(crate) fn topics(topics: &Value) -> String {
 }
 
 /// A topics plan, one block per topic, and whether there is anything to apply.
-pub(crate) fn plan(answer: &Value) -> (String, PlanSummary) {
+pub(crate) fn plan(plans: &[TopicPlan]) -> (String, PlanSummary) {
     let mut out = String::new();
     let mut sum = PlanSummary::default();
-    for p in arr(&answer["plan"]) {
-        let (mark, what) = match s(&p["action"]) {
-            "create" => {
+    for p in plans {
+        let (mark, what) = match p.action {
+            PlanAction::Create => {
                 sum.create += 1;
                 ("+", "create")
             }
-            "update" => {
+            PlanAction::Update => {
                 sum.update += 1;
                 ("~", "update")
             }
-            "refused" => {
+            PlanAction::Refused => {
                 sum.refused += 1;
                 ("!", "refused")
             }
-            _ => {
+            PlanAction::Unchanged => {
                 sum.unchanged += 1;
                 ("=", "unchanged")
             }
         };
-        out.push_str(&format!("{mark} {} ({what})\n", s(&p["name"])));
-        for c in arr(&p["changes"]) {
-            out.push_str(&format!(
-                "    {:<20} {} -> {}\n",
-                s(&c["setting"]),
-                s(&c["from"]),
-                s(&c["to"])
-            ));
+        out.push_str(&format!("{mark} {} ({what})\n", p.name));
+        for c in &p.changes {
+            out.push_str(&format!("    {:<20} {} -> {}\n", c.setting, c.from, c.to));
         }
-        if let Some(r) = p["refused"].as_str() {
+        if let Some(r) = &p.refused {
             out.push_str(&format!("    refused: {r}\n"));
         }
-        for w in arr(&p["warnings"]) {
-            out.push_str(&format!("    warning: {}\n", s(w)));
+        for w in &p.warnings {
+            out.push_str(&format!("    warning: {w}\n"));
         }
     }
     out.push_str(&format!(
@@ -93,31 +77,23 @@ pub(crate) struct PlanSummary {
 }
 
 /// `GET /v1/groups/{group}/lag` as a table.
-pub(crate) fn lag(answer: &Value) -> String {
+pub(crate) fn lag(group: &str, lags: &[GroupLag]) -> String {
     let mut out = format!(
         "{:<40} {:>9} {:>12} {:>12} {:>10}\n",
         "TOPIC", "PARTITION", "COMMITTED", "END OFFSET", "LAG"
     );
-    for t in arr(&answer["topics"]) {
-        for p in arr(&t["partitions"]) {
-            let committed = match p["committed"].as_i64() {
-                Some(c) => c.to_string(),
-                None => "-".to_owned(),
-            };
+    for t in lags {
+        for p in &t.partitions {
+            let committed = p
+                .committed
+                .map_or_else(|| "-".to_owned(), |c| c.to_string());
             out.push_str(&format!(
                 "{:<40} {:>9} {:>12} {:>12} {:>10}\n",
-                s(&t["topic"]),
-                p["partition"],
-                committed,
-                p["high_watermark"],
-                p["lag"]
+                t.topic, p.partition, committed, p.high_watermark, p.lag
             ));
         }
     }
-    out.push_str(&format!(
-        "group {}: total lag {}\n",
-        s(&answer["group"]),
-        answer["lag"]
-    ));
+    let total: i64 = lags.iter().map(|l| l.lag).sum();
+    out.push_str(&format!("group {group}: total lag {total}\n"));
     out
 }
