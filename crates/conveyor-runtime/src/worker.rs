@@ -5,7 +5,9 @@
 //! a time, in order; other keys and keyless records go on), runs up to `concurrency` handlers as
 //! tasks, parks failed jobs on timers for their backoff (a retrying job holds its key, not a
 //! concurrency slot), dead-letters what cannot succeed, and commits per partition the highest
-//! contiguous finished offset ([`OffsetTracker`]) every `commit_interval`.
+//! contiguous finished offset ([`OffsetTracker`]) every `commit_interval`. When the buffer stays
+//! full, or one partition's jobs pile up behind a busy key, partitions are paused and polling goes
+//! on.
 //!
 //! What a crash can repeat: records fetched but not committed, so at most `max_buffered` records
 //! plus those finished within the last `commit_interval`. Nothing is committed before its job
@@ -15,7 +17,9 @@
 //! backend commits it just before a partition is revoked (Kafka: in the rebalance callback), so
 //! the new owner does not repeat finished work. Records of revoked partitions that have not
 //! started are dropped (the new owner gets them from the committed offset); running ones finish
-//! but their offsets are no longer committed here. Shutdown stops fetching, waits up to `shutdown_timeout` for running handlers, commits what
+//! but their offsets are no longer committed here.
+//!
+//! Shutdown stops fetching, waits up to `shutdown_timeout` for running handlers, commits what
 //! finished and hands the rest back to the group (uncommitted, so redelivered).
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -42,6 +46,11 @@ use crate::tracker::{KeyLanes, OffsetTracker};
 
 /// How long the buffer may stay full before partitions are paused and polling resumes.
 const STALL: Duration = Duration::from_secs(1);
+
+/// The most of a `max_buffered` buffer one partition may take: half of it.
+fn partition_share(max_buffered: usize) -> usize {
+    (max_buffered / 2).max(1)
+}
 
 /// Counters a running worker updates; read them at any time through [`Worker::stats`].
 #[derive(Debug, Default)]
@@ -380,7 +389,7 @@ impl Scheduler {
             let room = opts.max_buffered.saturating_sub(self.buffered);
             // one poll never takes more than a partition's share, so a single partition cannot
             // fill the whole buffer before backpressure looks at it
-            let partition_cap = (opts.max_buffered / 2).max(1);
+            let partition_cap = partition_share(opts.max_buffered);
             let commit_in = commit_interval.saturating_sub(self.last_commit.elapsed());
             tokio::select! {
                 biased;
@@ -547,12 +556,12 @@ impl Scheduler {
 
     /// Pauses a partition when the buffer has been full (`max_buffered` unfinished records) for
     /// [`STALL`], or when half of it is jobs of this partition waiting behind a busy key (a key
-    /// stuck in retries must not starve the other partitions); resumes it once both fall to half. Pausing costs a refetch on
-    /// Kafka, so a buffer that is full only briefly just stops polling. Records are never
+    /// stuck in retries must not starve the other partitions); resumes it once both fall to half.
+    /// Pausing costs a refetch on Kafka, so a buffer that is full only briefly just stops polling. Records are never
     /// dropped: a paused partition resumes where it stopped. Returns whether the worker is
     /// stalled (full for `STALL` or longer), in which case it polls while paused.
     fn backpressure(&mut self, max_buffered: usize) -> bool {
-        let cap = (max_buffered / 2).max(1);
+        let cap = partition_share(max_buffered);
         let full = self.buffered >= max_buffered;
         match full {
             true => {
