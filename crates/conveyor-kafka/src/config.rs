@@ -17,6 +17,19 @@ pub enum Profile {
     Throughput,
 }
 
+/// The consumer group protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GroupProtocol {
+    /// The classic protocol (JoinGroup/SyncGroup) with the `cooperative-sticky` assignor and the
+    /// client's `session.timeout.ms`. The default: every Kafka-protocol broker has it.
+    #[default]
+    Classic,
+    /// KIP-848 (`group.protocol=consumer`, Kafka 4.0+): the broker assigns partitions
+    /// incrementally and owns the session timeout (`group.consumer.session.timeout.ms`, 45 s by
+    /// default), so [`KafkaConfig::session_timeout`] does not apply.
+    Consumer,
+}
+
 /// Property names whose values are secret.
 const SECRET_KEYS: &[&str] = &[
     "sasl.password",
@@ -42,6 +55,13 @@ pub struct KafkaConfig {
     pub session_timeout: Duration,
     /// Timeout of metadata, watermark and admin calls. Default: 10 s.
     pub request_timeout: Duration,
+    /// Longest a publish waits for the cluster to store a record (`message.timeout.ms`, retries
+    /// included) before it fails with a broker error. Default: 30 s. A publish that failed this
+    /// way may still have been stored: a retrying caller can create a duplicate (same content,
+    /// new message id), never a loss.
+    pub delivery_timeout: Duration,
+    /// Consumer group protocol. Default: [`GroupProtocol::Classic`].
+    pub group_protocol: GroupProtocol,
     /// Longest a broker may hold a fetch that has no data (`fetch.wait.max.ms`). Default: 10 ms:
     /// Kafka answers at once when data arrives, but some Kafka-protocol brokers (librdkafka's mock,
     /// tansu) hold every fetch this long, which then bounds job latency.
@@ -62,6 +82,9 @@ impl fmt::Debug for KafkaConfig {
             .field("profile", &self.profile)
             .field("replication_factor", &self.replication_factor)
             .field("session_timeout", &self.session_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("delivery_timeout", &self.delivery_timeout)
+            .field("group_protocol", &self.group_protocol)
             .field("properties", &props)
             .finish()
     }
@@ -81,6 +104,8 @@ impl KafkaConfig {
             replication_factor: None,
             session_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
+            delivery_timeout: Duration::from_secs(30),
+            group_protocol: GroupProtocol::default(),
             fetch_wait: Duration::from_millis(10),
             properties: BTreeMap::new(),
         }
@@ -112,7 +137,10 @@ impl KafkaConfig {
         c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("partitioner", "murmur2_random")
-            .set("message.timeout.ms", "120000");
+            .set(
+                "message.timeout.ms",
+                self.delivery_timeout.as_millis().max(1).to_string(),
+            );
         match self.profile {
             Profile::LowLatency => {
                 c.set("linger.ms", "0");
@@ -126,19 +154,24 @@ impl KafkaConfig {
         self.finish(c)
     }
 
-    /// A group member's configuration: manual commits, cooperative-sticky assignment.
+    /// A group member's configuration: manual commits; on the classic protocol cooperative-sticky
+    /// assignment and the session timeout (KIP-848 leaves both to the broker and refuses them).
     pub(crate) fn consumer(&self, group: &str, reset: &str) -> ClientConfig {
         let mut c = self.base();
         c.set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", reset)
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set(
-                "session.timeout.ms",
-                self.session_timeout.as_millis().to_string(),
-            )
-            .set("allow.auto.create.topics", "false")
+            .set("auto.offset.reset", reset);
+        match self.group_protocol {
+            GroupProtocol::Classic => c
+                .set("partition.assignment.strategy", "cooperative-sticky")
+                .set(
+                    "session.timeout.ms",
+                    self.session_timeout.as_millis().to_string(),
+                ),
+            GroupProtocol::Consumer => c.set("group.protocol", "consumer"),
+        };
+        c.set("allow.auto.create.topics", "false")
             .set("enable.partition.eof", "false")
             .set("fetch.wait.max.ms", self.fetch_wait.as_millis().to_string());
         self.finish(c)
@@ -188,5 +221,29 @@ mod tests {
         let mut t = KafkaConfig::new("b:9092");
         t.profile = Profile::Throughput;
         assert_eq!(t.producer().get("compression.type"), Some("lz4"));
+    }
+
+    #[test]
+    fn delivery_timeout_bounds_a_publish() {
+        let mut c = KafkaConfig::new("b:9092");
+        assert_eq!(c.producer().get("message.timeout.ms"), Some("30000"));
+        c.delivery_timeout = Duration::from_secs(5);
+        assert_eq!(c.producer().get("message.timeout.ms"), Some("5000"));
+    }
+
+    #[test]
+    fn the_consumer_protocol_leaves_assignment_and_sessions_to_the_broker() {
+        let mut c = KafkaConfig::new("b:9092");
+        let classic = c.consumer("g", "earliest");
+        assert_eq!(
+            classic.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+        assert_eq!(classic.get("group.protocol"), None);
+        c.group_protocol = GroupProtocol::Consumer;
+        let next = c.consumer("g", "earliest");
+        assert_eq!(next.get("group.protocol"), Some("consumer"));
+        assert_eq!(next.get("partition.assignment.strategy"), None);
+        assert_eq!(next.get("session.timeout.ms"), None);
     }
 }

@@ -43,7 +43,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 pub use admin::{AdminClientTopics, TopicAdmin};
-pub use config::{KafkaConfig, Profile};
+pub use config::{GroupProtocol, KafkaConfig, Profile};
 
 use consumer::{to_record, GroupContext, KafkaSubscription};
 
@@ -220,6 +220,65 @@ impl KafkaBackend {
     fn reader(&self, group: &str) -> Result<BaseConsumer> {
         self.inner.config.reader(group).create().map_err(broker)
     }
+
+    /// Waits until a topic that was just created (here or by another process) serves requests:
+    /// metadata lists it, every partition has a leader and its watermarks answer. Kafka answers
+    /// `NotLeaderForPartition` for a moment after CreateTopics while the leaders are elected.
+    async fn wait_until_ready(&self, topic: &str, partitions: i32) -> Result<TopicInfo> {
+        let deadline = Instant::now() + self.inner.config.request_timeout;
+        loop {
+            let last = match self.led_partitions(topic).await {
+                // more than asked for: another process made it so; fewer: added partitions
+                // that metadata does not show yet
+                Ok(Some(n)) if n > partitions => {
+                    return Err(Error::TopicConflict {
+                        topic: topic.to_owned(),
+                        existing: n,
+                        requested: partitions,
+                    })
+                }
+                Ok(Some(n)) if n < partitions => format!("metadata shows {n} partitions"),
+                Ok(Some(_)) => match self.describe(topic).await {
+                    Ok(Some(info)) => return Ok(info),
+                    Ok(None) => "it does not show in metadata".to_owned(),
+                    Err(e) => e.to_string(),
+                },
+                Ok(None) => "not every partition has a leader yet".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(Error::Broker(format!(
+                    "topic `{topic}` was created but does not serve requests after {:?} ({last}); check the brokers' health and run the command again",
+                    self.inner.config.request_timeout
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The partition count when the topic exists and every partition has a leader, else `None`.
+    async fn led_partitions(&self, topic: &str) -> Result<Option<i32>> {
+        let (producer, topic, timeout) = (
+            self.inner.producer.clone(),
+            topic.to_owned(),
+            self.inner.config.request_timeout,
+        );
+        blocking(move || {
+            let md = producer
+                .client()
+                .fetch_metadata(Some(&topic), timeout)
+                .map_err(broker)?;
+            Ok(md.topics().iter().find(|t| t.name() == topic).and_then(|t| {
+                let led = t.error().is_none()
+                    && !t.partitions().is_empty()
+                    && t.partitions()
+                        .iter()
+                        .all(|p| p.error().is_none() && p.leader() >= 0);
+                led.then(|| t.partitions().len() as i32)
+            }))
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -242,28 +301,7 @@ impl Backend for KafkaBackend {
         } else {
             self.inner.admin.create(spec).await?;
         }
-        let deadline = Instant::now() + self.inner.config.request_timeout;
-        loop {
-            match self.describe(&spec.name).await? {
-                Some(info) if info.partition_count() == spec.partitions => return Ok(info),
-                Some(info) => {
-                    return Err(Error::TopicConflict {
-                        topic: spec.name.clone(),
-                        existing: info.partition_count(),
-                        requested: spec.partitions,
-                    })
-                }
-                None if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await
-                }
-                None => {
-                    return Err(Error::Broker(format!(
-                        "topic `{}` was created but does not show in metadata",
-                        spec.name
-                    )))
-                }
-            }
-        }
+        self.wait_until_ready(&spec.name, spec.partitions).await
     }
 
     async fn describe_topic(&self, topic: &str) -> Result<Option<TopicInfo>> {
@@ -316,16 +354,7 @@ impl Backend for KafkaBackend {
                 .admin
                 .add_partitions(&spec.name, spec.partitions)
                 .await?;
-            let deadline = Instant::now() + self.inner.config.request_timeout;
-            while self.fetch_partitions(&spec.name).await? != Some(spec.partitions) {
-                if Instant::now() >= deadline {
-                    return Err(Error::Broker(format!(
-                        "topic `{}` was grown to {} partitions but metadata does not show them yet; run the command again",
-                        spec.name, spec.partitions
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            return self.wait_until_ready(&spec.name, spec.partitions).await;
         }
         self.describe(&spec.name)
             .await?

@@ -1,5 +1,7 @@
-//! The shared conformance suite against a separate broker process: tansu (started by
-//! `scripts/live-kafka.sh`) or any Kafka/Redpanda given as `CONVEYOR_TEST_BROKERS=host:port`.
+//! The shared conformance suite against a separate broker process: Apache Kafka started by
+//! `scripts/kafka.sh` (the test command does it), or any Kafka-protocol broker given as
+//! `CONVEYOR_TEST_BROKERS=host:port` (Redpanda included). It runs twice: with the classic
+//! consumer group protocol (cooperative-sticky) and with KIP-848's `group.protocol=consumer`.
 //! Built only with `--features live`.
 
 #![cfg(feature = "live")]
@@ -10,31 +12,37 @@ use std::time::Duration;
 use async_trait::async_trait;
 use conveyor_conformance::{conformance_tests, Features, Harness};
 use conveyor_core::{Backend, Result};
-use conveyor_kafka::{KafkaBackend, KafkaConfig};
+use conveyor_kafka::{GroupProtocol, KafkaBackend, KafkaConfig};
 
-struct Live;
+struct Live(GroupProtocol);
 
 #[async_trait]
 impl Harness for Live {
     async fn open(&self) -> Result<Arc<dyn Backend>> {
         let brokers = std::env::var("CONVEYOR_TEST_BROKERS")
-            .expect("set CONVEYOR_TEST_BROKERS=host:port, or run scripts/live-kafka.sh");
+            .expect("set CONVEYOR_TEST_BROKERS=host:port, or run the tests through scripts/kafka.sh");
         let mut config = KafkaConfig::new(brokers);
         config.session_timeout = Duration::from_secs(6);
+        config.group_protocol = self.0;
         Ok(Arc::new(KafkaBackend::connect(config)?))
     }
 }
 
-/// tansu 0.6 lacks AlterConfigs and CreatePartitions (see DEVELOPERS.md); `scripts/live-kafka.sh` sets
-/// `CONVEYOR_TEST_BROKER_KIND=tansu` when it runs it. Any other broker runs every case.
 fn features() -> Features {
-    let tansu = std::env::var("CONVEYOR_TEST_BROKER_KIND").is_ok_and(|k| k == "tansu");
     Features {
         timeout: Duration::from_secs(60),
-        alter_topic_config: !tansu,
-        add_partitions: !tansu,
         ..Features::default()
     }
 }
 
-conformance_tests!(features(), Live);
+/// The classic group protocol: JoinGroup/SyncGroup with the cooperative-sticky assignor.
+mod classic {
+    use super::*;
+    conformance_tests!(features(), Live(GroupProtocol::Classic));
+}
+
+/// KIP-848's consumer group protocol (`group.protocol=consumer`): the broker assigns.
+mod kip848 {
+    use super::*;
+    conformance_tests!(features(), Live(GroupProtocol::Consumer));
+}

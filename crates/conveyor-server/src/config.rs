@@ -130,6 +130,11 @@ pub struct KafkaSettings {
     pub session_timeout_ms: u64,
     /// Timeout of metadata and admin requests in milliseconds. Default: 10000.
     pub request_timeout_ms: u64,
+    /// Longest an enqueue waits for the cluster to store a job, retries included, in
+    /// milliseconds; then it fails with `backend_unavailable` (503). Default: 30000.
+    pub delivery_timeout_ms: u64,
+    /// Consumer group protocol: `classic` (the default) or `consumer` (KIP-848, Kafka 4.0+).
+    pub group_protocol: String,
     /// librdkafka properties passed through as they are (TLS, SASL, tuning). Values of keys naming
     /// a password or secret are never printed.
     pub properties: std::collections::BTreeMap<String, String>,
@@ -143,6 +148,8 @@ impl Default for KafkaSettings {
             replication_factor: None,
             session_timeout_ms: 10_000,
             request_timeout_ms: 10_000,
+            delivery_timeout_ms: 30_000,
+            group_protocol: "classic".into(),
             properties: Default::default(),
         }
     }
@@ -165,6 +172,11 @@ impl KafkaSettings {
         c.replication_factor = self.replication_factor;
         c.session_timeout = Duration::from_millis(self.session_timeout_ms);
         c.request_timeout = Duration::from_millis(self.request_timeout_ms);
+        c.delivery_timeout = Duration::from_millis(self.delivery_timeout_ms);
+        c.group_protocol = match self.group_protocol.as_str() {
+            "consumer" => conveyor_kafka::GroupProtocol::Consumer,
+            _ => conveyor_kafka::GroupProtocol::Classic,
+        };
         c.properties = self.properties.clone();
         c
     }
@@ -268,6 +280,21 @@ impl Config {
                             "`{}`: use `low_latency` or `throughput`",
                             self.kafka.profile
                         ),
+                    );
+                }
+                if !["classic", "consumer"].contains(&self.kafka.group_protocol.as_str()) {
+                    return invalid(
+                        "kafka.group_protocol".into(),
+                        format!(
+                            "`{}`: use `classic` or `consumer` (KIP-848, Kafka 4.0+)",
+                            self.kafka.group_protocol
+                        ),
+                    );
+                }
+                if self.kafka.delivery_timeout_ms == 0 {
+                    return invalid(
+                        "kafka.delivery_timeout_ms".into(),
+                        "must be at least 1 (milliseconds)".into(),
                     );
                 }
             }
@@ -496,6 +523,19 @@ mod tests {
         assert_eq!(k.profile, conveyor_kafka::Profile::Throughput);
         assert_eq!(k.properties["sasl.password"], "hunter2");
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn kafka_group_protocol_and_delivery_timeout() {
+        let (_d, p) = write(
+            "backend = \"kafka\"\n[kafka]\ngroup_protocol = \"consumer\"\ndelivery_timeout_ms = 5000\n",
+        );
+        let k = Config::load(Some(&p), &[]).unwrap().kafka.to_config();
+        assert_eq!(k.group_protocol, conveyor_kafka::GroupProtocol::Consumer);
+        assert_eq!(k.delivery_timeout, Duration::from_secs(5));
+        let (_d, p) = write("backend = \"kafka\"\n[kafka]\ngroup_protocol = \"range\"\n");
+        let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("`kafka.group_protocol`"), "{e}");
     }
 
     #[test]
