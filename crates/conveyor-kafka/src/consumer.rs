@@ -156,6 +156,19 @@ impl KafkaSubscription {
         out
     }
 
+    fn has_event(&self) -> bool {
+        !self
+            .consumer
+            .context()
+            .events
+            .lock()
+            .expect("events lock")
+            .is_empty()
+    }
+
+    /// Applies and returns the oldest queued rebalance event. Held records of the partitions it
+    /// revokes are dropped (the next owner gets them from the committed offset); no other
+    /// record is, so two events queued in one poll (a revoke, then an assign) lose nothing.
     fn next_event(&mut self) -> Option<Poll> {
         let (revoked, assigned) = self
             .consumer
@@ -209,13 +222,12 @@ impl Subscription for KafkaSubscription {
                     None => break,
                 }
             }
-            if let Some(e) = self.next_event() {
+            if self.has_event() {
+                // hold the batch back until every queued event was returned: records of
+                // partitions the first event revokes are dropped by it, the others (of
+                // partitions a later queued event assigns, too) come after the events
                 self.held.extend(records);
-                let assignment = &self.assignment;
-                self.held.retain(|r| {
-                    assignment.contains(&TopicPartition::new(r.topic.clone(), r.partition))
-                });
-                return Ok(e);
+                return Ok(self.next_event().expect("an event is queued"));
             }
         }
         Ok(Poll::Records(records))
