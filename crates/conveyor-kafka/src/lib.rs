@@ -15,12 +15,14 @@
 //! - [`config`]: [`KafkaConfig`], profiles and pass-through librdkafka properties.
 //! - [`admin`]: [`TopicAdmin`] and the admin-client implementation.
 //! - `consumer`: the group member.
+//! - `errors`: the client context that keeps librdkafka's last connection error (TLS, SASL).
 //! - [`mock`]: [`mock::MockBroker`], librdkafka's in-process mock cluster for tests and fault injection.
 //! - [`raw_bench`]: the bare-rdkafka baseline for `conveyor bench --raw`.
 
 pub mod admin;
 pub mod config;
 mod consumer;
+mod errors;
 pub mod mock;
 pub mod raw_bench;
 
@@ -46,6 +48,7 @@ pub use admin::{AdminClientTopics, TopicAdmin};
 pub use config::{GroupProtocol, KafkaConfig, Profile};
 
 use consumer::{to_record, GroupContext, KafkaSubscription};
+use errors::ErrorWatch;
 
 /// Maps an rdkafka error to conveyor's.
 pub(crate) fn broker(e: KafkaError) -> Error {
@@ -85,7 +88,9 @@ pub struct KafkaBackend {
 
 struct Inner {
     config: KafkaConfig,
-    producer: FutureProducer,
+    producer: FutureProducer<ErrorWatch>,
+    /// The producer's last connection error.
+    errors: ErrorWatch,
     admin: Arc<dyn TopicAdmin>,
     /// Partition counts from metadata, with when they were read.
     partitions: RwLock<HashMap<String, (i32, Instant)>>,
@@ -112,11 +117,15 @@ impl KafkaBackend {
     pub fn with_admin(config: KafkaConfig, admin: Arc<dyn TopicAdmin>) -> Result<Self> {
         let mut pc = config.producer();
         pc.set("allow.auto.create.topics", "false");
-        let producer: FutureProducer = pc.create().map_err(broker)?;
+        let errors = ErrorWatch::default();
+        let producer: FutureProducer<ErrorWatch> = pc
+            .create_with_context(errors.clone())
+            .map_err(broker)?;
         Ok(KafkaBackend {
             inner: Arc::new(Inner {
                 config,
                 producer,
+                errors,
                 admin,
                 partitions: RwLock::new(HashMap::new()),
                 closed: AtomicBool::new(false),
@@ -129,6 +138,43 @@ impl KafkaBackend {
             true => Err(Error::Closed),
             false => Ok(()),
         }
+    }
+
+    /// Checks that the cluster answers a metadata request within the request timeout, so a
+    /// wrong address, a refused TLS handshake or a failed SASL login stops a start with the
+    /// reason librdkafka gave (which never contains a secret) instead of a later timeout.
+    pub async fn ping(&self) -> Result<()> {
+        self.ensure_open()?;
+        let (producer, watch, brokers, timeout) = (
+            self.inner.producer.clone(),
+            self.inner.errors.clone(),
+            self.inner.config.brokers.clone(),
+            self.inner.config.request_timeout,
+        );
+        blocking(move || {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let step = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(500));
+                let err = match producer.client().fetch_metadata(None, step) {
+                    Ok(_) => return Ok(()),
+                    Err(e) => e,
+                };
+                if let Some(reason) = watch.refused() {
+                    return Err(Error::Broker(format!(
+                        "the Kafka cluster at {brokers} refused the connection: {reason}; check the TLS and SASL settings in [kafka.properties]"
+                    )));
+                }
+                if Instant::now() >= deadline {
+                    let last = watch.last().unwrap_or_else(|| err.to_string());
+                    return Err(Error::Broker(format!(
+                        "cannot reach the Kafka cluster at {brokers} within {timeout:?}: {last}; check kafka.brokers and that the brokers run"
+                    )));
+                }
+            }
+        })
+        .await
     }
 
     /// Partition count and replication factor from metadata, `None` when the topic does not

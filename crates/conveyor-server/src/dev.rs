@@ -21,7 +21,11 @@ use crate::config::Config;
 /// Opens the backend the configuration names and creates the configured topics.
 pub async fn open_backend(config: &Config) -> Result<Arc<dyn Backend>, Error> {
     let backend: Arc<dyn Backend> = match config.backend.as_str() {
-        "kafka" => Arc::new(KafkaBackend::connect(config.kafka.to_config())?),
+        "kafka" => {
+            let kafka = KafkaBackend::connect(config.kafka.to_config())?;
+            kafka.ping().await?;
+            Arc::new(kafka)
+        }
         _ => Arc::new(EmbeddedBackend::open(config.embedded_config())?),
     };
     for spec in config.all_topics() {

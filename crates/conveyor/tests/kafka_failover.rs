@@ -1,7 +1,7 @@
 //! Two `conveyor dev` processes on the Kafka backend, one consumer group, a 6-partition topic:
 //! they share the partitions; after `kill -9` of one, the other takes its partitions and every
-//! acknowledged job is delivered. Needs a live broker: `scripts/live-kafka.sh` (tansu) or
-//! `CONVEYOR_TEST_BROKERS=host:port`. Built only with `--features live`.
+//! acknowledged job is delivered. Needs a live broker: `scripts/kafka.sh` (Apache Kafka; the test
+//! command starts it) or `CONVEYOR_TEST_BROKERS=host:port`. Built only with `--features live`.
 
 #![cfg(feature = "live")]
 
@@ -12,21 +12,16 @@ use std::time::Duration;
 
 use util::{free_port, post_jobs, receiver, start_dev, wait_for, wait_ok};
 
-/// The process started second is killed: on tansu it is never the group leader.
+/// The process started second is killed: usually not the group leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_member_hands_its_partitions_to_the_other() {
     failover(1).await;
 }
 
-/// The process started first is killed: it usually leads the group. tansu 0.6 never replaces a
-/// dead group leader (the survivor's SyncGroup fails with "Unknown member" forever; see
-/// DEVELOPERS.md), so this variant runs on other brokers only.
+/// The process started first is killed: it usually leads the group, and the coordinator must
+/// hand leadership to the survivor (tansu 0.6, the earlier test broker, never did).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_group_leader_hands_its_partitions_to_the_other() {
-    if std::env::var("CONVEYOR_TEST_BROKER_KIND").is_ok_and(|k| k == "tansu") {
-        eprintln!("SKIPPED on tansu: it does not replace a dead group leader (DEVELOPERS.md)");
-        return;
-    }
     failover(0).await;
 }
 
