@@ -53,8 +53,10 @@
 # Jars: fetched once with Maven (scripts/kafka/pom.xml pins the version) into
 # ${CONVEYOR_CACHE:-~/.cache/conveyor}/kafka-VERSION/libs; a `.complete` marker is written last
 # and the folder moved into place at once, so an interrupted fetch is simply redone.
-# Environment knobs: KAFKA_HEAP (default "-Xms128m -Xmx512m"), KAFKA_EXTRA_PROPS (lines appended
-# to every node's server.properties, for debugging; later lines win).
+# Environment knobs: KAFKA_HEAP (default "-Xms128m -Xmx512m"), KAFKA_JVM_OPTS (more JVM flags for
+# the brokers; default -XX:TieredStopAtLevel=1, quicker starts; set it empty for the full JIT),
+# KAFKA_EXTRA_PROPS (lines appended to every node's server.properties, for debugging; later
+# lines win), KAFKA_READY_TIMEOUT_S (default 90).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -63,7 +65,7 @@ ready_java="$here/kafka/Ready.java"
 KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\([^<]*\)</kafka.version>.*:\1:p' "$pom")
 CACHE="${CONVEYOR_CACHE:-$HOME/.cache/conveyor}"
 LIBS="$CACHE/kafka-$KAFKA_VERSION/libs"
-READY_TIMEOUT_S=90
+READY_TIMEOUT_S=${KAFKA_READY_TIMEOUT_S:-90}
 
 die() { echo "kafka.sh: $*" >&2; exit 1; }
 
@@ -93,8 +95,9 @@ command -v java >/dev/null 2>&1 ||
   die "java not found; install Debian's OpenJDK 17 (a JDK: Ready.java is run as source): apt-get install -y openjdk-17-jdk-headless"
 JAVA=$(command -v java)
 java_major=$("$JAVA" -version 2>&1 | sed -n '1s/^[^"]*"\([0-9][0-9]*\).*/\1/p')
-[ -n "$java_major" ] && [ "$java_major" -ge 17 ] ||
+if [ -z "$java_major" ] || [ "$java_major" -lt 17 ]; then
   die "java >= 17 needed, found: $("$JAVA" -version 2>&1 | head -n 1) (apt-get install -y openjdk-17-jdk-headless)"
+fi
 if [ ! -f "$LIBS/.complete" ]; then
   command -v mvn >/dev/null 2>&1 || die "mvn not found (needed once, to fetch Kafka's jars): apt-get install -y maven"
 fi
@@ -119,6 +122,7 @@ node_running() {
   case "$cmdline" in *"$2/server.properties"*) return 0 ;; *) return 1 ;; esac
 }
 
+# shellcheck disable=SC2317  # only called by the trap
 cleanup() {
   local rc=$? f pid dir j deadline
   set +e
@@ -152,7 +156,7 @@ cleanup() {
     kill -KILL "$cmd_pid" 2>/dev/null
   fi
   wait 2>/dev/null
-  [ -n "$fetch_tmp" ] && rm -rf "$fetch_tmp"
+  [ -n "$fetch_tmp" ] && rm -rf "$fetch_tmp" "$fetch_tmp.log"
   [ -n "$work" ] && rm -rf "$work"
   exit "$rc"
 }
@@ -169,8 +173,14 @@ fetch_libs() {
   mkdir -p "$root"
   echo "kafka.sh: fetching Apache Kafka $KAFKA_VERSION from Maven Central into $LIBS (once)" >&2
   fetch_tmp=$(mktemp -d "$root/libs.tmp.XXXXXX")
-  mvn -q -B -Dstyle.color=never -f "$pom" dependency:copy-dependencies -DoutputDirectory="$fetch_tmp" >&2 ||
+  # Maven's output (Debian's 3.8 prints colour resets even with -q -B) only if it fails.
+  if ! mvn -q -B -f "$pom" dependency:copy-dependencies -DoutputDirectory="$fetch_tmp" \
+    >"$fetch_tmp.log" 2>&1; then
+    cat "$fetch_tmp.log" >&2
+    rm -f "$fetch_tmp.log"
     die "mvn could not fetch Kafka's jars (see above)"
+  fi
+  rm -f "$fetch_tmp.log"
   ls "$fetch_tmp"/kafka_2.13-*.jar >/dev/null 2>&1 || die "mvn put no kafka_2.13 jar into $fetch_tmp"
   touch "$fetch_tmp/.complete"
   # An earlier interrupted fetch can only have left temp folders; an incomplete $LIBS (no marker)
@@ -193,6 +203,7 @@ t0=$(date +%s.%N)
 elapsed() { python3 -c "import sys; print('%.1f' % (float(sys.argv[2]) - float(sys.argv[1])))" "$t0" "$(date +%s.%N)"; }
 
 work=$(mktemp -d -t conveyor-kafka.XXXXXX)
+echo "kafka.sh: starting $nodes node(s) of Apache Kafka $KAFKA_VERSION in $work" >&2
 
 # --- ports: all of them first ------------------------------------------------------------------
 per_node=2                      # PLAINTEXT, CONTROLLER
@@ -292,7 +303,12 @@ EOF
 # --- node folders ------------------------------------------------------------------------------
 heap=${KAFKA_HEAP:--Xms128m -Xmx512m}
 read -r -a heap_args <<<"$heap"
-java_cmd=("$JAVA" "${heap_args[@]}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true
+# C1 only: a 3-node start takes about half as long on 2 cores (C2 compiles compete with the
+# brokers); KAFKA_JVM_OPTS= (set, empty) gives the full JIT, e.g. for throughput measurements.
+jvm_opts=${KAFKA_JVM_OPTS--XX:TieredStopAtLevel=1}
+read -r -a jvm_args <<<"$jvm_opts"
+java_cmd=("$JAVA" "${heap_args[@]}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 "${jvm_args[@]}"
+  -Djava.awt.headless=true
   -Dorg.slf4j.simpleLogger.defaultLogLevel=info -Dorg.slf4j.simpleLogger.showDateTime=true
   "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSS"
   -cp "$LIBS/*" kafka.Kafka)
@@ -321,6 +337,7 @@ listener.security.protocol.map=$protocols
 # Brokers and controllers talk PLAINTEXT among themselves, also with --security.
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$dir/data
+# One partition per auto-sized topic (the default, stated).
 num.partitions=1
 # Tests create their topics explicitly (default: true).
 auto.create.topics.enable=false
@@ -421,6 +438,7 @@ fi
 rm -f "$dir/pid.new"
 echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) start ===" >>"$dir/broker.log"
 # The JVM writes its own pid: `exec` keeps the pid, whether or not setsid forks.
+# shellcheck disable=SC2016  # $$ and $@ are for the inner bash
 setsid bash -c 'echo $$ >"$0/pid.new"; exec "$@"' "$dir" "${java_cmd[@]}" "$dir/server.properties" \
   </dev/null >>"$dir/broker.log" 2>&1 &
 for _ in $(seq 1 100); do [ -s "$dir/pid.new" ] && break; sleep 0.05; done

@@ -63,12 +63,15 @@ public class Ready {
         Admin admin = Admin.create(props);
         try {
             while (true) {
+                // Each attempt gets at most 3 s, and no more than is left until the deadline.
+                long leftMs = TimeUnit.NANOSECONDS.toMillis(deadline - System.nanoTime());
+                int attemptMs = (int) Math.max(200, Math.min(3000, leftMs));
                 try {
                     DescribeClusterResult r =
-                            admin.describeCluster(new DescribeClusterOptions().timeoutMs(3000));
-                    Collection<Node> nodes = r.nodes().get(4, TimeUnit.SECONDS);
-                    Node controller = r.controller().get(4, TimeUnit.SECONDS);
-                    String clusterId = r.clusterId().get(4, TimeUnit.SECONDS);
+                            admin.describeCluster(new DescribeClusterOptions().timeoutMs(attemptMs));
+                    Collection<Node> nodes = r.nodes().get(attemptMs + 500, TimeUnit.MILLISECONDS);
+                    Node controller = r.controller().get(attemptMs + 500, TimeUnit.MILLISECONDS);
+                    String clusterId = r.clusterId().get(attemptMs + 500, TimeUnit.MILLISECONDS);
                     boolean haveController = controller != null && !controller.isEmpty();
                     if (nodes.size() >= want && haveController) {
                         System.out.println("ready: " + nodes.size() + " brokers, cluster id " + clusterId);

@@ -9,43 +9,53 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
-/// Keeps librdkafka's last global error, and whether it means the cluster refused us. Clones
+/// Keeps librdkafka's last global error and its last refusal (a failed TLS handshake or SASL
+/// login: librdkafka follows each with "all brokers down", which must not hide it). Clones
 /// share it (the producer owns one, the backend reads another).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct ErrorWatch {
-    last: Arc<Mutex<Option<(bool, String)>>>,
+    state: Arc<Mutex<Seen>>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    last: Option<String>,
+    refused: Option<String>,
 }
 
 impl ErrorWatch {
-    /// The last authentication or TLS failure, if the last error was one.
+    /// The last authentication, authorization or TLS failure.
     pub(crate) fn refused(&self) -> Option<String> {
-        match &*self.last.lock().expect("error watch") {
-            Some((true, reason)) => Some(reason.clone()),
-            _ => None,
-        }
+        self.state.lock().expect("error watch").refused.clone()
     }
 
     /// The last error of any kind.
     pub(crate) fn last(&self) -> Option<String> {
-        self.last
-            .lock()
-            .expect("error watch")
-            .as_ref()
-            .map(|(_, r)| r.clone())
+        self.state.lock().expect("error watch").last.clone()
     }
 }
 
 impl ClientContext for ErrorWatch {
     fn error(&self, error: KafkaError, reason: &str) {
-        let refused = matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::Authentication)
-                | Some(RDKafkaErrorCode::SaslAuthenticationFailed)
-                | Some(RDKafkaErrorCode::SSL)
-                | Some(RDKafkaErrorCode::TopicAuthorizationFailed)
-                | Some(RDKafkaErrorCode::ClusterAuthorizationFailed)
-        );
+        // a broker refusing a client certificate answers with a TLS alert after the handshake,
+        // which librdkafka reports as a transport failure
+        let tls_alert = error.rdkafka_error_code()
+            == Some(RDKafkaErrorCode::BrokerTransportFailure)
+            && reason.contains("SSL routines");
+        let refused = tls_alert
+            || matches!(
+                error.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::Authentication)
+                    | Some(RDKafkaErrorCode::SaslAuthenticationFailed)
+                    | Some(RDKafkaErrorCode::SSL)
+                    | Some(RDKafkaErrorCode::TopicAuthorizationFailed)
+                    | Some(RDKafkaErrorCode::ClusterAuthorizationFailed)
+            );
         tracing::warn!(error = %error, reason, "kafka client error");
-        *self.last.lock().expect("error watch") = Some((refused, reason.to_owned()));
+        let mut seen = self.state.lock().expect("error watch");
+        seen.last = Some(reason.to_owned());
+        if refused {
+            seen.refused = Some(reason.to_owned());
+        }
     }
 }

@@ -118,9 +118,8 @@ impl KafkaBackend {
         let mut pc = config.producer();
         pc.set("allow.auto.create.topics", "false");
         let errors = ErrorWatch::default();
-        let producer: FutureProducer<ErrorWatch> = pc
-            .create_with_context(errors.clone())
-            .map_err(broker)?;
+        let producer: FutureProducer<ErrorWatch> =
+            pc.create_with_context(errors.clone()).map_err(broker)?;
         Ok(KafkaBackend {
             inner: Arc::new(Inner {
                 config,
@@ -314,14 +313,18 @@ impl KafkaBackend {
                 .client()
                 .fetch_metadata(Some(&topic), timeout)
                 .map_err(broker)?;
-            Ok(md.topics().iter().find(|t| t.name() == topic).and_then(|t| {
-                let led = t.error().is_none()
-                    && !t.partitions().is_empty()
-                    && t.partitions()
-                        .iter()
-                        .all(|p| p.error().is_none() && p.leader() >= 0);
-                led.then(|| t.partitions().len() as i32)
-            }))
+            Ok(md
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .and_then(|t| {
+                    let led = t.error().is_none()
+                        && !t.partitions().is_empty()
+                        && t.partitions()
+                            .iter()
+                            .all(|p| p.error().is_none() && p.leader() >= 0);
+                    led.then(|| t.partitions().len() as i32)
+                }))
         })
         .await
     }

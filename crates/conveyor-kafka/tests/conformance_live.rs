@@ -19,8 +19,9 @@ struct Live(GroupProtocol);
 #[async_trait]
 impl Harness for Live {
     async fn open(&self) -> Result<Arc<dyn Backend>> {
-        let brokers = std::env::var("CONVEYOR_TEST_BROKERS")
-            .expect("set CONVEYOR_TEST_BROKERS=host:port, or run the tests through scripts/kafka.sh");
+        let brokers = std::env::var("CONVEYOR_TEST_BROKERS").expect(
+            "set CONVEYOR_TEST_BROKERS=host:port, or run the tests through scripts/kafka.sh",
+        );
         let mut config = KafkaConfig::new(brokers);
         config.session_timeout = Duration::from_secs(6);
         config.group_protocol = self.0;

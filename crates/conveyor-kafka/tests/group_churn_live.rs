@@ -53,7 +53,13 @@ struct Member {
     handle: JoinHandle<conveyor_core::Result<()>>,
 }
 
-fn start(name: &str, protocol: GroupProtocol, group: &str, topic: &str, seen: &Arc<Mutex<Seen>>) -> Member {
+fn start(
+    name: &str,
+    protocol: GroupProtocol,
+    group: &str,
+    topic: &str,
+    seen: &Arc<Mutex<Seen>>,
+) -> Member {
     let seen = Arc::clone(seen);
     let me = name.to_owned();
     let worker = Worker::builder(backend(protocol), group, [topic.to_owned()])
@@ -69,7 +75,10 @@ fn start(name: &str, protocol: GroupProtocol, group: &str, topic: &str, seen: &A
                         let msg = format!("key {key} ran on {me} while {other} ran it");
                         s.violations.push(msg);
                     }
-                    s.order.entry(key.clone()).or_default().push(v["seq"].as_u64().unwrap());
+                    s.order
+                        .entry(key.clone())
+                        .or_default()
+                        .push(v["seq"].as_u64().unwrap());
                     *s.runs.entry(job.id().unwrap().to_owned()).or_default() += 1;
                 }
                 tokio::time::sleep(Duration::from_millis(1 + v["seq"].as_u64().unwrap() % 7)).await;
@@ -92,14 +101,20 @@ fn start(name: &str, protocol: GroupProtocol, group: &str, topic: &str, seen: &A
 
 async fn leave(m: Member) {
     let _ = m.stop.send(());
-    m.handle.await.unwrap().unwrap_or_else(|e| panic!("member {} failed: {e}", m.name));
+    m.handle
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("member {} failed: {e}", m.name));
 }
 
 async fn churn(protocol: GroupProtocol) {
     let admin = backend(protocol);
     let id = uuid::Uuid::now_v7().simple().to_string();
     let (topic, group) = (format!("churn.{id}"), format!("churn.g.{id}"));
-    admin.create_topic(&TopicSpec::new(&topic, PARTITIONS)).await.unwrap();
+    admin
+        .create_topic(&TopicSpec::new(&topic, PARTITIONS))
+        .await
+        .unwrap();
     let seen: Arc<Mutex<Seen>> = Arc::default();
 
     // the load: JOBS jobs over ~15 s, keys in turn, a sequence number per key
@@ -128,8 +143,13 @@ async fn churn(protocol: GroupProtocol) {
     // commits never pass unfinished work: sample the group's committed offsets while it churns
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let sampler = tokio::spawn({
-        let (admin, topic, group, seen, sampling) =
-            (Arc::clone(&admin), topic.clone(), group.clone(), Arc::clone(&seen), Arc::clone(&sampling));
+        let (admin, topic, group, seen, sampling) = (
+            Arc::clone(&admin),
+            topic.clone(),
+            group.clone(),
+            Arc::clone(&seen),
+            Arc::clone(&sampling),
+        );
         async move {
             let mut samples = 0;
             while sampling.load(std::sync::atomic::Ordering::SeqCst) {
@@ -199,7 +219,10 @@ async fn churn(protocol: GroupProtocol) {
                 first.push(*q);
             }
         }
-        assert!(first.windows(2).all(|w| w[0] < w[1]), "key {key} first delivered out of order: {seqs:?}");
+        assert!(
+            first.windows(2).all(|w| w[0] < w[1]),
+            "key {key} first delivered out of order: {seqs:?}"
+        );
     }
     let repeated: usize = s.runs.values().filter(|n| **n > 1).count();
     let committed: i64 = admin
@@ -209,7 +232,10 @@ async fn churn(protocol: GroupProtocol) {
         .iter()
         .map(|(_, c)| c.unwrap_or(0))
         .sum();
-    assert_eq!(committed, JOBS as i64, "the group committed everything once the work finished");
+    assert_eq!(
+        committed, JOBS as i64,
+        "the group committed everything once the work finished"
+    );
     eprintln!(
         "churn ({protocol:?}): {JOBS} jobs acknowledged, {JOBS} delivered, {repeated} delivered more than once, 0 keys on two members at once, {samples} commit samples never past unfinished work"
     );

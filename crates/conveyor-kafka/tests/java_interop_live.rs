@@ -32,7 +32,10 @@ fn java(args: &[&str]) -> String {
         .arg("-Dorg.slf4j.simpleLogger.defaultLogLevel=warn")
         .arg("-cp")
         .arg(format!("{libs}/*"))
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/java/Interop.java"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/java/Interop.java"
+        ))
         .args(args)
         .output()
         .expect("java (Debian: openjdk-17-jdk-headless)");
@@ -58,15 +61,21 @@ async fn backend() -> Arc<dyn Backend> {
 async fn the_java_client_reads_conveyors_records_and_headers() {
     let backend = backend().await;
     let topic = unique("interop.read");
-    backend.create_topic(&TopicSpec::new(&topic, 4)).await.unwrap();
+    backend
+        .create_topic(&TopicSpec::new(&topic, 4))
+        .await
+        .unwrap();
     let client = Client::new(Arc::clone(&backend));
     let mut sent = HashMap::new();
     for i in 0..40 {
         let key = format!("user-{}", i % 7);
-        let job = NewJob::json("email.welcome", &serde_json::json!({"i": i, "to": "ada@example.com"}))
-            .unwrap()
-            .with_key(key.clone())
-            .with_header("tenant", "acme");
+        let job = NewJob::json(
+            "email.welcome",
+            &serde_json::json!({"i": i, "to": "ada@example.com"}),
+        )
+        .unwrap()
+        .with_key(key.clone())
+        .with_header("tenant", "acme");
         let e = client.enqueue(&topic, job).await.unwrap();
         sent.insert(e.id.clone(), (key, i, e.partition, e.offset));
     }
@@ -159,7 +168,11 @@ async fn records_the_java_client_writes_are_delivered_in_key_order_on_conveyors_
                     *n += 1;
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
-                s.lock().unwrap().entry(key.clone()).or_default().push(v["seq"].as_u64().unwrap());
+                s.lock()
+                    .unwrap()
+                    .entry(key.clone())
+                    .or_default()
+                    .push(v["seq"].as_u64().unwrap());
                 *r.lock().unwrap().get_mut(&key).unwrap() -= 1;
             }
         }))
@@ -184,7 +197,11 @@ async fn records_the_java_client_writes_are_delivered_in_key_order_on_conveyors_
     assert_eq!(seen.len(), KEYS);
     for (key, seqs) in seen.iter() {
         let n = (COUNT / KEYS + usize::from(key_index(key) < COUNT % KEYS)) as u64;
-        assert_eq!(*seqs, (0..n).collect::<Vec<_>>(), "key {key}: out of order or repeated");
+        assert_eq!(
+            *seqs,
+            (0..n).collect::<Vec<_>>(),
+            "key {key}: out of order or repeated"
+        );
     }
     eprintln!(
         "interop: {COUNT} records from the Java client, {KEYS} keys on {} of {PARTITIONS} partitions, all delivered in key order, partitions equal to conveyor's",

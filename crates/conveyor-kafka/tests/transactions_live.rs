@@ -59,7 +59,11 @@ fn transactional_producer() -> ThreadedProducer<rdkafka::producer::DefaultProduc
     p
 }
 
-fn send(p: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>, topic: &str, values: &[String]) {
+fn send(
+    p: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    topic: &str,
+    values: &[String],
+) {
     for v in values {
         p.send(BaseRecord::<(), str>::to(topic).payload(v.as_str()))
             .map_err(|(e, _)| e)
@@ -79,7 +83,8 @@ fn read_all(topic: &str, isolation: &str) -> Vec<String> {
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
     c.assign(&tpl).unwrap();
     let mut out = Vec::new();
     let mut quiet_since = Instant::now();
@@ -106,7 +111,11 @@ fn read_committed_sees_committed_transactions_once_and_aborted_ones_never() {
     let topic = unique("tx.out");
     create_topics(&[&topic]);
     let p = transactional_producer();
-    for (name, commit) in [("committed-a", true), ("aborted", false), ("committed-b", true)] {
+    for (name, commit) in [
+        ("committed-a", true),
+        ("aborted", false),
+        ("committed-b", true),
+    ] {
         p.begin_transaction().unwrap();
         send(&p, &topic, &batch(name, 10));
         match commit {
@@ -235,6 +244,12 @@ fn offsets_sent_to_a_transaction_are_committed_only_with_it() {
     for v in read_all(&output, "read_uncommitted") {
         *counts.entry(v.starts_with("result-aborted")).or_default() += 1;
     }
-    assert_eq!(counts.get(&true), Some(&3), "the negative control: the aborted outputs are in the log");
-    eprintln!("transactions: offsets committed only with their transaction (aborted: none, committed: 3)");
+    assert_eq!(
+        counts.get(&true),
+        Some(&3),
+        "the negative control: the aborted outputs are in the log"
+    );
+    eprintln!(
+        "transactions: offsets committed only with their transaction (aborted: none, committed: 3)"
+    );
 }

@@ -40,7 +40,10 @@ impl Cluster {
             .unwrap_or_default()
             .parse()
             .unwrap_or(0);
-        assert_eq!(n, 3, "needs the three-node cluster of `scripts/kafka.sh --nodes 3`");
+        assert_eq!(
+            n, 3,
+            "needs the three-node cluster of `scripts/kafka.sh --nodes 3`"
+        );
         Cluster {
             dir: PathBuf::from(dir),
             brokers: std::env::var("CONVEYOR_TEST_BROKERS").unwrap(),
@@ -100,7 +103,10 @@ impl Cluster {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "the cluster did not list {n} brokers in {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not list {n} brokers in {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
@@ -163,7 +169,8 @@ struct Posted {
 
 /// One enqueue over HTTP, with its answer time.
 async fn post(http: &reqwest::Client, base: &str, topic: &str, i: usize, posted: &Mutex<Posted>) {
-    let body = serde_json::json!({"type": "ok", "key": format!("k{}", i % 31), "payload": {"i": i}});
+    let body =
+        serde_json::json!({"type": "ok", "key": format!("k{}", i % 31), "payload": {"i": i}});
     let started = Instant::now();
     let r = http
         .post(format!("{base}/v1/topics/{topic}/jobs"))
@@ -179,7 +186,11 @@ async fn post(http: &reqwest::Client, base: &str, topic: &str, i: usize, posted:
     p.slowest = p.slowest.max(took);
     match status {
         201 => p.acked.push(v["id"].as_str().unwrap().to_owned()),
-        _ => p.refused.push((status, v["error"]["code"].as_str().unwrap_or("").to_owned(), took)),
+        _ => p.refused.push((
+            status,
+            v["error"]["code"].as_str().unwrap_or("").to_owned(),
+            took,
+        )),
     }
 }
 
@@ -198,7 +209,12 @@ async fn killing_the_partition_leader_loses_no_acknowledged_job() {
     // 4 clients post 1,200 jobs, ~40 ms apart each, so enqueueing spans the kill
     let clients: Vec<_> = (0..4)
         .map(|c| {
-            let (http, base, topic, posted) = (http.clone(), base.clone(), topic.clone(), Arc::clone(&posted));
+            let (http, base, topic, posted) = (
+                http.clone(),
+                base.clone(),
+                topic.clone(),
+                Arc::clone(&posted),
+            );
             tokio::spawn(async move {
                 for i in (c..1_200).step_by(4) {
                     post(&http, &base, &topic, i, &posted).await;
@@ -207,9 +223,11 @@ async fn killing_the_partition_leader_loses_no_acknowledged_job() {
             })
         })
         .collect();
-    wait_for(Duration::from_secs(60), "300 jobs delivered before the kill", || {
-        received.total() >= 300
-    })
+    wait_for(
+        Duration::from_secs(60),
+        "300 jobs delivered before the kill",
+        || received.total() >= 300,
+    )
     .await;
     let victim = cluster.leader(&topic, 0);
     assert!(victim > 0, "partition 0 has a leader");
@@ -225,16 +243,28 @@ async fn killing_the_partition_leader_loses_no_acknowledged_job() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(new_leader > 0 && new_leader != victim, "no new leader for partition 0 after the kill");
+    assert!(
+        new_leader > 0 && new_leader != victim,
+        "no new leader for partition 0 after the kill"
+    );
     let elected = killed_at.elapsed();
     for c in clients {
         c.await.unwrap();
     }
     let acked_after_kill = posted.lock().unwrap().acked.len() - acked_at_kill;
-    wait_for(Duration::from_secs(120), "every acknowledged job delivered", || {
-        let ids = received.ids();
-        posted.lock().unwrap().acked.iter().all(|id| ids.contains_key(id))
-    })
+    wait_for(
+        Duration::from_secs(120),
+        "every acknowledged job delivered",
+        || {
+            let ids = received.ids();
+            posted
+                .lock()
+                .unwrap()
+                .acked
+                .iter()
+                .all(|id| ids.contains_key(id))
+        },
+    )
     .await;
     cluster.start(victim);
     cluster.wait_brokers(3, Duration::from_secs(60)).await;
@@ -276,7 +306,12 @@ async fn below_min_insync_replicas_an_enqueue_fails_in_bounded_time_and_recovers
     for i in 0..20 {
         post(&http, &base, &topic, i, &before).await;
     }
-    assert_eq!(before.lock().unwrap().acked.len(), 20, "{:?}", before.lock().unwrap());
+    assert_eq!(
+        before.lock().unwrap().acked.len(),
+        20,
+        "{:?}",
+        before.lock().unwrap()
+    );
 
     // two of three down: one replica left, fewer than min.insync.replicas = 2
     let survivor = cluster.leader(&topic, 0);
@@ -296,7 +331,10 @@ async fn below_min_insync_replicas_an_enqueue_fails_in_bounded_time_and_recovers
             d.acked.len(),
             d.refused
         );
-        assert!(d.acked.is_empty(), "a 201 for a job fewer than min.insync.replicas hold");
+        assert!(
+            d.acked.is_empty(),
+            "a 201 for a job fewer than min.insync.replicas hold"
+        );
         for (status, code, took) in &d.refused {
             assert_eq!((*status, code.as_str()), (503, "backend_unavailable"));
             assert!(
@@ -327,10 +365,14 @@ async fn below_min_insync_replicas_an_enqueue_fails_in_bounded_time_and_recovers
         .iter()
         .flat_map(|p| p.lock().unwrap().acked.clone())
         .collect();
-    wait_for(Duration::from_secs(120), "every acknowledged job delivered", || {
-        let ids = received.ids();
-        acked.iter().all(|id| ids.contains_key(id))
-    })
+    wait_for(
+        Duration::from_secs(120),
+        "every acknowledged job delivered",
+        || {
+            let ids = received.ids();
+            acked.iter().all(|id| ids.contains_key(id))
+        },
+    )
     .await;
     eprintln!(
         "below min ISR: recovered {:.1} s after the brokers were back ({} refused on the way); all {} acknowledged jobs delivered",

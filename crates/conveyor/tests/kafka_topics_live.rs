@@ -45,7 +45,11 @@ async fn topics_apply_changes_retention_and_adds_partitions_on_the_broker() {
     ));
     assert!(ok, "{out}{err}");
     assert!(out.contains("applied: 1 created, 0 updated"), "{out}");
-    let spec = broker.topic_spec(&topic).await.unwrap().expect("created on the broker");
+    let spec = broker
+        .topic_spec(&topic)
+        .await
+        .unwrap()
+        .expect("created on the broker");
     assert_eq!((spec.partitions, spec.retention_ms), (3, Some(86_400_000)));
 
     let (ok, out, err) = apply(format!(
@@ -62,7 +66,11 @@ async fn topics_apply_changes_retention_and_adds_partitions_on_the_broker() {
         "read back from the broker"
     );
     let info = broker.describe_topic(&topic).await.unwrap().unwrap();
-    assert_eq!(info.partition_count(), 5, "metadata lists the new partitions");
+    assert_eq!(
+        info.partition_count(),
+        5,
+        "metadata lists the new partitions"
+    );
 
     let (ok, out, _) = conveyor(&[&["topics", "apply", "-f", f, "--yes"][..], &url].concat());
     assert!(ok);
@@ -71,9 +79,15 @@ async fn topics_apply_changes_retention_and_adds_partitions_on_the_broker() {
     // a shrink is refused and changes nothing on the broker
     let (ok, out, err) = apply(format!("[[topics]]\nname = \"{topic}\"\npartitions = 2\n"));
     assert!(!ok);
-    assert!(out.contains("refused: partitions cannot shrink (5 -> 2)"), "{out}");
+    assert!(
+        out.contains("refused: partitions cannot shrink (5 -> 2)"),
+        "{out}"
+    );
     assert!(err.contains("nothing was applied"), "{err}");
-    assert_eq!(broker.topic_spec(&topic).await.unwrap().unwrap().partitions, 5);
+    assert_eq!(
+        broker.topic_spec(&topic).await.unwrap().unwrap().partitions,
+        5
+    );
     eprintln!("topics apply on Kafka: created with 3 partitions and 1 d, updated to 5 partitions, 3 d and 1 GiB, read back from the broker");
 }
 
