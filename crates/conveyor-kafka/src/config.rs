@@ -140,6 +140,14 @@ impl KafkaConfig {
             .set(
                 "message.timeout.ms",
                 self.delivery_timeout.as_millis().max(1).to_string(),
+            )
+            // how long a broker may hold a produce request waiting for the in-sync replicas:
+            // half the delivery timeout leaves room for one retry inside it
+            .set(
+                "request.timeout.ms",
+                (self.delivery_timeout.as_millis() / 2)
+                    .clamp(1_000, 30_000)
+                    .to_string(),
             );
         match self.profile {
             Profile::LowLatency => {

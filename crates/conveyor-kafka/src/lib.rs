@@ -262,6 +262,83 @@ impl KafkaBackend {
         .await
     }
 
+    /// Publishes `records` and awaits every delivery; [`Backend::publish`] bounds it in time.
+    async fn publish_records(&self, topic: &str, records: Vec<Record>) -> Result<Vec<Position>> {
+        let mut n = self.partitions(topic).await?;
+        if let Some(p) = records
+            .iter()
+            .filter_map(|r| r.partition)
+            .find(|p| !(0..n).contains(p))
+        {
+            n = self
+                .fetch_partitions(topic)
+                .await?
+                .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))?;
+            if !(0..n).contains(&p) {
+                return Err(Error::UnknownPartition {
+                    topic: topic.to_owned(),
+                    partition: p,
+                });
+            }
+        }
+        let mut deliveries = Vec::with_capacity(records.len());
+        for r in &records {
+            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+            for (k, v) in r.headers.iter() {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(&v[..]),
+                });
+            }
+            let mut rec = FutureRecord::<[u8], [u8]>::to(topic)
+                .payload(&r.value[..])
+                .headers(headers);
+            if let Some(k) = &r.key {
+                rec = rec.key(&k[..]);
+            }
+            if let Some(p) = r.partition {
+                rec = rec.partition(p);
+            }
+            if let Some(t) = r.timestamp {
+                rec = rec.timestamp(t);
+            }
+            loop {
+                match self.inner.producer.send_result(rec) {
+                    Ok(f) => {
+                        deliveries.push(f);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        rec = back;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err((
+                        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                        _,
+                    )) => {
+                        return Err(Error::RecordTooLarge {
+                            size: r.byte_len(),
+                            max: 1_000_000,
+                        });
+                    }
+                    Err((e, _)) => return Err(broker(e)),
+                }
+            }
+        }
+        let mut positions = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            match d.await {
+                Ok(Ok(delivery)) => positions.push(Position {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                }),
+                Ok(Err((e, _))) => return Err(broker(e)),
+                Err(_) => return Err(Error::Closed),
+            }
+        }
+        Ok(positions)
+    }
+
     fn reader(&self, group: &str) -> Result<BaseConsumer> {
         self.inner.config.reader(group).create().map_err(broker)
     }
@@ -440,79 +517,15 @@ impl Backend for KafkaBackend {
 
     async fn publish(&self, topic: &str, records: Vec<Record>) -> Result<Vec<Position>> {
         self.ensure_open()?;
-        let mut n = self.partitions(topic).await?;
-        if let Some(p) = records
-            .iter()
-            .filter_map(|r| r.partition)
-            .find(|p| !(0..n).contains(p))
-        {
-            n = self
-                .fetch_partitions(topic)
-                .await?
-                .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))?;
-            if !(0..n).contains(&p) {
-                return Err(Error::UnknownPartition {
-                    topic: topic.to_owned(),
-                    partition: p,
-                });
-            }
+        let bound = self.inner.config.delivery_timeout;
+        match tokio::time::timeout(bound, self.publish_records(topic, records)).await {
+            Ok(result) => result,
+            // librdkafka fails an in-flight record only when its request times out, which can
+            // be later than message.timeout.ms: the caller gets its answer at the bound anyway
+            Err(_) => Err(Error::Broker(format!(
+                "the cluster did not confirm the records within the delivery timeout ({bound:?}); they may still be stored, so a retry can duplicate them but never lose them"
+            ))),
         }
-        let mut deliveries = Vec::with_capacity(records.len());
-        for r in &records {
-            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-            for (k, v) in r.headers.iter() {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(&v[..]),
-                });
-            }
-            let mut rec = FutureRecord::<[u8], [u8]>::to(topic)
-                .payload(&r.value[..])
-                .headers(headers);
-            if let Some(k) = &r.key {
-                rec = rec.key(&k[..]);
-            }
-            if let Some(p) = r.partition {
-                rec = rec.partition(p);
-            }
-            if let Some(t) = r.timestamp {
-                rec = rec.timestamp(t);
-            }
-            loop {
-                match self.inner.producer.send_result(rec) {
-                    Ok(f) => {
-                        deliveries.push(f);
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        rec = back;
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    Err((
-                        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
-                        _,
-                    )) => {
-                        return Err(Error::RecordTooLarge {
-                            size: r.byte_len(),
-                            max: 1_000_000,
-                        });
-                    }
-                    Err((e, _)) => return Err(broker(e)),
-                }
-            }
-        }
-        let mut positions = Vec::with_capacity(deliveries.len());
-        for d in deliveries {
-            match d.await {
-                Ok(Ok(delivery)) => positions.push(Position {
-                    partition: delivery.partition,
-                    offset: delivery.offset,
-                }),
-                Ok(Err((e, _))) => return Err(broker(e)),
-                Err(_) => return Err(Error::Closed),
-            }
-        }
-        Ok(positions)
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
