@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The project's test command: every crate's unit, conformance (embedded and the librdkafka mock
-# cluster), integration and end-to-end tests, then the live-broker tests (scripts/live-kafka.sh:
-# tansu on 127.0.0.1, or CONVEYOR_TEST_BROKERS=host:port). CONVEYOR_SKIP_LIVE=1 skips the latter
-# for a quick local loop; CI never sets it.
+# cluster), integration and end-to-end tests, then the live-broker tests on Apache Kafka
+# (scripts/live.sh: a one-node and a three-node KRaft cluster and TLS/SASL listeners, started
+# and stopped by scripts/kafka.sh; CONVEYOR_TEST_BROKERS=host:port runs the one-node part on
+# your broker). CONVEYOR_SKIP_LIVE=1 skips the live tests for a quick local loop; CI never sets
+# it. Extra arguments go to `cargo test` (e.g. --locked).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$(date +%s)
 cargo test --workspace --all-targets "$@"
-cargo test --workspace --doc
+cargo test --workspace --doc "$@"
 if [ "${CONVEYOR_SKIP_LIVE:-}" = "1" ]; then
   echo "test.sh: CONVEYOR_SKIP_LIVE=1: the live-broker tests did NOT run" >&2
 else
-  scripts/live-kafka.sh "$@"
+  scripts/live.sh "$@"
 fi
+echo "test.sh: all tests passed in $(( $(date +%s) - started )) s" >&2

@@ -208,7 +208,26 @@ async fn churn(protocol: GroupProtocol) {
     leave(a).await;
     leave(b2).await;
 
-    let s = seen.lock().unwrap();
+    let repeated = check_seen(&seen.lock().unwrap());
+    let committed: i64 = admin
+        .committed_offsets(&group, &topic)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, c)| c.unwrap_or(0))
+        .sum();
+    assert_eq!(
+        committed, JOBS as i64,
+        "the group committed everything once the work finished"
+    );
+    eprintln!(
+        "churn ({protocol:?}): {JOBS} jobs acknowledged, {JOBS} delivered, {repeated} delivered more than once, 0 keys on two members at once, {samples} commit samples never past unfinished work"
+    );
+}
+
+/// No key ran on two members at once and each key's first deliveries are in order; returns
+/// how many jobs were delivered more than once.
+fn check_seen(s: &Seen) -> usize {
     assert!(s.violations.is_empty(), "{:#?}", s.violations);
     for (key, seqs) in &s.order {
         // redeliveries after a rebalance repeat earlier jobs; first deliveries are in order
@@ -224,21 +243,7 @@ async fn churn(protocol: GroupProtocol) {
             "key {key} first delivered out of order: {seqs:?}"
         );
     }
-    let repeated: usize = s.runs.values().filter(|n| **n > 1).count();
-    let committed: i64 = admin
-        .committed_offsets(&group, &topic)
-        .await
-        .unwrap()
-        .iter()
-        .map(|(_, c)| c.unwrap_or(0))
-        .sum();
-    assert_eq!(
-        committed, JOBS as i64,
-        "the group committed everything once the work finished"
-    );
-    eprintln!(
-        "churn ({protocol:?}): {JOBS} jobs acknowledged, {JOBS} delivered, {repeated} delivered more than once, 0 keys on two members at once, {samples} commit samples never past unfinished work"
-    );
+    s.runs.values().filter(|n| **n > 1).count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
