@@ -10,6 +10,7 @@
 //! before a revocation (`pre_rebalance`), so work that finished between two commits is kept.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,10 +28,30 @@ use rdkafka::message::{BorrowedMessage, Headers as _, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-/// Queues rebalance events for the subscription.
+/// Queues rebalance events for the subscription, numbered from 1 in the order librdkafka ran
+/// them.
 #[derive(Debug, Default)]
 pub(crate) struct GroupContext {
-    events: Mutex<VecDeque<(Vec<TopicPartition>, Vec<TopicPartition>)>>,
+    events: Mutex<VecDeque<Event>>,
+    /// How many events were queued so far: the number of the latest.
+    queued: AtomicU64,
+}
+
+/// One rebalance: partitions revoked or assigned.
+#[derive(Debug)]
+struct Event {
+    seq: u64,
+    revoked: Vec<TopicPartition>,
+    assigned: Vec<TopicPartition>,
+}
+
+/// A record received but not yet returned, with the number of the latest rebalance event queued
+/// when it was received: an event revoking its partition drops it only when it came earlier
+/// (a record received after a later assign of the same partition is current).
+#[derive(Debug)]
+pub(crate) struct Held {
+    after: u64,
+    record: ConsumedRecord,
 }
 
 fn tps(list: &TopicPartitionList) -> Vec<TopicPartition> {
@@ -61,7 +82,7 @@ impl ConsumerContext for GroupContext {
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let event = match rebalance {
+        let (revoked, assigned) = match rebalance {
             Rebalance::Assign(list) => (Vec::new(), tps(list)),
             Rebalance::Revoke(list) => (tps(list), Vec::new()),
             Rebalance::Error(e) => {
@@ -69,7 +90,13 @@ impl ConsumerContext for GroupContext {
                 return;
             }
         };
-        self.events.lock().expect("events lock").push_back(event);
+        let mut events = self.events.lock().expect("events lock");
+        let seq = self.queued.fetch_add(1, Ordering::SeqCst) + 1;
+        events.push_back(Event {
+            seq,
+            revoked,
+            assigned,
+        });
     }
 }
 
@@ -81,7 +108,7 @@ pub(crate) struct KafkaSubscription {
     /// Records received but not yet returned: the rest of a batch cut by a rebalance event, and
     /// records of paused partitions that librdkafka had already queued (its position is past
     /// them, so they are kept here until the partition resumes).
-    pub(crate) held: Vec<ConsumedRecord>,
+    pub(crate) held: Vec<Held>,
     pub(crate) paused: BTreeSet<TopicPartition>,
 }
 
@@ -133,11 +160,14 @@ impl KafkaSubscription {
                 .contains(&TopicPartition::new(r.topic.clone(), r.partition))
     }
 
-    /// Adds a received record to the batch, or parks it when its partition is paused.
-    fn admit(&mut self, r: ConsumedRecord, batch: &mut Vec<ConsumedRecord>) {
-        match self.is_paused(&r) {
-            true => self.held.push(r),
-            false => batch.push(r),
+    /// Adds a record just received to the batch, or parks it when its partition is paused.
+    fn admit(&mut self, record: ConsumedRecord, batch: &mut Vec<Held>) {
+        let after = self.consumer.context().queued.load(Ordering::SeqCst);
+        let paused = self.is_paused(&record);
+        let held = Held { after, record };
+        match paused {
+            true => self.held.push(held),
+            false => batch.push(held),
         }
     }
 
@@ -145,11 +175,11 @@ impl KafkaSubscription {
     fn take_held(&mut self, max: usize) -> Vec<ConsumedRecord> {
         let mut out = Vec::new();
         let mut keep = Vec::with_capacity(self.held.len());
-        for r in std::mem::take(&mut self.held) {
-            if out.len() < max && !self.is_paused(&r) {
-                out.push(r);
+        for h in std::mem::take(&mut self.held) {
+            if out.len() < max && !self.is_paused(&h.record) {
+                out.push(h.record);
             } else {
-                keep.push(r);
+                keep.push(h);
             }
         }
         self.held = keep;
@@ -167,10 +197,15 @@ impl KafkaSubscription {
     }
 
     /// Applies and returns the oldest queued rebalance event. Held records of the partitions it
-    /// revokes are dropped (the next owner gets them from the committed offset); no other
-    /// record is, so two events queued in one poll (a revoke, then an assign) lose nothing.
+    /// revokes that were received before it are dropped (the next owner gets them from the
+    /// committed offset); no other record is, so several events queued in one poll (a revoke
+    /// and an assign, or a partition revoked and assigned back) lose nothing.
     fn next_event(&mut self) -> Option<Poll> {
-        let (revoked, assigned) = self
+        let Event {
+            seq,
+            revoked,
+            assigned,
+        } = self
             .consumer
             .context()
             .events
@@ -181,12 +216,21 @@ impl KafkaSubscription {
             self.assignment.remove(tp);
             self.paused.remove(tp);
         }
-        // records fetched before a revocation must not be handed out after it
-        self.held.retain(|r| {
-            !revoked
-                .iter()
-                .any(|tp| tp.topic == r.topic && tp.partition == r.partition)
+        self.held.retain(|h| {
+            h.after >= seq
+                || !revoked
+                    .iter()
+                    .any(|tp| tp.topic == h.record.topic && tp.partition == h.record.partition)
         });
+        if !assigned.is_empty() {
+            // librdkafka keeps an application pause across unassign and assign (its
+            // rdkafka_assignment.c; librdkafka#1849): a partition paused before it was revoked
+            // would come back paused with nothing here to resume it
+            let list: Vec<&TopicPartition> = assigned.iter().collect();
+            if let Err(e) = self.consumer.resume(&tp_list(&list)) {
+                tracing::warn!(error = %e, "cannot resume newly assigned partitions");
+            }
+        }
         self.assignment.extend(assigned.iter().cloned());
         Some(Poll::Rebalance { revoked, assigned })
     }
@@ -230,7 +274,9 @@ impl Subscription for KafkaSubscription {
                 return Ok(self.next_event().expect("an event is queued"));
             }
         }
-        Ok(Poll::Records(records))
+        Ok(Poll::Records(
+            records.into_iter().map(|h| h.record).collect(),
+        ))
     }
 
     fn pause(&mut self, partitions: &[TopicPartition]) -> Result<()> {

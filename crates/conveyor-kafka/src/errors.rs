@@ -24,9 +24,9 @@ struct Seen {
 }
 
 impl ErrorWatch {
-    /// The last authentication, authorization or TLS failure.
-    pub(crate) fn refused(&self) -> Option<String> {
-        self.state.lock().expect("error watch").refused.clone()
+    /// Takes the authentication, authorization or TLS failure seen since the last call.
+    pub(crate) fn take_refused(&self) -> Option<String> {
+        self.state.lock().expect("error watch").refused.take()
     }
 
     /// The last error of any kind.

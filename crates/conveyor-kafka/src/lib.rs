@@ -152,6 +152,10 @@ impl KafkaBackend {
         );
         blocking(move || {
             let deadline = Instant::now() + timeout;
+            // a refusal on two attempts in a row stops the start early (one alone may be a
+            // broker still starting, or SCRAM users created a moment ago)
+            let mut refusals = 0;
+            let mut refusal = None;
             loop {
                 let step = deadline
                     .saturating_duration_since(Instant::now())
@@ -160,9 +164,17 @@ impl KafkaBackend {
                     Ok(_) => return Ok(()),
                     Err(e) => e,
                 };
-                if let Some(reason) = watch.refused() {
+                match watch.take_refused() {
+                    Some(reason) => {
+                        refusals += 1;
+                        refusal = Some(reason);
+                    }
+                    None => refusals = 0,
+                }
+                if refusals >= 2 || (Instant::now() >= deadline && refusal.is_some()) {
                     return Err(Error::Broker(format!(
-                        "the Kafka cluster at {brokers} refused the connection: {reason}; check the TLS and SASL settings in [kafka.properties]"
+                        "the Kafka cluster at {brokers} refused the connection: {}; check the TLS and SASL settings in [kafka.properties]",
+                        refusal.unwrap_or_default()
                     )));
                 }
                 if Instant::now() >= deadline {
@@ -523,7 +535,7 @@ impl Backend for KafkaBackend {
             // librdkafka fails an in-flight record only when its request times out, which can
             // be later than message.timeout.ms: the caller gets its answer at the bound anyway
             Err(_) => Err(Error::Broker(format!(
-                "the cluster did not confirm the records within the delivery timeout ({bound:?}); they may still be stored, so a retry can duplicate them but never lose them"
+                "the cluster did not confirm the records within the delivery timeout ({bound:?}); they may still be stored later, so a retry can store one twice but never lose it"
             ))),
         }
     }

@@ -152,19 +152,33 @@ async fn records_the_java_client_writes_are_delivered_in_key_order_on_conveyors_
     // a conveyor worker (no job_type header: the fallback handler) delivers them in key order
     let seen: Arc<Mutex<HashMap<String, Vec<u64>>>> = Arc::default();
     let running: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-    let (s, r) = (Arc::clone(&seen), Arc::clone(&running));
+    // handler panics are retried by the worker: record violations, check them after the run
+    let violations: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (s, r, v) = (
+        Arc::clone(&seen),
+        Arc::clone(&running),
+        Arc::clone(&violations),
+    );
     let worker = Worker::builder(Arc::clone(&backend), unique("interop.g"), [topic.clone()])
         .concurrency(16)
         .fallback(handler_fn(move |job: Job| {
-            let (s, r) = (Arc::clone(&s), Arc::clone(&r));
+            let (s, r, v) = (Arc::clone(&s), Arc::clone(&r), Arc::clone(&v));
             async move {
-                let v: serde_json::Value = job.json().unwrap();
-                let key = v["key"].as_str().unwrap().to_owned();
-                assert_eq!(job.record.key.as_deref(), Some(key.as_bytes()));
+                let value: serde_json::Value = job.json().unwrap();
+                let key = value["key"].as_str().unwrap().to_owned();
+                if job.record.key.as_deref() != Some(key.as_bytes()) {
+                    v.lock()
+                        .unwrap()
+                        .push(format!("record key differs from {key}"));
+                }
                 {
                     let mut running = r.lock().unwrap();
                     let n = running.entry(key.clone()).or_default();
-                    assert_eq!(*n, 0, "two jobs of key {key} at once");
+                    if *n != 0 {
+                        v.lock()
+                            .unwrap()
+                            .push(format!("two jobs of key {key} at once"));
+                    }
                     *n += 1;
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -172,7 +186,7 @@ async fn records_the_java_client_writes_are_delivered_in_key_order_on_conveyors_
                     .unwrap()
                     .entry(key.clone())
                     .or_default()
-                    .push(v["seq"].as_u64().unwrap());
+                    .push(value["seq"].as_u64().unwrap());
                 *r.lock().unwrap().get_mut(&key).unwrap() -= 1;
             }
         }))
@@ -193,6 +207,11 @@ async fn records_the_java_client_writes_are_delivered_in_key_order_on_conveyors_
     }
     stop.send(()).unwrap();
     handle.await.unwrap().unwrap();
+    assert!(
+        violations.lock().unwrap().is_empty(),
+        "{:?}",
+        violations.lock().unwrap()
+    );
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), KEYS);
     for (key, seqs) in seen.iter() {

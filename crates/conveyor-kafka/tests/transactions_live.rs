@@ -87,13 +87,16 @@ fn read_all(topic: &str, isolation: &str) -> Vec<String> {
         .unwrap();
     c.assign(&tpl).unwrap();
     let mut out = Vec::new();
-    let mut quiet_since = Instant::now();
+    // quiet for 2 s after the first record (a first fetch can be slow), at most T in all
+    let mut quiet_since: Option<Instant> = None;
     let deadline = Instant::now() + T;
-    while quiet_since.elapsed() < Duration::from_secs(2) && Instant::now() < deadline {
+    while quiet_since.is_none_or(|q| q.elapsed() < Duration::from_secs(2))
+        && Instant::now() < deadline
+    {
         match c.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 out.push(String::from_utf8(m.payload().unwrap().to_vec()).unwrap());
-                quiet_since = Instant::now();
+                quiet_since = Some(Instant::now());
             }
             Some(Err(e)) => panic!("read {topic}: {e}"),
             None => {}

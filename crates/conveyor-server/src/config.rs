@@ -291,10 +291,13 @@ impl Config {
                         ),
                     );
                 }
-                if self.kafka.delivery_timeout_ms == 0 {
+                if self.kafka.delivery_timeout_ms < 100 {
                     return invalid(
                         "kafka.delivery_timeout_ms".into(),
-                        "must be at least 1 (milliseconds)".into(),
+                        format!(
+                            "{} ms is too short for any broker round trip: use at least 100 (the default is 30000)",
+                            self.kafka.delivery_timeout_ms
+                        ),
                     );
                 }
             }

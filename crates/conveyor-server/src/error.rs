@@ -142,7 +142,9 @@ impl From<Error> for ApiError {
             Error::RecordTooLarge { .. } => ApiError::PayloadTooLarge(e.to_string()),
             Error::Unsupported { .. } => ApiError::Unsupported(e.to_string()),
             Error::Closed | Error::Storage(_) | Error::Io(_) | Error::Broker(_) => {
-                ApiError::BackendUnavailable(format!("{e}; the job was not stored, retry later"))
+                ApiError::BackendUnavailable(format!(
+                    "{e}; the job is not confirmed as stored: retry later"
+                ))
             }
             other => ApiError::Internal(other.to_string()),
         }

@@ -221,7 +221,10 @@ async fn killing_the_partition_leader_loses_no_acknowledged_job() {
     let (_dev, base) = dev(&cluster, dir.path(), &topic, hook, 30_000).await;
 
     let posted = Arc::new(Mutex::new(Posted::default()));
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
     // 4 clients post 1,200 jobs, ~40 ms apart each, so enqueueing spans the kill
     let clients: Vec<_> = (0..4)
         .map(|c| {
@@ -317,7 +320,10 @@ async fn below_min_insync_replicas_an_enqueue_fails_in_bounded_time_and_recovers
     let topic = format!("minisr.{}", std::process::id());
     let (hook, received) = receiver(Duration::from_millis(1)).await;
     let (_dev, base) = dev(&cluster, dir.path(), &topic, hook, DELIVERY_TIMEOUT_MS).await;
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
     let before = Mutex::new(Posted::default());
     for i in 0..20 {
         post(&http, &base, &topic, i, &before).await;
@@ -331,6 +337,7 @@ async fn below_min_insync_replicas_an_enqueue_fails_in_bounded_time_and_recovers
 
     // two of three down: one replica left, fewer than min.insync.replicas = 2
     let survivor = cluster.leader(&topic, 0);
+    assert!(survivor > 0, "partition 0 has a leader before the kill");
     let down: Vec<i32> = (1..=3).filter(|id| *id != survivor).collect();
     for id in &down {
         cluster.kill(*id);

@@ -147,10 +147,33 @@ fn refused(brokers: &str, properties: &str, password: Option<&str>) -> (String, 
         cmd.env("CONVEYOR_KAFKA__PROPERTIES__SASL_PASSWORD", p);
     }
     let started = Instant::now();
-    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // a start that is not refused would run forever: stop it and fail
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("conveyor dev was not refused within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let took = started.elapsed();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "conveyor dev started anyway: {err}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "conveyor dev started anyway: {err}");
+    // refused at once, not after the 10 s request timeout
+    assert!(
+        took < Duration::from_secs(5),
+        "refused only after {took:?}: {err}"
+    );
     (err, took)
 }
 
