@@ -77,6 +77,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| Error::Broker(format!("blocking task failed: {e}")))?
 }
 
+/// How long [`KafkaBackend::ping`] keeps trying after the cluster refused a TLS handshake or
+/// SASL login before it reports the refusal.
+const REFUSAL_GRACE: Duration = Duration::from_secs(2);
+
 /// How long a topic's partition count is trusted before metadata is read again.
 const PARTITION_CACHE_TTL: Duration = Duration::from_secs(60);
 
@@ -152,10 +156,11 @@ impl KafkaBackend {
         );
         blocking(move || {
             let deadline = Instant::now() + timeout;
-            // a refusal on two attempts in a row stops the start early (one alone may be a
-            // broker still starting, or SCRAM users created a moment ago)
-            let mut refusals = 0;
-            let mut refusal = None;
+            // a refusal not followed by an answer within REFUSAL_GRACE stops the start early (a
+            // single one may be a broker still starting, or SCRAM users created a moment ago;
+            // librdkafka reports an identical failure only once, so waiting for a second one
+            // would mean waiting for the whole timeout)
+            let mut refusal: Option<(Instant, String)> = None;
             loop {
                 let step = deadline
                     .saturating_duration_since(Instant::now())
@@ -164,18 +169,16 @@ impl KafkaBackend {
                     Ok(_) => return Ok(()),
                     Err(e) => e,
                 };
-                match watch.take_refused() {
-                    Some(reason) => {
-                        refusals += 1;
-                        refusal = Some(reason);
-                    }
-                    None => refusals = 0,
+                if let Some(reason) = watch.take_refused() {
+                    let since = refusal.map_or_else(Instant::now, |(t, _)| t);
+                    refusal = Some((since, reason));
                 }
-                if refusals >= 2 || (Instant::now() >= deadline && refusal.is_some()) {
-                    return Err(Error::Broker(format!(
-                        "the Kafka cluster at {brokers} refused the connection: {}; check the TLS and SASL settings in [kafka.properties]",
-                        refusal.unwrap_or_default()
-                    )));
+                if let Some((since, reason)) = &refusal {
+                    if since.elapsed() >= REFUSAL_GRACE || Instant::now() >= deadline {
+                        return Err(Error::Broker(format!(
+                            "the Kafka cluster at {brokers} refused the connection: {reason}; check the TLS and SASL settings in [kafka.properties]"
+                        )));
+                    }
                 }
                 if Instant::now() >= deadline {
                     let last = watch.last().unwrap_or_else(|| err.to_string());
