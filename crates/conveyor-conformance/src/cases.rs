@@ -694,3 +694,77 @@ pub async fn paused_partitions_resume_where_they_stopped(h: &dyn Harness, f: &Fe
     let p0: Vec<String> = (0..10).map(|i| format!("p0-{i}")).collect();
     assert_eq!(values(&got), p0, "partition 0 resumes where it stopped");
 }
+
+/// A partition the member had paused, that was revoked and then assigned back to it, starts
+/// unpaused: a pause belongs to one ownership (librdkafka keeps an application pause across
+/// unassign and assign, so a backend must clear it). A partition paused and never revoked stays
+/// paused.
+pub async fn partitions_assigned_again_start_unpaused(h: &dyn Harness, f: &Features) {
+    if !f.consumer_groups {
+        return;
+    }
+    let b = open(h).await;
+    let t = topic(&*b, "repaused", 2).await;
+    let group = unique("g");
+    let mut first = b
+        .subscribe(SubscribeOptions::new(group.clone(), [t.clone()]))
+        .await
+        .expect("subscribe");
+    let deadline = tokio::time::Instant::now() + f.timeout;
+    while first.assignment().len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the member never owned both partitions"
+        );
+        if let Poll::Records(r) = first
+            .poll(1, Duration::from_millis(100))
+            .await
+            .expect("poll")
+        {
+            panic!("records in an empty topic: {r:?}");
+        }
+    }
+    let both = first.assignment();
+    first.pause(&both).expect("pause");
+
+    // a second member takes one partition, then leaves: it comes back to the first
+    let mut second = b
+        .subscribe(SubscribeOptions::new(group.clone(), [t.clone()]))
+        .await
+        .expect("subscribe");
+    settle(&mut [&mut *first, &mut *second], 2, f.timeout).await;
+    let moved = second.assignment();
+    let kept: Vec<TopicPartition> = both
+        .iter()
+        .filter(|tp| !moved.contains(tp))
+        .cloned()
+        .collect();
+    drop(second);
+    let deadline = tokio::time::Instant::now() + f.timeout;
+    while first.assignment().len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the partition never came back to the first member"
+        );
+        if let Poll::Records(r) = first
+            .poll(1, Duration::from_millis(100))
+            .await
+            .expect("poll")
+        {
+            panic!("records in an empty topic: {r:?}");
+        }
+    }
+
+    let records = (0..2)
+        .map(|p| Record::new(format!("p{p}")).with_partition(p))
+        .collect();
+    b.publish(&t, records).await.expect("publish");
+    let mut got = collect(&mut *first, 1, f.timeout).await;
+    got.extend(drain(&mut *first, Duration::from_millis(1_000)).await);
+    let back = format!("p{}", moved[0].partition);
+    assert_eq!(
+        values(&got),
+        vec![back],
+        "the partition assigned again delivers; the one paused all along ({kept:?}) does not"
+    );
+}

@@ -96,6 +96,7 @@ macro_rules! conformance_tests {
             paused_partitions_resume_where_they_stopped,
             topic_settings_are_read_and_changed,
             added_partitions_are_used,
+            partitions_assigned_again_start_unpaused,
         );
     };
     (@cases $features:expr, $harness:expr; $($case:ident),* $(,)?) => {

@@ -376,7 +376,8 @@ impl Store {
     }
 
     pub(crate) fn commit(&self, group: &str, offsets: &[CommitOffset]) -> Result<()> {
-        let mut batch = self.db.batch();
+        // written to the OS at least, so a crash repeats no more than what was in flight
+        let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
         for c in offsets {
             batch.insert(
                 &self.offsets,
@@ -507,9 +508,12 @@ impl Store {
         Ok(info)
     }
 
+    /// How a write is persisted before it is acknowledged. Never `None`: a batch committed
+    /// without a persist mode stays in fjall's in-process journal buffer and is lost by a crash
+    /// of the process, which `Durability::Os` promises to survive.
     fn persist_mode(&self) -> Option<PersistMode> {
         match self.config.durability {
-            Durability::Os => None,
+            Durability::Os => Some(PersistMode::Buffer),
             Durability::Fsync => Some(PersistMode::SyncData),
         }
     }

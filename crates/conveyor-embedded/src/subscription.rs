@@ -79,9 +79,21 @@ impl EmbeddedSubscription {
             if self.paused.contains(tp) {
                 continue;
             }
-            let log = self.store.topic_or_err(&tp.topic)?;
             let pos = self.positions[tp];
-            let records = self.store.read(&log, tp.partition, pos, max - out.len())?;
+            let read = self
+                .store
+                .topic_or_err(&tp.topic)
+                .and_then(|log| self.store.read(&log, tp.partition, pos, max - out.len()));
+            let records = match read {
+                Ok(records) => records,
+                // the records already read (their positions advanced) are returned; this
+                // partition is tried again on the next poll
+                Err(e) if !out.is_empty() => {
+                    tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e, "cannot read a partition; returning the other partitions' records");
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
             if let Some(last) = records.last() {
                 self.positions.insert(tp.clone(), last.offset + 1);
             }

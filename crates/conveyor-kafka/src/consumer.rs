@@ -126,11 +126,23 @@ pub(crate) fn to_record(m: &BorrowedMessage<'_>) -> ConsumedRecord {
     let mut headers = Headers::new();
     if let Some(h) = m.headers() {
         for i in 0..h.count() {
-            let header = h.get(i);
-            headers.append(
-                header.key,
-                Bytes::copy_from_slice(header.value.unwrap_or_default()),
-            );
+            // rust-rdkafka unwraps the header name as UTF-8 (`BorrowedHeaders::try_get`), so a
+            // record another producer wrote with a non-UTF-8 name would panic the poll loop;
+            // such a header is skipped and the record delivered with the others
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.try_get(i))) {
+                Ok(Some(header)) => headers.append(
+                    header.key,
+                    Bytes::copy_from_slice(header.value.unwrap_or_default()),
+                ),
+                Ok(None) => {}
+                Err(_) => tracing::warn!(
+                    topic = m.topic(),
+                    partition = m.partition(),
+                    offset = m.offset(),
+                    header = i,
+                    "skipped a header whose name is not UTF-8"
+                ),
+            }
         }
     }
     ConsumedRecord {

@@ -384,6 +384,14 @@ impl Config {
     }
 }
 
+/// Whether a configuration key's value must never appear in a message.
+fn secret_looking(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "secret", "token", "ssl.key.pem", "ssl_key"]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
 pub(crate) fn format_figment(e: figment::Error) -> String {
     e.into_iter()
         .map(|e| {
@@ -395,6 +403,9 @@ pub(crate) fn format_figment(e: figment::Error) -> String {
                 .unwrap_or_default();
             if key.is_empty() {
                 format!("{} ({source})", e.kind)
+            } else if secret_looking(&key) {
+                // figment's messages quote the value ("found unsigned int `123456`")
+                format!("`{key}`: not a valid value (the value is not shown: the key names a secret; quote it as a string) ({source})")
             } else {
                 format!("`{key}`: {} ({source})", e.kind)
             }
@@ -429,11 +440,17 @@ impl figment::Provider for EnvList {
             let mut path: Vec<String> = key.split("__").map(str::to_owned).collect();
             // librdkafka property names use dots, which shells cannot export:
             // CONVEYOR_KAFKA__PROPERTIES__SASL_PASSWORD sets `sasl.password`.
-            if path.len() == 3 && path[0] == "kafka" && path[1] == "properties" {
+            let property = path.len() == 3 && path[0] == "kafka" && path[1] == "properties";
+            if property {
                 path[2] = path[2].replace('_', ".");
             }
-            let value: figment::value::Value =
-                v.parse().expect("figment values parse from any string");
+            // librdkafka property values are strings, whatever they look like: a numeric
+            // password or `linger.ms=5` must not be type-guessed into a number (an error
+            // would then print the value)
+            let value: figment::value::Value = match property {
+                true => figment::value::Value::from(v.clone()),
+                false => v.parse().expect("figment values parse from any string"),
+            };
             let mut nested = value;
             for seg in path.iter().skip(1).rev() {
                 let mut d = figment::value::Dict::new();
@@ -526,6 +543,32 @@ mod tests {
         assert_eq!(k.profile, conveyor_kafka::Profile::Throughput);
         assert_eq!(k.properties["sasl.password"], "hunter2");
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn numeric_kafka_properties_from_the_environment_stay_strings() {
+        let env = vec![
+            (
+                "CONVEYOR_KAFKA__PROPERTIES__SASL_PASSWORD".to_owned(),
+                "123456".to_owned(),
+            ),
+            (
+                "CONVEYOR_KAFKA__PROPERTIES__LINGER_MS".to_owned(),
+                "5".to_owned(),
+            ),
+        ];
+        let c = Config::load(None, &env).unwrap();
+        assert_eq!(c.kafka.properties["sasl.password"], "123456");
+        assert_eq!(c.kafka.properties["linger.ms"], "5");
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_in_the_file_is_not_echoed() {
+        let (_d, p) =
+            write("backend = \"kafka\"\n[kafka.properties]\n\"sasl.password\" = 987654321\n");
+        let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("`kafka.properties.sasl.password`"), "{e}");
+        assert!(!e.contains("987654321"), "{e}");
     }
 
     #[test]
