@@ -62,6 +62,8 @@ pub mod dlq {
     pub const ORIGINAL_OFFSET: &str = "dlq_original_offset";
     /// The consumer group that gave up on it.
     pub const GROUP: &str = "dlq_group";
+    /// Set when the dead letter had to be trimmed to fit the record limit: what was dropped.
+    pub const TRIMMED: &str = "dlq_trimmed";
 }
 
 /// Formats a time as RFC 3339 UTC with milliseconds, the format of every time header.

@@ -5,6 +5,33 @@ use std::time::SystemTime;
 use conveyor_core::headers::{self, dlq, format_time};
 use conveyor_core::{ConsumedRecord, Record};
 
+/// The most bytes of the error text a dead letter carries in `dlq_error`; a longer one (a
+/// webhook's whole answer, say) is cut at a character boundary and says so.
+pub const MAX_ERROR_BYTES: usize = 4096;
+
+/// What a dead letter adds to the failed record at most: `dlq_error` plus the other `dlq_*`
+/// headers (with room for long topic and group names). An accepted job must leave this much
+/// below the record limit, or its dead letter cannot be written; the HTTP API keeps that
+/// headroom between its body limit and the record limit.
+pub const DEAD_LETTER_HEADROOM: usize = 8 * 1024;
+
+/// Cuts `error` to [`MAX_ERROR_BYTES`].
+fn bounded(error: &str) -> String {
+    cut(error, MAX_ERROR_BYTES)
+}
+
+/// Cuts `error` to at most `max` bytes (at least 128), saying so.
+fn cut(error: &str, max: usize) -> String {
+    if error.len() <= max {
+        return error.to_owned();
+    }
+    let mut end = max.max(128) - 64;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (cut: {} bytes in all)", &error[..end], error.len())
+}
+
 /// Why a job was dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeadLetterReason {
@@ -40,7 +67,7 @@ pub fn dead_letter_record(
 ) -> Record {
     let mut r = original.to_record();
     r.headers.insert(headers::ATTEMPT, attempts.to_string());
-    r.headers.insert(dlq::ERROR, error.to_owned());
+    r.headers.insert(dlq::ERROR, bounded(error));
     r.headers.insert(dlq::REASON, reason.as_str());
     r.headers.insert(dlq::ATTEMPTS, attempts.to_string());
     r.headers
@@ -53,4 +80,59 @@ pub fn dead_letter_record(
         .insert(dlq::ORIGINAL_OFFSET, original.offset.to_string());
     r.headers.insert(dlq::GROUP, group.to_owned());
     r
+}
+
+/// The most bytes of the error text a trimmed dead letter keeps.
+const TRIMMED_ERROR_BYTES: usize = 512;
+
+/// A dead letter that fits however large the original was: no value and only conveyor's own
+/// headers of the original, plus the `dlq_*` headers and `dlq_trimmed` saying what was dropped.
+/// Written when the full dead letter is refused as too large; the job itself stays readable at
+/// `dlq_original_topic` / `_partition` / `_offset` while the topic retains it.
+pub fn trimmed_dead_letter_record(full: &Record, why: &str) -> Record {
+    let mut r = Record::new(bytes::Bytes::new());
+    r.key = full.key.clone();
+    r.timestamp = full.timestamp;
+    for (name, value) in full.headers.iter() {
+        let own = name.starts_with("dlq_")
+            || [
+                headers::MESSAGE_ID,
+                headers::JOB_TYPE,
+                headers::ATTEMPT,
+                headers::PRODUCED_AT,
+                headers::PRODUCER,
+                headers::CONTENT_TYPE,
+                headers::TRACEPARENT,
+            ]
+            .contains(&name);
+        if name == dlq::ERROR {
+            let error = String::from_utf8_lossy(value);
+            r.headers.insert(name, cut(&error, TRIMMED_ERROR_BYTES));
+        } else if own {
+            r.headers.insert(name, value.clone());
+        }
+    }
+    r.headers.insert(
+        dlq::TRIMMED,
+        format!(
+            "the dead letter ({} bytes) was refused ({why}): its value ({} bytes) and other headers were dropped; the job is still at its original offset",
+            full.byte_len(),
+            full.value.len()
+        ),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_error_is_cut_at_a_character_boundary() {
+        let long = "é".repeat(10_000);
+        let b = bounded(&long);
+        assert!(b.len() <= MAX_ERROR_BYTES, "{}", b.len());
+        assert!(b.ends_with("(cut: 20000 bytes in all)"), "{b}");
+        assert_eq!(bounded("short"), "short");
+    }
 }

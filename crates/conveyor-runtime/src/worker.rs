@@ -39,10 +39,13 @@ use serde::de::DeserializeOwned;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::dead_letter::{dead_letter_record, dead_letter_topic, DeadLetterReason};
+use crate::dead_letter::{
+    dead_letter_record, dead_letter_topic, trimmed_dead_letter_record, DeadLetterReason,
+};
 use crate::handler::{json_handler, Handler};
 use crate::job::{IntoOutcome, Job};
 use crate::tracker::{KeyLanes, OffsetTracker};
+use conveyor_core::headers::dlq as dlq_header;
 
 /// How long the buffer may stay full before partitions are paused and polling resumes.
 const STALL: Duration = Duration::from_secs(1);
@@ -739,9 +742,21 @@ async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
     let record = dead_letter_record(r, &shared.options.group, task.attempt, reason, &error);
     tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, job_type, attempt = task.attempt, %error, dlq, reason = reason.as_str(), "job dead-lettered");
     let mut backoff = Duration::from_millis(100);
+    let mut record = record;
     loop {
         match shared.backend.publish(&dlq, vec![record.clone()]).await {
             Ok(_) => break,
+            // permanent: retrying the same record would block the partition forever
+            Err(e @ Error::RecordTooLarge { .. })
+                if record.headers.get(dlq_header::TRIMMED).is_none() =>
+            {
+                tracing::error!(error = %e, dlq, "the dead letter is too large; writing a trimmed one");
+                record = trimmed_dead_letter_record(&record, &e.to_string());
+            }
+            Err(e @ Error::RecordTooLarge { .. }) => {
+                tracing::error!(error = %e, dlq, topic = %r.topic, partition = r.partition, offset = r.offset, "even the trimmed dead letter is too large; the job is given up (it stays at its original offset)");
+                break;
+            }
             Err(e) => {
                 tracing::error!(error = %e, dlq, "cannot write to the dead-letter topic; retrying (the job stays uncommitted)");
                 tokio::time::sleep(backoff).await;

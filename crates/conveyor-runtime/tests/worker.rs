@@ -521,3 +521,80 @@ async fn a_stuck_partition_is_paused_and_does_not_starve_the_others() {
         "the stuck key resumed in order, nothing lost"
     );
 }
+
+/// A job that fits the record limit but whose dead letter (its headers added) does not: the
+/// worker writes a trimmed dead letter saying so and moves on, instead of retrying the write
+/// forever with the partition's commit point frozen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_too_large_for_the_log_is_trimmed_and_the_partition_moves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EmbeddedConfig::new(dir.path());
+    config.max_record_bytes = 4096;
+    let backend: Arc<dyn Backend> = Arc::new(EmbeddedBackend::open(config).unwrap());
+    backend
+        .create_topic(&TopicSpec::new("big", 1))
+        .await
+        .unwrap();
+    let client = Client::new(Arc::clone(&backend));
+    let payload = serde_json::json!({"blob": "x".repeat(3_800)});
+    let big = client
+        .enqueue(
+            "big",
+            NewJob::json("reject", &payload).unwrap().with_key("k"),
+        )
+        .await
+        .expect("the job itself fits");
+    let after = client
+        .enqueue(
+            "big",
+            NewJob::json("ok", &serde_json::json!({}))
+                .unwrap()
+                .with_key("k"),
+        )
+        .await
+        .unwrap();
+    let done = Arc::new(AtomicUsize::new(0));
+    let d = Arc::clone(&done);
+    let worker = Worker::builder(Arc::clone(&backend), "g", ["big"])
+        .handler(
+            "reject",
+            handler_fn(|_job: Job| async {
+                // a long error too: it is cut, not copied whole
+                Outcome::fail("no: ".to_owned() + &"why ".repeat(5_000))
+            }),
+        )
+        .handler(
+            "ok",
+            handler_fn(move |_job: Job| {
+                d.fetch_add(1, Ordering::SeqCst);
+                async {}
+            }),
+        )
+        .build();
+    run_until(worker, || done.load(Ordering::SeqCst) == 1).await;
+
+    let dead = read_all(&backend, "big.dlq").await;
+    assert_eq!(dead.len(), 1);
+    let h = &dead[0].headers;
+    assert!(
+        dead[0].value.is_empty(),
+        "the trimmed dead letter drops the value"
+    );
+    assert!(
+        h.get_str(dlq::TRIMMED)
+            .is_some_and(|t| t.contains("dropped")),
+        "{h:?}"
+    );
+    assert_eq!(
+        h.get_str(dlq::ORIGINAL_OFFSET),
+        Some(big.offset.to_string().as_str())
+    );
+    assert_eq!(h.get_str("message_id"), Some(big.id.as_str()));
+    assert!(h.get_str(dlq::ERROR).unwrap().len() <= 4096);
+    let committed = backend.committed_offsets("g", "big").await.unwrap();
+    assert_eq!(
+        committed,
+        vec![(0, Some(after.offset + 1))],
+        "the partition moved on past the dead letter"
+    );
+}

@@ -54,7 +54,7 @@ impl AppState {
         AppState {
             client: Client::new(Arc::clone(&backend)).with_producer("conveyor-api"),
             backend,
-            max_body_bytes: 1024 * 1024,
+            max_body_bytes: 1024 * 1024 - conveyor_runtime::dead_letter::DEAD_LETTER_HEADROOM,
             max_batch: 1000,
         }
     }

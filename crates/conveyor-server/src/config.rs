@@ -75,7 +75,8 @@ impl Default for Config {
 pub struct ApiConfig {
     /// Address to listen on. Default: `127.0.0.1:8080`.
     pub listen: String,
-    /// Largest request body, in bytes. Default: 1048576 (1 MiB).
+    /// Largest request body, in bytes. Default: 1040384 (1 MiB less the 8 KiB a dead letter may
+    /// add, so the dead letter of the largest job accepted still fits the 1 MiB record limit).
     pub max_body_bytes: usize,
     /// Most jobs in one batch request. Default: 1000.
     pub max_batch: usize,
@@ -85,7 +86,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: "127.0.0.1:8080".into(),
-            max_body_bytes: 1024 * 1024,
+            max_body_bytes: 1024 * 1024 - conveyor_runtime::dead_letter::DEAD_LETTER_HEADROOM,
             max_batch: 1000,
         }
     }
@@ -319,6 +320,18 @@ impl Config {
         }
         if self.api.max_body_bytes < 1024 {
             return invalid("api.max_body_bytes".into(), "must be at least 1024".into());
+        }
+        let headroom = conveyor_runtime::dead_letter::DEAD_LETTER_HEADROOM;
+        if self.backend == "embedded"
+            && self.api.max_body_bytes + headroom > self.embedded.max_record_bytes
+        {
+            return invalid(
+                "api.max_body_bytes".into(),
+                format!(
+                    "{} leaves less than {headroom} bytes below embedded.max_record_bytes ({}): the dead letter of the largest job accepted could not be written; lower it or raise embedded.max_record_bytes",
+                    self.api.max_body_bytes, self.embedded.max_record_bytes
+                ),
+            );
         }
         if self.api.max_batch == 0 {
             return invalid("api.max_batch".into(), "must be at least 1".into());
@@ -569,6 +582,18 @@ mod tests {
         let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
         assert!(e.contains("`kafka.properties.sasl.password`"), "{e}");
         assert!(!e.contains("987654321"), "{e}");
+    }
+
+    #[test]
+    fn the_body_limit_keeps_room_for_a_dead_letter() {
+        let c = Config::load(None, &[]).unwrap();
+        assert!(c.api.max_body_bytes + 8192 <= c.embedded.max_record_bytes);
+        let (_d, p) = write("[api]\nmax_body_bytes = 1048576\n");
+        let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("`api.max_body_bytes`") && e.contains("dead letter"),
+            "{e}"
+        );
     }
 
     #[test]
