@@ -100,6 +100,9 @@ pub struct WorkerOptions {
     pub commit_interval: Option<Duration>,
     /// How long shutdown waits for running handlers. Default: 30 s.
     pub shutdown_timeout: Duration,
+    /// Longest one attempt may run; then it is cancelled and counts as failed (retried with
+    /// backoff, dead-lettered once attempts are exhausted). Default: 30 min, as Asynq's.
+    pub handler_timeout: Duration,
     /// Where a new group starts. Default: earliest.
     pub start: StartFrom,
 }
@@ -120,6 +123,7 @@ impl WorkerOptions {
             dlq_suffix: ".dlq".into(),
             commit_interval: None,
             shutdown_timeout: Duration::from_secs(30),
+            handler_timeout: Duration::from_secs(30 * 60),
             start: StartFrom::Earliest,
         }
     }
@@ -197,6 +201,12 @@ impl WorkerBuilder {
         self.options.shutdown_timeout = d;
         self
     }
+
+    /// Sets [`WorkerOptions::handler_timeout`].
+    pub fn handler_timeout(mut self, d: Duration) -> Self {
+        self.options.handler_timeout = d;
+        self
+    }
     /// Registers a handler for a job type.
     pub fn handler(mut self, job_type: impl Into<String>, h: impl Handler) -> Self {
         self.handlers.insert(job_type.into(), Arc::new(h));
@@ -263,6 +273,7 @@ impl std::fmt::Debug for Worker {
 
 type LaneKey = (String, Bytes);
 
+#[derive(Clone)]
 struct Task {
     record: ConsumedRecord,
     attempt: u32,
@@ -336,6 +347,7 @@ impl Worker {
             lanes: KeyLanes::default(),
             ready: VecDeque::new(),
             running: JoinSet::new(),
+            in_flight: HashMap::new(),
             timers: JoinSet::new(),
             buffered: 0,
             epoch: 0,
@@ -358,6 +370,10 @@ struct Scheduler {
     lanes: KeyLanes<LaneKey, Task>,
     ready: VecDeque<Task>,
     running: JoinSet<(Task, TaskResult)>,
+    /// The task of each running attempt, so one whose task ends abnormally (a panic outside
+    /// the handler's `catch_unwind`, e.g. in a future's `Drop`) still releases its key and is
+    /// retried or dead-lettered.
+    in_flight: HashMap<tokio::task::Id, Task>,
     timers: JoinSet<Task>,
     buffered: usize,
     epoch: u64,
@@ -397,9 +413,9 @@ impl Scheduler {
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                Some(done) = self.running.join_next(), if !self.running.is_empty() => {
+                Some(done) = self.running.join_next_with_id(), if !self.running.is_empty() => {
                     self.on_task_done(done);
-                    while let Some(done) = self.running.try_join_next() {
+                    while let Some(done) = self.running.try_join_next_with_id() {
                         self.on_task_done(done);
                     }
                 }
@@ -467,22 +483,33 @@ impl Scheduler {
                 continue;
             }
             let shared = Arc::clone(&self.shared);
-            self.running.spawn(async move {
+            let kept = task.clone();
+            let handle = self.running.spawn(async move {
                 let result = run_attempt(&shared, &task).await;
                 (task, result)
             });
+            self.in_flight.insert(handle.id(), kept);
         }
     }
 
     fn on_task_done(
         &mut self,
-        done: std::result::Result<(Task, TaskResult), tokio::task::JoinError>,
+        done: std::result::Result<(tokio::task::Id, (Task, TaskResult)), tokio::task::JoinError>,
     ) {
         let (task, result) = match done {
-            Ok(v) => v,
+            Ok((id, v)) => {
+                self.in_flight.remove(&id);
+                v
+            }
             Err(e) => {
-                // Only the dead-letter path runs outside catch_unwind; an abort happens at shutdown.
-                tracing::error!(error = %e, "job task ended abnormally; its offset stays uncommitted");
+                let Some(task) = self.in_flight.remove(&e.id()) else {
+                    return;
+                };
+                if e.is_cancelled() {
+                    // aborted at shutdown: uncommitted, so the next owner runs it again
+                    return;
+                }
+                self.on_escaped_panic(task, &e);
                 return;
             }
         };
@@ -501,6 +528,41 @@ impl Scheduler {
                 self.release_lane(&task);
             }
         }
+    }
+
+    /// An attempt whose task panicked outside the handler's `catch_unwind`: a failed attempt
+    /// like any other panic, retried with backoff or, once attempts are exhausted,
+    /// dead-lettered; its key is released either way.
+    fn on_escaped_panic(&mut self, task: Task, e: &tokio::task::JoinError) {
+        self.shared.stats.panicked.fetch_add(1, Ordering::Relaxed);
+        let r = &task.record;
+        let error = format!("the job's task panicked outside the handler: {e}");
+        tracing::error!(topic = %r.topic, partition = r.partition, offset = r.offset, attempt = task.attempt, %error, "job failed");
+        if !self.is_current(&task) {
+            self.release_lane(&task);
+            return;
+        }
+        let job_type = job_type_of(r);
+        let policy = self.shared.policy(&job_type).clone();
+        if policy.should_retry(task.attempt) {
+            self.shared.stats.retried.fetch_add(1, Ordering::Relaxed);
+            let delay = policy.delay(task.attempt);
+            self.timers.spawn(async move {
+                tokio::time::sleep(delay).await;
+                Task {
+                    attempt: task.attempt + 1,
+                    ..task
+                }
+            });
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        let kept = task.clone();
+        let handle = self.running.spawn(async move {
+            let result = dead_letter(&shared, &task, DeadLetterReason::Exhausted, &error).await;
+            (task, result)
+        });
+        self.in_flight.insert(handle.id(), kept);
     }
 
     async fn on_poll(&mut self, poll: Poll) {
@@ -704,15 +766,19 @@ async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
         .get(&job_type)
         .or(shared.fallback.as_ref())
         .cloned();
+    let limit = shared.options.handler_timeout;
     let outcome = match handler {
         None => Outcome::fail(format!("no handler registered for job type `{job_type}`")),
-        Some(h) => AssertUnwindSafe(h.handle(job))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|p| {
+        Some(h) => match tokio::time::timeout(limit, AssertUnwindSafe(h.handle(job)).catch_unwind()).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(p)) => {
                 shared.stats.panicked.fetch_add(1, Ordering::Relaxed);
                 Outcome::retry(format!("handler panicked: {}", panic_message(&*p)))
-            }),
+            }
+            Err(_) => Outcome::retry(format!(
+                "the handler did not finish within the handler timeout ({limit:?}); it was cancelled"
+            )),
+        },
     };
     let policy = shared.policy(&job_type);
     let r = &task.record;
@@ -738,8 +804,21 @@ async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
         }
         Outcome::Fail { error } => (DeadLetterReason::Failed, error),
     };
+    dead_letter(shared, task, reason, &error).await
+}
+
+/// Writes `task`'s dead letter, retrying transient failures (the job stays uncommitted
+/// meanwhile) and trimming one that is too large.
+async fn dead_letter(
+    shared: &Shared,
+    task: &Task,
+    reason: DeadLetterReason,
+    error: &str,
+) -> TaskResult {
+    let r = &task.record;
+    let job_type = job_type_of(r);
     let dlq = dead_letter_topic(&r.topic, &shared.options.dlq_suffix);
-    let record = dead_letter_record(r, &shared.options.group, task.attempt, reason, &error);
+    let record = dead_letter_record(r, &shared.options.group, task.attempt, reason, error);
     tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, job_type, attempt = task.attempt, %error, dlq, reason = reason.as_str(), "job dead-lettered");
     let mut backoff = Duration::from_millis(100);
     let mut record = record;
@@ -766,4 +845,11 @@ async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
     }
     shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
     TaskResult::Finished
+}
+
+/// The job type of a record, read from its headers (`""` when it has none).
+fn job_type_of(r: &ConsumedRecord) -> String {
+    conveyor_core::JobMeta::from_headers(&r.headers)
+        .job_type
+        .unwrap_or_default()
 }

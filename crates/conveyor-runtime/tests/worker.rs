@@ -598,3 +598,145 @@ async fn a_dead_letter_too_large_for_the_log_is_trimmed_and_the_partition_moves_
         "the partition moved on past the dead letter"
     );
 }
+
+/// Panics on drop: a handler future holding one panics after `catch_unwind` returned.
+struct PanicOnDrop;
+
+impl Drop for PanicOnDrop {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("boom in Drop");
+        }
+    }
+}
+
+/// A handler future that is ready at once and panics when dropped, which happens after
+/// `catch_unwind` returned it.
+struct ReadyThenPanicOnDrop(#[allow(dead_code)] PanicOnDrop);
+
+impl std::future::Future for ReadyThenPanicOnDrop {
+    type Output = Outcome;
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Outcome> {
+        std::task::Poll::Ready(Outcome::Done)
+    }
+}
+
+/// A handler written against the trait directly (what `#[async_trait]` expands to), returning
+/// that future: the worker drops it after `catch_unwind`, so its panic escapes.
+struct DropPanics(Arc<AtomicU32>);
+
+impl conveyor_runtime::Handler for DropPanics {
+    fn handle<'a, 'b>(
+        &'a self,
+        _job: Job,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send + 'b>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Box::pin(ReadyThenPanicOnDrop(PanicOnDrop))
+    }
+}
+
+/// A panic that escapes the handler's `catch_unwind` (here in a future's `Drop`) is a failed
+/// attempt: retried, then dead-lettered, and the key goes on to its next job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_outside_the_handler_releases_the_key_and_counts_as_an_attempt() {
+    let e = env("drops", 1).await;
+    let first = e
+        .client
+        .enqueue(
+            "drops",
+            NewJob::json("drop-panics", &serde_json::json!({}))
+                .unwrap()
+                .with_key("k"),
+        )
+        .await
+        .unwrap();
+    e.client
+        .enqueue(
+            "drops",
+            NewJob::json("ok", &serde_json::json!({}))
+                .unwrap()
+                .with_key("k"),
+        )
+        .await
+        .unwrap();
+    let attempts = Arc::new(AtomicU32::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let (a, d) = (Arc::clone(&attempts), Arc::clone(&done));
+    let worker = Worker::builder(Arc::clone(&e.backend), "g", ["drops"])
+        .retry(RetryPolicy {
+            max_attempts: 3,
+            initial_delay_ms: 5,
+            max_delay_ms: 10,
+            ..RetryPolicy::default()
+        })
+        .handler("drop-panics", DropPanics(a))
+        .handler(
+            "ok",
+            handler_fn(move |_job: Job| {
+                d.store(true, Ordering::SeqCst);
+                async {}
+            }),
+        )
+        .build();
+    let stats = worker.stats();
+    run_until(worker, || done.load(Ordering::SeqCst)).await;
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        3,
+        "each escaped panic is one attempt"
+    );
+    assert!(stats.panicked.load(Ordering::SeqCst) >= 3);
+    let dead = read_all(&e.backend, "drops.dlq").await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].headers.get_str("message_id"),
+        Some(first.id.as_str())
+    );
+    assert_eq!(dead[0].headers.get_str(dlq::REASON), Some("exhausted"));
+}
+
+/// A handler that never finishes is cancelled after the handler timeout and counts as failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_handler_is_cancelled_after_the_handler_timeout() {
+    let e = env("hangs", 1).await;
+    e.client
+        .enqueue(
+            "hangs",
+            NewJob::json("hang", &serde_json::json!({}))
+                .unwrap()
+                .with_key("k"),
+        )
+        .await
+        .unwrap();
+    let worker = Worker::builder(Arc::clone(&e.backend), "g", ["hangs"])
+        .handler_timeout(Duration::from_millis(100))
+        .retry(RetryPolicy {
+            max_attempts: 2,
+            initial_delay_ms: 5,
+            max_delay_ms: 10,
+            ..RetryPolicy::default()
+        })
+        .handler("hang", handler_fn(|_job: Job| std::future::pending::<()>()))
+        .build();
+    let stats = worker.stats();
+    let s = Arc::clone(&stats);
+    run_until(worker, move || s.dead_lettered.load(Ordering::SeqCst) == 1).await;
+    let dead = read_all(&e.backend, "hangs.dlq").await;
+    assert!(
+        dead[0]
+            .headers
+            .get_str(dlq::ERROR)
+            .unwrap()
+            .contains("handler timeout"),
+        "{:?}",
+        dead[0].headers
+    );
+    assert_eq!(stats.retried.load(Ordering::SeqCst), 1);
+}

@@ -59,6 +59,8 @@ pub fn route_worker(
     options.concurrency = route.concurrency;
     options.max_buffered = route.max_buffered;
     options.retry = route.retry.clone().unwrap_or_else(|| config.retry.clone());
+    // the request timeout bounds a delivery; this catches anything hanging past it
+    options.handler_timeout = route.timeout() + std::time::Duration::from_secs(5);
     Worker::builder(backend, route.group(), [route.topic.clone()])
         .options(options)
         .fallback(WebhookHandler::new(route.url.clone(), route.timeout()))
