@@ -79,6 +79,38 @@ pub enum StartFrom {
     Latest,
 }
 
+/// Called by a backend when partitions are about to be taken from this member, before any other
+/// member may start on them; it returns once the member's work on them has stopped (a worker:
+/// its running handlers of those partitions finished, within a bound). It may block the calling
+/// thread: backends call it where a rebalance waits (Kafka: the rebalance callback; embedded:
+/// a blocking task before the partitions are released to their next owner).
+#[derive(Clone)]
+pub struct RevokeBarrier(pub std::sync::Arc<RevokeWait>);
+
+/// What a [`RevokeBarrier`] runs: blocks until the work on the given partitions stopped.
+pub type RevokeWait = dyn Fn(&[TopicPartition]) + Send + Sync;
+
+impl RevokeBarrier {
+    /// Waits for the member's work on `partitions` to stop.
+    pub fn wait(&self, partitions: &[TopicPartition]) {
+        (self.0)(partitions)
+    }
+}
+
+impl std::fmt::Debug for RevokeBarrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RevokeBarrier")
+    }
+}
+
+impl PartialEq for RevokeBarrier {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for RevokeBarrier {}
+
 /// What to subscribe to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscribeOptions {
@@ -88,6 +120,9 @@ pub struct SubscribeOptions {
     pub topics: Vec<String>,
     /// Where a group without a committed offset starts.
     pub start: StartFrom,
+    /// Waited on before revoked partitions go to another member, so two members never work on
+    /// one partition at once. `None`: revocation does not wait.
+    pub on_revoke: Option<RevokeBarrier>,
 }
 
 impl SubscribeOptions {
@@ -100,6 +135,7 @@ impl SubscribeOptions {
             group: group.into(),
             topics: topics.into_iter().map(Into::into).collect(),
             start: StartFrom::Earliest,
+            on_revoke: None,
         }
     }
 }

@@ -5,6 +5,11 @@
 //! assignment: per topic, its partitions are dealt round-robin over the members subscribed to it,
 //! in member order (Kafka's round-robin assignor). Members notice the change on their next poll.
 //! Committed offsets are fenced: only the current owner of a partition may commit it.
+//!
+//! A partition moving from one member to another is *held* by the old owner until it releases
+//! it (after its revocation barrier: its running jobs on it finished and it committed them);
+//! until then the new owner does not see it in its assignment and the old owner may still
+//! commit it. A member that leaves releases everything it holds.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -17,12 +22,14 @@ struct GroupState {
     /// member id -> subscribed topics with their partition counts
     members: BTreeMap<u64, Vec<(String, i32)>>,
     assignment: HashMap<u64, BTreeSet<TopicPartition>>,
+    /// partition -> the previous owner, still working on it (not yet released)
+    held: HashMap<TopicPartition, u64>,
 }
 
 impl GroupState {
     fn rebalance(&mut self) {
         self.generation += 1;
-        self.assignment.clear();
+        let before = std::mem::take(&mut self.assignment);
         let mut topics: BTreeMap<&str, (i32, Vec<u64>)> = BTreeMap::new();
         for (id, subs) in &self.members {
             self.assignment.insert(*id, BTreeSet::new());
@@ -39,6 +46,34 @@ impl GroupState {
                     .insert(TopicPartition::new(topic, p));
             }
         }
+        // a partition that changed owner is held by the old one until it releases it
+        for (old, tps) in before {
+            if !self.members.contains_key(&old) {
+                continue;
+            }
+            for tp in tps {
+                let kept = self.assignment.get(&old).is_some_and(|a| a.contains(&tp));
+                if !kept {
+                    self.held.entry(tp).or_insert(old);
+                }
+            }
+        }
+        let assignment = &self.assignment;
+        self.held
+            .retain(|tp, holder| !assignment.get(holder).is_some_and(|a| a.contains(tp)));
+    }
+
+    /// `member`'s partitions: its assignment without those another member still holds.
+    fn usable(&self, member: u64) -> BTreeSet<TopicPartition> {
+        self.assignment
+            .get(&member)
+            .map(|a| {
+                a.iter()
+                    .filter(|tp| self.held.get(*tp).is_none_or(|h| *h == member))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -69,6 +104,7 @@ impl Groups {
         let mut groups = self.groups.lock().expect("groups lock");
         if let Some(g) = groups.get_mut(group) {
             g.members.remove(&member);
+            g.held.retain(|_, holder| *holder != member);
             if g.members.is_empty() {
                 groups.remove(group);
             } else {
@@ -101,13 +137,21 @@ impl Groups {
         let groups = self.groups.lock().expect("groups lock");
         groups
             .get(group)
-            .map(|g| {
-                (
-                    g.generation,
-                    g.assignment.get(&member).cloned().unwrap_or_default(),
-                )
-            })
+            .map(|g| (g.generation, g.usable(member)))
             .unwrap_or_default()
+    }
+
+    /// `member` finished with partitions revoked from it: their next owners may start.
+    pub(crate) fn release(&self, group: &str, member: u64, tps: &[TopicPartition]) {
+        let mut groups = self.groups.lock().expect("groups lock");
+        if let Some(g) = groups.get_mut(group) {
+            let before = g.held.len();
+            g.held
+                .retain(|tp, holder| !(*holder == member && tps.contains(tp)));
+            if g.held.len() != before {
+                g.generation += 1;
+            }
+        }
     }
 
     /// The current generation, cheaply.
@@ -129,10 +173,9 @@ impl Groups {
         let owned: Vec<bool> = tps
             .iter()
             .map(|tp| {
-                groups
-                    .get(group)
-                    .and_then(|g| g.assignment.get(&member))
-                    .is_some_and(|a| a.contains(tp))
+                groups.get(group).is_some_and(|g| {
+                    g.usable(member).contains(tp) || g.held.get(tp) == Some(&member)
+                })
             })
             .collect();
         f(&owned)
@@ -149,6 +192,8 @@ mod tests {
         let a = g.join("g", vec![("t".into(), 6)]);
         assert_eq!(g.assignment("g", a).1.len(), 6);
         let b = g.join("g", vec![("t".into(), 6)]);
+        let all: Vec<TopicPartition> = (0..6).map(|p| TopicPartition::new("t", p)).collect();
+        g.release("g", a, &all);
         let (gen, pa) = g.assignment("g", a);
         let (_, pb) = g.assignment("g", b);
         assert_eq!((pa.len(), pb.len()), (3, 3));
@@ -156,5 +201,29 @@ mod tests {
         g.leave("g", a);
         assert!(g.generation("g") > gen);
         assert_eq!(g.assignment("g", b).1.len(), 6);
+    }
+
+    #[test]
+    fn a_moved_partition_reaches_its_new_owner_only_once_released() {
+        let g = Groups::default();
+        let a = g.join("g", vec![("t".into(), 2)]);
+        let b = g.join("g", vec![("t".into(), 2)]);
+        let (_, pa) = g.assignment("g", a);
+        assert_eq!(pa.len(), 1, "a gave one partition up");
+        assert!(
+            g.assignment("g", b).1.is_empty(),
+            "b waits while a holds it"
+        );
+        let moved = TopicPartition::new("t", 1 - pa.iter().next().unwrap().partition);
+        assert!(
+            g.with_owned("g", a, std::slice::from_ref(&moved), |o| o[0]),
+            "a may still commit it"
+        );
+        g.release("g", a, std::slice::from_ref(&moved));
+        assert_eq!(
+            g.assignment("g", b).1.into_iter().collect::<Vec<_>>(),
+            vec![moved.clone()]
+        );
+        assert!(!g.with_owned("g", a, std::slice::from_ref(&moved), |o| o[0]));
     }
 }

@@ -138,6 +138,9 @@ impl Backend for EmbeddedBackend {
             changes: self.store.changes.subscribe(),
             cursor: 0,
             paused: BTreeSet::new(),
+            on_revoke: options.on_revoke,
+            releasing: Vec::new(),
+            pending: None,
         }))
     }
 

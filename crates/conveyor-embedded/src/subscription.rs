@@ -27,6 +27,14 @@ pub(crate) struct EmbeddedSubscription {
     pub(crate) cursor: usize,
     /// Owned partitions not read until resumed.
     pub(crate) paused: BTreeSet<TopicPartition>,
+    /// Waited on before revoked partitions are released to their next owner.
+    pub(crate) on_revoke: Option<conveyor_core::RevokeBarrier>,
+    /// Revoked partitions this member still holds: released on the next poll, after the caller
+    /// handled the revocation (committed what finished on them).
+    pub(crate) releasing: Vec<TopicPartition>,
+    /// An assignment change applied but not yet returned (its revocation barrier may still be
+    /// waiting), so a cancelled poll loses no event.
+    pub(crate) pending: Option<(Vec<TopicPartition>, Vec<TopicPartition>)>,
 }
 
 impl EmbeddedSubscription {
@@ -107,9 +115,28 @@ impl EmbeddedSubscription {
 impl Subscription for EmbeddedSubscription {
     async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Poll> {
         let deadline = tokio::time::Instant::now() + timeout;
+        if !self.releasing.is_empty() {
+            let released = std::mem::take(&mut self.releasing);
+            self.groups.release(&self.group, self.member, &released);
+            self.store.changes.send_modify(|v| *v += 1);
+        }
         loop {
             self.changes.borrow_and_update();
-            if let Some((revoked, assigned)) = self.refresh_assignment()? {
+            if self.pending.is_none() {
+                self.pending = self.refresh_assignment()?;
+            }
+            if let Some((revoked, _)) = &self.pending {
+                if !revoked.is_empty() {
+                    // the next owner starts on them only once this member's work on them
+                    // stopped and the caller committed it (released on the next poll). A poll
+                    // cancelled here waits again next time: the event stays pending
+                    if let Some(barrier) = self.on_revoke.clone() {
+                        let tps = revoked.clone();
+                        let _ = tokio::task::spawn_blocking(move || barrier.wait(&tps)).await;
+                    }
+                }
+                let (revoked, assigned) = self.pending.take().expect("pending event");
+                self.releasing = revoked.clone();
                 return Ok(Poll::Rebalance { revoked, assigned });
             }
             let records = self.read_some(max.max(1))?;

@@ -32,9 +32,20 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 /// them.
 #[derive(Debug, Default)]
 pub(crate) struct GroupContext {
+    /// Waited on before partitions are given up (the worker's running jobs on them).
+    on_revoke: Option<conveyor_core::RevokeBarrier>,
     events: Mutex<VecDeque<Event>>,
     /// How many events were queued so far: the number of the latest.
     queued: AtomicU64,
+}
+
+impl GroupContext {
+    pub(crate) fn new(on_revoke: Option<conveyor_core::RevokeBarrier>) -> Self {
+        GroupContext {
+            on_revoke,
+            ..GroupContext::default()
+        }
+    }
 }
 
 /// One rebalance: partitions revoked or assigned.
@@ -68,6 +79,11 @@ impl ConsumerContext for GroupContext {
     /// stored with [`Subscription::store`]), so the next owner does not repeat it.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
+            // librdkafka hands the partitions on only after this callback returns: wait for the
+            // work on them first, so no other member runs their keys meanwhile
+            if let Some(barrier) = &self.on_revoke {
+                barrier.wait(&tps(list));
+            }
             match consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(()) => tracing::debug!(
                     partitions = list.count(),

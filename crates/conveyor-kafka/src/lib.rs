@@ -561,7 +561,7 @@ impl Backend for KafkaBackend {
             .inner
             .config
             .consumer(&options.group, reset)
-            .create_with_context(GroupContext::default())
+            .create_with_context(GroupContext::new(options.on_revoke.clone()))
             .map_err(broker)?;
         let topics: Vec<&str> = options.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(broker)?;

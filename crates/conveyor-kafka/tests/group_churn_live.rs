@@ -255,3 +255,12 @@ async fn three_members_join_and_leave_under_load_classic() {
 async fn three_members_join_and_leave_under_load_kip848() {
     churn(GroupProtocol::Consumer).await;
 }
+
+#[path = "../../conveyor-runtime/tests/support/rebalance.rs"]
+mod scenario;
+
+/// The rebalance scenario of `conveyor-runtime/tests/rebalance.rs` on the live broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_joining_mid_job_waits_for_the_running_job_of_its_key() {
+    scenario::no_key_runs_twice_at_once(|| backend(GroupProtocol::Classic), 40).await;
+}

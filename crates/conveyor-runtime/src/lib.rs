@@ -6,6 +6,7 @@
 //! - [`handler`]: the [`Handler`] trait and adapters for closures and typed JSON payloads.
 //! - [`job`]: [`Job`] (what a handler gets) and [`JobError`] (how an attempt fails).
 //! - [`tracker`]: the scheduler's bookkeeping: offsets safe to commit, per-key lanes.
+//! - `running`: attempts running per partition, which a revocation waits for.
 //! - [`dead_letter`]: the dead-letter record format.
 //! - [`client`]: [`Client`], enqueueing jobs.
 //! - [`lag`]: [`lag::group_lag`], consumer lag per group and partition.
@@ -18,6 +19,7 @@ pub mod dead_letter;
 pub mod handler;
 pub mod job;
 pub mod lag;
+mod running;
 pub mod tracker;
 pub mod webhook;
 pub mod worker;

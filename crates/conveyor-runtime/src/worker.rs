@@ -13,11 +13,14 @@
 //! plus those finished within the last `commit_interval`. Nothing is committed before its job
 //! finished (done or dead-lettered), so nothing is lost.
 //!
-//! Rebalances: finished progress is handed to [`Subscription::store`] as it happens, and the
-//! backend commits it just before a partition is revoked (Kafka: in the rebalance callback), so
-//! the new owner does not repeat finished work. Records of revoked partitions that have not
-//! started are dropped (the new owner gets them from the committed offset); running ones finish
-//! but their offsets are no longer committed here.
+//! Rebalances: before revoked partitions go to another member, the backend waits on the worker's
+//! [`RevokeBarrier`]: until the running handlers of those partitions finished (at most
+//! `shutdown_timeout`), so two members never run jobs of one key at once. Finished progress is
+//! handed to [`Subscription::store`] as it happens, and the backend commits it just before a
+//! partition is revoked (Kafka: in the rebalance callback), so the new owner does not repeat
+//! finished work (on Kafka, jobs that finish during the wait are repeated). Records of revoked
+//! partitions that have not started are dropped (the new owner gets them from the committed
+//! offset).
 //!
 //! Shutdown stops fetching, waits up to `shutdown_timeout` for running handlers, commits what
 //! finished and hands the rest back to the group (uncommitted, so redelivered).
@@ -31,8 +34,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use conveyor_core::{
-    Backend, CommitOffset, ConsumedRecord, Error, Outcome, Poll, Result, RetryPolicy, StartFrom,
-    SubscribeOptions, Subscription, TopicPartition, TopicSpec,
+    Backend, CommitOffset, ConsumedRecord, Error, Outcome, Poll, Result, RetryPolicy,
+    RevokeBarrier, StartFrom, SubscribeOptions, Subscription, TopicPartition, TopicSpec,
 };
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
@@ -44,6 +47,7 @@ use crate::dead_letter::{
 };
 use crate::handler::{json_handler, Handler};
 use crate::job::{IntoOutcome, Job};
+use crate::running::RunningCounts;
 use crate::tracker::{KeyLanes, OffsetTracker};
 use conveyor_core::headers::dlq as dlq_header;
 
@@ -332,12 +336,21 @@ impl Worker {
                 Err(e) => return Err(e),
             }
         }
+        let running_by_partition = Arc::new(RunningCounts::default());
+        let barrier = {
+            let counts = Arc::clone(&running_by_partition);
+            let (limit, group) = (s.options.shutdown_timeout, s.options.group.clone());
+            RevokeBarrier(Arc::new(move |tps: &[TopicPartition]| {
+                counts.wait_idle(tps, limit, &group)
+            }))
+        };
         let sub = s
             .backend
             .subscribe(SubscribeOptions {
                 group: s.options.group.clone(),
                 topics: s.options.topics.clone(),
                 start: s.options.start,
+                on_revoke: Some(barrier),
             })
             .await?;
         let mut sched = Scheduler {
@@ -348,6 +361,7 @@ impl Worker {
             ready: VecDeque::new(),
             running: JoinSet::new(),
             in_flight: HashMap::new(),
+            running_by_partition,
             timers: JoinSet::new(),
             buffered: 0,
             epoch: 0,
@@ -374,6 +388,8 @@ struct Scheduler {
     /// the handler's `catch_unwind`, e.g. in a future's `Drop`) still releases its key and is
     /// retried or dead-lettered.
     in_flight: HashMap<tokio::task::Id, Task>,
+    /// Running attempts per partition, shared with the revocation barrier.
+    running_by_partition: Arc<RunningCounts>,
     timers: JoinSet<Task>,
     buffered: usize,
     epoch: u64,
@@ -477,15 +493,22 @@ impl Scheduler {
             let Some(task) = self.ready.pop_front() else {
                 return;
             };
-            if !self.is_current(&task) {
-                // Its partition was revoked: let the next job of its key through (it is stale too).
+            let revoking = self.running_by_partition.is_revoking(&TopicPartition::new(
+                task.record.topic.clone(),
+                task.record.partition,
+            ));
+            if !self.is_current(&task) || revoking {
+                // Its partition was (or is being) revoked: let the next job of its key through
+                // (it is stale too); the next owner runs it from the committed offset.
                 self.release_lane(&task);
                 continue;
             }
             let shared = Arc::clone(&self.shared);
             let kept = task.clone();
+            let running = self.running_by_partition.enter(&task.record);
             let handle = self.running.spawn(async move {
                 let result = run_attempt(&shared, &task).await;
+                drop(running);
                 (task, result)
             });
             self.in_flight.insert(handle.id(), kept);
@@ -558,8 +581,10 @@ impl Scheduler {
         }
         let shared = Arc::clone(&self.shared);
         let kept = task.clone();
+        let running = self.running_by_partition.enter(&task.record);
         let handle = self.running.spawn(async move {
             let result = dead_letter(&shared, &task, DeadLetterReason::Exhausted, &error).await;
+            drop(running);
             (task, result)
         });
         self.in_flight.insert(handle.id(), kept);
@@ -603,6 +628,8 @@ impl Scheduler {
                 if !revoked.is_empty() {
                     self.commit().await;
                 }
+                self.running_by_partition.settled(&revoked);
+                self.running_by_partition.settled(&assigned);
                 for tp in &revoked {
                     self.paused.remove(tp);
                     self.waiting.remove(tp);

@@ -1,0 +1,107 @@
+//! [`RunningCounts`]: how many attempts run per partition, shared between the worker's
+//! scheduler (which counts them in) and the backend's rebalance path (which waits, through the
+//! worker's [`conveyor_core::RevokeBarrier`], until revoked partitions have none).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use conveyor_core::{ConsumedRecord, TopicPartition};
+
+/// Running attempts per partition, with a condition variable to wait for zero.
+#[derive(Debug, Default)]
+pub(crate) struct RunningCounts {
+    state: Mutex<State>,
+    idle: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    counts: HashMap<TopicPartition, usize>,
+    /// Partitions being revoked: no new attempt of theirs may start.
+    revoking: HashSet<TopicPartition>,
+}
+
+/// One running attempt: counted while it lives (dropped when the attempt ends, however it ends).
+#[derive(Debug)]
+pub(crate) struct Running {
+    counts: Arc<RunningCounts>,
+    tp: TopicPartition,
+}
+
+impl RunningCounts {
+    /// Counts an attempt of `record` in until the returned guard is dropped.
+    pub(crate) fn enter(self: &Arc<Self>, record: &ConsumedRecord) -> Running {
+        let tp = TopicPartition::new(record.topic.clone(), record.partition);
+        *self
+            .state
+            .lock()
+            .expect("running counts")
+            .counts
+            .entry(tp.clone())
+            .or_default() += 1;
+        Running {
+            counts: Arc::clone(self),
+            tp,
+        }
+    }
+
+    /// Whether `tp` is being revoked (its jobs must not start).
+    pub(crate) fn is_revoking(&self, tp: &TopicPartition) -> bool {
+        let state = self.state.lock().expect("running counts");
+        !state.revoking.is_empty() && state.revoking.contains(tp)
+    }
+
+    /// The worker learnt of the rebalance: these partitions are no longer being revoked (gone,
+    /// or assigned again).
+    pub(crate) fn settled(&self, tps: &[TopicPartition]) {
+        let mut state = self.state.lock().expect("running counts");
+        for tp in tps {
+            state.revoking.remove(tp);
+        }
+    }
+
+    /// Stops new attempts of `partitions` and blocks until none runs, or `limit` passed (then
+    /// warns: the next owner may start on a key still running here).
+    pub(crate) fn wait_idle(&self, partitions: &[TopicPartition], limit: Duration, group: &str) {
+        let deadline = Instant::now() + limit;
+        let started = Instant::now();
+        let mut counts = self.state.lock().expect("running counts");
+        counts.revoking.extend(partitions.iter().cloned());
+        loop {
+            let busy: usize = partitions
+                .iter()
+                .filter_map(|tp| counts.counts.get(tp))
+                .sum();
+            if busy == 0 {
+                if started.elapsed() > Duration::from_millis(1) {
+                    tracing::info!(group, waited = ?started.elapsed(), "revoked partitions' running jobs finished");
+                }
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(group, busy, ?limit, "revoking partitions while jobs still run on them (shutdown_timeout passed): the next owner may run their keys at the same time");
+                return;
+            }
+            counts = self
+                .idle
+                .wait_timeout(counts, left)
+                .expect("running counts")
+                .0;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut state = self.counts.state.lock().expect("running counts");
+        if let Some(n) = state.counts.get_mut(&self.tp) {
+            *n -= 1;
+            if *n == 0 {
+                state.counts.remove(&self.tp);
+            }
+        }
+        self.counts.idle.notify_all();
+    }
+}
