@@ -21,6 +21,9 @@ pub struct RetryPolicy {
     pub multiplier: f64,
     /// Upper bound of any delay, in milliseconds. Default: 300000 (5 minutes).
     pub max_delay_ms: u64,
+    /// Upper bound of a delay the job asked for itself (`RetryAfter`, a webhook's
+    /// `Retry-After`), in milliseconds; it may exceed `max_delay_ms`. Default: 3600000 (1 hour).
+    pub max_retry_after_ms: u64,
 }
 
 impl Default for RetryPolicy {
@@ -30,6 +33,7 @@ impl Default for RetryPolicy {
             initial_delay_ms: 1000,
             multiplier: 2.0,
             max_delay_ms: 300_000,
+            max_retry_after_ms: 3_600_000,
         }
     }
 }
@@ -42,6 +46,7 @@ impl RetryPolicy {
             initial_delay_ms: 10,
             multiplier: 2.0,
             max_delay_ms: 100,
+            max_retry_after_ms: 3_600_000,
         }
     }
 
@@ -90,6 +95,7 @@ mod tests {
             initial_delay_ms: 100,
             multiplier: 2.0,
             max_delay_ms: 1000,
+            max_retry_after_ms: 3_600_000,
         };
         assert_eq!(p.base_delay(1), Duration::from_millis(100));
         assert_eq!(p.base_delay(2), Duration::from_millis(200));

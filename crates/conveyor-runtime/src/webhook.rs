@@ -7,8 +7,10 @@
 //! | response | outcome |
 //! |---|---|
 //! | 2xx | done |
-//! | 408, 429, 5xx, timeout, connection error | retry with backoff (`Retry-After` seconds honoured) |
-//! | any other status | permanent failure: dead-letter |
+//! | 408, 429, 5xx, timeout, connection error | retry with backoff; a `Retry-After` (seconds or an HTTP date) is honoured up to `retry.max_retry_after_ms` |
+//! | any other status, 3xx included (redirects are not followed: a 302 would turn the POST into a bodiless GET) | permanent failure: dead-letter |
+//!
+//! At most [`MAX_ERROR_BODY`] bytes of an error answer are read (for the dead letter's error).
 
 use std::time::Duration;
 
@@ -36,6 +38,7 @@ impl WebhookHandler {
     pub fn new(url: impl Into<String>, timeout: Duration) -> Self {
         let client = reqwest::Client::builder()
             .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(64)
             .build()
             .expect("the HTTP client builds with static settings");
@@ -53,13 +56,40 @@ impl WebhookHandler {
     }
 }
 
+/// The most bytes of an error answer read.
+pub const MAX_ERROR_BODY: usize = 4096;
+
+/// A `Retry-After` header: delay-seconds or an HTTP date (RFC 9110). Unparsable or negative
+/// values are ignored (the retry policy applies); a date in the past means now.
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     let v = resp
         .headers()
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
-        .ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+        .ok()?
+        .trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Up to [`MAX_ERROR_BODY`] bytes of the answer's body, as text.
+async fn bounded_body(mut resp: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < MAX_ERROR_BODY {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk[..chunk.len().min(MAX_ERROR_BODY - body.len())])
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 #[async_trait]
@@ -100,7 +130,7 @@ impl Handler for WebhookHandler {
             return Outcome::Done;
         }
         let after = retry_after(&resp);
-        let body = resp.text().await.unwrap_or_default();
+        let body = bounded_body(resp).await;
         let snippet: String = body.chars().take(300).collect();
         let error = format!("webhook {} answered {status}: {snippet}", self.url);
         let retryable = status == StatusCode::REQUEST_TIMEOUT

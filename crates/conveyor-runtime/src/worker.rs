@@ -768,6 +768,10 @@ impl Scheduler {
                         "shutdown timeout: abandoning running jobs; they will be redelivered"
                     );
                     self.running.abort_all();
+                    // reap the aborted attempts (their running counts drop with them), so the
+                    // revocation when the subscription closes does not wait for them again
+                    let reap = async { while self.running.join_next().await.is_some() {} };
+                    let _ = tokio::time::timeout(Duration::from_secs(1), reap).await;
                     break;
                 }
             }
@@ -827,7 +831,8 @@ async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
         Outcome::RetryAfter { delay, error } => {
             tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, job_type, attempt = task.attempt, %error, ?delay, "job failed; will retry");
             shared.stats.retried.fetch_add(1, Ordering::Relaxed);
-            return TaskResult::Retry(delay.min(Duration::from_millis(policy.max_delay_ms)));
+            // the job's own delay has its own bound, which may exceed the policy's backoff cap
+            return TaskResult::Retry(delay.min(Duration::from_millis(policy.max_retry_after_ms)));
         }
         Outcome::Fail { error } => (DeadLetterReason::Failed, error),
     };

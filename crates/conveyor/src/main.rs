@@ -26,6 +26,8 @@ async fn main() {
                 .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // colour codes only for a terminal: logs collected from a pipe or file stay plain text
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = run(Cli::parse()).await {
         eprintln!("error: {e:#}");
