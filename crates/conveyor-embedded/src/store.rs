@@ -449,6 +449,14 @@ impl Store {
                 }
             }
             self.write_publishes(publishes);
+            // a steady stream of writes never lets recv_timeout time out: run retention when
+            // it is due whatever the traffic
+            if Instant::now() >= next_retention {
+                if let Err(e) = self.apply_retention(now_millis()) {
+                    tracing::error!(error = %e, "retention failed; will try again");
+                }
+                next_retention = Instant::now() + self.config.retention_interval;
+            }
         }
     }
 

@@ -15,8 +15,10 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use base64::Engine as _;
 use conveyor_core::headers;
 use conveyor_core::Outcome;
+use reqwest::header::HeaderValue;
 use reqwest::StatusCode;
 
 use crate::handler::Handler;
@@ -24,7 +26,8 @@ use crate::job::Job;
 
 /// POSTs jobs to `url`. Request headers: `Content-Type`, `Conveyor-Message-Id`,
 /// `Conveyor-Job-Type`, `Conveyor-Attempt`, `Conveyor-Topic`, `Conveyor-Partition`,
-/// `Conveyor-Offset`, `Conveyor-Key` (when the key is UTF-8), `Conveyor-Worker` (the delivering
+/// `Conveyor-Offset`, `Conveyor-Key` (when the key is UTF-8 without control characters, else
+/// `Conveyor-Key-Base64`), `Conveyor-Worker` (the delivering
 /// worker, `pid-<process id>` by default), `traceparent` (when present).
 #[derive(Debug, Clone)]
 pub struct WebhookHandler {
@@ -101,9 +104,9 @@ impl Handler for WebhookHandler {
             .post(&self.url)
             .header(
                 reqwest::header::CONTENT_TYPE,
-                job.meta.content_type.as_deref().unwrap_or(headers::JSON),
+                HeaderValue::from_str(job.meta.content_type.as_deref().unwrap_or(headers::JSON))
+                    .unwrap_or(HeaderValue::from_static("application/octet-stream")),
             )
-            .header("Conveyor-Job-Type", job.job_type())
             .header("Conveyor-Attempt", job.attempt.to_string())
             .header("Conveyor-Topic", r.topic.as_str())
             .header("Conveyor-Partition", r.partition.to_string())
@@ -112,11 +115,27 @@ impl Handler for WebhookHandler {
         if let Some(id) = job.id() {
             req = req.header("Conveyor-Message-Id", id);
         }
-        if let Some(key) = r.key.as_ref().and_then(|k| std::str::from_utf8(k).ok()) {
-            req = req.header("Conveyor-Key", key);
+        // values another producer wrote may not be valid header values (control characters):
+        // such a header is left out (the key then goes base64-encoded) rather than failing
+        // every attempt; UTF-8 beyond ASCII is sent as its bytes
+        if let Ok(v) = HeaderValue::from_bytes(job.job_type().as_bytes()) {
+            req = req.header("Conveyor-Job-Type", v);
         }
-        if let Some(tp) = r.headers.get_str(headers::TRACEPARENT) {
-            req = req.header("traceparent", tp);
+        if let Some(key) = &r.key {
+            match HeaderValue::from_bytes(key) {
+                Ok(v) if std::str::from_utf8(key).is_ok() => req = req.header("Conveyor-Key", v),
+                _ => {
+                    let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+                    req = req.header("Conveyor-Key-Base64", b64);
+                }
+            }
+        }
+        if let Some(v) = r
+            .headers
+            .get_str(headers::TRACEPARENT)
+            .and_then(|tp| HeaderValue::from_str(tp).ok())
+        {
+            req = req.header("traceparent", v);
         }
         let resp = match req.body(r.value.clone()).send().await {
             Ok(resp) => resp,

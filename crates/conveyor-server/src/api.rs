@@ -171,6 +171,12 @@ const RESERVED: &[&str] = &[
     headers::CONTENT_TYPE,
 ];
 
+/// Whether `s` can travel in an HTTP header (webhooks send the type, key, content type and
+/// trace context as headers): no control characters but tab.
+fn header_safe(s: &str) -> bool {
+    !s.chars().any(|c| c.is_control() && c != '\t')
+}
+
 impl JobRequest {
     fn into_job(self, at: &str) -> Result<NewJob, ApiError> {
         let field = |f: &str| format!("{at}{f}");
@@ -179,6 +185,24 @@ impl JobRequest {
                 field("type"),
                 "`type` must be 1 to 255 characters",
             ));
+        }
+        let controlled = [
+            ("type", Some(&self.job_type)),
+            ("key", self.key.as_ref()),
+            ("content_type", self.content_type.as_ref()),
+            (
+                "headers.traceparent",
+                self.headers.get(headers::TRACEPARENT),
+            ),
+            ("headers.tracestate", self.headers.get(headers::TRACESTATE)),
+        ];
+        for (name, value) in controlled {
+            if value.is_some_and(|v| !header_safe(v)) {
+                return Err(ApiError::invalid(
+                    field(name),
+                    format!("`{name}` contains a control character; it is sent as an HTTP header to webhooks, which cannot carry one"),
+                ));
+            }
         }
         let (payload, content_type) = match (self.payload, self.payload_base64) {
             (Some(_), Some(_)) => {

@@ -348,6 +348,21 @@ impl Config {
             if let Err(e) = conveyor_core::topic::validate_name(&r.topic) {
                 return invalid(format!("routes[{i}].topic"), e.to_string());
             }
+            // the route's worker creates `<topic>.dlq`: it must be a valid name too, or the
+            // route would never start
+            let dlq = conveyor_runtime::dead_letter::dead_letter_topic(&r.topic, ".dlq");
+            if let Err(e) = conveyor_core::topic::validate_name(&dlq) {
+                return invalid(
+                    format!("routes[{i}].topic"),
+                    format!("its dead-letter topic `{dlq}` is not a valid name: {e}"),
+                );
+            }
+            if r.max_buffered == 0 {
+                return invalid(
+                    format!("routes[{i}].max_buffered"),
+                    "must be at least 1 (0 would never fetch a job)".into(),
+                );
+            }
             if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
                 return invalid(
                     format!("routes[{i}].url"),
@@ -594,6 +609,22 @@ mod tests {
             e.contains("`api.max_body_bytes`") && e.contains("dead letter"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn routes_that_could_never_run_are_refused_at_start() {
+        let long = "t".repeat(247);
+        let (_d, p) = write(&format!(
+            "[[routes]]\ntopic = \"{long}\"\nurl = \"http://x\"\n"
+        ));
+        let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("`routes[0].topic`") && e.contains("dead-letter topic"),
+            "{e}"
+        );
+        let (_d, p) = write("[[routes]]\ntopic = \"t\"\nurl = \"http://x\"\nmax_buffered = 0\n");
+        let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("`routes[0].max_buffered`"), "{e}");
     }
 
     #[test]

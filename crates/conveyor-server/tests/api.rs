@@ -232,6 +232,17 @@ async fn invalid_fields_are_422_and_name_the_field() {
             "surprise",
         ),
         (json!({"type": "t", "payload": 1, "key": 7}), ""),
+        // control characters cannot travel in a webhook's HTTP headers
+        (json!({"type": "t\nx", "payload": 1}), "type"),
+        (json!({"type": "t", "payload": 1, "key": "a\u{1}b"}), "key"),
+        (
+            json!({"type": "t", "payload": 1, "headers": {"traceparent": "00-x\r\nInjected: 1"}}),
+            "headers.traceparent",
+        ),
+        (
+            json!({"type": "t", "payload_base64": "AA==", "content_type": "a/b\u{7f}"}),
+            "content_type",
+        ),
     ];
     for (body, field) in cases {
         let (s, v) = post(&a, "/v1/topics/emails/jobs", body.clone()).await;
