@@ -23,7 +23,7 @@ if [ "${1:-}" = "--single-node-tests" ]; then
   cargo test -p conveyor-kafka --features live "$@" \
     --test conformance_live --test transactions_live --test java_interop_live --test group_churn_live \
     -- --nocapture
-  cargo test -p conveyor --features live "$@" --test kafka_topics_live --test kafka_failover -- --nocapture
+  cargo test -p conveyor --features live "$@" --test kafka_topics_live --test kafka_failover --test signals -- --nocapture
   exit 0
 fi
 

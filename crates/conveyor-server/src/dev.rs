@@ -18,6 +18,10 @@ use tokio::sync::watch;
 use crate::api::{app, AppState};
 use crate::config::Config;
 
+/// How long a stopping `conveyor dev` lets running deliveries finish before handing them back
+/// (uncommitted, so redelivered): 25 s, inside Kubernetes' default 30 s termination grace.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(25);
+
 /// Opens the backend the configuration names and creates the configured topics.
 pub async fn open_backend(config: &Config) -> Result<Arc<dyn Backend>, Error> {
     let backend: Arc<dyn Backend> = match config.backend.as_str() {
@@ -61,6 +65,7 @@ pub fn route_worker(
     options.retry = route.retry.clone().unwrap_or_else(|| config.retry.clone());
     // the request timeout bounds a delivery; this catches anything hanging past it
     options.handler_timeout = route.timeout() + std::time::Duration::from_secs(5);
+    options.shutdown_timeout = SHUTDOWN_GRACE;
     Worker::builder(backend, route.group(), [route.topic.clone()])
         .options(options)
         .fallback(WebhookHandler::new(route.url.clone(), route.timeout()))

@@ -189,13 +189,26 @@ async fn dev(
             r.concurrency
         );
     }
-    eprintln!("  Ctrl-C to stop");
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    eprintln!("  Ctrl-C or SIGTERM to stop (running deliveries get 25 s to finish)");
+    let shutdown = stop_signal()?;
     conveyor_server::dev::run(config, listener, shutdown).await?;
     eprintln!("conveyor dev: stopped");
     Ok(())
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM, what systemd, Docker and Kubernetes send: both drain
+/// the same way.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        eprintln!("conveyor dev: {name}: draining (requests in flight finish, running deliveries get 25 s)");
+    })
 }
 
 /// Plans, shows the plan, asks (unless `--yes`), applies.
