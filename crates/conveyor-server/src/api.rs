@@ -444,11 +444,22 @@ async fn apply_topics(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<ApplyRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut plans = Vec::with_capacity(req.topics.len());
+    // the whole request is checked before anything is planned, so a dry run and the apply
+    // always agree and an apply is all or nothing
+    let mut seen = std::collections::HashMap::new();
     for (i, spec) in req.topics.iter().enumerate() {
         if let Err(e) = spec.validate() {
             return Err(ApiError::invalid(format!("topics[{i}]"), e.to_string()));
         }
+        if let Some(first) = seen.insert(spec.name.as_str(), i) {
+            return Err(ApiError::invalid(
+                format!("topics[{i}].name"),
+                format!("`{}` is listed twice (topics[{first}] and topics[{i}])", spec.name),
+            ));
+        }
+    }
+    let mut plans = Vec::with_capacity(req.topics.len());
+    for spec in &req.topics {
         let current = s.backend.topic_spec(&spec.name).await?;
         plans.push(conveyor_core::topic::plan(spec, current.as_ref()));
     }

@@ -526,3 +526,28 @@ async fn lag_per_partition_and_for_every_committed_topic() {
     let (s, v) = send(&a, "GET", "/v1/groups/g/lag?topic=nope", None, "").await;
     assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "unknown_topic"));
 }
+
+/// A topic listed twice is refused before anything is planned: the dry run and the apply agree
+/// and nothing is created (the apply used to create the first topics, then answer 409).
+#[tokio::test]
+async fn topics_apply_with_a_duplicate_name_applies_nothing() {
+    let a = api().await;
+    let body = json!({"topics": [
+        {"name": "other", "partitions": 1},
+        {"name": "x", "partitions": 1},
+        {"name": "x", "partitions": 2},
+    ]});
+    for dry_run in [true, false] {
+        let mut b = body.clone();
+        b["dry_run"] = json!(dry_run);
+        let (s, v) = post(&a, "/v1/topics:apply", b).await;
+        assert_eq!(
+            (s, v["error"]["field"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("topics[2].name")),
+            "dry_run {dry_run}: {v}"
+        );
+    }
+    for t in ["other", "x"] {
+        assert!(a.backend.describe_topic(t).await.unwrap().is_none(), "{t} was created");
+    }
+}
