@@ -454,7 +454,10 @@ async fn apply_topics(
         if let Some(first) = seen.insert(spec.name.as_str(), i) {
             return Err(ApiError::invalid(
                 format!("topics[{i}].name"),
-                format!("`{}` is listed twice (topics[{first}] and topics[{i}])", spec.name),
+                format!(
+                    "`{}` is listed twice (topics[{first}] and topics[{i}])",
+                    spec.name
+                ),
             ));
         }
     }

@@ -79,7 +79,7 @@ impl ApiClient {
     pub async fn enqueue(&self, topic: &str, job: &Value) -> Result<Value, RemoteError> {
         self.call(
             self.http
-                .post(format!("{}/v1/topics/{topic}/jobs", self.base))
+                .post(format!("{}/v1/topics/{}/jobs", self.base, seg(topic)))
                 .json(job),
         )
         .await
@@ -109,8 +109,11 @@ impl ApiClient {
 
     /// `GET /v1/topics/{topic}`.
     pub async fn describe_topic(&self, topic: &str) -> Result<Value, RemoteError> {
-        self.call(self.http.get(format!("{}/v1/topics/{topic}", self.base)))
-            .await
+        self.call(
+            self.http
+                .get(format!("{}/v1/topics/{}", self.base, seg(topic))),
+        )
+        .await
     }
 
     /// `GET /v1/topics/{topic}/records`.
@@ -122,8 +125,9 @@ impl ApiClient {
         limit: usize,
     ) -> Result<Value, RemoteError> {
         let mut url = format!(
-            "{}/v1/topics/{topic}/records?partition={partition}&limit={limit}",
-            self.base
+            "{}/v1/topics/{}/records?partition={partition}&limit={limit}",
+            self.base,
+            seg(topic)
         );
         if let Some(o) = offset {
             url.push_str(&format!("&offset={o}"));
@@ -150,10 +154,35 @@ impl ApiClient {
     pub async fn lag(&self, group: &str, topic: Option<&str>) -> Result<Value, RemoteError> {
         let mut req = self
             .http
-            .get(format!("{}/v1/groups/{group}/lag", self.base));
+            .get(format!("{}/v1/groups/{}/lag", self.base, seg(group)));
         if let Some(t) = topic {
             req = req.query(&[("topic", t)]);
         }
         self.call(req).await
+    }
+}
+
+/// Characters left as they are in a path segment: RFC 3986's unreserved ones.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `name` as one URL path segment: `/`, `#`, `?`, `%`, spaces and non-ASCII letters are
+/// percent-encoded, so a name never changes which resource a request addresses.
+fn seg(name: &str) -> String {
+    percent_encoding::utf8_percent_encode(name, SEGMENT).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_become_single_path_segments() {
+        assert_eq!(super::seg("emails.v1_x-y"), "emails.v1_x-y");
+        assert_eq!(
+            super::seg("team/mailers#1 ?%ü"),
+            "team%2Fmailers%231%20%3F%25%C3%BC"
+        );
     }
 }

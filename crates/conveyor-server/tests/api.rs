@@ -548,6 +548,9 @@ async fn topics_apply_with_a_duplicate_name_applies_nothing() {
         );
     }
     for t in ["other", "x"] {
-        assert!(a.backend.describe_topic(t).await.unwrap().is_none(), "{t} was created");
+        assert!(
+            a.backend.describe_topic(t).await.unwrap().is_none(),
+            "{t} was created"
+        );
     }
 }

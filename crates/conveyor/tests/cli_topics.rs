@@ -125,3 +125,61 @@ retention = "1y"
     assert!(!ok);
     assert!(err.contains("unknown_topic"), "{err}");
 }
+
+/// Names go into URLs percent-encoded: a group named with `/`, `#`, `?`, `%`, a space and a
+/// non-ASCII letter is found by `lag`, and `enqueue` into `emails/jobs#` is refused instead of
+/// landing in `emails`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_with_url_characters_address_what_they_name() {
+    let (hook, received) = util::receiver(Duration::from_millis(1)).await;
+    let group = "team/mailers#1 ?%ü";
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let config = dir.path().join("conveyor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n[[topics]]\nname = \"emails\"\npartitions = 1\n[[routes]]\ntopic = \"emails\"\nurl = \"http://{hook}/hook\"\ngroup = \"{group}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let _dev = start_dev(&config);
+    wait_ok(&base, "/readyz", Duration::from_secs(30)).await;
+    let url = ["--url", base.as_str()];
+
+    let (ok, _, err) =
+        conveyor(&[&["enqueue", "emails", "-t", "x", "-p", "{}"][..], &url].concat());
+    assert!(ok, "{err}");
+    util::wait_for(Duration::from_secs(30), "the job delivered", || {
+        received.total() == 1
+    })
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, out, err) = conveyor(&[&["lag", group, "--topic", "emails"][..], &url].concat());
+        assert!(ok, "lag of {group:?}: {err}");
+        if out.contains("total lag 0") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let (ok, _, err) = conveyor(
+        &[
+            &["enqueue", "emails/jobs#", "-t", "x", "-p", "{}"][..],
+            &url,
+        ]
+        .concat(),
+    );
+    assert!(!ok, "enqueue into `emails/jobs#` succeeded");
+    assert!(err.contains("emails/jobs#"), "{err}");
+    let (_, out, _) = conveyor(&[&["topics", "list"][..], &url].concat());
+    let line = out.lines().find(|l| l.starts_with("emails ")).unwrap();
+    assert!(
+        line.contains("0:0-1"),
+        "only the first job is in emails: {line}"
+    );
+}
