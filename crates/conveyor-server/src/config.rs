@@ -344,6 +344,20 @@ impl Config {
                 return invalid(format!("topics[{i}]"), e.to_string());
             }
         }
+        // two routes in one group on one topic would split its jobs between their URLs
+        let mut groups: std::collections::HashMap<(String, &str), usize> = Default::default();
+        for (i, r) in self.routes.iter().enumerate() {
+            if let Some(first) = groups.insert((r.group(), r.topic.as_str()), i) {
+                return invalid(
+                    format!("routes[{i}].group"),
+                    format!(
+                        "routes[{first}] and routes[{i}] both consume `{}` in group `{}`, so each would get only part of its jobs; give routes[{i}] its own `group` (a new group starts from the oldest retained job)",
+                        r.topic,
+                        r.group()
+                    ),
+                );
+            }
+        }
         for (i, r) in self.routes.iter().enumerate() {
             if let Err(e) = conveyor_core::topic::validate_name(&r.topic) {
                 return invalid(format!("routes[{i}].topic"), e.to_string());
@@ -625,6 +639,21 @@ mod tests {
         let (_d, p) = write("[[routes]]\ntopic = \"t\"\nurl = \"http://x\"\nmax_buffered = 0\n");
         let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
         assert!(e.contains("`routes[0].max_buffered`"), "{e}");
+    }
+
+    #[test]
+    fn two_routes_in_one_group_on_one_topic_are_refused() {
+        let two = "[[routes]]\ntopic = \"emails\"\nurl = \"http://mailer\"\n[[routes]]\ntopic = \"emails\"\nurl = \"http://audit\"\n";
+        let (_d, p) = write(two);
+        let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("`routes[1].group`") && e.contains("routes[0] and routes[1]"),
+            "{e}"
+        );
+        let (_d, p) = write(&format!("{two}group = \"audit\"\n"));
+        let c = Config::load(Some(&p), &[]).unwrap();
+        assert_eq!(c.routes[0].group(), "webhook.emails");
+        assert_eq!(c.routes[1].group(), "audit");
     }
 
     #[test]

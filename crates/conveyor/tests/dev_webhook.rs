@@ -166,3 +166,49 @@ async fn webhook_failures_retry_on_5xx_and_dead_letter_on_4xx() {
     stop.send(()).unwrap();
     handle.await.unwrap();
 }
+
+/// Two routes on one topic (a mailer and an audit hook, the second with its own group): each URL
+/// gets every job. Two routes sharing a group are refused at start (see the configuration
+/// tests), since they would split the jobs between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_routes_on_one_topic_each_get_every_job() {
+    let (mailer, to_mailer) = receiver(Duration::from_millis(1)).await;
+    let (audit, to_audit) = receiver(Duration::from_millis(1)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = util::free_port();
+    let config = dir.path().join("conveyor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n[[topics]]\nname = \"emails\"\npartitions = 4\n[[routes]]\ntopic = \"emails\"\nurl = \"http://{mailer}/hook\"\n[[routes]]\ntopic = \"emails\"\nurl = \"http://{audit}/hook\"\ngroup = \"audit\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let _dev = util::start_dev(&config);
+    util::wait_ok(&base, "/readyz", Duration::from_secs(30)).await;
+    let acked = post_jobs(&base, "emails", "ok", 40, 4).await;
+    assert_eq!(acked.len(), 40);
+    wait_for(Duration::from_secs(30), "both URLs got every job", || {
+        let (m, a) = (to_mailer.ids(), to_audit.ids());
+        acked
+            .iter()
+            .all(|id| m.contains_key(id) && a.contains_key(id))
+    })
+    .await;
+
+    // the same two routes without the second's group: refused at start, naming both
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("group = \"audit\"\n", "");
+    std::fs::write(
+        &bad,
+        text.replace(&format!("{port}"), &format!("{}", util::free_port())),
+    )
+    .unwrap();
+    let (ok, _, err) = util::conveyor(&["dev", "--config", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("routes[0] and routes[1]"), "{err}");
+}
