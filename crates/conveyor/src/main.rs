@@ -282,6 +282,17 @@ async fn tail(api: ApiClient, topic: &str, from_beginning: bool, follow: bool) -
                 return Ok(());
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            // partitions added since: followed from their first record (none of which existed
+            // when the tail started)
+            let info = api.describe_topic(topic).await?;
+            for p in info["partitions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .skip(next.len())
+            {
+                next.push(p["low"].as_i64().unwrap_or(0));
+            }
         }
     }
 }

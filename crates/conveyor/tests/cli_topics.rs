@@ -183,3 +183,65 @@ async fn names_with_url_characters_address_what_they_name() {
         "only the first job is in emails: {line}"
     );
 }
+
+/// `conveyor tail` (follow) prints records of partitions added after it started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_follows_partitions_added_while_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let config = dir.path().join("conveyor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n[[topics]]\nname = \"grow\"\npartitions = 1\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let _dev = start_dev(&config);
+    wait_ok(&base, "/readyz", Duration::from_secs(30)).await;
+    let mut tail = util::Dev(
+        std::process::Command::new(env!("CARGO_BIN_EXE_conveyor"))
+            .args(["tail", "grow", "--url", &base])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let file = dir.path().join("topics.toml");
+    std::fs::write(&file, "[[topics]]\nname = \"grow\"\npartitions = 4\n").unwrap();
+    let (ok, out, err) = conveyor(&[
+        "topics",
+        "apply",
+        "-f",
+        file.to_str().unwrap(),
+        "--yes",
+        "--url",
+        &base,
+    ]);
+    assert!(ok, "{out}{err}");
+    for i in 0..20 {
+        let (ok, _, err) = conveyor(&[
+            "enqueue",
+            "grow",
+            "-t",
+            "t",
+            "-k",
+            &format!("k{i}"),
+            "-p",
+            &format!("{{\"i\":{i}}}"),
+            "--url",
+            &base,
+        ]);
+        assert!(ok, "{err}");
+    }
+    // read what tail printed for a while, then stop it
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tail.kill().unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(tail.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let lines = out.lines().filter(|l| l.contains("\"partition\"")).count();
+    assert_eq!(lines, 20, "tail printed {lines} of 20 records:\n{out}");
+}
