@@ -383,6 +383,25 @@ impl Config {
                     format!("`{}` must start with http:// or https://", r.url),
                 );
             }
+            // parsed as the webhook client will: a URL it cannot send to would dead-letter
+            // every job as "builder error"
+            match reqwest::Url::parse(&r.url) {
+                Ok(u)
+                    if u.host_str().is_some_and(|h| !h.is_empty())
+                        && !r.url.contains(char::is_whitespace) => {}
+                Ok(_) => {
+                    return invalid(
+                        format!("routes[{i}].url"),
+                        format!("`{}` has no host, or contains whitespace", r.url),
+                    )
+                }
+                Err(e) => {
+                    return invalid(
+                        format!("routes[{i}].url"),
+                        format!("`{}` is not a valid URL: {e}", r.url),
+                    )
+                }
+            }
             if r.concurrency == 0 {
                 return invalid(
                     format!("routes[{i}].concurrency"),
@@ -654,6 +673,23 @@ mod tests {
         let c = Config::load(Some(&p), &[]).unwrap();
         assert_eq!(c.routes[0].group(), "webhook.emails");
         assert_eq!(c.routes[1].group(), "audit");
+    }
+
+    #[test]
+    fn route_urls_are_parsed_at_start() {
+        for bad in [
+            "http://exa mple.com/hook",
+            "http://",
+            "http://[::1/hook",
+            "https://host/a b",
+        ] {
+            let (_d, p) = write(&format!("[[routes]]\ntopic = \"t\"\nurl = \"{bad}\"\n"));
+            let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
+            assert!(e.contains("`routes[0].url`"), "{bad}: {e}");
+        }
+        let (_d, p) =
+            write("[[routes]]\ntopic = \"t\"\nurl = \"http://127.0.0.1:9000/hook?x=1\"\n");
+        Config::load(Some(&p), &[]).unwrap();
     }
 
     #[test]
