@@ -633,6 +633,12 @@ impl Scheduler {
                 for tp in &revoked {
                     self.paused.remove(tp);
                     self.waiting.remove(tp);
+                    // jobs of the partition waiting behind a busy key go too: released later
+                    // they would count against the partition's waiting total once it was
+                    // assigned here again
+                    self.lanes.remove_waiting(|t: &Task| {
+                        t.record.partition == tp.partition && t.record.topic == tp.topic
+                    });
                     if let Some((_, track)) = self.tracks.remove(tp) {
                         self.buffered -= track.in_flight();
                     }
