@@ -81,8 +81,14 @@ impl ConsumerContext for GroupContext {
         if let Rebalance::Revoke(list) = rebalance {
             // librdkafka hands the partitions on only after this callback returns: wait for the
             // work on them first, so no other member runs their keys meanwhile
-            if let Some(barrier) = &self.on_revoke {
-                barrier.wait(&tps(list));
+            // (it blocks this thread while the jobs finish on others: a current-thread runtime
+            // has none, so there it is skipped rather than stalling for its whole bound)
+            let multi_thread = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread);
+            match &self.on_revoke {
+                Some(barrier) if multi_thread => barrier.wait(&tps(list)),
+                Some(_) => tracing::warn!("a current-thread runtime: this revocation does not wait for running jobs (use the multi-thread runtime to keep one key on one member at a time)"),
+                None => {}
             }
             match consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(()) => tracing::debug!(
