@@ -141,6 +141,18 @@ impl Groups {
             .unwrap_or_default()
     }
 
+    /// The partitions `member` holds for a handover.
+    pub(crate) fn held_by(&self, group: &str, member: u64) -> Vec<TopicPartition> {
+        let groups = self.groups.lock().expect("groups lock");
+        groups.get(group).map_or_else(Vec::new, |g| {
+            g.held
+                .iter()
+                .filter(|(_, h)| **h == member)
+                .map(|(tp, _)| tp.clone())
+                .collect()
+        })
+    }
+
     /// `member` finished with partitions revoked from it: their next owners may start.
     pub(crate) fn release(&self, group: &str, member: u64, tps: &[TopicPartition]) {
         let mut groups = self.groups.lock().expect("groups lock");

@@ -34,25 +34,45 @@ pub(crate) struct EmbeddedSubscription {
     pub(crate) releasing: Vec<TopicPartition>,
     /// An assignment change applied but not yet returned (its revocation barrier may still be
     /// waiting), so a cancelled poll loses no event.
-    pub(crate) pending: Option<(Vec<TopicPartition>, Vec<TopicPartition>)>,
+    pub(crate) pending: Option<Pending>,
+}
+
+/// An assignment change not yet returned, with the revocation barrier's wait once started (kept
+/// across cancelled polls, so the barrier runs once per revocation).
+#[derive(Debug)]
+pub(crate) struct Pending {
+    revoked: Vec<TopicPartition>,
+    assigned: Vec<TopicPartition>,
+    wait: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl EmbeddedSubscription {
-    /// Applies a new generation's assignment; returns (revoked, assigned).
+    /// Applies a new generation's assignment; returns (revoked, assigned). Nothing is changed
+    /// when it fails, so the change is found again on the next poll.
     fn refresh_assignment(&mut self) -> Result<Option<(Vec<TopicPartition>, Vec<TopicPartition>)>> {
         if self.groups.generation(&self.group) == self.generation {
             return Ok(None);
         }
         let (generation, now): (u64, BTreeSet<TopicPartition>) =
             self.groups.assignment(&self.group, self.member);
-        self.generation = generation;
         let before: BTreeSet<TopicPartition> = self.positions.keys().cloned().collect();
+        // partitions the group lets this member hold for a handover but that it never started
+        // on (it was given and taken away between two polls): released at once, or their next
+        // owner would wait for a release that never comes
+        let never_started: Vec<TopicPartition> = self
+            .groups
+            .held_by(&self.group, self.member)
+            .into_iter()
+            .filter(|tp| !before.contains(tp))
+            .collect();
+        if !never_started.is_empty() {
+            self.groups
+                .release(&self.group, self.member, &never_started);
+            self.store.changes.send_modify(|v| *v += 1);
+        }
         let revoked: Vec<_> = before.difference(&now).cloned().collect();
         let assigned: Vec<_> = now.difference(&before).cloned().collect();
-        for tp in &revoked {
-            self.positions.remove(tp);
-            self.paused.remove(tp);
-        }
+        let mut starts = Vec::with_capacity(assigned.len());
         for tp in &assigned {
             let log = self.store.topic_or_err(&tp.topic)?;
             let part = &log.parts[tp.partition as usize];
@@ -63,8 +83,14 @@ impl EmbeddedSubscription {
                     StartFrom::Latest => part.high.load(Ordering::Acquire),
                 },
             };
-            self.positions.insert(tp.clone(), pos);
+            starts.push((tp.clone(), pos));
         }
+        self.generation = generation;
+        for tp in &revoked {
+            self.positions.remove(tp);
+            self.paused.remove(tp);
+        }
+        self.positions.extend(starts);
         if revoked.is_empty() && assigned.is_empty() {
             return Ok(None);
         }
@@ -123,19 +149,31 @@ impl Subscription for EmbeddedSubscription {
         loop {
             self.changes.borrow_and_update();
             if self.pending.is_none() {
-                self.pending = self.refresh_assignment()?;
-            }
-            if let Some((revoked, _)) = &self.pending {
-                if !revoked.is_empty() {
-                    // the next owner starts on them only once this member's work on them
-                    // stopped and the caller committed it (released on the next poll). A poll
-                    // cancelled here waits again next time: the event stays pending
-                    if let Some(barrier) = self.on_revoke.clone() {
-                        let tps = revoked.clone();
-                        let _ = tokio::task::spawn_blocking(move || barrier.wait(&tps)).await;
+                self.pending = self.refresh_assignment()?.map(|(revoked, assigned)| {
+                    // the next owner starts on revoked partitions only once this member's work
+                    // on them stopped and the caller committed it (released on the next poll)
+                    let wait = match (&self.on_revoke, revoked.is_empty()) {
+                        (Some(barrier), false) => {
+                            let (barrier, tps) = (barrier.clone(), revoked.clone());
+                            Some(tokio::task::spawn_blocking(move || barrier.wait(&tps)))
+                        }
+                        _ => None,
+                    };
+                    Pending {
+                        revoked,
+                        assigned,
+                        wait,
                     }
+                });
+            }
+            if let Some(pending) = &mut self.pending {
+                // a poll cancelled here awaits the same wait next time
+                if let Some(wait) = &mut pending.wait {
+                    let _ = wait.await;
                 }
-                let (revoked, assigned) = self.pending.take().expect("pending event");
+                let Pending {
+                    revoked, assigned, ..
+                } = self.pending.take().expect("pending event");
                 self.releasing = revoked.clone();
                 return Ok(Poll::Rebalance { revoked, assigned });
             }

@@ -108,3 +108,32 @@ async fn retention_runs_while_writes_never_stop() {
         "nothing was removed in 3 s of steady writes with a 200 ms retention"
     );
 }
+
+/// Two members subscribing before either polled: the first never started on the partition that
+/// moved to the second, so it must not hold it back (a handover waits only for work started).
+#[tokio::test]
+async fn members_joining_before_their_first_poll_share_the_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = EmbeddedBackend::open(EmbeddedConfig::new(dir.path())).unwrap();
+    b.create_topic(&TopicSpec::new("pair", 2)).await.unwrap();
+    let mut first = b
+        .subscribe(SubscribeOptions::new("g", ["pair"]))
+        .await
+        .unwrap();
+    let mut second = b
+        .subscribe(SubscribeOptions::new("g", ["pair"]))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while first.assignment().len() != 1 || second.assignment().len() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first {:?}, second {:?}",
+            first.assignment(),
+            second.assignment()
+        );
+        for s in [&mut first, &mut second] {
+            let _ = s.poll(10, Duration::from_millis(50)).await.unwrap();
+        }
+    }
+}

@@ -86,7 +86,13 @@ impl ConsumerContext for GroupContext {
             let multi_thread = tokio::runtime::Handle::try_current()
                 .is_ok_and(|h| h.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread);
             match &self.on_revoke {
-                Some(barrier) if multi_thread => barrier.wait(&tps(list)),
+                // block_in_place hands this worker thread's queued tasks (its LIFO slot
+                // included, which no other thread steals) to another thread first: the job
+                // waited for may be among them
+                Some(barrier) if multi_thread => {
+                    let tps = tps(list);
+                    tokio::task::block_in_place(|| barrier.wait(&tps));
+                }
                 Some(_) => tracing::warn!("a current-thread runtime: this revocation does not wait for running jobs (use the multi-thread runtime to keep one key on one member at a time)"),
                 None => {}
             }

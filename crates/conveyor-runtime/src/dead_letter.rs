@@ -91,20 +91,28 @@ const TRIMMED_ERROR_BYTES: usize = 512;
 /// `dlq_original_topic` / `_partition` / `_offset` while the topic retains it.
 pub fn trimmed_dead_letter_record(full: &Record, why: &str) -> Record {
     let mut r = Record::new(bytes::Bytes::new());
-    r.key = full.key.clone();
+    // the key keeps the dead letter on its key's partition, unless it is itself what is large
+    r.key = full.key.clone().filter(|k| k.len() <= 1024);
     r.timestamp = full.timestamp;
     for (name, value) in full.headers.iter() {
-        let own = name.starts_with("dlq_")
-            || [
-                headers::MESSAGE_ID,
-                headers::JOB_TYPE,
-                headers::ATTEMPT,
-                headers::PRODUCED_AT,
-                headers::PRODUCER,
-                headers::CONTENT_TYPE,
-                headers::TRACEPARENT,
-            ]
-            .contains(&name);
+        let own = [
+            dlq::ERROR,
+            dlq::REASON,
+            dlq::ATTEMPTS,
+            dlq::FAILED_AT,
+            dlq::ORIGINAL_TOPIC,
+            dlq::ORIGINAL_PARTITION,
+            dlq::ORIGINAL_OFFSET,
+            dlq::GROUP,
+            headers::MESSAGE_ID,
+            headers::JOB_TYPE,
+            headers::ATTEMPT,
+            headers::PRODUCED_AT,
+            headers::PRODUCER,
+            headers::CONTENT_TYPE,
+            headers::TRACEPARENT,
+        ]
+        .contains(&name);
         if name == dlq::ERROR {
             let error = String::from_utf8_lossy(value);
             r.headers.insert(name, cut(&error, TRIMMED_ERROR_BYTES));

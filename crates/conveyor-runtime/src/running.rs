@@ -20,6 +20,8 @@ struct State {
     counts: HashMap<TopicPartition, usize>,
     /// Partitions being revoked: no new attempt of theirs may start.
     revoking: HashSet<TopicPartition>,
+    /// The worker stopped: a revocation (the subscription closing) has nothing to wait for.
+    closed: bool,
 }
 
 /// One running attempt: counted while it lives (dropped when the attempt ends, however it ends).
@@ -44,6 +46,13 @@ impl RunningCounts {
             counts: Arc::clone(self),
             tp,
         }
+    }
+
+    /// The worker stopped (its attempts were waited for, or abandoned): revocations from now on
+    /// return at once.
+    pub(crate) fn close(&self) {
+        self.state.lock().expect("running counts").closed = true;
+        self.idle.notify_all();
     }
 
     /// Whether `tp` is being revoked (its jobs must not start).

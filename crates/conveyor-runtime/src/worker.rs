@@ -279,6 +279,8 @@ type LaneKey = (String, Bytes);
 
 #[derive(Clone)]
 struct Task {
+    /// Set on the task writing a dead letter after an escaped panic: a second one gives up.
+    dead_lettering: bool,
     record: ConsumedRecord,
     attempt: u32,
     epoch: u64,
@@ -565,6 +567,13 @@ impl Scheduler {
             self.release_lane(&task);
             return;
         }
+        if task.dead_lettering {
+            // writing its dead letter panicked too: leave it uncommitted (redelivered after a
+            // restart or rebalance) rather than retrying in a loop
+            tracing::error!(topic = %r.topic, partition = r.partition, offset = r.offset, "writing the dead letter panicked; the job stays uncommitted");
+            self.release_lane(&task);
+            return;
+        }
         let job_type = job_type_of(r);
         let policy = self.shared.policy(&job_type).clone();
         if policy.should_retry(task.attempt) {
@@ -580,6 +589,10 @@ impl Scheduler {
             return;
         }
         let shared = Arc::clone(&self.shared);
+        let task = Task {
+            dead_lettering: true,
+            ..task
+        };
         let kept = task.clone();
         let running = self.running_by_partition.enter(&task.record);
         let handle = self.running.spawn(async move {
@@ -605,6 +618,7 @@ impl Scheduler {
                     self.buffered += 1;
                     let lane = record.key.clone().map(|k| (record.topic.clone(), k));
                     let task = Task {
+                        dead_lettering: false,
                         record,
                         attempt: 1,
                         epoch: *epoch,
@@ -783,6 +797,15 @@ impl Scheduler {
             }
         }
         self.commit().await;
+        self.running_by_partition.close();
+    }
+}
+
+impl Drop for Scheduler {
+    /// The subscription closes as the scheduler is dropped (on Kafka its revocation runs the
+    /// barrier): nothing is left to wait for, also when `run` was cancelled or panicked.
+    fn drop(&mut self) {
+        self.running_by_partition.close();
     }
 }
 
