@@ -265,6 +265,27 @@ impl Config {
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: String, message: String| Err(ConfigError::Invalid { key, message });
+        if self.data_dir.as_os_str().is_empty() {
+            return invalid(
+                "data_dir".into(),
+                "must name a folder, e.g. \".conveyor\"".into(),
+            );
+        }
+        if self.embedded.max_record_bytes < 16 * 1024 {
+            return invalid(
+                "embedded.max_record_bytes".into(),
+                format!(
+                    "{} is too small: use at least 16384",
+                    self.embedded.max_record_bytes
+                ),
+            );
+        }
+        if self.embedded.retention_interval_secs == 0 {
+            return invalid(
+                "embedded.retention_interval_secs".into(),
+                "must be at least 1".into(),
+            );
+        }
         match self.backend.as_str() {
             "embedded" => {}
             "kafka" => {
@@ -272,6 +293,36 @@ impl Config {
                     return invalid(
                         "kafka.brokers".into(),
                         "set the bootstrap brokers, e.g. \"127.0.0.1:9092\" (CONVEYOR_KAFKA__BROKERS)".into(),
+                    );
+                }
+                for b in self.kafka.brokers.split(',') {
+                    let b = b.trim();
+                    let port_ok = b.rsplit_once(':').is_some_and(|(h, p)| {
+                        !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0)
+                    });
+                    if !port_ok {
+                        return invalid(
+                            "kafka.brokers".into(),
+                            format!("`{b}` is not host:port (e.g. kafka-1:9092)"),
+                        );
+                    }
+                }
+                if self.kafka.replication_factor.is_some_and(|r| r < 1) {
+                    return invalid(
+                        "kafka.replication_factor".into(),
+                        "must be at least 1 (leave it out for the broker's default)".into(),
+                    );
+                }
+                if self.kafka.session_timeout_ms < 1000 {
+                    return invalid(
+                        "kafka.session_timeout_ms".into(),
+                        "must be at least 1000 (brokers refuse less than group.min.session.timeout.ms, 6000 by default)".into(),
+                    );
+                }
+                if self.kafka.request_timeout_ms < 100 {
+                    return invalid(
+                        "kafka.request_timeout_ms".into(),
+                        "must be at least 100".into(),
                     );
                 }
                 if !["low_latency", "throughput"].contains(&self.kafka.profile.as_str()) {
@@ -402,6 +453,12 @@ impl Config {
                     )
                 }
             }
+            if r.group.as_ref().is_some_and(|g| g.trim().is_empty()) {
+                return invalid(
+                    format!("routes[{i}].group"),
+                    "must not be empty (leave it out for webhook.<topic>)".into(),
+                );
+            }
             if r.concurrency == 0 {
                 return invalid(
                     format!("routes[{i}].concurrency"),
@@ -456,7 +513,18 @@ fn secret_looking(key: &str) -> bool {
 pub(crate) fn format_figment(e: figment::Error) -> String {
     e.into_iter()
         .map(|e| {
-            let key = e.path.join(".");
+            // `topics.0.name` reads as the documented `topics[0].name`
+            let mut key = String::new();
+            for seg in &e.path {
+                if seg.parse::<usize>().is_ok() {
+                    key.push_str(&format!("[{seg}]"));
+                } else {
+                    if !key.is_empty() {
+                        key.push('.');
+                    }
+                    key.push_str(seg);
+                }
+            }
             let source = e
                 .metadata
                 .as_ref()
@@ -735,5 +803,119 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("does not exist"), "{e}");
+    }
+}
+
+/// Every configuration key, walked with malformed and boundary values: each is refused at load
+/// with an error naming the key (never a panic, never a start that half works).
+#[cfg(test)]
+mod walk {
+    use super::*;
+
+    /// (TOML, the key the error must name)
+    fn bad_values() -> Vec<(String, &'static str)> {
+        let kafka = |rest: &str| format!("backend = \"kafka\"\n[kafka]\n{rest}\n");
+        let route =
+            |rest: &str| format!("[[routes]]\ntopic = \"t\"\nurl = \"http://h/x\"\n{rest}\n");
+        let topic = |rest: &str| format!("[[topics]]\nname = \"t\"\n{rest}\n");
+        let mut v: Vec<(String, &'static str)> = vec![
+            ("data_dir = 5".into(), "data_dir"),
+            ("data_dir = \"\"".into(), "data_dir"),
+            ("backend = \"redis\"".into(), "backend"),
+            ("[api]\nlisten = \"localhost\"".into(), "api.listen"),
+            ("[api]\nlisten = \"127.0.0.1:99999\"".into(), "api.listen"),
+            ("[api]\nmax_body_bytes = -1".into(), "api.max_body_bytes"),
+            ("[api]\nmax_body_bytes = 10".into(), "api.max_body_bytes"),
+            ("[api]\nmax_batch = 0".into(), "api.max_batch"),
+            (
+                "[embedded]\ndurability = \"sometimes\"".into(),
+                "embedded.durability",
+            ),
+            (
+                "[embedded]\nmax_record_bytes = 0".into(),
+                "embedded.max_record_bytes",
+            ),
+            (
+                "[embedded]\nretention_interval_secs = 0".into(),
+                "embedded.retention_interval_secs",
+            ),
+            (kafka("brokers = \"\""), "kafka.brokers"),
+            (kafka("brokers = \"host-without-port\""), "kafka.brokers"),
+            (kafka("profile = \"fast\""), "kafka.profile"),
+            (kafka("replication_factor = 0"), "kafka.replication_factor"),
+            (kafka("session_timeout_ms = 0"), "kafka.session_timeout_ms"),
+            (kafka("request_timeout_ms = 0"), "kafka.request_timeout_ms"),
+            (
+                kafka("delivery_timeout_ms = 5"),
+                "kafka.delivery_timeout_ms",
+            ),
+            (kafka("group_protocol = \"range\""), "kafka.group_protocol"),
+            (
+                kafka("[kafka.properties]\n\"linger.ms\" = [1]"),
+                "kafka.properties",
+            ),
+            ("[retry]\nmax_attempts = 0".into(), "retry"),
+            ("[retry]\nmultiplier = 0.5".into(), "retry"),
+            (
+                "[retry]\ninitial_delay_ms = 10\nmax_delay_ms = 5".into(),
+                "retry",
+            ),
+            (
+                "[retry]\nmax_retry_after_ms = \"1h\"".into(),
+                "retry.max_retry_after_ms",
+            ),
+            (topic("partitions = 0"), "topics[0]"),
+            ("[[topics]]\nname = \"bad name\"".into(), "topics[0]"),
+            (topic("retention_ms = 0"), "topics[0]"),
+            (
+                topic("cleanup_policy = \"never\""),
+                "topics[0].cleanup_policy",
+            ),
+            (topic("replication_factor = 0"), "topics[0]"),
+            (topic("min_insync_replicas = 0"), "topics[0]"),
+            (topic("retention_bytes = -5"), "topics[0]"),
+            (
+                "[[routes]]\ntopic = \"t t\"\nurl = \"http://h/x\"".into(),
+                "routes[0].topic",
+            ),
+            (
+                "[[routes]]\ntopic = \"t\"\nurl = \"http://h h/x\"".into(),
+                "routes[0].url",
+            ),
+            (route("group = \"\""), "routes[0].group"),
+            (route("concurrency = 0"), "routes[0].concurrency"),
+            (route("timeout_ms = 0"), "routes[0].timeout_ms"),
+            (route("max_buffered = 0"), "routes[0].max_buffered"),
+            (route("[routes.retry]\nmax_attempts = 0"), "routes[0].retry"),
+        ];
+        v.push(("unknown_key = 1".into(), "unknown_key"));
+        v
+    }
+
+    #[test]
+    fn every_key_refuses_malformed_values_naming_the_key() {
+        let cases = bad_values();
+        let mut accepted = Vec::new();
+        for (toml, key) in &cases {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("c.toml");
+            std::fs::write(&path, toml).unwrap();
+            match Config::load(Some(&path), &[]) {
+                Ok(_) => accepted.push(format!("{key}: accepted {toml:?}")),
+                Err(e) => {
+                    let e = e.to_string();
+                    if !e.contains(&format!("`{key}")) {
+                        accepted.push(format!("{key}: error does not name it: {e}"));
+                    }
+                }
+            }
+        }
+        let keys: std::collections::BTreeSet<&str> = cases.iter().map(|(_, k)| *k).collect();
+        eprintln!(
+            "configuration walk: {} malformed values over {} keys",
+            cases.len(),
+            keys.len()
+        );
+        assert!(accepted.is_empty(), "{:#?}", accepted);
     }
 }
