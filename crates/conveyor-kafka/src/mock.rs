@@ -145,6 +145,6 @@ impl TopicAdmin for MockBroker {
 fn unsupported(what: &str) -> Error {
     Error::Unsupported {
         backend: "the librdkafka mock cluster".into(),
-        what: format!("{what}; test it against a real broker (scripts/live-kafka.sh)"),
+        what: format!("{what}; test it against a real broker (scripts/kafka.sh)"),
     }
 }
