@@ -41,6 +41,16 @@ pub const TRACESTATE: &str = "tracestate";
 /// Reserved for delayed jobs: the time before which the job must not run.
 pub const DUE_AT: &str = "due_at";
 
+/// The job metadata conveyor writes itself: reserved, a producer's own headers may not use them.
+pub const METADATA: &[&str] = &[
+    MESSAGE_ID,
+    JOB_TYPE,
+    ATTEMPT,
+    PRODUCED_AT,
+    PRODUCER,
+    CONTENT_TYPE,
+];
+
 /// The default content type of a job payload.
 pub const JSON: &str = "application/json";
 
@@ -64,6 +74,18 @@ pub mod dlq {
     pub const GROUP: &str = "dlq_group";
     /// Set when the dead letter had to be trimmed to fit the record limit: what was dropped.
     pub const TRIMMED: &str = "dlq_trimmed";
+
+    /// Every header a dead letter adds but [`TRIMMED`].
+    pub const ALL: &[&str] = &[
+        ERROR,
+        REASON,
+        ATTEMPTS,
+        FAILED_AT,
+        ORIGINAL_TOPIC,
+        ORIGINAL_PARTITION,
+        ORIGINAL_OFFSET,
+        GROUP,
+    ];
 }
 
 /// Formats a time as RFC 3339 UTC with milliseconds, the format of every time header.

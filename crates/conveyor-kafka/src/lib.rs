@@ -84,6 +84,15 @@ const REFUSAL_GRACE: Duration = Duration::from_secs(2);
 /// How long a topic's partition count is trusted before metadata is read again.
 const PARTITION_CACHE_TTL: Duration = Duration::from_secs(60);
 
+/// What metadata says of a topic.
+struct TopicMeta {
+    partitions: i32,
+    /// Replicas of partition 0.
+    replication: i32,
+    /// Every partition has a leader (not so for a moment after CreateTopics/CreatePartitions).
+    led: bool,
+}
+
 /// The Kafka backend. Clones share one producer.
 #[derive(Debug, Clone)]
 pub struct KafkaBackend {
@@ -191,9 +200,9 @@ impl KafkaBackend {
         .await
     }
 
-    /// Partition count and replication factor from metadata, `None` when the topic does not
-    /// exist. Refreshes the partition cache.
-    async fn metadata(&self, topic: &str) -> Result<Option<(i32, i32)>> {
+    /// The topic as metadata shows it, `None` when it does not exist. Refreshes the partition
+    /// cache.
+    async fn metadata(&self, topic: &str) -> Result<Option<TopicMeta>> {
         let (producer, topic_owned, timeout) = (
             self.inner.producer.clone(),
             topic.to_owned(),
@@ -209,16 +218,20 @@ impl KafkaBackend {
                 .iter()
                 .find(|t| t.name() == topic_owned)
                 .and_then(|t| {
-                    (t.error().is_none() && !t.partitions().is_empty()).then(|| {
-                        let rf = t.partitions()[0].replicas().len() as i32;
-                        (t.partitions().len() as i32, rf)
+                    (t.error().is_none() && !t.partitions().is_empty()).then(|| TopicMeta {
+                        partitions: t.partitions().len() as i32,
+                        replication: t.partitions()[0].replicas().len() as i32,
+                        led: t
+                            .partitions()
+                            .iter()
+                            .all(|p| p.error().is_none() && p.leader() >= 0),
                     })
                 }))
         })
         .await?;
         let mut cache = self.inner.partitions.write().expect("partition cache");
-        match found {
-            Some((n, _)) => cache.insert(topic.to_owned(), (n, Instant::now())),
+        match &found {
+            Some(m) => cache.insert(topic.to_owned(), (m.partitions, Instant::now())),
             None => cache.remove(topic),
         };
         Ok(found)
@@ -226,7 +239,7 @@ impl KafkaBackend {
 
     /// Partition count from metadata, `None` when the topic does not exist.
     async fn fetch_partitions(&self, topic: &str) -> Result<Option<i32>> {
-        Ok(self.metadata(topic).await?.map(|(n, _)| n))
+        Ok(self.metadata(topic).await?.map(|m| m.partitions))
     }
 
     /// The partition count used to route keys; re-read from metadata after
@@ -395,30 +408,10 @@ impl KafkaBackend {
 
     /// The partition count when the topic exists and every partition has a leader, else `None`.
     async fn led_partitions(&self, topic: &str) -> Result<Option<i32>> {
-        let (producer, topic, timeout) = (
-            self.inner.producer.clone(),
-            topic.to_owned(),
-            self.inner.config.request_timeout,
-        );
-        blocking(move || {
-            let md = producer
-                .client()
-                .fetch_metadata(Some(&topic), timeout)
-                .map_err(broker)?;
-            Ok(md
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic)
-                .and_then(|t| {
-                    let led = t.error().is_none()
-                        && !t.partitions().is_empty()
-                        && t.partitions()
-                            .iter()
-                            .all(|p| p.error().is_none() && p.leader() >= 0);
-                    led.then(|| t.partitions().len() as i32)
-                }))
-        })
-        .await
+        Ok(self
+            .metadata(topic)
+            .await?
+            .and_then(|m| m.led.then_some(m.partitions)))
     }
 }
 
@@ -452,7 +445,12 @@ impl Backend for KafkaBackend {
 
     async fn topic_spec(&self, topic: &str) -> Result<Option<TopicSpec>> {
         self.ensure_open()?;
-        let Some((partitions, replication)) = self.metadata(topic).await? else {
+        let Some(TopicMeta {
+            partitions,
+            replication,
+            ..
+        }) = self.metadata(topic).await?
+        else {
             return Ok(None);
         };
         let c = self.inner.admin.configs(topic).await?;

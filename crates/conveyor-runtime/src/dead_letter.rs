@@ -95,24 +95,9 @@ pub fn trimmed_dead_letter_record(full: &Record, why: &str) -> Record {
     r.key = full.key.clone().filter(|k| k.len() <= 1024);
     r.timestamp = full.timestamp;
     for (name, value) in full.headers.iter() {
-        let own = [
-            dlq::ERROR,
-            dlq::REASON,
-            dlq::ATTEMPTS,
-            dlq::FAILED_AT,
-            dlq::ORIGINAL_TOPIC,
-            dlq::ORIGINAL_PARTITION,
-            dlq::ORIGINAL_OFFSET,
-            dlq::GROUP,
-            headers::MESSAGE_ID,
-            headers::JOB_TYPE,
-            headers::ATTEMPT,
-            headers::PRODUCED_AT,
-            headers::PRODUCER,
-            headers::CONTENT_TYPE,
-            headers::TRACEPARENT,
-        ]
-        .contains(&name);
+        let own = dlq::ALL.contains(&name)
+            || headers::METADATA.contains(&name)
+            || name == headers::TRACEPARENT;
         if name == dlq::ERROR {
             let error = String::from_utf8_lossy(value);
             r.headers.insert(name, cut(&error, TRIMMED_ERROR_BYTES));

@@ -505,16 +505,39 @@ impl Scheduler {
                 self.release_lane(&task);
                 continue;
             }
-            let shared = Arc::clone(&self.shared);
-            let kept = task.clone();
-            let running = self.running_by_partition.enter(&task.record);
-            let handle = self.running.spawn(async move {
+            self.spawn_task(task, |shared, task| async move {
                 let result = run_attempt(&shared, &task).await;
-                drop(running);
                 (task, result)
             });
-            self.in_flight.insert(handle.id(), kept);
         }
+    }
+
+    /// Runs `work` for `task` as a task of its own, counted as running on its partition (for
+    /// the revocation barrier) and remembered by task id (for a task that ends abnormally).
+    fn spawn_task<Fut>(&mut self, task: Task, work: impl FnOnce(Arc<Shared>, Task) -> Fut)
+    where
+        Fut: Future<Output = (Task, TaskResult)> + Send + 'static,
+    {
+        let kept = task.clone();
+        let running = self.running_by_partition.enter(&task.record);
+        let work = work(Arc::clone(&self.shared), task);
+        let handle = self.running.spawn(async move {
+            let out = work.await;
+            drop(running);
+            out
+        });
+        self.in_flight.insert(handle.id(), kept);
+    }
+
+    /// Runs `task` again, as its next attempt, after `delay`.
+    fn retry_later(&mut self, task: Task, delay: Duration) {
+        self.timers.spawn(async move {
+            tokio::time::sleep(delay).await;
+            Task {
+                attempt: task.attempt + 1,
+                ..task
+            }
+        });
     }
 
     fn on_task_done(
@@ -539,15 +562,7 @@ impl Scheduler {
             }
         };
         match result {
-            TaskResult::Retry(delay) if self.is_current(&task) => {
-                self.timers.spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    Task {
-                        attempt: task.attempt + 1,
-                        ..task
-                    }
-                });
-            }
+            TaskResult::Retry(delay) if self.is_current(&task) => self.retry_later(task, delay),
             TaskResult::Retry(_) | TaskResult::Finished => {
                 self.mark_finished(&task);
                 self.release_lane(&task);
@@ -579,28 +594,17 @@ impl Scheduler {
         if policy.should_retry(task.attempt) {
             self.shared.stats.retried.fetch_add(1, Ordering::Relaxed);
             let delay = policy.delay(task.attempt);
-            self.timers.spawn(async move {
-                tokio::time::sleep(delay).await;
-                Task {
-                    attempt: task.attempt + 1,
-                    ..task
-                }
-            });
+            self.retry_later(task, delay);
             return;
         }
-        let shared = Arc::clone(&self.shared);
         let task = Task {
             dead_lettering: true,
             ..task
         };
-        let kept = task.clone();
-        let running = self.running_by_partition.enter(&task.record);
-        let handle = self.running.spawn(async move {
+        self.spawn_task(task, |shared, task| async move {
             let result = dead_letter(&shared, &task, DeadLetterReason::Exhausted, &error).await;
-            drop(running);
             (task, result)
         });
-        self.in_flight.insert(handle.id(), kept);
     }
 
     async fn on_poll(&mut self, poll: Poll) {

@@ -162,15 +162,6 @@ struct JobRequest {
     headers: BTreeMap<String, String>,
 }
 
-const RESERVED: &[&str] = &[
-    headers::MESSAGE_ID,
-    headers::JOB_TYPE,
-    headers::ATTEMPT,
-    headers::PRODUCED_AT,
-    headers::PRODUCER,
-    headers::CONTENT_TYPE,
-];
-
 /// Whether `s` can travel in an HTTP header (webhooks send the type, key, content type and
 /// trace context as headers): no control characters but tab.
 fn header_safe(s: &str) -> bool {
@@ -246,7 +237,10 @@ impl JobRequest {
             job = job.with_key(k);
         }
         for (name, value) in self.headers {
-            if RESERVED.contains(&name.as_str()) || name.starts_with("dlq_") || name.is_empty() {
+            if headers::METADATA.contains(&name.as_str())
+                || name.starts_with("dlq_")
+                || name.is_empty()
+            {
                 return Err(ApiError::invalid(
                     field(&format!("headers.{name}")),
                     format!("header `{name}` is reserved for conveyor's metadata"),
