@@ -416,14 +416,8 @@ nodes=$nodes
 java_cmd=($(printf '%q ' "${java_cmd[@]}"))
 ready=($(printf '%q ' "$JAVA" -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -cp "$LIBS/*" "$ready_java" "127.0.0.1:$(port_of "$i" 0)"))
 EOF
+    declare -f node_running
     cat <<'EOF'
-node_running() {
-  local st cmdline
-  { read -r _ _ st _ <"/proc/$1/stat"; } 2>/dev/null || return 1
-  case "$st" in Z|X|x) return 1 ;; esac
-  cmdline=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null) || return 1
-  case "$cmdline" in *"$dir/server.properties"*) return 0 ;; *) return 1 ;; esac
-}
 wait_s=""
 case "${1:-}" in
   "") ;;
@@ -432,8 +426,8 @@ case "${1:-}" in
 esac
 old=$(cat "$dir/pid" 2>/dev/null || true)
 if [ -n "$old" ]; then
-  for _ in $(seq 1 50); do node_running "$old" || break; sleep 0.1; done
-  if node_running "$old"; then echo "$dir/start: node already running (pid $old)" >&2; exit 1; fi
+  for _ in $(seq 1 50); do node_running "$old" "$dir" || break; sleep 0.1; done
+  if node_running "$old" "$dir"; then echo "$dir/start: node already running (pid $old)" >&2; exit 1; fi
 fi
 rm -f "$dir/pid.new"
 echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) start ===" >>"$dir/broker.log"
@@ -456,18 +450,12 @@ EOF
 set -euo pipefail
 dir=$(printf '%q' "$dir")
 EOF
+  declare -f node_running >>"$dir/stop"
   cat >>"$dir/stop" <<'EOF'
-node_running() {
-  local st cmdline
-  { read -r _ _ st _ <"/proc/$1/stat"; } 2>/dev/null || return 1
-  case "$st" in Z|X|x) return 1 ;; esac
-  cmdline=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null) || return 1
-  case "$cmdline" in *"$dir/server.properties"*) return 0 ;; *) return 1 ;; esac
-}
 pid=$(cat "$dir/pid" 2>/dev/null || true)
-[ -n "$pid" ] && node_running "$pid" || exit 0
+[ -n "$pid" ] && node_running "$pid" "$dir" || exit 0
 kill -KILL "$pid" 2>/dev/null || true
-for _ in $(seq 1 100); do node_running "$pid" || exit 0; sleep 0.1; done
+for _ in $(seq 1 100); do node_running "$pid" "$dir" || exit 0; sleep 0.1; done
 echo "$dir/stop: pid $pid still running" >&2
 exit 1
 EOF

@@ -6,6 +6,8 @@
 
 #![cfg(feature = "live")]
 
+mod live;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,10 +21,7 @@ struct Live(GroupProtocol);
 #[async_trait]
 impl Harness for Live {
     async fn open(&self) -> Result<Arc<dyn Backend>> {
-        let brokers = std::env::var("CONVEYOR_TEST_BROKERS").expect(
-            "set CONVEYOR_TEST_BROKERS=host:port, or run the tests through scripts/kafka.sh",
-        );
-        let mut config = KafkaConfig::new(brokers);
+        let mut config = KafkaConfig::new(live::brokers());
         config.session_timeout = Duration::from_secs(6);
         config.group_protocol = self.0;
         Ok(Arc::new(KafkaBackend::connect(config)?))

@@ -7,6 +7,10 @@
 
 #![cfg(feature = "live")]
 
+mod live;
+
+use live::brokers;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,11 +24,6 @@ use tokio::task::JoinHandle;
 const PARTITIONS: i32 = 6;
 const KEYS: usize = 24;
 const JOBS: usize = 3_000;
-
-fn brokers() -> String {
-    std::env::var("CONVEYOR_TEST_BROKERS")
-        .expect("set CONVEYOR_TEST_BROKERS=host:port, or run the tests through scripts/kafka.sh")
-}
 
 fn backend(protocol: GroupProtocol) -> Arc<dyn Backend> {
     let mut config = KafkaConfig::new(brokers());

@@ -7,6 +7,10 @@
 
 #![cfg(feature = "live")]
 
+mod live;
+
+use live::{brokers, unique};
+
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -17,11 +21,6 @@ use conveyor_core::{Backend, TopicSpec};
 use conveyor_kafka::{KafkaBackend, KafkaConfig};
 use conveyor_runtime::{handler_fn, Client, Job, NewJob, Worker};
 use tokio::sync::oneshot;
-
-fn brokers() -> String {
-    std::env::var("CONVEYOR_TEST_BROKERS")
-        .expect("set CONVEYOR_TEST_BROKERS=host:port, or run the tests through scripts/kafka.sh")
-}
 
 /// Runs `Interop.java` with the broker's jars and returns its standard output.
 fn java(args: &[&str]) -> String {
@@ -45,10 +44,6 @@ fn java(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}.{}", uuid::Uuid::now_v7().simple())
 }
 
 async fn backend() -> Arc<dyn Backend> {

@@ -7,6 +7,10 @@
 
 #![cfg(feature = "live")]
 
+mod live;
+
+use live::{brokers, unique};
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -17,15 +21,6 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 const T: Duration = Duration::from_secs(30);
-
-fn brokers() -> String {
-    std::env::var("CONVEYOR_TEST_BROKERS")
-        .expect("set CONVEYOR_TEST_BROKERS=host:port, or run the tests through scripts/kafka.sh")
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}.{}", uuid::Uuid::now_v7().simple())
-}
 
 fn create_topics(names: &[&str]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()

@@ -32,7 +32,7 @@ async fn failover(victim: usize) {
     let brokers = std::env::var("CONVEYOR_TEST_BROKERS").expect("CONVEYOR_TEST_BROKERS=host:port");
     let (hook, received) = receiver(Duration::from_millis(1)).await;
     let dir = tempfile::tempdir().unwrap();
-    let suffix = uuid_like();
+    let suffix = util::unique_suffix();
     let topic = format!("failover.{suffix}");
     let mut configs = Vec::new();
     let mut bases = Vec::new();
@@ -142,14 +142,4 @@ max_delay_ms = 100
         first.len() + second.len(),
         recovered.as_secs_f64()
     );
-}
-
-fn uuid_like() -> String {
-    format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
 }

@@ -31,7 +31,7 @@ async fn topics_apply_changes_retention_and_adds_partitions_on_the_broker() {
     wait_ok(&base, "/readyz", Duration::from_secs(60)).await;
     let broker = KafkaBackend::connect(KafkaConfig::new(brokers)).unwrap();
 
-    let topic = format!("apply.{}", uuid_like());
+    let topic = format!("apply.{}", util::unique_suffix());
     let file = dir.path().join("topics.toml");
     let f = file.to_str().unwrap();
     let url = ["--url", base.as_str()];
@@ -89,14 +89,4 @@ async fn topics_apply_changes_retention_and_adds_partitions_on_the_broker() {
         5
     );
     eprintln!("topics apply on Kafka: created with 3 partitions and 1 d, updated to 5 partitions, 3 d and 1 GiB, read back from the broker");
-}
-
-fn uuid_like() -> String {
-    format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
 }

@@ -79,6 +79,18 @@ pub async fn receiver(delay: Duration) -> (SocketAddr, Arc<Received>) {
     (addr, received)
 }
 
+/// A suffix that makes a topic or group name unique to this run (nanoseconds since the epoch,
+/// in hex).
+pub fn unique_suffix() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
