@@ -269,10 +269,7 @@ pub async fn resume_from_committed_offset(h: &dyn Harness, f: &Features) {
             .expect("subscribe");
         let got = collect(&mut *sub, 100, f.timeout).await;
         assert_eq!(got[0].offset, 0);
-        sub.commit(&[CommitOffset {
-            tp: TopicPartition::new(&t, 0),
-            next_offset: 60,
-        }])
+        sub.commit(&[CommitOffset::new(TopicPartition::new(&t, 0), 60)])
         .await
         .expect("commit");
     }
@@ -303,10 +300,7 @@ pub async fn unacknowledged_records_are_redelivered_after_restart(h: &dyn Harnes
         .await
         .expect("subscribe");
     collect(&mut *sub, 20, f.timeout).await;
-    sub.commit(&[CommitOffset {
-        tp: TopicPartition::new(&t, 0),
-        next_offset: 10,
-    }])
+    sub.commit(&[CommitOffset::new(TopicPartition::new(&t, 0), 10)])
     .await
     .expect("commit");
     drop(sub);
@@ -322,6 +316,57 @@ pub async fn unacknowledged_records_are_redelivered_after_restart(h: &dyn Harnes
     let offsets: Vec<i64> = got.iter().map(|r| r.offset).collect();
     assert_eq!(offsets, (10..20).collect::<Vec<i64>>());
     assert_eq!(values(&got)[0], "m10");
+}
+
+/// Commit metadata is kept with the offset: read back by the member, and by the partition's
+/// next owner after stored (not yet committed) progress was handed over; too long metadata is
+/// refused and commits nothing.
+pub async fn commit_metadata_reaches_the_next_owner(h: &dyn Harness, f: &Features) {
+    let b = open(h).await;
+    let t = topic(&*b, "metadata", 1).await;
+    let tp = TopicPartition::new(&t, 0);
+    let g = unique("g");
+    b.publish(&t, numbered(10)).await.expect("publish");
+    let mut sub = b
+        .subscribe(SubscribeOptions::new(g.clone(), [t.clone()]))
+        .await
+        .expect("subscribe");
+    collect(&mut *sub, 10, f.timeout).await;
+    sub.commit(&[CommitOffset::new(tp.clone(), 3).with_metadata("first owner: 3")])
+        .await
+        .expect("commit");
+    let too_long = "x".repeat(conveyor_core::MAX_COMMIT_METADATA + 1);
+    let refused = sub
+        .commit(&[CommitOffset::new(tp.clone(), 9).with_metadata(too_long)])
+        .await;
+    assert!(
+        matches!(refused, Err(Error::InvalidArgument(_))),
+        "{refused:?}"
+    );
+    let c = sub.committed(std::slice::from_ref(&tp)).await.expect("committed");
+    assert_eq!(
+        (c[0].next_offset, c[0].metadata.as_str()),
+        (Some(3), "first owner: 3"),
+        "the refused commit changed nothing"
+    );
+    sub.store(&[CommitOffset::new(tp.clone(), 5).with_metadata("stored: 5 ü")])
+        .expect("store");
+    drop(sub);
+
+    let mut next = b
+        .subscribe(SubscribeOptions::new(g.clone(), [t.clone()]))
+        .await
+        .expect("subscribe");
+    wait_assigned(&mut *next, f.timeout).await;
+    let c = next.committed(std::slice::from_ref(&tp)).await.expect("committed");
+    assert_eq!(
+        (c[0].next_offset, c[0].metadata.as_str()),
+        (Some(5), "stored: 5 ü"),
+        "the next owner reads the stored progress and its metadata"
+    );
+    let fresh = TopicPartition::new(topic(&*b, "metadata-fresh", 1).await, 0);
+    let c = next.committed(std::slice::from_ref(&fresh)).await.expect("committed");
+    assert_eq!((c[0].next_offset, c[0].metadata.as_str()), (None, ""));
 }
 
 /// Every publish acknowledged before `close` returned is there after a restart.
@@ -417,10 +462,7 @@ pub async fn commits_to_revoked_partitions_are_fenced(h: &dyn Harness, f: &Featu
     settle(&mut [&mut *s1, &mut *s2], 2, f.timeout).await;
     let moved = s2.assignment()[0].clone();
     let err = s1
-        .commit(&[CommitOffset {
-            tp: moved.clone(),
-            next_offset: 1,
-        }])
+        .commit(&[CommitOffset::new(moved.clone(), 1)])
         .await
         .expect_err("commit by the old owner must fail");
     assert!(matches!(err, Error::NotAssigned { .. }), "{err:?}");
@@ -477,10 +519,7 @@ pub async fn committed_offsets_are_reported(h: &dyn Harness, f: &Features) {
         .await
         .expect("subscribe");
     collect(&mut *sub, 2, f.timeout).await;
-    sub.commit(&[CommitOffset {
-        tp: TopicPartition::new(&t, 1),
-        next_offset: 2,
-    }])
+    sub.commit(&[CommitOffset::new(TopicPartition::new(&t, 1), 2)])
     .await
     .expect("commit");
     let committed = b.committed_offsets(&g, &t).await.expect("offsets");
@@ -612,10 +651,7 @@ pub async fn stored_progress_survives_a_revocation(h: &dyn Harness, f: &Features
     }
     let stored: Vec<CommitOffset> = next
         .iter()
-        .map(|(p, o)| CommitOffset {
-            tp: TopicPartition::new(t.clone(), *p),
-            next_offset: *o,
-        })
+        .map(|(p, o)| CommitOffset::new(TopicPartition::new(t.clone(), *p), *o))
         .collect();
     first.store(&stored).expect("store");
 

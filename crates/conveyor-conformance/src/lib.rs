@@ -92,6 +92,7 @@ macro_rules! conformance_tests {
             commits_to_revoked_partitions_are_fenced,
             unknown_topics_are_errors,
             committed_offsets_are_reported,
+            commit_metadata_reaches_the_next_owner,
             stored_progress_survives_a_revocation,
             paused_partitions_resume_where_they_stopped,
             topic_settings_are_read_and_changed,

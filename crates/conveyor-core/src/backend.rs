@@ -65,6 +65,57 @@ pub struct CommitOffset {
     pub tp: TopicPartition,
     /// The offset of the first record not yet finished (last finished + 1).
     pub next_offset: i64,
+    /// Kept with the offset and read back by the partition's next owner
+    /// ([`Subscription::committed`]); each commit replaces it, an empty string clears it. At
+    /// most [`MAX_COMMIT_METADATA`] bytes (Kafka's commit metadata; the worker keeps attempt
+    /// counts there).
+    #[serde(default)]
+    pub metadata: String,
+}
+
+/// The largest [`CommitOffset::metadata`] every backend keeps: Kafka brokers refuse more than
+/// `offset.metadata.max.bytes` (4096 by default).
+pub const MAX_COMMIT_METADATA: usize = 4000;
+
+impl CommitOffset {
+    /// Resume `tp` at `next_offset`, with no metadata.
+    pub fn new(tp: TopicPartition, next_offset: i64) -> Self {
+        CommitOffset {
+            tp,
+            next_offset,
+            metadata: String::new(),
+        }
+    }
+
+    /// The same commit carrying `metadata`.
+    pub fn with_metadata(mut self, metadata: impl Into<String>) -> Self {
+        self.metadata = metadata.into();
+        self
+    }
+}
+
+/// Refuses a commit whose metadata is longer than [`MAX_COMMIT_METADATA`] (each backend calls it
+/// before committing anything).
+pub fn check_commit_metadata(offsets: &[CommitOffset]) -> Result<()> {
+    match offsets.iter().find(|c| c.metadata.len() > MAX_COMMIT_METADATA) {
+        Some(c) => Err(crate::Error::InvalidArgument(format!(
+            "the commit metadata of {} is {} bytes; at most {MAX_COMMIT_METADATA} are kept",
+            c.tp,
+            c.metadata.len()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// What a group committed for one partition: see [`Subscription::committed`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committed {
+    /// The partition.
+    pub tp: TopicPartition,
+    /// The committed offset, `None` when the group never committed this partition.
+    pub next_offset: Option<i64>,
+    /// The metadata of the last commit (empty when none).
+    pub metadata: String,
 }
 
 /// Where a group with no committed offset starts reading.
@@ -220,9 +271,16 @@ pub trait Subscription: Send + fmt::Debug {
     /// Waits up to `timeout` for up to `max` records or an assignment change.
     async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Poll>;
 
-    /// Commits offsets. Fails with `NotAssigned` for a partition this member no longer owns; the
-    /// other offsets in the call are still committed.
+    /// Commits offsets (each with its metadata). Fails with `NotAssigned` for a partition this
+    /// member no longer owns; the other offsets in the call are still committed. Metadata longer
+    /// than [`MAX_COMMIT_METADATA`] fails the call with `InvalidArgument` before anything is
+    /// committed.
     async fn commit(&mut self, offsets: &[CommitOffset]) -> Result<()>;
+
+    /// The group's committed offsets and their metadata for `partitions`, read from the
+    /// backend (not from this member's memory), so a new owner sees what the previous one
+    /// committed, including offsets committed through [`Subscription::store`].
+    async fn committed(&mut self, partitions: &[TopicPartition]) -> Result<Vec<Committed>>;
 
     /// Stops delivering records of these owned partitions until [`Subscription::resume`], while
     /// polling goes on (a member that stops polling is removed from a Kafka group). Records are
@@ -233,9 +291,9 @@ pub trait Subscription: Send + fmt::Debug {
     /// Delivers records of paused partitions again.
     fn resume(&mut self, partitions: &[TopicPartition]) -> Result<()>;
 
-    /// Records finished progress without acknowledging it yet. A backend whose partitions can be
-    /// taken away between two commits (Kafka) commits the stored offsets of a partition just
-    /// before it is revoked, so work that finished is not repeated by the next owner. Local and
+    /// Records finished progress (with its metadata) without acknowledging it yet. A backend
+    /// whose partitions can be taken away between two commits (Kafka) commits the stored offsets
+    /// of a partition just before it is revoked, so work that finished is not repeated by the next owner. Local and
     /// cheap; call it as work finishes and [`Subscription::commit`] on an interval. Partitions not
     /// owned are ignored. The default does nothing (commits are cheap enough to be frequent).
     fn store(&mut self, offsets: &[CommitOffset]) -> Result<()> {

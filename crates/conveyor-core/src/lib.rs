@@ -24,8 +24,8 @@ pub mod retry;
 pub mod topic;
 
 pub use backend::{
-    AtomicPublishCommit, Backend, CommitOffset, Poll, RevokeBarrier, StartFrom, SubscribeOptions,
-    Subscription, TopicPartition,
+    AtomicPublishCommit, Backend, CommitOffset, Committed, Poll, RevokeBarrier, StartFrom,
+    SubscribeOptions, Subscription, TopicPartition, MAX_COMMIT_METADATA,
 };
 pub use error::{Error, Result};
 pub use headers::JobMeta;

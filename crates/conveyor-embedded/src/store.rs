@@ -369,10 +369,22 @@ impl Store {
         partition: i32,
     ) -> Result<Option<i64>> {
         Ok(self
+            .committed_with_metadata(group, topic, partition)?
+            .map(|(o, _)| o))
+    }
+
+    /// The committed offset and the metadata committed with it.
+    pub(crate) fn committed_with_metadata(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<(i64, String)>> {
+        Ok(self
             .offsets
             .get(offset_key(group, topic, partition))
             .map_err(storage)?
-            .and_then(|v| v.as_ref().try_into().ok().map(i64::from_be_bytes)))
+            .and_then(|v| decode_commit(&v)))
     }
 
     pub(crate) fn commit(&self, group: &str, offsets: &[CommitOffset]) -> Result<()> {
@@ -382,7 +394,7 @@ impl Store {
             batch.insert(
                 &self.offsets,
                 offset_key(group, &c.tp.topic, c.tp.partition),
-                c.next_offset.to_be_bytes(),
+                encode_commit(c),
             );
         }
         batch.commit().map_err(storage)
@@ -626,7 +638,7 @@ impl Store {
                     batch.insert(
                         &self.offsets,
                         offset_key(&group, &c.tp.topic, c.tp.partition),
-                        c.next_offset.to_be_bytes(),
+                        encode_commit(c),
                     );
                 }
             }
@@ -717,4 +729,18 @@ impl Store {
         }
         Ok(deleted)
     }
+}
+
+/// A committed offset as stored: the offset (8 bytes, big-endian), then the metadata's UTF-8
+/// (absent in stores written before metadata existed).
+fn encode_commit(c: &CommitOffset) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + c.metadata.len());
+    v.extend_from_slice(&c.next_offset.to_be_bytes());
+    v.extend_from_slice(c.metadata.as_bytes());
+    v
+}
+
+fn decode_commit(v: &[u8]) -> Option<(i64, String)> {
+    let offset = i64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+    Some((offset, String::from_utf8_lossy(&v[8..]).into_owned()))
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use conveyor_core::{CommitOffset, Error, Poll, Result, StartFrom, Subscription, TopicPartition};
+use conveyor_core::{
+    CommitOffset, Committed, Error, Poll, Result, StartFrom, Subscription, TopicPartition,
+};
 use tokio::sync::watch;
 
 use crate::group::Groups;
@@ -193,6 +195,22 @@ impl Subscription for EmbeddedSubscription {
         self.commit_owned(offsets)
     }
 
+    async fn committed(&mut self, partitions: &[TopicPartition]) -> Result<Vec<Committed>> {
+        partitions
+            .iter()
+            .map(|tp| {
+                let c = self
+                    .store
+                    .committed_with_metadata(&self.group, &tp.topic, tp.partition)?;
+                Ok(Committed {
+                    tp: tp.clone(),
+                    next_offset: c.as_ref().map(|(o, _)| *o),
+                    metadata: c.map(|(_, m)| m).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
     fn pause(&mut self, partitions: &[TopicPartition]) -> Result<()> {
         self.paused.extend(
             partitions
@@ -238,6 +256,7 @@ impl Drop for EmbeddedSubscription {
 impl EmbeddedSubscription {
     /// Commits the offsets of owned partitions; `NotAssigned` names the first one not owned.
     fn commit_owned(&self, offsets: &[CommitOffset]) -> Result<()> {
+        conveyor_core::backend::check_commit_metadata(offsets)?;
         let tps: Vec<TopicPartition> = offsets.iter().map(|c| c.tp.clone()).collect();
         let (store, group) = (&self.store, &self.group);
         self.groups.with_owned(group, self.member, &tps, |owned| {

@@ -17,7 +17,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use conveyor_core::{
-    CommitOffset, ConsumedRecord, Error, Headers, Poll, Result, Subscription, TopicPartition,
+    CommitOffset, Committed, ConsumedRecord, Error, Headers, Poll, Result, Subscription,
+    TopicPartition,
 };
 use futures_util::FutureExt;
 use rdkafka::consumer::{
@@ -138,6 +139,8 @@ pub(crate) struct KafkaSubscription {
     /// them, so they are kept here until the partition resumes).
     pub(crate) held: Vec<Held>,
     pub(crate) paused: BTreeSet<TopicPartition>,
+    /// Bounds a read of the committed offsets.
+    pub(crate) request_timeout: Duration,
 }
 
 impl std::fmt::Debug for KafkaSubscription {
@@ -182,6 +185,18 @@ pub(crate) fn to_record(m: &BorrowedMessage<'_>) -> ConsumedRecord {
         value: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
         headers,
     }
+}
+
+/// Offsets with their metadata, as librdkafka commits and stores them.
+fn commit_list(offsets: &[&CommitOffset]) -> Result<TopicPartitionList> {
+    let mut list = TopicPartitionList::new();
+    for c in offsets {
+        let mut e = list.add_partition(&c.tp.topic, c.tp.partition);
+        e.set_offset(Offset::Offset(c.next_offset))
+            .map_err(crate::broker)?;
+        e.set_metadata(c.metadata.as_str());
+    }
+    Ok(list)
 }
 
 fn tp_list(tps: &[&TopicPartition]) -> TopicPartitionList {
@@ -352,21 +367,14 @@ impl Subscription for KafkaSubscription {
     }
 
     async fn commit(&mut self, offsets: &[CommitOffset]) -> Result<()> {
-        let mut list = TopicPartitionList::new();
-        let mut refused = None;
-        for c in offsets {
-            if self.assignment.contains(&c.tp) {
-                list.add_partition_offset(
-                    &c.tp.topic,
-                    c.tp.partition,
-                    Offset::Offset(c.next_offset),
-                )
-                .map_err(crate::broker)?;
-            } else if refused.is_none() {
-                refused = Some(c.tp.clone());
-            }
-        }
-        if list.count() > 0 {
+        conveyor_core::backend::check_commit_metadata(offsets)?;
+        let owned: Vec<&CommitOffset> = offsets
+            .iter()
+            .filter(|c| self.assignment.contains(&c.tp))
+            .collect();
+        let refused = offsets.iter().find(|c| !self.assignment.contains(&c.tp));
+        if !owned.is_empty() {
+            let list = commit_list(&owned)?;
             let consumer = Arc::clone(&self.consumer);
             tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
                 .await
@@ -374,22 +382,59 @@ impl Subscription for KafkaSubscription {
                 .map_err(crate::broker)?;
         }
         match refused {
-            Some(tp) => Err(Error::NotAssigned {
-                topic: tp.topic,
-                partition: tp.partition,
+            Some(c) => Err(Error::NotAssigned {
+                topic: c.tp.topic.clone(),
+                partition: c.tp.partition,
             }),
             None => Ok(()),
         }
     }
 
-    fn store(&mut self, offsets: &[CommitOffset]) -> Result<()> {
+    async fn committed(&mut self, partitions: &[TopicPartition]) -> Result<Vec<Committed>> {
         let mut list = TopicPartitionList::new();
-        for c in offsets.iter().filter(|c| self.assignment.contains(&c.tp)) {
-            list.add_partition_offset(&c.tp.topic, c.tp.partition, Offset::Offset(c.next_offset))
-                .map_err(crate::broker)?;
+        for tp in partitions {
+            list.add_partition(&tp.topic, tp.partition);
         }
-        if list.count() > 0 {
-            self.consumer.store_offsets(&list).map_err(crate::broker)?;
+        let (consumer, timeout) = (Arc::clone(&self.consumer), self.request_timeout);
+        let got = tokio::task::spawn_blocking(move || consumer.committed_offsets(list, timeout))
+            .await
+            .map_err(|e| Error::Broker(e.to_string()))?
+            .map_err(crate::broker)?;
+        Ok(partitions
+            .iter()
+            .map(|tp| {
+                let e = got.find_partition(&tp.topic, tp.partition);
+                Committed {
+                    tp: tp.clone(),
+                    next_offset: e.as_ref().and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    }),
+                    // rust-rdkafka unwraps the metadata as UTF-8; another client's binary
+                    // metadata reads as none
+                    metadata: e
+                        .and_then(|e| {
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                e.metadata().to_owned()
+                            }))
+                            .ok()
+                        })
+                        .unwrap_or_default(),
+                }
+            })
+            .collect())
+    }
+
+    fn store(&mut self, offsets: &[CommitOffset]) -> Result<()> {
+        conveyor_core::backend::check_commit_metadata(offsets)?;
+        let owned: Vec<&CommitOffset> = offsets
+            .iter()
+            .filter(|c| self.assignment.contains(&c.tp))
+            .collect();
+        if !owned.is_empty() {
+            self.consumer
+                .store_offsets(&commit_list(&owned)?)
+                .map_err(crate::broker)?;
         }
         Ok(())
     }

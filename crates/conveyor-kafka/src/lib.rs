@@ -569,6 +569,7 @@ impl Backend for KafkaBackend {
             assignment: BTreeSet::new(),
             held: Vec::new(),
             paused: BTreeSet::new(),
+            request_timeout: self.inner.config.request_timeout,
         }))
     }
 

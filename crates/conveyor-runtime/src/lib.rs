@@ -13,6 +13,7 @@
 //! - [`webhook`]: [`WebhookHandler`], delivering jobs to HTTP endpoints.
 //! - [`bench`]: the measurements behind `conveyor bench`.
 
+pub mod attempts;
 pub mod bench;
 pub mod client;
 pub mod dead_letter;

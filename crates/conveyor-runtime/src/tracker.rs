@@ -33,6 +33,16 @@ impl OffsetTracker {
         (self.committed != Some(point)).then_some(point)
     }
 
+    /// Where the partition stands: the commit point, changed or not (`None` before anything was
+    /// fetched or committed).
+    pub fn position(&self) -> Option<i64> {
+        self.pending
+            .first()
+            .copied()
+            .or(self.next_fetched)
+            .or(self.committed)
+    }
+
     /// Records a successful commit.
     pub fn committed(&mut self, offset: i64) {
         self.committed = Some(offset);

@@ -22,6 +22,10 @@
 //! partitions that have not started are dropped (the new owner gets them from the committed
 //! offset).
 //!
+//! Attempt counts outlive the process: each commit carries the partition's unfinished jobs'
+//! attempt counts in its metadata ([`crate::attempts`]), so a job that keeps killing its process,
+//! or keeps being rebalanced away, is dead-lettered once `max_attempts` attempts started.
+//!
 //! Shutdown stops fetching, waits up to `shutdown_timeout` for running handlers, commits what
 //! finished and hands the rest back to the group (uncommitted, so redelivered).
 
@@ -36,12 +40,14 @@ use bytes::Bytes;
 use conveyor_core::{
     Backend, CommitOffset, ConsumedRecord, Error, Outcome, Poll, Result, RetryPolicy,
     RevokeBarrier, StartFrom, SubscribeOptions, Subscription, TopicPartition, TopicSpec,
+    MAX_COMMIT_METADATA,
 };
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::attempts::AttemptBook;
 use crate::dead_letter::{
     dead_letter_record, dead_letter_topic, trimmed_dead_letter_record, DeadLetterReason,
 };
@@ -285,6 +291,26 @@ struct Task {
     attempt: u32,
     epoch: u64,
     lane: Option<LaneKey>,
+    /// It may have been running when its partition's previous owner stopped: its attempt count
+    /// is committed before it runs.
+    suspect: bool,
+}
+
+/// One owned partition: its assignment epoch, its commit point and its attempt counts.
+struct Track {
+    epoch: u64,
+    offsets: OffsetTracker,
+    attempts: AttemptBook,
+}
+
+impl Track {
+    fn new(epoch: u64, attempts: AttemptBook) -> Self {
+        Track {
+            epoch,
+            offsets: OffsetTracker::default(),
+            attempts,
+        }
+    }
 }
 
 enum TaskResult {
@@ -361,6 +387,7 @@ impl Worker {
             tracks: HashMap::new(),
             lanes: KeyLanes::default(),
             ready: VecDeque::new(),
+            marking: Vec::new(),
             running: JoinSet::new(),
             in_flight: HashMap::new(),
             running_by_partition,
@@ -382,9 +409,11 @@ impl Worker {
 struct Scheduler {
     shared: Arc<Shared>,
     sub: Box<dyn Subscription>,
-    tracks: HashMap<TopicPartition, (u64, OffsetTracker)>,
+    tracks: HashMap<TopicPartition, Track>,
     lanes: KeyLanes<LaneKey, Task>,
     ready: VecDeque<Task>,
+    /// Suspects whose attempt count is being committed before they run.
+    marking: Vec<Task>,
     running: JoinSet<(Task, TaskResult)>,
     /// The task of each running attempt, so one whose task ends abnormally (a panic outside
     /// the handler's `catch_unwind`, e.g. in a future's `Drop`) still releases its key and is
@@ -416,6 +445,9 @@ impl Scheduler {
         tokio::pin!(shutdown);
         loop {
             self.dispatch();
+            if !self.marking.is_empty() {
+                self.run_suspects().await;
+            }
             if self.unstored {
                 self.store();
             }
@@ -463,15 +495,16 @@ impl Scheduler {
 
     fn is_current(&self, task: &Task) -> bool {
         let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
-        self.tracks.get(&tp).is_some_and(|(e, _)| *e == task.epoch)
+        self.tracks.get(&tp).is_some_and(|t| t.epoch == task.epoch)
     }
 
     /// Marks a finished job's offset committable, unless its partition was revoked since.
     fn mark_finished(&mut self, task: &Task) {
         let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
-        if let Some((epoch, track)) = self.tracks.get_mut(&tp) {
-            if *epoch == task.epoch {
-                track.finished(task.record.offset);
+        if let Some(track) = self.tracks.get_mut(&tp) {
+            if track.epoch == task.epoch {
+                track.offsets.finished(task.record.offset);
+                track.attempts.finish(task.record.offset);
                 self.buffered -= 1;
                 self.dirty = true;
                 self.unstored = true;
@@ -491,9 +524,12 @@ impl Scheduler {
     }
 
     fn dispatch(&mut self) {
-        while self.running.len() < self.shared.options.concurrency {
+        let mut starting = Vec::new();
+        while self.running.len() + self.marking.len() + starting.len()
+            < self.shared.options.concurrency
+        {
             let Some(task) = self.ready.pop_front() else {
-                return;
+                break;
             };
             let revoking = self.running_by_partition.is_revoking(&TopicPartition::new(
                 task.record.topic.clone(),
@@ -505,11 +541,58 @@ impl Scheduler {
                 self.release_lane(&task);
                 continue;
             }
+            let max_attempts = self.shared.policy(&job_type_of(&task.record)).max_attempts;
+            if task.suspect && task.attempt <= max_attempts {
+                self.marking.push(task);
+                continue;
+            }
+            starting.push(task);
+        }
+        self.start_attempts(starting);
+    }
+
+    /// Counts the attempts in their partitions' books, stores the counts (embedded: committed,
+    /// so an attempt that kills the process is counted; Kafka: kept for the next commit), and
+    /// runs them.
+    fn start_attempts(&mut self, tasks: Vec<Task>) {
+        if tasks.is_empty() {
+            return;
+        }
+        for task in &tasks {
+            let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
+            if let Some(track) = self.tracks.get_mut(&tp) {
+                track.attempts.start(task.record.offset, task.attempt);
+                self.dirty = true;
+            }
+        }
+        self.store();
+        for task in tasks {
             self.spawn_task(task, |shared, task| async move {
                 let result = run_attempt(&shared, &task).await;
                 (task, result)
             });
         }
+    }
+
+    /// Commits the attempt counts of suspects, then runs them: if one kills the process again,
+    /// the next owner counts that attempt.
+    async fn run_suspects(&mut self) {
+        let tasks = std::mem::take(&mut self.marking);
+        for task in &tasks {
+            let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
+            if let Some(track) = self.tracks.get_mut(&tp) {
+                track.attempts.start(task.record.offset, task.attempt);
+            }
+        }
+        self.commit().await;
+        let tasks = tasks
+            .into_iter()
+            .map(|task| Task {
+                suspect: false,
+                ..task
+            })
+            .collect();
+        self.start_attempts(tasks);
     }
 
     /// Runs `work` for `task` as a task of its own, counted as running on its partition (for
@@ -611,28 +694,37 @@ impl Scheduler {
         match poll {
             Poll::Idle => {}
             Poll::Records(records) => {
+                let mut leased = false;
                 for record in records {
                     let tp = TopicPartition::new(record.topic.clone(), record.partition);
                     let epoch = self.epoch;
-                    let (epoch, track) = self
+                    let track = self
                         .tracks
                         .entry(tp)
-                        .or_insert_with(|| (epoch, OffsetTracker::default()));
-                    track.fetched(record.offset);
+                        .or_insert_with(|| Track::new(epoch, AttemptBook::default()));
+                    track.offsets.fetched(record.offset);
+                    let arrival = track.attempts.arrive(record.offset);
+                    leased |= track.attempts.cover(record.offset);
                     self.buffered += 1;
                     let lane = record.key.clone().map(|k| (record.topic.clone(), k));
                     let task = Task {
                         dead_lettering: false,
                         record,
-                        attempt: 1,
-                        epoch: *epoch,
+                        attempt: arrival.attempts_before + 1,
+                        epoch: track.epoch,
                         lane,
+                        suspect: arrival.suspect,
                     };
                     let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
                     match self.lanes.admit(task.lane.clone().as_ref(), task) {
                         Some(task) => self.ready.push_back(task),
                         None => *self.waiting.entry(tp).or_default() += 1,
                     }
+                }
+                if leased {
+                    // the lease is committed before any job under it runs
+                    self.dirty = true;
+                    self.commit().await;
                 }
             }
             Poll::Rebalance { revoked, assigned } => {
@@ -657,14 +749,25 @@ impl Scheduler {
                     self.lanes.remove_waiting(|t: &Task| {
                         t.record.partition == tp.partition && t.record.topic == tp.topic
                     });
-                    if let Some((_, track)) = self.tracks.remove(tp) {
-                        self.buffered -= track.in_flight();
+                    if let Some(track) = self.tracks.remove(tp) {
+                        self.buffered -= track.offsets.in_flight();
                     }
                 }
+                let inherited = match self.sub.committed(&assigned).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the attempt counts of the assigned partitions; their jobs count attempts from 1");
+                        Vec::new()
+                    }
+                };
                 for tp in assigned {
                     self.epoch += 1;
-                    self.tracks
-                        .insert(tp, (self.epoch, OffsetTracker::default()));
+                    let book = inherited
+                        .iter()
+                        .find(|c| c.tp == tp)
+                        .map(|c| AttemptBook::inherit(&c.metadata))
+                        .unwrap_or_default();
+                    self.tracks.insert(tp, Track::new(self.epoch, book));
                 }
             }
         }
@@ -730,14 +833,21 @@ impl Scheduler {
     }
 
     /// Offsets that may be committed now, per owned partition.
+    /// Each with its attempt counts (the partitions whose commit point or counts changed).
     fn commit_points(&self) -> Vec<CommitOffset> {
         self.tracks
             .iter()
-            .filter_map(|(tp, (_, t))| {
-                t.commit_point().map(|o| CommitOffset {
-                    tp: tp.clone(),
-                    next_offset: o,
-                })
+            .filter_map(|(tp, t)| {
+                let point = t.offsets.commit_point().or_else(|| {
+                    t.attempts
+                        .changed()
+                        .then(|| t.offsets.position())
+                        .flatten()
+                })?;
+                Some(
+                    CommitOffset::new(tp.clone(), point)
+                        .with_metadata(t.attempts.encode(point, MAX_COMMIT_METADATA)),
+                )
             })
             .collect()
     }
@@ -761,8 +871,9 @@ impl Scheduler {
         match self.sub.commit(&offsets).await {
             Ok(()) => {
                 for c in offsets {
-                    if let Some((_, t)) = self.tracks.get_mut(&c.tp) {
-                        t.committed(c.next_offset);
+                    if let Some(t) = self.tracks.get_mut(&c.tp) {
+                        t.offsets.committed(c.next_offset);
+                        t.attempts.persisted();
                     }
                 }
                 self.dirty = false;
@@ -824,6 +935,19 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
     let job = Job::new(task.record.clone(), task.attempt);
     let job_type = job.job_type().to_owned();
+    let policy = shared.policy(&job_type);
+    if task.attempt > policy.max_attempts {
+        // every allowed attempt started under an earlier owner or process and none finished
+        let before = task.attempt - 1;
+        let error = format!(
+            "{before} attempts started and none finished (the process stopped or the partition moved while it ran); not run again"
+        );
+        let task = Task {
+            attempt: before,
+            ..task.clone()
+        };
+        return dead_letter(shared, &task, DeadLetterReason::Exhausted, &error).await;
+    }
     shared.stats.started.fetch_add(1, Ordering::Relaxed);
     let handler = shared
         .handlers
@@ -844,7 +968,6 @@ async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
             )),
         },
     };
-    let policy = shared.policy(&job_type);
     let r = &task.record;
     let (reason, error) = match outcome {
         Outcome::Done => {

@@ -506,10 +506,7 @@ async fn lag_per_partition_and_for_every_committed_topic() {
         .poll(10, std::time::Duration::from_secs(1))
         .await
         .unwrap();
-    sub.commit(&[CommitOffset {
-        tp: TopicPartition::new("emails", 0),
-        next_offset: 2,
-    }])
+    sub.commit(&[CommitOffset::new(TopicPartition::new("emails", 0), 2)])
     .await
     .unwrap();
     let (s, v) = send(&a, "GET", "/v1/groups/g/lag", None, "").await;

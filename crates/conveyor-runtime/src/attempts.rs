@@ -1,0 +1,188 @@
+//! Attempt counts that outlive the process: [`AttemptBook`], kept per partition in the
+//! metadata of the group's commits, so `max_attempts` holds across crashes, restarts and
+//! rebalances (a job that kills its process is dead-lettered instead of looping forever).
+//!
+//! # What is persisted
+//! Each commit of a partition carries `conveyor.attempts.v1 l=<lease> a=<offset>:<n>,...`:
+//! - `a`: for every unfinished job at or past the committed offset that has started at least one
+//!   attempt, how many attempts started (kept in offset order up to
+//!   [`MAX_COMMIT_METADATA`](conveyor_core::MAX_COMMIT_METADATA) bytes, some 300 jobs);
+//! - `l`, the lease: the owner may have started jobs below it. It is written (synchronously)
+//!   *before* any job at or past it is admitted, [`LEASE_AHEAD`] offsets at a time, so one
+//!   commit covers thousands of jobs.
+//!
+//! # How the next owner uses it
+//! A job of the range `[committed, lease)` may have been running when its owner stopped: it is
+//! a *suspect*. Before a suspect's attempt runs, its attempt count (`a` + 1) is committed
+//! synchronously, so if it kills the process again the next owner counts one more. A job whose
+//! count already reached its `max_attempts` is dead-lettered with reason `exhausted` without
+//! running. Jobs past the lease run as usual, with no extra commit.
+//!
+//! Counts never exceed the attempts that started. They can fall short: the first run of a job
+//! that kills its process before any commit mentions it is not known (so such a job runs at
+//! most `max_attempts + 1` times), and an attempt started since the last commit of a partition
+//! that then moves is not counted.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// How far past the newest admitted offset a lease reaches.
+pub const LEASE_AHEAD: i64 = 4096;
+
+const PREFIX: &str = "conveyor.attempts.v1";
+
+/// One partition's attempt counts: this owner's and what the previous owner left.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AttemptBook {
+    /// Unfinished jobs -> attempts started (by any owner).
+    started: BTreeMap<i64, u32>,
+    /// This owner may have started jobs below it; persisted before they are admitted.
+    lease: i64,
+    /// The previous owner's lease: unfinished jobs below it are suspects.
+    inherited_lease: i64,
+    /// Changed since last persisted.
+    changed: bool,
+}
+
+/// What the book says about a job as it arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    /// Attempts that started before (by a previous owner or process).
+    pub attempts_before: u32,
+    /// It may have been running when its previous owner stopped: its attempt must be persisted
+    /// before it runs.
+    pub suspect: bool,
+}
+
+impl AttemptBook {
+    /// The book a new owner starts from, given the partition's committed metadata (anything
+    /// not written by conveyor, or malformed, counts as nothing).
+    pub fn inherit(metadata: &str) -> Self {
+        Self::parse(metadata).unwrap_or_default()
+    }
+
+    fn parse(metadata: &str) -> Option<Self> {
+        let mut parts = metadata.split(' ');
+        if parts.next()? != PREFIX {
+            return None;
+        }
+        let mut book = AttemptBook::default();
+        for part in parts {
+            if let Some(l) = part.strip_prefix("l=") {
+                book.inherited_lease = l.parse().ok()?;
+            } else if let Some(a) = part.strip_prefix("a=") {
+                for entry in a.split(',').filter(|e| !e.is_empty()) {
+                    let (o, n) = entry.split_once(':')?;
+                    book.started.insert(o.parse().ok()?, n.parse().ok()?);
+                }
+            }
+        }
+        book.lease = book.inherited_lease;
+        Some(book)
+    }
+
+    /// A job at `offset` was fetched.
+    pub fn arrive(&mut self, offset: i64) -> Arrival {
+        let attempts_before = self.started.get(&offset).copied().unwrap_or(0);
+        Arrival {
+            attempts_before,
+            suspect: attempts_before > 0 || offset < self.inherited_lease,
+        }
+    }
+
+    /// Extends the lease to cover `offset`; returns whether it moved (and must be persisted
+    /// before the job is admitted).
+    pub fn cover(&mut self, offset: i64) -> bool {
+        if offset < self.lease {
+            return false;
+        }
+        self.lease = offset + LEASE_AHEAD;
+        self.changed = true;
+        true
+    }
+
+    /// Attempt `attempt` of the job at `offset` is starting.
+    pub fn start(&mut self, offset: i64, attempt: u32) {
+        self.started.insert(offset, attempt);
+        self.changed = true;
+    }
+
+    /// The job at `offset` finished (done or dead-lettered).
+    pub fn finish(&mut self, offset: i64) {
+        if self.started.remove(&offset).is_some() {
+            self.changed = true;
+        }
+    }
+
+    /// Whether there is something to persist.
+    pub fn changed(&self) -> bool {
+        self.changed
+    }
+
+    /// Everything changed so far was committed.
+    pub fn persisted(&mut self) {
+        self.changed = false;
+    }
+
+    /// The metadata to commit with `committed` (entries below it are finished and dropped),
+    /// at most `limit` bytes.
+    pub fn encode(&self, committed: i64, limit: usize) -> String {
+        let mut out = format!("{PREFIX} l={}", self.lease.max(committed));
+        let mut first = true;
+        for (o, n) in self.started.range(committed..) {
+            let mut entry = String::new();
+            let _ = write!(entry, "{}{o}:{n}", if first { " a=" } else { "," });
+            if out.len() + entry.len() > limit {
+                break;
+            }
+            out.push_str(&entry);
+            first = false;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_owner_continues_the_count_and_suspects_the_lease() {
+        let mut a = AttemptBook::default();
+        assert!(a.cover(10), "the first job needs a lease");
+        assert!(!a.cover(11), "jobs under the lease need none");
+        a.start(10, 1);
+        a.start(11, 3);
+        a.start(12, 1);
+        a.finish(12);
+        let meta = a.encode(10, 4000);
+        assert_eq!(meta, format!("conveyor.attempts.v1 l={} a=10:1,11:3", 10 + LEASE_AHEAD));
+        a.persisted();
+        assert!(!a.changed());
+
+        let mut b = AttemptBook::inherit(&meta);
+        assert_eq!(b.arrive(11), Arrival { attempts_before: 3, suspect: true });
+        assert_eq!(b.arrive(12), Arrival { attempts_before: 0, suspect: true });
+        assert_eq!(b.arrive(10 + LEASE_AHEAD), Arrival { attempts_before: 0, suspect: false });
+        assert!(!b.cover(13), "the inherited lease still covers it");
+        assert!(b.cover(10 + LEASE_AHEAD));
+    }
+
+    #[test]
+    fn foreign_or_broken_metadata_counts_as_nothing_and_the_limit_holds() {
+        for m in ["", "hello", "conveyor.attempts.v1 l=x", "conveyor.attempts.v1 a=1:y"] {
+            assert_eq!(AttemptBook::inherit(m), AttemptBook::default(), "{m}");
+        }
+        let mut a = AttemptBook::default();
+        for o in 0..1000 {
+            a.start(1_000_000 + o, 7);
+        }
+        let meta = a.encode(1_000_000, 4000);
+        assert!(meta.len() <= 4000, "{}", meta.len());
+        let b = AttemptBook::inherit(&meta);
+        assert!(b.started.len() > 300, "{}", b.started.len());
+        assert_eq!(b.started.keys().next(), Some(&1_000_000), "the oldest are kept");
+        let entries = a.encode(1_000_500, 4000);
+        assert!(!entries.contains("1000499:"), "finished entries below the commit go");
+    }
+}
