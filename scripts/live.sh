@@ -3,7 +3,8 @@
 # cached in ${CONVEYOR_CACHE:-~/.cache/conveyor}), in three runs:
 #   1. one node: the conformance suite with the classic group protocol and with KIP-848,
 #      transactions, the Java client on conveyor's topics, three members churning under load,
-#      `topics apply`, and two `conveyor dev` processes failing over;
+#      `topics apply`, two `conveyor dev` processes failing over, and the chaos run (two worker
+#      processes killed in turn while members join and leave);
 #   2. three nodes (replication 3, min.insync.replicas 2): a partition leader killed with
 #      kill -9, then two of three brokers down;
 #   3. one node with SASL_SSL (SCRAM-SHA-512) and mutual-TLS listeners: the handshakes.
@@ -24,6 +25,7 @@ if [ "${1:-}" = "--single-node-tests" ]; then
     --test conformance_live --test transactions_live --test java_interop_live --test group_churn_live \
     -- --nocapture
   cargo test -p conveyor --features live "$@" --test kafka_topics_live --test kafka_failover --test signals -- --nocapture
+  cargo test -p conveyor --features live "$@" --test chaos -- chaos_kafka_live --nocapture
   exit 0
 fi
 

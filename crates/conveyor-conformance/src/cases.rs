@@ -270,8 +270,8 @@ pub async fn resume_from_committed_offset(h: &dyn Harness, f: &Features) {
         let got = collect(&mut *sub, 100, f.timeout).await;
         assert_eq!(got[0].offset, 0);
         sub.commit(&[CommitOffset::new(TopicPartition::new(&t, 0), 60)])
-        .await
-        .expect("commit");
+            .await
+            .expect("commit");
     }
     let mut sub = b
         .subscribe(SubscribeOptions::new(g, [t]))
@@ -301,8 +301,8 @@ pub async fn unacknowledged_records_are_redelivered_after_restart(h: &dyn Harnes
         .expect("subscribe");
     collect(&mut *sub, 20, f.timeout).await;
     sub.commit(&[CommitOffset::new(TopicPartition::new(&t, 0), 10)])
-    .await
-    .expect("commit");
+        .await
+        .expect("commit");
     drop(sub);
     b.close().await.expect("close");
     drop(b);
@@ -343,7 +343,10 @@ pub async fn commit_metadata_reaches_the_next_owner(h: &dyn Harness, f: &Feature
         matches!(refused, Err(Error::InvalidArgument(_))),
         "{refused:?}"
     );
-    let c = sub.committed(std::slice::from_ref(&tp)).await.expect("committed");
+    let c = sub
+        .committed(std::slice::from_ref(&tp))
+        .await
+        .expect("committed");
     assert_eq!(
         (c[0].next_offset, c[0].metadata.as_str()),
         (Some(3), "first owner: 3"),
@@ -358,14 +361,20 @@ pub async fn commit_metadata_reaches_the_next_owner(h: &dyn Harness, f: &Feature
         .await
         .expect("subscribe");
     wait_assigned(&mut *next, f.timeout).await;
-    let c = next.committed(std::slice::from_ref(&tp)).await.expect("committed");
+    let c = next
+        .committed(std::slice::from_ref(&tp))
+        .await
+        .expect("committed");
     assert_eq!(
         (c[0].next_offset, c[0].metadata.as_str()),
         (Some(5), "stored: 5 ü"),
         "the next owner reads the stored progress and its metadata"
     );
     let fresh = TopicPartition::new(topic(&*b, "metadata-fresh", 1).await, 0);
-    let c = next.committed(std::slice::from_ref(&fresh)).await.expect("committed");
+    let c = next
+        .committed(std::slice::from_ref(&fresh))
+        .await
+        .expect("committed");
     assert_eq!((c[0].next_offset, c[0].metadata.as_str()), (None, ""));
 }
 
@@ -520,8 +529,8 @@ pub async fn committed_offsets_are_reported(h: &dyn Harness, f: &Features) {
         .expect("subscribe");
     collect(&mut *sub, 2, f.timeout).await;
     sub.commit(&[CommitOffset::new(TopicPartition::new(&t, 1), 2)])
-    .await
-    .expect("commit");
+        .await
+        .expect("commit");
     let committed = b.committed_offsets(&g, &t).await.expect("offsets");
     assert_eq!(committed, vec![(0, None), (1, Some(2))]);
     let listed = b.list_topics().await.expect("list");

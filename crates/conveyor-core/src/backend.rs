@@ -97,7 +97,10 @@ impl CommitOffset {
 /// Refuses a commit whose metadata is longer than [`MAX_COMMIT_METADATA`] (each backend calls it
 /// before committing anything).
 pub fn check_commit_metadata(offsets: &[CommitOffset]) -> Result<()> {
-    match offsets.iter().find(|c| c.metadata.len() > MAX_COMMIT_METADATA) {
+    match offsets
+        .iter()
+        .find(|c| c.metadata.len() > MAX_COMMIT_METADATA)
+    {
         Some(c) => Err(crate::Error::InvalidArgument(format!(
             "the commit metadata of {} is {} bytes; at most {MAX_COMMIT_METADATA} are kept",
             c.tp,

@@ -156,21 +156,47 @@ mod tests {
         a.start(12, 1);
         a.finish(12);
         let meta = a.encode(10, 4000);
-        assert_eq!(meta, format!("conveyor.attempts.v1 l={} a=10:1,11:3", 10 + LEASE_AHEAD));
+        assert_eq!(
+            meta,
+            format!("conveyor.attempts.v1 l={} a=10:1,11:3", 10 + LEASE_AHEAD)
+        );
         a.persisted();
         assert!(!a.changed());
 
         let mut b = AttemptBook::inherit(&meta);
-        assert_eq!(b.arrive(11), Arrival { attempts_before: 3, suspect: true });
-        assert_eq!(b.arrive(12), Arrival { attempts_before: 0, suspect: true });
-        assert_eq!(b.arrive(10 + LEASE_AHEAD), Arrival { attempts_before: 0, suspect: false });
+        assert_eq!(
+            b.arrive(11),
+            Arrival {
+                attempts_before: 3,
+                suspect: true
+            }
+        );
+        assert_eq!(
+            b.arrive(12),
+            Arrival {
+                attempts_before: 0,
+                suspect: true
+            }
+        );
+        assert_eq!(
+            b.arrive(10 + LEASE_AHEAD),
+            Arrival {
+                attempts_before: 0,
+                suspect: false
+            }
+        );
         assert!(!b.cover(13), "the inherited lease still covers it");
         assert!(b.cover(10 + LEASE_AHEAD));
     }
 
     #[test]
     fn foreign_or_broken_metadata_counts_as_nothing_and_the_limit_holds() {
-        for m in ["", "hello", "conveyor.attempts.v1 l=x", "conveyor.attempts.v1 a=1:y"] {
+        for m in [
+            "",
+            "hello",
+            "conveyor.attempts.v1 l=x",
+            "conveyor.attempts.v1 a=1:y",
+        ] {
             assert_eq!(AttemptBook::inherit(m), AttemptBook::default(), "{m}");
         }
         let mut a = AttemptBook::default();
@@ -181,8 +207,15 @@ mod tests {
         assert!(meta.len() <= 4000, "{}", meta.len());
         let b = AttemptBook::inherit(&meta);
         assert!(b.started.len() > 300, "{}", b.started.len());
-        assert_eq!(b.started.keys().next(), Some(&1_000_000), "the oldest are kept");
+        assert_eq!(
+            b.started.keys().next(),
+            Some(&1_000_000),
+            "the oldest are kept"
+        );
         let entries = a.encode(1_000_500, 4000);
-        assert!(!entries.contains("1000499:"), "finished entries below the commit go");
+        assert!(
+            !entries.contains("1000499:"),
+            "finished entries below the commit go"
+        );
     }
 }

@@ -838,12 +838,10 @@ impl Scheduler {
         self.tracks
             .iter()
             .filter_map(|(tp, t)| {
-                let point = t.offsets.commit_point().or_else(|| {
-                    t.attempts
-                        .changed()
-                        .then(|| t.offsets.position())
-                        .flatten()
-                })?;
+                let point = t
+                    .offsets
+                    .commit_point()
+                    .or_else(|| t.attempts.changed().then(|| t.offsets.position()).flatten())?;
                 Some(
                     CommitOffset::new(tp.clone(), point)
                         .with_metadata(t.attempts.encode(point, MAX_COMMIT_METADATA)),

@@ -105,7 +105,12 @@ async fn poison_job_is_dead_lettered_after_max_attempts_crashes() {
     let mut clean = false;
     for _run in 0..2 * MAX_ATTEMPTS + 2 {
         let status = Command::new(std::env::current_exe().unwrap())
-            .args(["poison_child_process", "--exact", "--ignored", "--nocapture"])
+            .args([
+                "poison_child_process",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+            ])
             .env(DIR_ENV, dir.path())
             .status()
             .unwrap();

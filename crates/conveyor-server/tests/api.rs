@@ -507,8 +507,8 @@ async fn lag_per_partition_and_for_every_committed_topic() {
         .await
         .unwrap();
     sub.commit(&[CommitOffset::new(TopicPartition::new("emails", 0), 2)])
-    .await
-    .unwrap();
+        .await
+        .unwrap();
     let (s, v) = send(&a, "GET", "/v1/groups/g/lag", None, "").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["lag"], 4, "{v}");
