@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: every crate's unit, conformance (embedded and the librdkafka mock
-# cluster), integration and end-to-end tests, then the live-broker tests on Apache Kafka
+# cluster), integration and end-to-end tests, the API's contract (scripts/api-contract.sh:
+# schemathesis against `conveyor dev`), then the live-broker tests on Apache Kafka
 # (scripts/live.sh: a one-node and a three-node KRaft cluster and TLS/SASL listeners, started
 # and stopped by scripts/kafka.sh; CONVEYOR_TEST_BROKERS=host:port runs the one-node part on
 # your broker). CONVEYOR_SKIP_LIVE=1 skips the live tests for a quick local loop; CI never sets
@@ -10,6 +11,7 @@ cd "$(dirname "$0")/.."
 started=$(date +%s)
 cargo test --workspace --all-targets "$@"
 cargo test --workspace --doc "$@"
+scripts/api-contract.sh "$@"
 if [ "${CONVEYOR_SKIP_LIVE:-}" = "1" ]; then
   echo "test.sh: CONVEYOR_SKIP_LIVE=1: the live-broker tests did NOT run" >&2
 else

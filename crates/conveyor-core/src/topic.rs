@@ -162,12 +162,25 @@ impl TopicSpec {
                 )));
             }
         }
-        if self.replication_factor.is_some_and(|r| r < 1)
-            || self.min_insync_replicas.is_some_and(|r| r < 1)
+        // Kafka keeps both as 16-bit numbers
+        let replicas = 1..=i32::from(i16::MAX);
+        if self
+            .replication_factor
+            .is_some_and(|r| !replicas.contains(&r))
+            || self
+                .min_insync_replicas
+                .is_some_and(|r| !replicas.contains(&r))
         {
             return Err(Error::InvalidArgument(format!(
-                "topic `{}`: replication_factor and min_insync_replicas must be at least 1",
+                "topic `{}`: replication_factor and min_insync_replicas must be between 1 and 32767",
                 self.name
+            )));
+        }
+        if self.retention_bytes.is_some_and(|b| b > i64::MAX as u64) {
+            return Err(Error::InvalidArgument(format!(
+                "topic `{}`: retention_bytes must be at most {} (Kafka's limit)",
+                self.name,
+                i64::MAX
             )));
         }
         Ok(())

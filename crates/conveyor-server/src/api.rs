@@ -145,22 +145,38 @@ struct JobRequest {
     /// The job type.
     #[serde(rename = "type")]
     job_type: String,
-    /// A JSON payload.
-    #[serde(default)]
+    /// A JSON payload (`null` is a payload; only a missing field is none).
+    #[serde(default, deserialize_with = "present")]
     payload: Option<Value>,
     /// A binary payload, base64 (standard alphabet).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "string")]
     payload_base64: Option<String>,
     /// The binary payload's MIME type (with `payload_base64`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "string")]
     content_type: Option<String>,
     /// The key.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "string")]
     key: Option<String>,
     /// Extra headers.
     #[serde(default)]
     headers: BTreeMap<String, String>,
 }
+
+/// A field that is present, even as `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// A string field that, when present, is a string (`null` is refused, as in the schema).
+fn string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
+}
+
+/// Standard base64, padded, that also takes non-zero trailing bits (as most encoders' input).
+const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
 
 /// Whether `s` can travel in an HTTP header (webhooks send the type, key, content type and
 /// trace context as headers): no control characters but tab.
@@ -171,7 +187,7 @@ fn header_safe(s: &str) -> bool {
 impl JobRequest {
     fn into_job(self, at: &str) -> Result<NewJob, ApiError> {
         let field = |f: &str| format!("{at}{f}");
-        if self.job_type.trim().is_empty() || self.job_type.len() > 255 {
+        if self.job_type.trim().is_empty() || self.job_type.chars().count() > 255 {
             return Err(ApiError::invalid(
                 field("type"),
                 "`type` must be 1 to 255 characters",
@@ -221,11 +237,9 @@ impl JobRequest {
                 )
             }
             (None, Some(b64)) => {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(b64.as_bytes())
-                    .map_err(|e| {
-                        ApiError::invalid(field("payload_base64"), format!("not valid base64: {e}"))
-                    })?;
+                let bytes = BASE64.decode(b64.as_bytes()).map_err(|e| {
+                    ApiError::invalid(field("payload_base64"), format!("not valid base64: {e}"))
+                })?;
                 let ct = self
                     .content_type
                     .unwrap_or_else(|| "application/octet-stream".into());
@@ -353,21 +367,38 @@ async fn read_records(
     query: Result<Query<RecordsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    if !(1..=1000).contains(&q.limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            "`limit` must be between 1 and 1000",
+        ));
+    }
+    if q.partition < 0 || q.offset.is_some_and(|o| o < 0) {
+        return Err(ApiError::invalid(
+            if q.partition < 0 {
+                "partition"
+            } else {
+                "offset"
+            },
+            "`partition` and `offset` are at least 0",
+        ));
+    }
     let info = s
         .backend
         .describe_topic(&topic)
         .await?
         .ok_or_else(|| ApiError::from(conveyor_core::Error::UnknownTopic(topic.clone())))?;
     let part = info.partitions.get(q.partition as usize).ok_or_else(|| {
-        ApiError::invalid(
-            "partition",
-            format!("topic `{topic}` has {} partitions", info.partitions.len()),
-        )
+        ApiError::UnknownPartition(format!(
+            "topic `{topic}` has no partition {} (it has {})",
+            q.partition,
+            info.partitions.len()
+        ))
     })?;
     let offset = q.offset.unwrap_or(part.low);
     let records = s
         .backend
-        .fetch(&topic, q.partition, offset, q.limit.min(1000))
+        .fetch(&topic, q.partition, offset, q.limit)
         .await?;
     let next = records
         .last()

@@ -35,6 +35,9 @@ pub enum ApiError {
     /// No such topic.
     #[error("{0}")]
     UnknownTopic(String),
+    /// The topic has no such partition.
+    #[error("{0}")]
+    UnknownPartition(String),
     /// Wrong method for the route.
     #[error("method not allowed; see /openapi.json")]
     MethodNotAllowed,
@@ -84,6 +87,7 @@ impl ApiError {
             ApiError::MalformedJson(_) => ApiError::MalformedJson(message),
             ApiError::NotFound(_) => ApiError::NotFound(message),
             ApiError::UnknownTopic(_) => ApiError::UnknownTopic(message),
+            ApiError::UnknownPartition(_) => ApiError::UnknownPartition(message),
             ApiError::MethodNotAllowed => ApiError::MethodNotAllowed,
             ApiError::TopicConflict(_) => ApiError::TopicConflict(message),
             ApiError::PlanRefused(_) => ApiError::PlanRefused(message),
@@ -102,6 +106,7 @@ impl ApiError {
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::NotFound(_) => "not_found",
             ApiError::UnknownTopic(_) => "unknown_topic",
+            ApiError::UnknownPartition(_) => "unknown_partition",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::TopicConflict(_) => "topic_conflict",
             ApiError::PlanRefused(_) => "plan_refused",
@@ -118,7 +123,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) | ApiError::UnknownTopic(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::UnknownTopic(_) | ApiError::UnknownPartition(_) => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TopicConflict(_) | ApiError::PlanRefused(_) => StatusCode::CONFLICT,
             ApiError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
