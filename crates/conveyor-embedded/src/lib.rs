@@ -27,6 +27,7 @@ pub mod config;
 mod group;
 mod store;
 mod subscription;
+mod watermarks;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -23,6 +23,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::codec::{decode, encode, log_key, parse_log_key, timestamp_of};
 use crate::config::{Durability, EmbeddedConfig};
+use crate::watermarks;
 
 fn storage(e: impl std::fmt::Display) -> Error {
     Error::Storage(e.to_string())
@@ -175,6 +176,11 @@ impl Store {
             let log = Self::load_topic(&db, &meta, spec)?;
             topics.insert(log.spec.name.clone(), Arc::new(log));
         }
+        watermarks::check(
+            &config.path,
+            &watermarks::read(&config.path)?,
+            &watermarks_of(&topics),
+        )?;
         let (tx, rx) = mpsc::channel();
         let store = Arc::new(Store {
             db,
@@ -362,6 +368,20 @@ impl Store {
         Ok(out)
     }
 
+    /// Records the current high watermarks once they are durable (see [`watermarks`]).
+    fn record_watermarks(&self) {
+        let marks = watermarks_of(&self.topics.read().expect("topics lock"));
+        if self.config.durability == Durability::Os {
+            if let Err(e) = self.db.persist(PersistMode::SyncAll) {
+                tracing::warn!(error = %e, "cannot sync the journal; the high watermarks are recorded later");
+                return;
+            }
+        }
+        if let Err(e) = watermarks::write(&self.config.path, &marks) {
+            tracing::warn!(error = %e, "cannot record the high watermarks; a damaged journal may go unnoticed until it works again");
+        }
+    }
+
     pub(crate) fn committed(
         &self,
         group: &str,
@@ -403,10 +423,20 @@ impl Store {
     fn run_writer(self: Arc<Self>, rx: mpsc::Receiver<WriteOp>) {
         let mut next_retention = Instant::now() + self.config.retention_interval;
         let mut pending: Vec<WriteOp> = Vec::new();
+        // when the high watermarks are next recorded (None: nothing new to record)
+        let mut next_marks: Option<Instant> = None;
         loop {
-            let wait = next_retention.saturating_duration_since(Instant::now());
+            let due = next_marks.map_or(next_retention, |m| m.min(next_retention));
+            let wait = due.saturating_duration_since(Instant::now());
             let first = match rx.recv_timeout(wait) {
                 Ok(op) => op,
+                Err(mpsc::RecvTimeoutError::Timeout)
+                    if next_marks.is_some_and(|m| m <= Instant::now()) =>
+                {
+                    self.record_watermarks();
+                    next_marks = None;
+                    continue;
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Err(e) = self.apply_retention(now_millis()) {
                         tracing::error!(error = %e, "retention failed; will try again");
@@ -455,12 +485,16 @@ impl Store {
                     WriteOp::Shutdown { reply } => {
                         self.write_publishes(std::mem::take(&mut publishes));
                         let result = self.db.persist(PersistMode::SyncAll).map_err(storage);
+                        if result.is_ok() {
+                            self.record_watermarks();
+                        }
                         let _ = reply.send(result);
                         return;
                     }
                 }
             }
             self.write_publishes(publishes);
+            next_marks.get_or_insert_with(|| Instant::now() + WATERMARK_INTERVAL);
             // a steady stream of writes never lets recv_timeout time out: run retention when
             // it is due whatever the traffic
             if Instant::now() >= next_retention {
@@ -743,4 +777,21 @@ fn encode_commit(c: &CommitOffset) -> Vec<u8> {
 fn decode_commit(v: &[u8]) -> Option<(i64, String)> {
     let offset = i64::from_be_bytes(v.get(..8)?.try_into().ok()?);
     Some((offset, String::from_utf8_lossy(&v[8..]).into_owned()))
+}
+
+/// How often the writer records the high watermarks while records are appended.
+const WATERMARK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn watermarks_of(topics: &BTreeMap<String, Arc<TopicLog>>) -> watermarks::Watermarks {
+    topics
+        .iter()
+        .map(|(name, log)| {
+            let highs = log
+                .parts
+                .iter()
+                .map(|p| p.high.load(Ordering::Acquire))
+                .collect();
+            (name.clone(), highs)
+        })
+        .collect()
 }
