@@ -149,13 +149,13 @@ struct JobRequest {
     #[serde(default, deserialize_with = "present")]
     payload: Option<Value>,
     /// A binary payload, base64 (standard alphabet).
-    #[serde(default, deserialize_with = "string")]
+    #[serde(default)]
     payload_base64: Option<String>,
     /// The binary payload's MIME type (with `payload_base64`).
-    #[serde(default, deserialize_with = "string")]
+    #[serde(default)]
     content_type: Option<String>,
     /// The key.
-    #[serde(default, deserialize_with = "string")]
+    #[serde(default)]
     key: Option<String>,
     /// Extra headers.
     #[serde(default)]
@@ -165,11 +165,6 @@ struct JobRequest {
 /// A field that is present, even as `null`.
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)
-}
-
-/// A string field that, when present, is a string (`null` is refused, as in the schema).
-fn string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    String::deserialize(d).map(Some)
 }
 
 /// Standard base64, padded, that also takes non-zero trailing bits (as most encoders' input).
