@@ -44,10 +44,10 @@ fn var(name: &str) -> String {
 /// What a job does, by its sequence number.
 fn mode(i: usize) -> &'static str {
     match i {
-        _ if i % 29 == 0 => "fail",
-        _ if i % 11 == 0 => "panic_once",
-        _ if i % 7 == 0 => "fail_once",
-        _ if i % 13 == 0 => "slow",
+        _ if i.is_multiple_of(29) => "fail",
+        _ if i.is_multiple_of(11) => "panic_once",
+        _ if i.is_multiple_of(7) => "fail_once",
+        _ if i.is_multiple_of(13) => "slow",
         _ => "ok",
     }
 }
@@ -311,7 +311,7 @@ fn check(
     let mut starts = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        if !path.extension().is_some_and(|e| e == "log") {
+        if path.extension().is_none_or(|e| e != "log") {
             continue;
         }
         for line in std::fs::read_to_string(&path).unwrap().lines() {
