@@ -68,6 +68,17 @@ pub enum Error {
     /// The broker or client library reported an error.
     #[error("broker error: {0}")]
     Broker(String),
+    /// A batch failed after part of it was stored (Kafka batches are not atomic; embedded ones
+    /// are). Resending the whole batch stores those records again.
+    #[error("{stored} of {total} records of the batch were stored before it failed ({cause}); resending the batch stores those again")]
+    PartlyStored {
+        /// Records of the batch that were stored.
+        stored: usize,
+        /// Records in the batch.
+        total: usize,
+        /// Why the rest was not.
+        cause: Box<Error>,
+    },
     /// The backend (or the broker behind it) cannot do what was asked.
     #[error("not supported by {backend}: {what}")]
     Unsupported {

@@ -40,7 +40,7 @@ use conveyor_core::{
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -344,27 +344,33 @@ impl KafkaBackend {
                         KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
                         _,
                     )) => {
-                        return Err(Error::RecordTooLarge {
+                        let e = Error::RecordTooLarge {
                             size: r.byte_len(),
                             max: 1_000_000,
-                        });
+                        };
+                        return Err(partly(stored(deliveries).await, records.len(), e));
                     }
-                    Err((e, _)) => return Err(broker(e)),
+                    Err((e, _)) => {
+                        let e = broker(e);
+                        return Err(partly(stored(deliveries).await, records.len(), e));
+                    }
                 }
             }
         }
-        let mut positions = Vec::with_capacity(deliveries.len());
-        for d in deliveries {
-            match d.await {
-                Ok(Ok(delivery)) => positions.push(Position {
-                    partition: delivery.partition,
-                    offset: delivery.offset,
-                }),
-                Ok(Err((e, _))) => return Err(broker(e)),
-                Err(_) => return Err(Error::Closed),
+        let mut positions = Vec::with_capacity(records.len());
+        let mut failure = None;
+        for outcome in await_deliveries(deliveries).await {
+            match outcome {
+                Ok(p) => positions.push(p),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
             }
         }
-        Ok(positions)
+        match failure {
+            None => Ok(positions),
+            Some(e) => Err(partly(positions.len(), records.len(), e)),
+        }
     }
 
     fn reader(&self, group: &str) -> Result<BaseConsumer> {
@@ -660,5 +666,42 @@ impl Backend for KafkaBackend {
             self.inner.config.request_timeout,
         );
         blocking(move || producer.flush(timeout).map_err(broker)).await
+    }
+}
+
+/// Waits for every enqueued record of a batch: where it landed, or why it did not.
+async fn await_deliveries(deliveries: Vec<DeliveryFuture>) -> Vec<Result<Position>> {
+    let mut out = Vec::with_capacity(deliveries.len());
+    for d in deliveries {
+        out.push(match d.await {
+            Ok(Ok(delivery)) => Ok(Position {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Ok(Err((e, _))) => Err(broker(e)),
+            Err(_) => Err(Error::Closed),
+        });
+    }
+    out
+}
+
+/// How many of the enqueued records were stored.
+async fn stored(deliveries: Vec<DeliveryFuture>) -> usize {
+    await_deliveries(deliveries)
+        .await
+        .iter()
+        .filter(|o| o.is_ok())
+        .count()
+}
+
+/// `cause`, or [`Error::PartlyStored`] when `stored` of the batch's `total` records were.
+fn partly(stored: usize, total: usize, cause: Error) -> Error {
+    match stored {
+        0 => cause,
+        stored => Error::PartlyStored {
+            stored,
+            total,
+            cause: Box::new(cause),
+        },
     }
 }

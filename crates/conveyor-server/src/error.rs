@@ -147,6 +147,13 @@ impl From<Error> for ApiError {
             Error::InvalidArgument(m) => ApiError::invalid("", m),
             Error::TopicConflict { .. } => ApiError::TopicConflict(e.to_string()),
             Error::RecordTooLarge { .. } => ApiError::PayloadTooLarge(e.to_string()),
+            Error::PartlyStored { ref cause, .. } => {
+                let partly = e.to_string();
+                match **cause {
+                    Error::RecordTooLarge { .. } => ApiError::PayloadTooLarge(partly),
+                    _ => ApiError::BackendUnavailable(partly),
+                }
+            }
             Error::Unsupported { .. } => ApiError::Unsupported(e.to_string()),
             Error::Closed | Error::Storage(_) | Error::Io(_) | Error::Broker(_) => {
                 ApiError::BackendUnavailable(format!(
