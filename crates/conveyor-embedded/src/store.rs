@@ -400,22 +400,29 @@ impl Store {
         topic: &str,
         partition: i32,
     ) -> Result<Option<(i64, String)>> {
-        Ok(self
+        let key = offset_key(group, topic, partition);
+        let Some(offset) = self
             .offsets
-            .get(offset_key(group, topic, partition))
+            .get(&key)
             .map_err(storage)?
-            .and_then(|v| decode_commit(&v)))
+            .and_then(|v| v.as_ref().try_into().ok().map(i64::from_be_bytes))
+        else {
+            return Ok(None);
+        };
+        let metadata = self
+            .offsets
+            .get(metadata_key(&key))
+            .map_err(storage)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default();
+        Ok(Some((offset, metadata)))
     }
 
     pub(crate) fn commit(&self, group: &str, offsets: &[CommitOffset]) -> Result<()> {
         // written to the OS at least, so a crash repeats no more than what was in flight
         let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
         for c in offsets {
-            batch.insert(
-                &self.offsets,
-                offset_key(group, &c.tp.topic, c.tp.partition),
-                encode_commit(c),
-            );
+            insert_commit(&mut batch, &self.offsets, group, c);
         }
         batch.commit().map_err(storage)
     }
@@ -494,7 +501,13 @@ impl Store {
                 }
             }
             self.write_publishes(publishes);
-            next_marks.get_or_insert_with(|| Instant::now() + WATERMARK_INTERVAL);
+            // also under a steady stream of writes, where recv_timeout never times out
+            if *next_marks.get_or_insert_with(|| Instant::now() + WATERMARK_INTERVAL)
+                <= Instant::now()
+            {
+                self.record_watermarks();
+                next_marks = None;
+            }
             // a steady stream of writes never lets recv_timeout time out: run retention when
             // it is due whatever the traffic
             if Instant::now() >= next_retention {
@@ -669,11 +682,7 @@ impl Store {
             }
             if let Some((group, offsets)) = commit {
                 for c in &offsets {
-                    batch.insert(
-                        &self.offsets,
-                        offset_key(&group, &c.tp.topic, c.tp.partition),
-                        encode_commit(c),
-                    );
+                    insert_commit(&mut batch, &self.offsets, &group, c);
                 }
             }
             replies.push((reply, positions));
@@ -765,18 +774,21 @@ impl Store {
     }
 }
 
-/// A committed offset as stored: the offset (8 bytes, big-endian), then the metadata's UTF-8
-/// (absent in stores written before metadata existed).
-fn encode_commit(c: &CommitOffset) -> Vec<u8> {
-    let mut v = Vec::with_capacity(8 + c.metadata.len());
-    v.extend_from_slice(&c.next_offset.to_be_bytes());
-    v.extend_from_slice(c.metadata.as_bytes());
-    v
+/// A commit as stored: the offset (8 bytes, big-endian) under its key, as before commit metadata
+/// existed (so an older conveyor still reads it), and the metadata beside it.
+fn insert_commit(
+    batch: &mut fjall::OwnedWriteBatch,
+    offsets: &Keyspace,
+    group: &str,
+    c: &CommitOffset,
+) {
+    let key = offset_key(group, &c.tp.topic, c.tp.partition);
+    batch.insert(offsets, metadata_key(&key), c.metadata.as_bytes());
+    batch.insert(offsets, key, c.next_offset.to_be_bytes());
 }
 
-fn decode_commit(v: &[u8]) -> Option<(i64, String)> {
-    let offset = i64::from_be_bytes(v.get(..8)?.try_into().ok()?);
-    Some((offset, String::from_utf8_lossy(&v[8..]).into_owned()))
+fn metadata_key(offset_key: &[u8]) -> Vec<u8> {
+    [offset_key, b"\0metadata"].concat()
 }
 
 /// How often the writer records the high watermarks while records are appended.

@@ -74,3 +74,28 @@ async fn a_damaged_journal_is_refused_at_start() {
         Err(e) => panic!("refused for another reason: {e}"),
     }
 }
+
+/// Under a steady stream of writes (the writer never idles) the high watermarks are still
+/// recorded, about once a second, not only at close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermarks_are_recorded_under_steady_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = EmbeddedBackend::open(EmbeddedConfig::new(dir.path())).unwrap();
+    b.create_topic(&TopicSpec::new("jobs", 1)).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut written = 0;
+    while started.elapsed() < std::time::Duration::from_millis(2500) {
+        b.publish("jobs", vec![Record::new("x")]).await.unwrap();
+        written += 1;
+    }
+    let recorded: std::collections::BTreeMap<String, Vec<i64>> = serde_json::from_slice(
+        &std::fs::read(dir.path().join("conveyor-watermarks.json")).unwrap(),
+    )
+    .unwrap();
+    let high = recorded.get("jobs").map_or(0, |h| h[0]);
+    assert!(
+        high > 0 && high <= written,
+        "recorded {high} while {written} records were written over 2.5 s"
+    );
+    b.close().await.unwrap();
+}
