@@ -82,11 +82,25 @@ async fn watermarks_are_recorded_under_steady_writes() {
     let dir = tempfile::tempdir().unwrap();
     let b = EmbeddedBackend::open(EmbeddedConfig::new(dir.path())).unwrap();
     b.create_topic(&TopicSpec::new("jobs", 1)).await.unwrap();
+    // eight publishers keep the writer's queue from ever running empty
+    let b = std::sync::Arc::new(b);
     let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let b = std::sync::Arc::clone(&b);
+            tokio::spawn(async move {
+                let mut n = 0;
+                while started.elapsed() < std::time::Duration::from_millis(2500) {
+                    b.publish("jobs", vec![Record::new("x")]).await.unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
     let mut written = 0;
-    while started.elapsed() < std::time::Duration::from_millis(2500) {
-        b.publish("jobs", vec![Record::new("x")]).await.unwrap();
-        written += 1;
+    for t in tasks {
+        written += t.await.unwrap();
     }
     let recorded: std::collections::BTreeMap<String, Vec<i64>> = serde_json::from_slice(
         &std::fs::read(dir.path().join("conveyor-watermarks.json")).unwrap(),
