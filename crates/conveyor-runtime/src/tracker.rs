@@ -29,7 +29,7 @@ impl OffsetTracker {
 
     /// The offset to commit now, if it moved since the last [`OffsetTracker::committed`].
     pub fn commit_point(&self) -> Option<i64> {
-        let point = self.next_fetched?;
+        let point = self.pending.first().copied().or(self.next_fetched)?;
         (self.committed != Some(point)).then_some(point)
     }
 
