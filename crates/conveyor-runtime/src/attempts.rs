@@ -5,8 +5,10 @@
 //! # What is persisted
 //! Each commit of a partition carries `conveyor.attempts.v1 l=<lease> a=<offset>:<n>,...`:
 //! - `a`: for every unfinished job at or past the committed offset that has started at least one
-//!   attempt, how many attempts started (kept in offset order up to
-//!   [`MAX_COMMIT_METADATA`](conveyor_core::MAX_COMMIT_METADATA) bytes, some 300 jobs);
+//!   attempt, how many attempts started, up to
+//!   [`MAX_COMMIT_METADATA`](conveyor_core::MAX_COMMIT_METADATA) bytes (some 300 jobs): the jobs
+//!   running now first (a crash can only interrupt those), then those waiting to retry, each in
+//!   offset order;
 //! - `l`, the lease: the owner may have started jobs below it. It is written (synchronously)
 //!   *before* any job at or past it is admitted, [`LEASE_AHEAD`] offsets at a time, so one
 //!   commit covers thousands of jobs.
@@ -16,7 +18,9 @@
 //! a *suspect*. Before a suspect's attempt runs, its attempt count (`a` + 1) is committed
 //! synchronously, so if it kills the process again the next owner counts one more. A job whose
 //! count already reached its `max_attempts` is dead-lettered with reason `exhausted` without
-//! running. Jobs past the lease run as usual, with no extra commit.
+//! running. Jobs past the lease run as usual, with no extra commit. A worker that stops cleanly
+//! (shutdown, after its running jobs finished) cuts the lease back to the commit point, so a
+//! restart after a clean stop has no suspects but the jobs with counts.
 //!
 //! Counts never exceed the attempts that started. They can fall short: the first run of a job
 //! that kills its process before any commit mentions it is not known (so such a job runs at
@@ -26,8 +30,14 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-/// How far past the newest admitted offset a lease reaches.
-pub const LEASE_AHEAD: i64 = 4096;
+/// How far past the newest admitted offset a lease reaches: one synchronous commit per this many
+/// jobs of a partition, and at most this many suspects (plus the unfinished ones) after a crash.
+pub const LEASE_AHEAD: i64 = 1024;
+
+/// Inherited counts and leases are believed only this far: a foreign or damaged entry cannot
+/// make a job exhaust its attempts silently or every later job a suspect.
+const MAX_COUNT: u32 = 1_000_000;
+const MAX_LEASE_AHEAD_OF_COMMIT: i64 = 1_000_000;
 
 const PREFIX: &str = "conveyor.attempts.v1";
 
@@ -36,6 +46,8 @@ const PREFIX: &str = "conveyor.attempts.v1";
 pub struct AttemptBook {
     /// Unfinished jobs -> attempts started (by any owner).
     started: BTreeMap<i64, u32>,
+    /// Of those, the ones running now.
+    running: std::collections::BTreeSet<i64>,
     /// This owner may have started jobs below it; persisted before they are admitted.
     lease: i64,
     /// The previous owner's lease: unfinished jobs below it are suspects.
@@ -55,10 +67,17 @@ pub struct Arrival {
 }
 
 impl AttemptBook {
-    /// The book a new owner starts from, given the partition's committed metadata (anything
-    /// not written by conveyor, or malformed, counts as nothing).
-    pub fn inherit(metadata: &str) -> Self {
-        Self::parse(metadata).unwrap_or_default()
+    /// The book a new owner starts from, given the partition's committed offset and metadata
+    /// (anything not written by conveyor, or malformed, counts as nothing).
+    pub fn inherit(committed: Option<i64>, metadata: &str) -> Self {
+        let mut book = Self::parse(metadata).unwrap_or_default();
+        let bound = committed
+            .unwrap_or(0)
+            .saturating_add(MAX_LEASE_AHEAD_OF_COMMIT);
+        book.inherited_lease = book.inherited_lease.min(bound);
+        book.lease = book.inherited_lease;
+        book.started.retain(|_, n| *n <= MAX_COUNT);
+        book
     }
 
     fn parse(metadata: &str) -> Option<Self> {
@@ -104,14 +123,44 @@ impl AttemptBook {
     /// Attempt `attempt` of the job at `offset` is starting.
     pub fn start(&mut self, offset: i64, attempt: u32) {
         self.started.insert(offset, attempt);
+        self.running.insert(offset);
         self.changed = true;
+    }
+
+    /// Attempts started of the job at `offset`, if any.
+    pub fn count(&self, offset: i64) -> Option<u32> {
+        self.started.get(&offset).copied()
+    }
+
+    /// Undoes a [`AttemptBook::start`] that could not be persisted: the count goes back to
+    /// `previous` and the job is not running.
+    pub fn restore(&mut self, offset: i64, previous: Option<u32>) {
+        self.running.remove(&offset);
+        match previous {
+            Some(n) => self.started.insert(offset, n),
+            None => self.started.remove(&offset),
+        };
+    }
+
+    /// The attempt of the job at `offset` failed; the job waits to retry.
+    pub fn returned(&mut self, offset: i64) {
+        self.running.remove(&offset);
     }
 
     /// The job at `offset` finished (done or dead-lettered).
     pub fn finish(&mut self, offset: i64) {
+        self.running.remove(&offset);
         if self.started.remove(&offset).is_some() {
             self.changed = true;
         }
+    }
+
+    /// The worker stops cleanly: nothing runs any more that the counts do not name, so the
+    /// lease goes back to the commit point.
+    pub fn release(&mut self) {
+        self.lease = 0;
+        self.inherited_lease = 0;
+        self.changed = true;
     }
 
     /// Whether there is something to persist.
@@ -129,7 +178,15 @@ impl AttemptBook {
     pub fn encode(&self, committed: i64, limit: usize) -> String {
         let mut out = format!("{PREFIX} l={}", self.lease.max(committed));
         let mut first = true;
-        for (o, n) in self.started.range(committed..) {
+        let running = self
+            .started
+            .range(committed..)
+            .filter(|(o, _)| self.running.contains(o));
+        let waiting = self
+            .started
+            .range(committed..)
+            .filter(|(o, _)| !self.running.contains(o));
+        for (o, n) in running.chain(waiting) {
             let mut entry = String::new();
             let _ = write!(entry, "{}{o}:{n}", if first { " a=" } else { "," });
             if out.len() + entry.len() > limit {
@@ -163,7 +220,7 @@ mod tests {
         a.persisted();
         assert!(!a.changed());
 
-        let mut b = AttemptBook::inherit(&meta);
+        let mut b = AttemptBook::inherit(Some(10), &meta);
         assert_eq!(
             b.arrive(11),
             Arrival {
@@ -197,25 +254,58 @@ mod tests {
             "conveyor.attempts.v1 l=x",
             "conveyor.attempts.v1 a=1:y",
         ] {
-            assert_eq!(AttemptBook::inherit(m), AttemptBook::default(), "{m}");
+            assert_eq!(AttemptBook::inherit(None, m), AttemptBook::default(), "{m}");
         }
+        let hostile = AttemptBook::inherit(
+            Some(5),
+            "conveyor.attempts.v1 l=9223372036854775807 a=5:4294967295,6:2",
+        );
+        assert_eq!(hostile.inherited_lease, 5 + MAX_LEASE_AHEAD_OF_COMMIT);
+        assert_eq!(hostile.started.len(), 1, "an absurd count is dropped");
         let mut a = AttemptBook::default();
         for o in 0..1000 {
             a.start(1_000_000 + o, 7);
+            a.returned(1_000_000 + o);
         }
+        a.start(1_000_999, 8);
         let meta = a.encode(1_000_000, 4000);
         assert!(meta.len() <= 4000, "{}", meta.len());
-        let b = AttemptBook::inherit(&meta);
+        let b = AttemptBook::inherit(Some(1_000_000), &meta);
         assert!(b.started.len() > 300, "{}", b.started.len());
         assert_eq!(
-            b.started.keys().next(),
-            Some(&1_000_000),
-            "the oldest are kept"
+            b.started.get(&1_000_999),
+            Some(&8),
+            "a running job is kept first"
         );
+        assert_eq!(b.started.keys().next(), Some(&1_000_000), "then the oldest");
         let entries = a.encode(1_000_500, 4000);
         assert!(
             !entries.contains("1000499:"),
             "finished entries below the commit go"
+        );
+    }
+
+    #[test]
+    fn a_clean_stop_leaves_no_suspects_but_the_counted() {
+        let mut a = AttemptBook::default();
+        a.cover(0);
+        a.start(0, 2);
+        a.returned(0);
+        a.release();
+        let mut b = AttemptBook::inherit(Some(0), &a.encode(0, 4000));
+        assert_eq!(
+            b.arrive(0),
+            Arrival {
+                attempts_before: 2,
+                suspect: true
+            }
+        );
+        assert_eq!(
+            b.arrive(1),
+            Arrival {
+                attempts_before: 0,
+                suspect: false
+            }
         );
     }
 }

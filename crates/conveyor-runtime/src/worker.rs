@@ -53,7 +53,7 @@ use crate::dead_letter::{
 };
 use crate::handler::{json_handler, Handler};
 use crate::job::{IntoOutcome, Job};
-use crate::running::RunningCounts;
+use crate::running::{Running, RunningCounts};
 use crate::tracker::{KeyLanes, OffsetTracker};
 use conveyor_core::headers::dlq as dlq_header;
 
@@ -294,6 +294,9 @@ struct Task {
     /// It may have been running when its partition's previous owner stopped: its attempt count
     /// is committed before it runs.
     suspect: bool,
+    /// Its attempt count was committed as a suspect's: its finish is committed at once, or a
+    /// crash soon after would leave the count of a job that finished.
+    counted: bool,
 }
 
 /// One owned partition: its assignment epoch, its commit point and its attempt counts.
@@ -388,6 +391,7 @@ impl Worker {
             lanes: KeyLanes::default(),
             ready: VecDeque::new(),
             marking: Vec::new(),
+            marking_retry: None,
             running: JoinSet::new(),
             in_flight: HashMap::new(),
             running_by_partition,
@@ -396,6 +400,7 @@ impl Worker {
             epoch: 0,
             dirty: false,
             unstored: false,
+            commit_now: false,
             paused: HashSet::new(),
             waiting: HashMap::new(),
             full_since: None,
@@ -412,8 +417,11 @@ struct Scheduler {
     tracks: HashMap<TopicPartition, Track>,
     lanes: KeyLanes<LaneKey, Task>,
     ready: VecDeque<Task>,
-    /// Suspects whose attempt count is being committed before they run.
-    marking: Vec<Task>,
+    /// Suspects whose attempt count is committed before they run, each already counted as
+    /// running on its partition (so a revocation waits for it).
+    marking: Vec<(Task, Running)>,
+    /// After a failed commit of suspects' counts: when to try again.
+    marking_retry: Option<Instant>,
     running: JoinSet<(Task, TaskResult)>,
     /// The task of each running attempt, so one whose task ends abnormally (a panic outside
     /// the handler's `catch_unwind`, e.g. in a future's `Drop`) still releases its key and is
@@ -427,6 +435,8 @@ struct Scheduler {
     dirty: bool,
     /// Progress not yet passed to [`Subscription::store`].
     unstored: bool,
+    /// Commit without waiting for the commit interval (a counted suspect finished).
+    commit_now: bool,
     /// Partitions paused for backpressure.
     paused: HashSet<TopicPartition>,
     /// Per partition, jobs waiting behind a running or retrying job of their key.
@@ -445,13 +455,14 @@ impl Scheduler {
         tokio::pin!(shutdown);
         loop {
             self.dispatch();
-            if !self.marking.is_empty() {
+            if !self.marking.is_empty() && self.marking_retry.is_none_or(|t| t <= Instant::now()) {
                 self.run_suspects().await;
             }
             if self.unstored {
                 self.store();
             }
-            if self.dirty && self.last_commit.elapsed() >= commit_interval {
+            if self.dirty && (self.commit_now || self.last_commit.elapsed() >= commit_interval) {
+                self.commit_now = false;
                 self.commit().await;
             }
             let stalled = self.backpressure(opts.max_buffered);
@@ -486,6 +497,7 @@ impl Scheduler {
                     }
                 }
                 () = tokio::time::sleep(commit_in), if self.dirty => {}
+                () = tokio::time::sleep_until(self.marking_retry.unwrap_or_else(Instant::now)), if self.marking_retry.is_some() && !self.marking.is_empty() => {}
                 () = tokio::time::sleep(STALL), if room == 0 && !stalled => {}
             }
         }
@@ -505,6 +517,7 @@ impl Scheduler {
             if track.epoch == task.epoch {
                 track.offsets.finished(task.record.offset);
                 track.attempts.finish(task.record.offset);
+                self.commit_now |= task.counted;
                 self.buffered -= 1;
                 self.dirty = true;
                 self.unstored = true;
@@ -531,6 +544,9 @@ impl Scheduler {
             let Some(task) = self.ready.pop_front() else {
                 break;
             };
+            // counted as running before the revocation check, so a revocation either sees it
+            // (and waits for it) or it sees the revocation
+            let running = self.running_by_partition.enter(&task.record);
             let revoking = self.running_by_partition.is_revoking(&TopicPartition::new(
                 task.record.topic.clone(),
                 task.record.partition,
@@ -538,15 +554,16 @@ impl Scheduler {
             if !self.is_current(&task) || revoking {
                 // Its partition was (or is being) revoked: let the next job of its key through
                 // (it is stale too); the next owner runs it from the committed offset.
+                drop(running);
                 self.release_lane(&task);
                 continue;
             }
             let max_attempts = self.shared.policy(&job_type_of(&task.record)).max_attempts;
             if task.suspect && task.attempt <= max_attempts {
-                self.marking.push(task);
+                self.marking.push((task, running));
                 continue;
             }
-            starting.push(task);
+            starting.push((task, running));
         }
         self.start_attempts(starting);
     }
@@ -554,11 +571,11 @@ impl Scheduler {
     /// Counts the attempts in their partitions' books, stores the counts (embedded: committed,
     /// so an attempt that kills the process is counted; Kafka: kept for the next commit), and
     /// runs them.
-    fn start_attempts(&mut self, tasks: Vec<Task>) {
+    fn start_attempts(&mut self, tasks: Vec<(Task, Running)>) {
         if tasks.is_empty() {
             return;
         }
-        for task in &tasks {
+        for (task, _) in &tasks {
             let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
             if let Some(track) = self.tracks.get_mut(&tp) {
                 track.attempts.start(task.record.offset, task.attempt);
@@ -566,8 +583,8 @@ impl Scheduler {
             }
         }
         self.store();
-        for task in tasks {
-            self.spawn_task(task, |shared, task| async move {
+        for (task, running) in tasks {
+            self.spawn_task(task, running, |shared, task| async move {
                 let result = run_attempt(&shared, &task).await;
                 (task, result)
             });
@@ -575,21 +592,56 @@ impl Scheduler {
     }
 
     /// Commits the attempt counts of suspects, then runs them: if one kills the process again,
-    /// the next owner counts that attempt.
+    /// the next owner counts that attempt. When the commit fails they do not run uncounted:
+    /// they wait and are tried again (their partitions stay held by them meanwhile).
     async fn run_suspects(&mut self) {
-        let tasks = std::mem::take(&mut self.marking);
-        for task in &tasks {
+        let marking = std::mem::take(&mut self.marking);
+        let mut before = Vec::with_capacity(marking.len());
+        for (task, _) in &marking {
             let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
             if let Some(track) = self.tracks.get_mut(&tp) {
+                before.push((
+                    tp,
+                    task.record.offset,
+                    track.attempts.count(task.record.offset),
+                ));
                 track.attempts.start(task.record.offset, task.attempt);
             }
         }
-        self.commit().await;
-        let tasks = tasks
+        self.dirty = true;
+        if !self.commit().await {
+            for (tp, offset, count) in before {
+                if let Some(track) = self.tracks.get_mut(&tp) {
+                    track.attempts.restore(offset, count);
+                }
+            }
+            tracing::warn!(
+                jobs = marking.len(),
+                "cannot commit the attempt counts of jobs that may have been running when their partition's previous owner stopped; they wait until it can"
+            );
+            for (task, running) in marking {
+                if self.is_current(&task) {
+                    self.marking.push((task, running));
+                } else {
+                    drop(running);
+                    self.release_lane(&task);
+                }
+            }
+            self.marking_retry = Some(Instant::now() + Duration::from_millis(200));
+            return;
+        }
+        self.marking_retry = None;
+        let tasks = marking
             .into_iter()
-            .map(|task| Task {
-                suspect: false,
-                ..task
+            .map(|(task, running)| {
+                (
+                    Task {
+                        suspect: false,
+                        counted: true,
+                        ..task
+                    },
+                    running,
+                )
             })
             .collect();
         self.start_attempts(tasks);
@@ -597,12 +649,15 @@ impl Scheduler {
 
     /// Runs `work` for `task` as a task of its own, counted as running on its partition (for
     /// the revocation barrier) and remembered by task id (for a task that ends abnormally).
-    fn spawn_task<Fut>(&mut self, task: Task, work: impl FnOnce(Arc<Shared>, Task) -> Fut)
-    where
+    fn spawn_task<Fut>(
+        &mut self,
+        task: Task,
+        running: Running,
+        work: impl FnOnce(Arc<Shared>, Task) -> Fut,
+    ) where
         Fut: Future<Output = (Task, TaskResult)> + Send + 'static,
     {
         let kept = task.clone();
-        let running = self.running_by_partition.enter(&task.record);
         let work = work(Arc::clone(&self.shared), task);
         let handle = self.running.spawn(async move {
             let out = work.await;
@@ -610,6 +665,14 @@ impl Scheduler {
             out
         });
         self.in_flight.insert(handle.id(), kept);
+    }
+
+    /// `task`'s attempt ended without finishing the job (it waits to retry).
+    fn returned(&mut self, task: &Task) {
+        let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
+        if let Some(track) = self.tracks.get_mut(&tp) {
+            track.attempts.returned(task.record.offset);
+        }
     }
 
     /// Runs `task` again, as its next attempt, after `delay`.
@@ -645,7 +708,10 @@ impl Scheduler {
             }
         };
         match result {
-            TaskResult::Retry(delay) if self.is_current(&task) => self.retry_later(task, delay),
+            TaskResult::Retry(delay) if self.is_current(&task) => {
+                self.returned(&task);
+                self.retry_later(task, delay);
+            }
             TaskResult::Retry(_) | TaskResult::Finished => {
                 self.mark_finished(&task);
                 self.release_lane(&task);
@@ -677,6 +743,7 @@ impl Scheduler {
         if policy.should_retry(task.attempt) {
             self.shared.stats.retried.fetch_add(1, Ordering::Relaxed);
             let delay = policy.delay(task.attempt);
+            self.returned(&task);
             self.retry_later(task, delay);
             return;
         }
@@ -684,7 +751,8 @@ impl Scheduler {
             dead_lettering: true,
             ..task
         };
-        self.spawn_task(task, |shared, task| async move {
+        let running = self.running_by_partition.enter(&task.record);
+        self.spawn_task(task, running, |shared, task| async move {
             let result = dead_letter(&shared, &task, DeadLetterReason::Exhausted, &error).await;
             (task, result)
         });
@@ -710,10 +778,11 @@ impl Scheduler {
                     let task = Task {
                         dead_lettering: false,
                         record,
-                        attempt: arrival.attempts_before + 1,
+                        attempt: arrival.attempts_before.saturating_add(1),
                         epoch: track.epoch,
                         lane,
                         suspect: arrival.suspect,
+                        counted: false,
                     };
                     let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
                     match self.lanes.admit(task.lane.clone().as_ref(), task) {
@@ -753,21 +822,37 @@ impl Scheduler {
                         self.buffered -= track.offsets.in_flight();
                     }
                 }
-                let inherited = match self.sub.committed(&assigned).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read the attempt counts of the assigned partitions; their jobs count attempts from 1");
-                        Vec::new()
-                    }
-                };
+                let inherited = self.inherited(&assigned).await;
                 for tp in assigned {
                     self.epoch += 1;
                     let book = inherited
                         .iter()
                         .find(|c| c.tp == tp)
-                        .map(|c| AttemptBook::inherit(&c.metadata))
+                        .map(|c| AttemptBook::inherit(c.next_offset, &c.metadata))
                         .unwrap_or_default();
                     self.tracks.insert(tp, Track::new(self.epoch, book));
+                }
+            }
+        }
+    }
+
+    /// The attempt counts the previous owners of `assigned` committed (three tries; then none).
+    async fn inherited(&mut self, assigned: &[TopicPartition]) -> Vec<conveyor_core::Committed> {
+        if assigned.is_empty() {
+            return Vec::new();
+        }
+        let mut tries = 0;
+        loop {
+            match self.sub.committed(assigned).await {
+                Ok(c) => return c,
+                Err(e) if tries < 2 => {
+                    tracing::debug!(error = %e, "cannot read the committed attempt counts; trying again");
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the attempt counts of the assigned partitions; their jobs count attempts from 1");
+                    return Vec::new();
                 }
             }
         }
@@ -859,12 +944,13 @@ impl Scheduler {
         }
     }
 
-    async fn commit(&mut self) {
+    /// Commits what changed; returns whether it was committed.
+    async fn commit(&mut self) -> bool {
         let offsets = self.commit_points();
         self.last_commit = Instant::now();
         if offsets.is_empty() {
             self.dirty = false;
-            return;
+            return true;
         }
         match self.sub.commit(&offsets).await {
             Ok(()) => {
@@ -875,8 +961,12 @@ impl Scheduler {
                     }
                 }
                 self.dirty = false;
+                true
             }
-            Err(e) => tracing::warn!(error = %e, "commit failed; will retry"),
+            Err(e) => {
+                tracing::warn!(error = %e, "commit failed; will retry");
+                false
+            }
         }
     }
 
@@ -889,6 +979,7 @@ impl Scheduler {
         );
         self.timers.abort_all();
         self.ready.clear();
+        self.marking.clear();
         let deadline = Instant::now() + timeout;
         while !self.running.is_empty() {
             match tokio::time::timeout_at(deadline, self.running.join_next()).await {
@@ -908,6 +999,10 @@ impl Scheduler {
                     break;
                 }
             }
+        }
+        // a clean stop: every job that may have run is finished or named by its count
+        for track in self.tracks.values_mut() {
+            track.attempts.release();
         }
         self.commit().await;
         self.running_by_partition.close();

@@ -16,7 +16,7 @@ const PARTITIONS: i32 = 6;
 const KEYS: usize = 24;
 
 /// Makes a backend: each member and the producer get their own client.
-pub type MakeBackend = Arc<dyn Fn() -> Arc<dyn Backend> + Send + Sync>;
+pub(crate) type MakeBackend = Arc<dyn Fn() -> Arc<dyn Backend> + Send + Sync>;
 
 /// What the handlers saw, shared by every member.
 #[derive(Default)]
@@ -94,7 +94,7 @@ async fn leave(m: Member) {
 
 /// The churn scenario on the backends `backend` makes, with `jobs` jobs; `label` names the run
 /// in its summary line.
-pub async fn churn(backend: MakeBackend, label: &str, jobs: usize) {
+pub(crate) async fn churn(backend: MakeBackend, label: &str, jobs: usize) {
     let admin = backend();
     let id = uuid::Uuid::now_v7().simple().to_string();
     let (topic, group) = (format!("churn.{id}"), format!("churn.g.{id}"));
