@@ -187,6 +187,21 @@ pub(crate) fn to_record(m: &BorrowedMessage<'_>) -> ConsumedRecord {
     }
 }
 
+/// A consumer error that only says a broker is (for now) unreachable.
+fn transient(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::MessageConsumption(
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::Resolve
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::NetworkException
+        )
+    )
+}
+
 /// Offsets with their metadata, as librdkafka commits and stores them.
 fn commit_list(offsets: &[&CommitOffset]) -> Result<TopicPartitionList> {
     let mut list = TopicPartitionList::new();
@@ -307,6 +322,13 @@ impl Subscription for KafkaSubscription {
         while records.is_empty() {
             let first = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Err(_) => return Ok(self.next_event().unwrap_or(Poll::Idle)),
+                Ok(Err(e)) if transient(&e) => {
+                    // a broker being down or unreachable is not the poll's failure: librdkafka
+                    // reconnects on its own and the records come once it has; returning would
+                    // make the caller back off while the errors keep coming, starving delivery
+                    tracing::warn!(error = %e, "consumer: broker unreachable; polling on");
+                    continue;
+                }
                 Ok(Err(e)) => return Err(crate::broker(e)),
                 Ok(Ok(m)) => to_record(&m),
             };
