@@ -417,9 +417,10 @@ struct Scheduler {
     tracks: HashMap<TopicPartition, Track>,
     lanes: KeyLanes<LaneKey, Task>,
     ready: VecDeque<Task>,
-    /// Suspects whose attempt count is committed before they run, each already counted as
-    /// running on its partition (so a revocation waits for it).
-    marking: Vec<(Task, Running)>,
+    /// Suspects whose attempt count is committed before they run. Not counted as running (a
+    /// Kafka revocation waits inside the poll, where nothing could release them): checked
+    /// against revocations again once their count is committed.
+    marking: Vec<Task>,
     /// After a failed commit of suspects' counts: when to try again.
     marking_retry: Option<Instant>,
     running: JoinSet<(Task, TaskResult)>,
@@ -537,35 +538,56 @@ impl Scheduler {
     }
 
     fn dispatch(&mut self) {
+        let concurrency = self.shared.options.concurrency;
+        // suspects waiting for their counts' commit take at most half the slots, so a commit
+        // that keeps failing does not stop the other jobs
+        let marking_cap = (concurrency / 2).max(1);
         let mut starting = Vec::new();
-        while self.running.len() + self.marking.len() + starting.len()
-            < self.shared.options.concurrency
-        {
+        let mut deferred = Vec::new();
+        while self.running.len() + self.marking.len() + starting.len() < concurrency {
             let Some(task) = self.ready.pop_front() else {
                 break;
             };
-            // counted as running before the revocation check, so a revocation either sees it
-            // (and waits for it) or it sees the revocation
-            let running = self.running_by_partition.enter(&task.record);
-            let revoking = self.running_by_partition.is_revoking(&TopicPartition::new(
-                task.record.topic.clone(),
-                task.record.partition,
-            ));
-            if !self.is_current(&task) || revoking {
-                // Its partition was (or is being) revoked: let the next job of its key through
-                // (it is stale too); the next owner runs it from the committed offset.
-                drop(running);
-                self.release_lane(&task);
-                continue;
-            }
             let max_attempts = self.shared.policy(&job_type_of(&task.record)).max_attempts;
             if task.suspect && task.attempt <= max_attempts {
-                self.marking.push((task, running));
+                if !self.runnable(&task) {
+                    self.release_lane(&task);
+                } else if self.marking.len() < marking_cap {
+                    self.marking.push(task);
+                } else {
+                    deferred.push(task);
+                }
                 continue;
             }
-            starting.push((task, running));
+            if let Some(running) = self.enter(&task) {
+                starting.push((task, running));
+            }
+        }
+        // ready jobs hold distinct keys: putting these back in front keeps every key's order
+        for task in deferred.into_iter().rev() {
+            self.ready.push_front(task);
         }
         self.start_attempts(starting);
+    }
+
+    /// Whether `task`'s partition is still owned and not being revoked.
+    fn runnable(&self, task: &Task) -> bool {
+        let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
+        self.is_current(task) && !self.running_by_partition.is_revoking(&tp)
+    }
+
+    /// Counts `task` as running on its partition, unless that partition was (or is being)
+    /// revoked: then the next job of its key is let through (stale too; the next owner runs
+    /// them from the committed offset) and `None` returned. Counted before the check, so a
+    /// revocation either waits for it or it sees the revocation.
+    fn enter(&mut self, task: &Task) -> Option<Running> {
+        let running = self.running_by_partition.enter(&task.record);
+        if self.runnable(task) {
+            return Some(running);
+        }
+        drop(running);
+        self.release_lane(task);
+        None
     }
 
     /// Counts the attempts in their partitions' books, stores the counts (embedded: committed,
@@ -597,7 +619,7 @@ impl Scheduler {
     async fn run_suspects(&mut self) {
         let marking = std::mem::take(&mut self.marking);
         let mut before = Vec::with_capacity(marking.len());
-        for (task, _) in &marking {
+        for task in &marking {
             let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
             if let Some(track) = self.tracks.get_mut(&tp) {
                 before.push((
@@ -609,7 +631,8 @@ impl Scheduler {
             }
         }
         self.dirty = true;
-        if !self.commit().await {
+        let committed = self.commit().await;
+        if !committed {
             for (tp, offset, count) in before {
                 if let Some(track) = self.tracks.get_mut(&tp) {
                     track.attempts.restore(offset, count);
@@ -619,32 +642,30 @@ impl Scheduler {
                 jobs = marking.len(),
                 "cannot commit the attempt counts of jobs that may have been running when their partition's previous owner stopped; they wait until it can"
             );
-            for (task, running) in marking {
-                if self.is_current(&task) {
-                    self.marking.push((task, running));
+            self.marking_retry = Some(Instant::now() + Duration::from_millis(200));
+        } else {
+            self.marking_retry = None;
+        }
+        let mut starting = Vec::new();
+        for task in marking {
+            if !committed {
+                if self.runnable(&task) {
+                    self.marking.push(task);
                 } else {
-                    drop(running);
                     self.release_lane(&task);
                 }
+                continue;
             }
-            self.marking_retry = Some(Instant::now() + Duration::from_millis(200));
-            return;
+            let task = Task {
+                suspect: false,
+                counted: true,
+                ..task
+            };
+            if let Some(running) = self.enter(&task) {
+                starting.push((task, running));
+            }
         }
-        self.marking_retry = None;
-        let tasks = marking
-            .into_iter()
-            .map(|(task, running)| {
-                (
-                    Task {
-                        suspect: false,
-                        counted: true,
-                        ..task
-                    },
-                    running,
-                )
-            })
-            .collect();
-        self.start_attempts(tasks);
+        self.start_attempts(starting);
     }
 
     /// Runs `work` for `task` as a task of its own, counted as running on its partition (for
@@ -961,6 +982,12 @@ impl Scheduler {
                     }
                 }
                 self.dirty = false;
+                true
+            }
+            // the other partitions' offsets were committed (the contract); the revoked one's
+            // rebalance event comes with the next poll
+            Err(e @ Error::NotAssigned { .. }) => {
+                tracing::debug!(error = %e, "commit of a partition no longer owned refused");
                 true
             }
             Err(e) => {

@@ -46,6 +46,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Most jobs per batch.
     pub max_batch: usize,
+    /// The routes whose workers are down (`/readyz` fails while any is).
+    pub routes: Arc<crate::supervise::RouteHealth>,
 }
 
 impl AppState {
@@ -56,6 +58,7 @@ impl AppState {
             backend,
             max_body_bytes: 1024 * 1024 - conveyor_runtime::dead_letter::DEAD_LETTER_HEADROOM,
             max_batch: 1000,
+            routes: Arc::default(),
         }
     }
 }
@@ -522,6 +525,15 @@ async fn apply_topics(
 }
 
 async fn ready(State(s): State<AppState>) -> Response {
+    let down = s.routes.down();
+    if !down.is_empty() {
+        let routes: Vec<String> = down.iter().map(|(r, why)| format!("{r} ({why})")).collect();
+        return ApiError::RouteDown(format!(
+            "route worker down: {}; its jobs are kept and delivered once it runs again",
+            routes.join("; ")
+        ))
+        .into_response();
+    }
     match s.backend.list_topics().await {
         Ok(_) => Json(json!({"status": "ready", "backend": s.backend.name()})).into_response(),
         Err(e) => ApiError::BackendUnavailable(format!("the backend does not answer: {e}"))

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::api::{app, AppState};
 use crate::config::Config;
+use crate::supervise::{supervise, RouteHealth};
 
 /// How long a stopping `conveyor dev` lets running deliveries finish before handing them back
 /// (uncommitted, so redelivered): 25 s, inside Kubernetes' default 30 s termination grace.
@@ -80,24 +81,25 @@ pub async fn run(
 ) -> Result<(), Error> {
     let backend = open_backend(&config).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let health = Arc::new(RouteHealth::default());
     let mut workers = Vec::new();
     for route in &config.routes {
-        let worker = route_worker(&config, route, Arc::clone(&backend));
-        let mut stop = stop_rx.clone();
-        let topic = route.topic.clone();
-        workers.push(tokio::spawn(async move {
-            let result = worker
-                .run(async move {
+        let name = format!("{} -> {}", route.topic, route.url);
+        let (config, route, backend) = (config.clone(), route.clone(), Arc::clone(&backend));
+        workers.push(tokio::spawn(supervise(
+            name,
+            Arc::clone(&health),
+            stop_rx.clone(),
+            move |mut stop| {
+                let worker = route_worker(&config, &route, Arc::clone(&backend));
+                worker.run(async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
-                .await;
-            if let Err(e) = &result {
-                tracing::error!(topic, error = %e, "route worker stopped");
-            }
-            result
-        }));
+            },
+        )));
     }
     let mut state = AppState::new(Arc::clone(&backend));
+    state.routes = health;
     state.max_body_bytes = config.api.max_body_bytes;
     state.max_batch = config.api.max_batch;
     axum::serve(listener, app(state))
@@ -106,9 +108,7 @@ pub async fn run(
     tracing::info!("API stopped; stopping workers");
     let _ = stop_tx.send(true);
     for w in workers {
-        if let Ok(Err(e)) = w.await {
-            tracing::error!(error = %e, "worker ended with an error");
-        }
+        let _ = w.await;
     }
     backend.close().await
 }

@@ -67,6 +67,9 @@ pub enum ApiError {
     /// The backend failed.
     #[error("{0}")]
     BackendUnavailable(String),
+    /// A route's worker is down (restarting).
+    #[error("{0}")]
+    RouteDown(String),
     /// A bug.
     #[error("{0}")]
     Internal(String),
@@ -96,6 +99,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => ApiError::UnsupportedMediaType(message),
             ApiError::InvalidField { field, .. } => ApiError::InvalidField { field, message },
             ApiError::BackendUnavailable(_) => ApiError::BackendUnavailable(message),
+            ApiError::RouteDown(_) => ApiError::RouteDown(message),
             ApiError::Internal(_) => ApiError::Internal(message),
         }
     }
@@ -115,6 +119,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::InvalidField { .. } => "invalid_field",
             ApiError::BackendUnavailable(_) => "backend_unavailable",
+            ApiError::RouteDown(_) => "route_down",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -132,7 +137,9 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::BackendUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BackendUnavailable(_) | ApiError::RouteDown(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

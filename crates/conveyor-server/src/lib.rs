@@ -7,12 +7,15 @@
 //! - [`dev`]: [`dev::run`], the embedded backend, the webhook routes and the API in one process.
 //! - [`remote`]: [`remote::ApiClient`], the HTTP API from Rust (used by the CLI).
 //! - [`topics`]: topics files (`conveyor topics apply -f topics.toml`).
+//! - [`supervise`]: route workers restarted with backoff; [`supervise::RouteHealth`] for
+//!   `/readyz`.
 
 pub mod api;
 pub mod config;
 pub mod dev;
 pub mod error;
 pub mod remote;
+pub mod supervise;
 pub mod topics;
 
 pub use api::{app, AppState};

@@ -15,6 +15,7 @@ struct Api {
     _dir: tempfile::TempDir,
     backend: Arc<dyn Backend>,
     router: axum::Router,
+    routes: Arc<conveyor_server::supervise::RouteHealth>,
 }
 
 async fn api() -> Api {
@@ -30,6 +31,7 @@ async fn api() -> Api {
     state.max_batch = 10;
     Api {
         _dir: dir,
+        routes: Arc::clone(&state.routes),
         router: app(state),
         backend,
     }
@@ -590,4 +592,28 @@ async fn topics_apply_with_a_duplicate_name_applies_nothing() {
             "{t} was created"
         );
     }
+}
+
+#[tokio::test]
+async fn readyz_fails_naming_a_route_whose_worker_is_down() {
+    let a = api().await;
+    let (s, _) = send(&a, "GET", "/readyz", None, "").await;
+    assert_eq!(s, StatusCode::OK);
+    a.routes.set(
+        "emails -> http://h/x",
+        Some("the worker failed: boom".into()),
+    );
+    let (s, v) = send(&a, "GET", "/readyz", None, "").await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::SERVICE_UNAVAILABLE, "route_down")
+    );
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("emails -> http://h/x") && msg.contains("boom"),
+        "{msg}"
+    );
+    a.routes.set("emails -> http://h/x", None);
+    let (s, _) = send(&a, "GET", "/readyz", None, "").await;
+    assert_eq!(s, StatusCode::OK);
 }

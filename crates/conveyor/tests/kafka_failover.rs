@@ -10,7 +10,7 @@ mod util;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use util::{free_port, post_jobs, receiver, start_dev, wait_for, wait_ok};
+use util::{post_jobs, receiver, start_dev_on_a_free_port, wait_for};
 
 /// The process started second is killed: usually not the group leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,10 +34,7 @@ async fn failover(victim: usize) {
     let dir = tempfile::tempdir().unwrap();
     let suffix = util::unique_suffix();
     let topic = format!("failover.{suffix}");
-    let mut configs = Vec::new();
-    let mut bases = Vec::new();
-    for name in ["a", "b"] {
-        let port = free_port();
+    let write_config = |name: &str, port: u16| {
         let path = dir.path().join(format!("{name}.toml"));
         std::fs::write(
             &path,
@@ -65,13 +62,14 @@ max_delay_ms = 100
             ),
         )
         .unwrap();
-        configs.push(path);
-        bases.push(format!("http://127.0.0.1:{port}"));
-    }
+        path
+    };
     let mut procs = Vec::new();
-    for (config, base) in configs.iter().zip(&bases) {
-        procs.push(start_dev(config));
-        wait_ok(base, "/readyz", Duration::from_secs(30)).await;
+    let mut bases = Vec::new();
+    for name in ["a", "b"] {
+        let (dev, base) = start_dev_on_a_free_port(|port| write_config(name, port)).await;
+        procs.push(dev);
+        bases.push(base);
     }
     let api = bases[survivor].clone();
 

@@ -229,3 +229,39 @@ pub async fn wait_ok(base: &str, path: &str, timeout: Duration) {
     }
     panic!("conveyor dev did not answer {path} at {base} within {timeout:?}");
 }
+
+/// Starts `conveyor dev` with the configuration `config_for(port)` writes, on a port that was
+/// free a moment ago, and waits until it answers `/readyz`. A port can be taken in between
+/// (another test's server, or a client connection's local port): the process then exits with
+/// "cannot listen", and this tries again with another port. Returns the process and its base URL.
+pub async fn start_dev_on_a_free_port(
+    mut config_for: impl FnMut(u16) -> std::path::PathBuf,
+) -> (Dev, String) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut dev = start_dev(&config_for(port));
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut ready = false;
+        while tokio::time::Instant::now() < deadline {
+            if dev.try_wait().unwrap().is_some() {
+                break; // it could not start (the port was taken): try another
+            }
+            if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+                if r.status().is_success() {
+                    ready = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // a foreign listener on the port answers too: the process must still be running
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if ready && dev.try_wait().unwrap().is_none() {
+            return (dev, base);
+        }
+        eprintln!("conveyor dev did not come up on port {port}; trying another port");
+    }
+    panic!("conveyor dev did not start on any of 5 free ports");
+}
