@@ -12,6 +12,9 @@ use conveyor_kafka::mock::MockBroker;
 use conveyor_kafka::{KafkaBackend, KafkaConfig, TopicAdmin};
 use conveyor_runtime::{handler_fn, Client, Job, NewJob, Worker};
 
+/// The offset of a delivered record and its header names.
+type Delivery = (i64, Vec<String>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_name_that_is_not_utf8_does_not_stop_delivery() {
     let mock = Arc::new(MockBroker::start(1).expect("mock cluster"));
@@ -21,7 +24,7 @@ async fn a_header_name_that_is_not_utf8_does_not_stop_delivery() {
     );
     backend.create_topic(&TopicSpec::new("t", 1)).await.unwrap();
     conveyor_rawkafka::produce_with_header_name(
-        &mock.bootstrap_servers(),
+        mock.bootstrap_servers(),
         "t",
         0,
         b"\xff\xfe-not-utf8",
@@ -37,7 +40,8 @@ async fn a_header_name_that_is_not_utf8_does_not_stop_delivery() {
         .await
         .unwrap();
 
-    let seen: Arc<Mutex<Vec<(i64, Vec<String>)>>> = Arc::default();
+    // (offset, header names) of each delivery
+    let seen: Arc<Mutex<Vec<Delivery>>> = Arc::default();
     let worker = Worker::builder(Arc::clone(&backend), "g", ["t"])
         .fallback(handler_fn({
             let seen = Arc::clone(&seen);

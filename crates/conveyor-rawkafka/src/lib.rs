@@ -49,7 +49,7 @@ pub fn produce_with_header_name(
         rd::rd_kafka_vu_t {
             vtype: rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_MSGFLAGS,
             u: rd::rd_kafka_vu_s__bindgen_ty_1 {
-                i: rd::RD_KAFKA_MSG_F_COPY as i32,
+                i: rd::RD_KAFKA_MSG_F_COPY,
             },
         },
         rd::rd_kafka_vu_t {
