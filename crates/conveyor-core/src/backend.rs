@@ -313,6 +313,11 @@ pub trait Subscription: Send + fmt::Debug {
 
 /// Optional capability: append records and commit offsets as one atomic step (the basis of
 /// exactly-once processing when the output is the same log).
+///
+/// Not fenced: it commits for `group` whichever member calls it, unlike
+/// [`Subscription::commit`], which refuses partitions the member no longer owns. Nothing in
+/// conveyor calls it yet; the transactional consume-and-emit work (issue 9) replaces it with a
+/// commit scoped to the member (Kafka: the consumer's group metadata in the transaction).
 #[async_trait]
 pub trait AtomicPublishCommit: Backend {
     /// Publishes `records` to `topic` and commits `offsets` for `group`, all or nothing.
