@@ -143,6 +143,11 @@ pub struct ConsumedRecord {
 }
 
 impl ConsumedRecord {
+    /// The topic and partition the record was read from.
+    pub fn tp(&self) -> crate::TopicPartition {
+        crate::TopicPartition::new(self.topic.clone(), self.partition)
+    }
+
     /// The record's value, key and headers as a new [`Record`] (for republishing, e.g. to a DLQ).
     pub fn to_record(&self) -> Record {
         Record {

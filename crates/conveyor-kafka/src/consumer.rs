@@ -143,6 +143,16 @@ pub(crate) struct KafkaSubscription {
     pub(crate) request_timeout: Duration,
 }
 
+impl KafkaSubscription {
+    /// The offsets of partitions this member owns.
+    fn owned<'a>(&self, offsets: &'a [CommitOffset]) -> Vec<&'a CommitOffset> {
+        offsets
+            .iter()
+            .filter(|c| self.assignment.contains(&c.tp))
+            .collect()
+    }
+}
+
 impl std::fmt::Debug for KafkaSubscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaSubscription")
@@ -224,10 +234,7 @@ fn tp_list(tps: &[&TopicPartition]) -> TopicPartitionList {
 
 impl KafkaSubscription {
     fn is_paused(&self, r: &ConsumedRecord) -> bool {
-        !self.paused.is_empty()
-            && self
-                .paused
-                .contains(&TopicPartition::new(r.topic.clone(), r.partition))
+        !self.paused.is_empty() && self.paused.contains(&r.tp())
     }
 
     /// Adds a record just received to the batch, or parks it when its partition is paused.
@@ -390,10 +397,7 @@ impl Subscription for KafkaSubscription {
 
     async fn commit(&mut self, offsets: &[CommitOffset]) -> Result<()> {
         conveyor_core::backend::check_commit_metadata(offsets)?;
-        let owned: Vec<&CommitOffset> = offsets
-            .iter()
-            .filter(|c| self.assignment.contains(&c.tp))
-            .collect();
+        let owned = self.owned(offsets);
         let refused = offsets.iter().find(|c| !self.assignment.contains(&c.tp));
         if !owned.is_empty() {
             let list = commit_list(&owned)?;
@@ -449,10 +453,7 @@ impl Subscription for KafkaSubscription {
 
     fn store(&mut self, offsets: &[CommitOffset]) -> Result<()> {
         conveyor_core::backend::check_commit_metadata(offsets)?;
-        let owned: Vec<&CommitOffset> = offsets
-            .iter()
-            .filter(|c| self.assignment.contains(&c.tp))
-            .collect();
+        let owned = self.owned(offsets);
         if !owned.is_empty() {
             self.consumer
                 .store_offsets(&commit_list(&owned)?)

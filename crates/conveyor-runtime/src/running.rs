@@ -34,7 +34,7 @@ pub(crate) struct Running {
 impl RunningCounts {
     /// Counts an attempt of `record` in until the returned guard is dropped.
     pub(crate) fn enter(self: &Arc<Self>, record: &ConsumedRecord) -> Running {
-        let tp = TopicPartition::new(record.topic.clone(), record.partition);
+        let tp = record.tp();
         *self
             .state
             .lock()

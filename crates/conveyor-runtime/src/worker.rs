@@ -506,14 +506,19 @@ impl Scheduler {
         Ok(())
     }
 
+    /// The book of `task`'s partition, while it is owned (by any epoch).
+    fn track_mut(&mut self, task: &Task) -> Option<&mut Track> {
+        self.tracks.get_mut(&task.record.tp())
+    }
+
     fn is_current(&self, task: &Task) -> bool {
-        let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
+        let tp = task.record.tp();
         self.tracks.get(&tp).is_some_and(|t| t.epoch == task.epoch)
     }
 
     /// Marks a finished job's offset committable, unless its partition was revoked since.
     fn mark_finished(&mut self, task: &Task) {
-        let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
+        let tp = task.record.tp();
         if let Some(track) = self.tracks.get_mut(&tp) {
             if track.epoch == task.epoch {
                 track.offsets.finished(task.record.offset);
@@ -529,7 +534,7 @@ impl Scheduler {
     /// Lets the next job of `task`'s key through.
     fn release_lane(&mut self, task: &Task) {
         if let Some(next) = self.lanes.release(task.lane.as_ref()) {
-            let tp = TopicPartition::new(next.record.topic.clone(), next.record.partition);
+            let tp = next.record.tp();
             if let Some(n) = self.waiting.get_mut(&tp) {
                 *n = n.saturating_sub(1);
             }
@@ -572,7 +577,7 @@ impl Scheduler {
 
     /// Whether `task`'s partition is still owned and not being revoked.
     fn runnable(&self, task: &Task) -> bool {
-        let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
+        let tp = task.record.tp();
         self.is_current(task) && !self.running_by_partition.is_revoking(&tp)
     }
 
@@ -598,8 +603,7 @@ impl Scheduler {
             return;
         }
         for (task, _) in &tasks {
-            let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
-            if let Some(track) = self.tracks.get_mut(&tp) {
+            if let Some(track) = self.track_mut(task) {
                 track.attempts.start(task.record.offset, task.attempt);
                 self.dirty = true;
             }
@@ -620,7 +624,7 @@ impl Scheduler {
         let marking = std::mem::take(&mut self.marking);
         let mut before = Vec::with_capacity(marking.len());
         for task in &marking {
-            let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
+            let tp = task.record.tp();
             if let Some(track) = self.tracks.get_mut(&tp) {
                 before.push((
                     tp,
@@ -690,8 +694,7 @@ impl Scheduler {
 
     /// `task`'s attempt ended without finishing the job (it waits to retry).
     fn returned(&mut self, task: &Task) {
-        let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
-        if let Some(track) = self.tracks.get_mut(&tp) {
+        if let Some(track) = self.track_mut(task) {
             track.attempts.returned(task.record.offset);
         }
     }
@@ -785,7 +788,7 @@ impl Scheduler {
             Poll::Records(records) => {
                 let mut leased = false;
                 for record in records {
-                    let tp = TopicPartition::new(record.topic.clone(), record.partition);
+                    let tp = record.tp();
                     let epoch = self.epoch;
                     let track = self
                         .tracks
@@ -805,7 +808,7 @@ impl Scheduler {
                         suspect: arrival.suspect,
                         counted: false,
                     };
-                    let tp = TopicPartition::new(task.record.topic.clone(), task.record.partition);
+                    let tp = task.record.tp();
                     match self.lanes.admit(task.lane.clone().as_ref(), task) {
                         Some(task) => self.ready.push_back(task),
                         None => *self.waiting.entry(tp).or_default() += 1,

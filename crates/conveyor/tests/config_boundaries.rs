@@ -8,19 +8,19 @@ mod util;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use util::{free_port, receiver, start_dev, wait_for, wait_ok};
+use util::{receiver, start_dev_on_a_free_port, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_key_at_its_boundary_starts_and_works() {
     let (hook, received) = receiver(Duration::ZERO).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let topic = "t".repeat(249 - 4); // its `.dlq` is the longest name Kafka allows
     let config = dir.path().join("conveyor.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    let write_config = |port: u16| {
+        std::fs::write(
+            &config,
+            format!(
+                r#"
 data_dir = "{data}"
 backend = "embedded"
 
@@ -61,13 +61,13 @@ max_attempts = 1
 initial_delay_ms = 0
 max_delay_ms = 0
 "#,
-            data = dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let _dev = start_dev(&config);
-    let base = format!("http://127.0.0.1:{port}");
-    wait_ok(&base, "/readyz", Duration::from_secs(30)).await;
+                data = dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        config.clone()
+    };
+    let (_dev, base) = start_dev_on_a_free_port(write_config).await;
     let http = reqwest::Client::new();
     let post = |path: String, body: Value| {
         let http = http.clone();
