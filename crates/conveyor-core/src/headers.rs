@@ -13,7 +13,14 @@
 //! | `producer` | free text naming the producing service | producer |
 //! | `content_type` | MIME type of the value; absent means `application/json` | producer |
 //! | `traceparent`, `tracestate` | W3C trace context | producer |
-//! | `due_at` | reserved: RFC 3339 time before which the job must not run | producer |
+//! | `due_at` | RFC 3339 time before which the job must not run (delayed jobs, retries) | producer, worker |
+//! | `deadline` | RFC 3339 time after which the job is dead-lettered (`deadline`) instead of run | producer |
+//! | `timeout_ms` | longest one attempt may run, in milliseconds | producer |
+//! | `delay_partition` | on a delay-tier record: the partition of the job's topic it returns to | worker |
+//! | `retry_group` | set on a job that a group moved to a delay tier: only that group runs it | worker |
+//! | `dedup_key` | copies of one job carry the same value; a worker runs the first it sees | worker, scheduler |
+//! | `first_error`, `last_error` | on a retried job: its first and latest error | worker |
+//! | `replayed_from` | `<dlq topic>/<partition>/<offset>`: the dead letter a replayed job came from | `conveyor dlq replay` |
 //! | `dlq_*` | see [`dlq`] | worker, on dead-letter records only |
 
 use std::time::SystemTime;
@@ -38,8 +45,28 @@ pub const CONTENT_TYPE: &str = "content_type";
 pub const TRACEPARENT: &str = "traceparent";
 /// W3C trace state.
 pub const TRACESTATE: &str = "tracestate";
-/// Reserved for delayed jobs: the time before which the job must not run.
+/// The time before which the job must not run (RFC 3339, UTC, milliseconds).
 pub const DUE_AT: &str = "due_at";
+/// On a job replayed from a dead-letter topic: the dead letter it came from,
+/// `<dlq topic>/<partition>/<offset>` (written by `conveyor_runtime::replay`).
+pub const REPLAYED_FROM: &str = "replayed_from";
+/// The time after which the job is dead-lettered with reason `deadline` instead of run.
+pub const DEADLINE: &str = "deadline";
+/// Longest one attempt may run, in milliseconds (overrides the worker's per-type timeout).
+pub const TIMEOUT_MS: &str = "timeout_ms";
+/// On a record in a delay tier: the partition of the job's topic it goes back to.
+pub const DELAY_PARTITION: &str = "delay_partition";
+/// On a job a consumer group moved to a delay tier (a retry or a delayed job): the group that
+/// runs it when it comes back; other groups of the topic skip it (they had their own copy).
+pub const RETRY_GROUP: &str = "retry_group";
+/// Identifies one move of a job through the delay tiers (`<topic>/<partition>/<offset>` of the
+/// record that was moved): a crash can write or forward the move twice, and a worker runs only
+/// the first copy it sees.
+pub const DEDUP_KEY: &str = "dedup_key";
+/// On a retried job: the error of its first failed attempt.
+pub const FIRST_ERROR: &str = "first_error";
+/// On a retried job: the error of its latest failed attempt.
+pub const LAST_ERROR: &str = "last_error";
 
 /// The job metadata conveyor writes itself: reserved, a producer's own headers may not use them.
 pub const METADATA: &[&str] = &[
@@ -49,6 +76,15 @@ pub const METADATA: &[&str] = &[
     PRODUCED_AT,
     PRODUCER,
     CONTENT_TYPE,
+    REPLAYED_FROM,
+    DUE_AT,
+    DEADLINE,
+    TIMEOUT_MS,
+    DELAY_PARTITION,
+    RETRY_GROUP,
+    DEDUP_KEY,
+    FIRST_ERROR,
+    LAST_ERROR,
 ];
 
 /// The default content type of a job payload.

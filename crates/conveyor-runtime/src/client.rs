@@ -1,6 +1,7 @@
 //! The typed client: enqueue one job or a batch, and learn where each landed.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use conveyor_core::headers::{self, JobMeta};
@@ -50,6 +51,32 @@ impl NewJob {
     pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
         self.key = Some(key.into());
         self
+    }
+
+    /// Runs the job no earlier than `delay` from now.
+    pub fn process_in(self, delay: Duration) -> Self {
+        self.process_at(SystemTime::now() + delay)
+    }
+
+    /// Runs the job no earlier than `at` (kept to the millisecond, rounded up).
+    pub fn process_at(self, at: SystemTime) -> Self {
+        self.with_time_header(headers::DUE_AT, ceil_millis(at))
+    }
+
+    /// Dead-letters the job (reason `deadline`) instead of running it after `at`; a handler
+    /// still running then is cancelled.
+    pub fn deadline(self, at: SystemTime) -> Self {
+        self.with_time_header(headers::DEADLINE, at)
+    }
+
+    /// Cancels an attempt that runs longer than `timeout` (it fails and is retried).
+    pub fn timeout(self, timeout: Duration) -> Self {
+        let ms = timeout.as_millis().max(1).to_string();
+        self.with_header(headers::TIMEOUT_MS, ms)
+    }
+
+    fn with_time_header(self, name: &str, at: SystemTime) -> Self {
+        self.with_header(name.to_owned(), headers::format_time(at))
     }
 
     /// Adds a header.
@@ -141,5 +168,16 @@ impl Client {
                 offset: p.offset,
             })
             .collect())
+    }
+}
+
+/// `t` rounded up to the next whole millisecond (time headers keep milliseconds; a due time
+/// rounded down would let a job run early).
+fn ceil_millis(t: SystemTime) -> SystemTime {
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let sub = since.subsec_nanos() % 1_000_000;
+    match sub {
+        0 => t,
+        n => t + Duration::from_nanos(u64::from(1_000_000 - n)),
     }
 }

@@ -21,6 +21,11 @@ fn bounded(error: &str) -> String {
 }
 
 /// Cuts `error` to at most `max` bytes (at least 128), saying so.
+/// `error` cut to at most about `max` bytes at a character boundary, saying it was cut.
+pub(crate) fn cut_to(error: &str, max: usize) -> String {
+    cut(error, max)
+}
+
 fn cut(error: &str, max: usize) -> String {
     if error.len() <= max {
         return error.to_owned();
@@ -39,6 +44,8 @@ pub enum DeadLetterReason {
     Exhausted,
     /// The handler said the job can never succeed (or there is no handler for its type).
     Failed,
+    /// Its `deadline` passed before it could finish.
+    Deadline,
 }
 
 impl DeadLetterReason {
@@ -47,6 +54,7 @@ impl DeadLetterReason {
         match self {
             DeadLetterReason::Exhausted => "exhausted",
             DeadLetterReason::Failed => "failed",
+            DeadLetterReason::Deadline => "deadline",
         }
     }
 }

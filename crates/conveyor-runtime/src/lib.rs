@@ -10,17 +10,23 @@
 //! - [`dead_letter`]: the dead-letter record format.
 //! - [`client`]: [`Client`], enqueueing jobs.
 //! - [`lag`]: [`lag::group_lag`], consumer lag per group and partition.
+//! - [`replay`]: [`replay::replay`], dead letters back to their topic as fresh jobs, once each
+//!   (a ledger topic per dead-letter topic).
 //! - [`webhook`]: [`WebhookHandler`], delivering jobs to HTTP endpoints.
 //! - [`bench`]: the measurements behind `conveyor bench`.
 
 pub mod attempts;
 pub mod bench;
 pub mod client;
+pub mod control;
 pub mod dead_letter;
+pub mod dedup;
+pub mod forwarder;
 pub mod handler;
 pub mod job;
 pub mod lag;
 mod running;
+pub mod tiers;
 pub mod tracker;
 pub mod webhook;
 pub mod worker;

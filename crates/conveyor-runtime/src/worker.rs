@@ -26,6 +26,17 @@
 //! attempt counts in its metadata ([`crate::attempts`]), so a job that keeps killing its process,
 //! or keeps being rebalanced away, is dead-lettered once `max_attempts` attempts started.
 //!
+//! Time (see the README's "Delayed jobs, retries and deadlines"): a record whose `due_at` is
+//! ahead waits in memory when less than the shortest delay tier is left, and is otherwise moved
+//! to a delay tier ([`crate::tiers`]), from which the worker's [`Forwarder`] brings it back when
+//! due. A failed job whose backoff is longer than `retry_in_place_max` is moved the same way
+//! (its offset is then committed, so the partition moves on); by default its key stays held
+//! meanwhile, so later jobs of that key wait behind it, in memory, up to half of
+//! `max_buffered` per partition (then the partition pauses). A job past its `deadline` is
+//! dead-lettered (`deadline`) instead of run; one whose handler runs past the job's, its type's or
+//! the worker's timeout is cancelled. Cancelled jobs and paused topics come from the control
+//! log ([`crate::control`]); a second copy of a move ([`crate::dedup`]) is dropped.
+//!
 //! Shutdown stops fetching, waits up to `shutdown_timeout` for running handlers, commits what
 //! finished and hands the rest back to the group (uncommitted, so redelivered).
 
@@ -48,14 +59,20 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::attempts::AttemptBook;
+use crate::control::Control;
 use crate::dead_letter::{
     dead_letter_record, dead_letter_topic, trimmed_dead_letter_record, DeadLetterReason,
 };
+use crate::dedup::RecentKeys;
+use crate::forwarder::{due_of, millis, Forwarder};
 use crate::handler::{json_handler, Handler};
 use crate::job::{IntoOutcome, Job};
 use crate::running::{Running, RunningCounts};
+use crate::tiers::DelayTiers;
 use crate::tracker::{KeyLanes, OffsetTracker};
+use conveyor_core::headers;
 use conveyor_core::headers::dlq as dlq_header;
+use std::time::SystemTime;
 
 /// How long the buffer may stay full before partitions are paused and polling resumes.
 const STALL: Duration = Duration::from_secs(1);
@@ -78,6 +95,16 @@ pub struct WorkerStats {
     pub panicked: AtomicU64,
     /// Handler attempts started.
     pub started: AtomicU64,
+    /// Jobs moved to a delay tier (delayed jobs not due yet, and retries with a long backoff).
+    pub delayed: AtomicU64,
+    /// Cancelled jobs dropped without running.
+    pub cancelled: AtomicU64,
+    /// Second copies of a job (same `dedup_key`) dropped without running.
+    pub duplicates: AtomicU64,
+    /// Jobs another group moved to a delay tier, skipped (that group runs them).
+    pub other_group: AtomicU64,
+    /// Jobs dead-lettered because their deadline passed.
+    pub deadline: AtomicU64,
 }
 
 impl WorkerStats {
@@ -115,6 +142,21 @@ pub struct WorkerOptions {
     pub handler_timeout: Duration,
     /// Where a new group starts. Default: earliest.
     pub start: StartFrom,
+    /// Per job type: longest one attempt may run (a job's own `timeout_ms` comes first, then
+    /// this, then `handler_timeout`).
+    pub timeout_by_type: HashMap<String, Duration>,
+    /// The delay tiers of the worker's topics. Default: 5 s, 1 min, 10 min, 1 h.
+    pub tiers: DelayTiers,
+    /// Backoffs up to this long wait in memory, holding the job's offset; longer ones move the
+    /// job to a delay tier. Default: 5 s.
+    pub retry_in_place_max: Duration,
+    /// Whether a job waiting in a delay tier for its retry keeps later jobs of its key waiting
+    /// (per-key order). Default: true; false for topics whose jobs need no order.
+    pub ordered_retries: bool,
+    /// Whether the worker runs the [`Forwarder`] of each of its topics. Default: true.
+    pub forward_delayed: bool,
+    /// How many recent `dedup_key`s the worker remembers. Default: 100,000.
+    pub dedup_capacity: usize,
 }
 
 impl WorkerOptions {
@@ -135,6 +177,12 @@ impl WorkerOptions {
             shutdown_timeout: Duration::from_secs(30),
             handler_timeout: Duration::from_secs(30 * 60),
             start: StartFrom::Earliest,
+            timeout_by_type: HashMap::new(),
+            tiers: DelayTiers::default(),
+            retry_in_place_max: Duration::from_secs(5),
+            ordered_retries: true,
+            forward_delayed: true,
+            dedup_capacity: 100_000,
         }
     }
 }
@@ -162,6 +210,7 @@ impl WorkerOptions {
 /// ```
 pub struct WorkerBuilder {
     backend: Arc<dyn Backend>,
+    control: Option<Control>,
     options: WorkerOptions,
     handlers: HashMap<String, Arc<dyn Handler>>,
     fallback: Option<Arc<dyn Handler>>,
@@ -217,6 +266,31 @@ impl WorkerBuilder {
         self.options.handler_timeout = d;
         self
     }
+    /// Uses this control log (cancellations, pauses) instead of opening one at start.
+    pub fn control(mut self, control: Control) -> Self {
+        self.control = Some(control);
+        self
+    }
+    /// Sets the delay tiers.
+    pub fn tiers(mut self, tiers: DelayTiers) -> Self {
+        self.options.tiers = tiers;
+        self
+    }
+    /// Sets [`WorkerOptions::retry_in_place_max`].
+    pub fn retry_in_place_max(mut self, d: Duration) -> Self {
+        self.options.retry_in_place_max = d;
+        self
+    }
+    /// Sets [`WorkerOptions::ordered_retries`].
+    pub fn ordered_retries(mut self, ordered: bool) -> Self {
+        self.options.ordered_retries = ordered;
+        self
+    }
+    /// Sets the timeout of one job type.
+    pub fn timeout_for(mut self, job_type: impl Into<String>, d: Duration) -> Self {
+        self.options.timeout_by_type.insert(job_type.into(), d);
+        self
+    }
     /// Registers a handler for a job type.
     pub fn handler(mut self, job_type: impl Into<String>, h: impl Handler) -> Self {
         self.handlers.insert(job_type.into(), Arc::new(h));
@@ -240,6 +314,7 @@ impl WorkerBuilder {
     /// Builds the worker.
     pub fn build(self) -> Worker {
         Worker {
+            control: self.control,
             shared: Arc::new(Shared {
                 backend: self.backend,
                 options: self.options,
@@ -271,6 +346,7 @@ impl Shared {
 /// A worker; see the [module docs](self).
 pub struct Worker {
     shared: Arc<Shared>,
+    control: Option<Control>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -297,6 +373,15 @@ struct Task {
     /// Its attempt count was committed as a suspect's: its finish is committed at once, or a
     /// crash soon after would leave the count of a job that finished.
     counted: bool,
+    /// A second copy of a move through the delay tiers: dropped.
+    copy: bool,
+    /// Moving it to a delay tier failed for good: it waits in memory instead.
+    in_place: bool,
+    /// It came back from a delay tier to the key its retry held: it keeps the key while it
+    /// waits for its due time.
+    keeps_key: bool,
+    /// Waiting for its due time without its key: it queues for the key again when due.
+    unlaned: bool,
 }
 
 /// One owned partition: its assignment epoch, its commit point and its attempt counts.
@@ -321,6 +406,45 @@ enum TaskResult {
     Finished,
     /// Failed; run again after the delay.
     Retry(Duration),
+    /// Moved to a delay tier to retry after this delay: the offset may be committed, and the
+    /// key stays held until the job comes back (with ordered retries).
+    Parked(Duration),
+    /// Could not be moved to a delay tier: it waits in memory instead.
+    Unmovable,
+}
+
+/// What happens to a job taken from the ready queue.
+enum Gate {
+    Run,
+    /// Finished without running, counted in this counter.
+    Drop(fn(&WorkerStats) -> &AtomicU64),
+    /// Not due for this long, less than the shortest tier: waits in memory.
+    Hold(Duration),
+    /// Not due until this time (ms since the epoch): moved to a delay tier.
+    Move(i64),
+    /// Its deadline passed.
+    Deadline,
+    /// Its topic is paused for the group.
+    Paused,
+}
+
+/// A key held by a job waiting in a delay tier for its retry.
+struct ParkedKey {
+    message_id: String,
+    tp: TopicPartition,
+    /// Released then even if the job has not come back (a lost or cancelled retry).
+    until: Instant,
+}
+
+/// How long after its due time a parked key waits for its job before letting the next ones go.
+const PARK_GRACE: Duration = Duration::from_secs(60);
+
+/// The job's `deadline`, in ms since the epoch.
+fn deadline_of(r: &ConsumedRecord) -> Option<i64> {
+    r.headers
+        .get_str(headers::DEADLINE)
+        .and_then(headers::parse_time)
+        .map(millis)
 }
 
 impl Worker {
@@ -332,6 +456,7 @@ impl Worker {
     ) -> WorkerBuilder {
         WorkerBuilder {
             backend,
+            control: None,
             options: WorkerOptions::new(group, topics),
             handlers: HashMap::new(),
             fallback: None,
@@ -346,6 +471,10 @@ impl Worker {
     /// Runs until `shutdown` completes, then drains (see the module docs) and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let s = &self.shared;
+        let control = match self.control.clone() {
+            Some(c) => c,
+            None => Control::open(Arc::clone(&s.backend)).await?,
+        };
         if s.options.topics.is_empty() {
             return Err(Error::InvalidArgument(
                 "a worker needs at least one topic".into(),
@@ -405,9 +534,31 @@ impl Worker {
             waiting: HashMap::new(),
             full_since: None,
             last_commit: Instant::now(),
+            control: None,
+            seen: RecentKeys::new(s.options.dedup_capacity),
+            parked: HashMap::new(),
+            held: Vec::new(),
+            admin_paused: HashSet::new(),
+            last_pause_sync: Instant::now(),
         };
+        let (stop_forwarders, stopped) = tokio::sync::watch::channel(false);
+        let mut forwarders = JoinSet::new();
+        if s.options.forward_delayed {
+            for t in &s.options.topics {
+                s.options.tiers.ensure_topics(&s.backend, t).await?;
+                forwarders.spawn(run_forwarder(
+                    Forwarder::new(Arc::clone(&s.backend), t.clone(), s.options.tiers.clone())
+                        .with_control(control.clone()),
+                    stopped.clone(),
+                ));
+            }
+        }
+        sched.control = Some(control);
         tracing::info!(group = %s.options.group, topics = ?s.options.topics, "worker started");
-        sched.run(shutdown).await
+        let result = sched.run(shutdown).await;
+        let _ = stop_forwarders.send(true);
+        while forwarders.join_next().await.is_some() {}
+        result
     }
 }
 
@@ -445,6 +596,45 @@ struct Scheduler {
     /// Since when `max_buffered` records have been unfinished.
     full_since: Option<Instant>,
     last_commit: Instant,
+    /// Cancellations and pauses (set before the first poll).
+    control: Option<Control>,
+    /// Recent `dedup_key`s.
+    seen: RecentKeys,
+    /// Keys held by jobs waiting in a delay tier for their retry.
+    parked: HashMap<LaneKey, ParkedKey>,
+    /// Jobs of topics paused for the group.
+    held: Vec<Task>,
+    /// Partitions paused because their topic is paused for the group.
+    admin_paused: HashSet<TopicPartition>,
+    last_pause_sync: Instant,
+}
+
+/// Runs a forwarder until `stopped` turns true, starting it again after a failure.
+async fn run_forwarder(f: Forwarder, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let (backend, topic, tiers, control) = f.parts();
+    loop {
+        let f = Forwarder::new(Arc::clone(&backend), topic.clone(), tiers.clone());
+        let f = match &control {
+            Some(c) => f.with_control(c.clone()),
+            None => f,
+        };
+        let mut stop = stopped.clone();
+        let result = f
+            .run(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if *stopped.borrow() {
+            return;
+        }
+        if let Err(e) = result {
+            tracing::error!(error = %e, topic, "the delay forwarder stopped; starting it again in 1 s");
+        }
+        tokio::select! {
+            _ = stopped.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 impl Scheduler {
@@ -455,6 +645,11 @@ impl Scheduler {
             .unwrap_or_else(|| self.shared.backend.commit_interval_hint());
         tokio::pin!(shutdown);
         loop {
+            if self.last_pause_sync.elapsed() >= Duration::from_millis(100) {
+                self.last_pause_sync = Instant::now();
+                self.sync_pauses();
+                self.expire_parked();
+            }
             self.dispatch();
             if !self.marking.is_empty() && self.marking_retry.is_none_or(|t| t <= Instant::now()) {
                 self.run_suspects().await;
@@ -483,7 +678,7 @@ impl Scheduler {
                 }
                 Some(due) = self.timers.join_next(), if !self.timers.is_empty() => {
                     if let Ok(task) = due {
-                        self.ready.push_back(task);
+                        self.back_from_timer(task);
                     }
                 }
                 // a full buffer stops polling; once full for STALL, partitions are paused and
@@ -531,9 +726,31 @@ impl Scheduler {
         }
     }
 
+    /// A job whose wait ended: ready, or queued for its key again when it waited without it.
+    fn back_from_timer(&mut self, task: Task) {
+        if !task.unlaned {
+            self.ready.push_back(task);
+            return;
+        }
+        let task = Task {
+            unlaned: false,
+            ..task
+        };
+        let tp = task.record.tp();
+        match self.lanes.admit(task.lane.clone().as_ref(), task) {
+            Some(task) => self.ready.push_back(task),
+            None => *self.waiting.entry(tp).or_default() += 1,
+        }
+    }
+
     /// Lets the next job of `task`'s key through.
     fn release_lane(&mut self, task: &Task) {
-        if let Some(next) = self.lanes.release(task.lane.as_ref()) {
+        self.release_key(task.lane.as_ref());
+    }
+
+    /// Lets the next job of `lane` through.
+    fn release_key(&mut self, lane: Option<&LaneKey>) {
+        if let Some(next) = self.lanes.release(lane) {
             let tp = next.record.tp();
             if let Some(n) = self.waiting.get_mut(&tp) {
                 *n = n.saturating_sub(1);
@@ -553,6 +770,63 @@ impl Scheduler {
             let Some(task) = self.ready.pop_front() else {
                 break;
             };
+            match self.gate(&task) {
+                Gate::Run => {}
+                Gate::Drop(counter) => {
+                    counter(&self.shared.stats).fetch_add(1, Ordering::Relaxed);
+                    self.mark_finished(&task);
+                    self.release_lane(&task);
+                    continue;
+                }
+                Gate::Hold(d) => {
+                    // a delayed job does not hold its key while it waits: the key's jobs run
+                    // in due order (a retry keeps its key: the key's order is the offsets')
+                    let unlaned = !task.keeps_key && task.lane.is_some();
+                    if unlaned {
+                        self.release_lane(&task);
+                    }
+                    self.timers.spawn(async move {
+                        tokio::time::sleep(d).await;
+                        Task { unlaned, ..task }
+                    });
+                    continue;
+                }
+                Gate::Paused => {
+                    self.held.push(task);
+                    continue;
+                }
+                Gate::Move(due) => {
+                    if let Some(running) = self.enter(&task) {
+                        self.spawn_task(task, running, move |shared, task| async move {
+                            let result = match move_to_tier(&shared, &task, due, None).await {
+                                true => {
+                                    shared.stats.delayed.fetch_add(1, Ordering::Relaxed);
+                                    TaskResult::Finished
+                                }
+                                false => TaskResult::Unmovable,
+                            };
+                            (task, result)
+                        });
+                    }
+                    continue;
+                }
+                Gate::Deadline => {
+                    if let Some(running) = self.enter(&task) {
+                        self.spawn_task(task, running, |shared, task| async move {
+                            shared.stats.deadline.fetch_add(1, Ordering::Relaxed);
+                            let result = dead_letter(
+                                &shared,
+                                &task,
+                                DeadLetterReason::Deadline,
+                                "the job's deadline passed before it ran",
+                            )
+                            .await;
+                            (task, result)
+                        });
+                    }
+                    continue;
+                }
+            }
             let max_attempts = self.shared.policy(&job_type_of(&task.record)).max_attempts;
             if task.suspect && task.attempt <= max_attempts {
                 if !self.runnable(&task) {
@@ -573,6 +847,133 @@ impl Scheduler {
             self.ready.push_front(task);
         }
         self.start_attempts(starting);
+    }
+
+    /// What to do with a job before it runs: see [`Gate`].
+    fn gate(&self, task: &Task) -> Gate {
+        let r = &task.record;
+        if !self.is_current(task) {
+            // its partition went to another member: let its key go, nothing else
+            return Gate::Run;
+        }
+        let group = &self.shared.options.group;
+        if r.headers
+            .get_str(headers::RETRY_GROUP)
+            .is_some_and(|g| g != group)
+        {
+            return Gate::Drop(|s| &s.other_group);
+        }
+        if task.copy {
+            return Gate::Drop(|s| &s.duplicates);
+        }
+        if let (Some(c), Some(id)) = (&self.control, r.headers.get_str(headers::MESSAGE_ID)) {
+            if c.is_cancelled(id) {
+                return Gate::Drop(|s| &s.cancelled);
+            }
+        }
+        let now = millis(SystemTime::now());
+        if deadline_of(r).is_some_and(|d| d <= now) {
+            return Gate::Deadline;
+        }
+        if self
+            .control
+            .as_ref()
+            .is_some_and(|c| c.is_paused(group, &r.topic))
+        {
+            return Gate::Paused;
+        }
+        match due_of(r) {
+            Some(due) if due > now => {
+                let left = Duration::from_millis((due - now) as u64);
+                if !task.in_place && left >= self.shared.options.tiers.shortest() {
+                    Gate::Move(due)
+                } else {
+                    Gate::Hold(left)
+                }
+            }
+            _ => Gate::Run,
+        }
+    }
+
+    /// Pauses the owned partitions of topics paused for the group, resumes those of topics no
+    /// longer paused, and lets their held jobs go.
+    fn sync_pauses(&mut self) {
+        let Some(control) = self.control.clone() else {
+            return;
+        };
+        let group = self.shared.options.group.clone();
+        let mut pause = Vec::new();
+        let mut resume = Vec::new();
+        for tp in self.tracks.keys() {
+            let paused = control.is_paused(&group, &tp.topic);
+            match (paused, self.admin_paused.contains(tp)) {
+                (true, false) => pause.push(tp.clone()),
+                (false, true) => resume.push(tp.clone()),
+                _ => {}
+            }
+        }
+        if !pause.is_empty() {
+            match self.sub.pause(&pause) {
+                Ok(()) => {
+                    tracing::info!(partitions = pause.len(), group, "paused by the control log");
+                    self.admin_paused.extend(pause);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot pause partitions"),
+            }
+        }
+        let resume: Vec<TopicPartition> = resume
+            .into_iter()
+            .filter(|tp| {
+                self.admin_paused.remove(tp);
+                !self.paused.contains(tp)
+            })
+            .collect();
+        if !resume.is_empty() {
+            match self.sub.resume(&resume) {
+                Ok(()) => tracing::info!(
+                    partitions = resume.len(),
+                    group,
+                    "resumed by the control log"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot resume partitions"),
+            }
+        }
+        if !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            for task in held {
+                if control.is_paused(&group, &task.record.topic) {
+                    self.held.push(task);
+                } else {
+                    self.ready.push_back(task);
+                }
+            }
+        }
+    }
+
+    /// Lets keys go whose retrying job did not come back in time (or was cancelled).
+    fn expire_parked(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let control = self.control.clone();
+        let gone: Vec<LaneKey> = self
+            .parked
+            .iter()
+            .filter(|(_, p)| {
+                p.until <= now
+                    || control
+                        .as_ref()
+                        .is_some_and(|c| c.is_cancelled(&p.message_id))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for lane in gone {
+            if let Some(p) = self.parked.remove(&lane) {
+                tracing::warn!(partition = %p.tp, message_id = p.message_id, "a retrying job did not come back from its delay tier in time (or was cancelled); later jobs of its key go on");
+            }
+            self.release_key(Some(&lane));
+        }
     }
 
     /// Whether `task`'s partition is still owned and not being revoked.
@@ -736,7 +1137,37 @@ impl Scheduler {
                 self.returned(&task);
                 self.retry_later(task, delay);
             }
-            TaskResult::Retry(_) | TaskResult::Finished => {
+            TaskResult::Unmovable if self.is_current(&task) => {
+                self.ready.push_back(Task {
+                    in_place: true,
+                    ..task
+                });
+            }
+            TaskResult::Parked(delay)
+                if self.is_current(&task)
+                    && self.shared.options.ordered_retries
+                    && task.lane.is_some() =>
+            {
+                self.mark_finished(&task);
+                let lane = task.lane.clone().expect("checked");
+                self.parked.insert(
+                    lane,
+                    ParkedKey {
+                        message_id: task
+                            .record
+                            .headers
+                            .get_str(headers::MESSAGE_ID)
+                            .unwrap_or_default()
+                            .to_owned(),
+                        tp: task.record.tp(),
+                        until: Instant::now() + delay + PARK_GRACE,
+                    },
+                );
+            }
+            TaskResult::Retry(_)
+            | TaskResult::Finished
+            | TaskResult::Parked(_)
+            | TaskResult::Unmovable => {
                 self.mark_finished(&task);
                 self.release_lane(&task);
             }
@@ -792,23 +1223,61 @@ impl Scheduler {
                     let epoch = self.epoch;
                     let track = self
                         .tracks
-                        .entry(tp)
+                        .entry(tp.clone())
                         .or_insert_with(|| Track::new(epoch, AttemptBook::default()));
                     track.offsets.fetched(record.offset);
                     let arrival = track.attempts.arrive(record.offset);
                     leased |= track.attempts.cover(record.offset);
                     self.buffered += 1;
                     let lane = record.key.clone().map(|k| (record.topic.clone(), k));
+                    let group = &self.shared.options.group;
+                    let ours = record
+                        .headers
+                        .get_str(headers::RETRY_GROUP)
+                        .map(|g| g == group);
+                    // a job this group moved to a delay tier comes back with its attempt number
+                    let base = match ours {
+                        Some(true) => conveyor_core::JobMeta::from_headers(&record.headers).attempt,
+                        _ => 1,
+                    };
+                    let copy = ours != Some(false)
+                        && record
+                            .headers
+                            .get_str(headers::DEDUP_KEY)
+                            .is_some_and(|k| self.seen.is_copy(k, &tp, record.offset));
                     let task = Task {
                         dead_lettering: false,
+                        attempt: arrival.attempts_before.saturating_add(base),
                         record,
-                        attempt: arrival.attempts_before.saturating_add(1),
                         epoch: track.epoch,
                         lane,
                         suspect: arrival.suspect,
                         counted: false,
+                        copy,
+                        in_place: false,
+                        keeps_key: false,
+                        unlaned: false,
                     };
                     let tp = task.record.tp();
+                    // the retrying job its key waited for is back: it goes first
+                    let back = ours == Some(true)
+                        && !copy
+                        && task.lane.as_ref().is_some_and(|l| {
+                            self.parked.get(l).is_some_and(|p| {
+                                task.record.headers.get_str(headers::MESSAGE_ID)
+                                    == Some(p.message_id.as_str())
+                            })
+                        });
+                    if back {
+                        if let Some(l) = &task.lane {
+                            self.parked.remove(l);
+                        }
+                        self.ready.push_back(Task {
+                            keeps_key: true,
+                            ..task
+                        });
+                        continue;
+                    }
                     match self.lanes.admit(task.lane.clone().as_ref(), task) {
                         Some(task) => self.ready.push_back(task),
                         None => *self.waiting.entry(tp).or_default() += 1,
@@ -833,8 +1302,22 @@ impl Scheduler {
                 }
                 self.running_by_partition.settled(&revoked);
                 self.running_by_partition.settled(&assigned);
+                let unparked: Vec<LaneKey> = self
+                    .parked
+                    .iter()
+                    .filter(|(_, p)| revoked.contains(&p.tp))
+                    .map(|(k, _)| k.clone())
+                    .collect();
                 for tp in &revoked {
                     self.paused.remove(tp);
+                    self.admin_paused.remove(tp);
+                    let (stale, kept): (Vec<Task>, Vec<Task>) = std::mem::take(&mut self.held)
+                        .into_iter()
+                        .partition(|t| t.record.tp() == *tp);
+                    self.held = kept;
+                    for t in &stale {
+                        self.release_lane(t);
+                    }
                     self.waiting.remove(tp);
                     // jobs of the partition waiting behind a busy key go too: released later
                     // they would count against the partition's waiting total once it was
@@ -845,6 +1328,10 @@ impl Scheduler {
                     if let Some(track) = self.tracks.remove(tp) {
                         self.buffered -= track.offsets.in_flight();
                     }
+                }
+                for lane in unparked {
+                    self.parked.remove(&lane);
+                    self.release_key(Some(&lane));
                 }
                 let inherited = self.inherited(&assigned).await;
                 for tp in assigned {
@@ -901,7 +1388,11 @@ impl Scheduler {
         let relieved = self.buffered <= max_buffered / 2;
         let mut pause = Vec::new();
         let mut resume = Vec::new();
-        for tp in self.tracks.keys() {
+        for tp in self
+            .tracks
+            .keys()
+            .filter(|tp| !self.admin_paused.contains(*tp))
+        {
             let n = self.waiting.get(tp).copied().unwrap_or(0);
             let paused = self.paused.contains(tp);
             if !paused && (stalled || n >= cap) {
@@ -1009,6 +1500,7 @@ impl Scheduler {
         );
         self.timers.abort_all();
         self.ready.clear();
+        self.held.clear();
         self.marking.clear();
         let deadline = Instant::now() + timeout;
         while !self.running.is_empty() {
@@ -1077,21 +1569,48 @@ async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
         .get(&job_type)
         .or(shared.fallback.as_ref())
         .cloned();
-    let limit = shared.options.handler_timeout;
-    let outcome = match handler {
-        None => Outcome::fail(format!("no handler registered for job type `{job_type}`")),
-        Some(h) => match tokio::time::timeout(limit, AssertUnwindSafe(h.handle(job)).catch_unwind()).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(p)) => {
-                shared.stats.panicked.fetch_add(1, Ordering::Relaxed);
-                Outcome::retry(format!("handler panicked: {}", panic_message(&*p)))
-            }
-            Err(_) => Outcome::retry(format!(
-                "the handler did not finish within the handler timeout ({limit:?}); it was cancelled"
-            )),
+    let r = &task.record;
+    let (mut limit, which) = match r
+        .headers
+        .get_str(headers::TIMEOUT_MS)
+        .and_then(|t| t.parse::<u64>().ok())
+        .filter(|t| *t > 0)
+    {
+        Some(ms) => (Duration::from_millis(ms), "the job's timeout_ms"),
+        None => match shared.options.timeout_by_type.get(&job_type) {
+            Some(d) => (*d, "its job type's timeout"),
+            None => (shared.options.handler_timeout, "the handler timeout"),
         },
     };
-    let r = &task.record;
+    let deadline = deadline_of(r);
+    let to_deadline =
+        deadline.map(|d| Duration::from_millis((d - millis(SystemTime::now())).max(0) as u64));
+    let deadline_first = to_deadline.is_some_and(|d| d < limit);
+    if let Some(d) = to_deadline.filter(|_| deadline_first) {
+        limit = d;
+    }
+    let outcome = match handler {
+        None => Outcome::fail(format!("no handler registered for job type `{job_type}`")),
+        Some(h) => {
+            match tokio::time::timeout(limit, AssertUnwindSafe(h.handle(job)).catch_unwind()).await
+            {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(p)) => {
+                    shared.stats.panicked.fetch_add(1, Ordering::Relaxed);
+                    Outcome::retry(format!("handler panicked: {}", panic_message(&*p)))
+                }
+                Err(_) if deadline_first => {
+                    shared.stats.deadline.fetch_add(1, Ordering::Relaxed);
+                    let error =
+                        "the handler was still running at the job's deadline; it was cancelled";
+                    return dead_letter(shared, task, DeadLetterReason::Deadline, error).await;
+                }
+                Err(_) => Outcome::retry(format!(
+                    "the handler did not finish within {which} ({limit:?}); it was cancelled"
+                )),
+            }
+        }
+    };
     let (reason, error) = match outcome {
         Outcome::Done => {
             shared.stats.done.fetch_add(1, Ordering::Relaxed);
@@ -1104,18 +1623,97 @@ async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
         }
         Outcome::Retry { error } => {
             tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, job_type, attempt = task.attempt, %error, "job failed; will retry");
-            shared.stats.retried.fetch_add(1, Ordering::Relaxed);
-            return TaskResult::Retry(policy.delay(task.attempt));
+            return retry(shared, task, policy.delay(task.attempt), &error, deadline).await;
         }
         Outcome::RetryAfter { delay, error } => {
             tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, job_type, attempt = task.attempt, %error, ?delay, "job failed; will retry");
-            shared.stats.retried.fetch_add(1, Ordering::Relaxed);
             // the job's own delay has its own bound, which may exceed the policy's backoff cap
-            return TaskResult::Retry(delay.min(Duration::from_millis(policy.max_retry_after_ms)));
+            let delay = delay.min(Duration::from_millis(policy.max_retry_after_ms));
+            return retry(shared, task, delay, &error, deadline).await;
         }
         Outcome::Fail { error } => (DeadLetterReason::Failed, error),
     };
     dead_letter(shared, task, reason, &error).await
+}
+
+/// Schedules the next attempt after `delay`: in memory up to `retry_in_place_max`, otherwise in
+/// a delay tier; dead-letters instead when it would start after the job's deadline.
+async fn retry(
+    shared: &Shared,
+    task: &Task,
+    delay: Duration,
+    error: &str,
+    deadline: Option<i64>,
+) -> TaskResult {
+    let next = millis(SystemTime::now()).saturating_add(delay.as_millis() as i64);
+    if deadline.is_some_and(|d| next >= d) {
+        shared.stats.deadline.fetch_add(1, Ordering::Relaxed);
+        let error = format!(
+            "{error} (the next attempt, in {delay:?}, would start after the job's deadline)"
+        );
+        return dead_letter(shared, task, DeadLetterReason::Deadline, &error).await;
+    }
+    shared.stats.retried.fetch_add(1, Ordering::Relaxed);
+    let o = &shared.options;
+    if delay > o.retry_in_place_max
+        && o.tiers.choose(delay).is_some()
+        && move_to_tier(shared, task, next, Some(error)).await
+    {
+        shared.stats.delayed.fetch_add(1, Ordering::Relaxed);
+        return TaskResult::Parked(delay);
+    }
+    TaskResult::Retry(delay)
+}
+
+/// The most bytes of an error kept in the `first_error` and `last_error` headers.
+const ERROR_HEADER_BYTES: usize = 1024;
+
+/// Writes `task`'s job to the delay tier for a wait until `due` (ms since the epoch), to come
+/// back to its partition; with `error`, as its next attempt (a retry). Retries transient
+/// failures; returns false when the record cannot be written (too large: it then waits in
+/// memory).
+async fn move_to_tier(shared: &Shared, task: &Task, due: i64, error: Option<&str>) -> bool {
+    let r = &task.record;
+    let o = &shared.options;
+    let left = Duration::from_millis((due - millis(SystemTime::now())).max(0) as u64);
+    let tier = o.tiers.choose(left).unwrap_or_else(|| o.tiers.shortest());
+    let topic = DelayTiers::topic(&r.topic, tier);
+    let mut record = r.to_record();
+    let h = &mut record.headers;
+    let due_at = SystemTime::UNIX_EPOCH + Duration::from_millis(due.max(0) as u64);
+    h.insert(headers::DUE_AT, headers::format_time(due_at));
+    h.insert(headers::DELAY_PARTITION, r.partition.to_string());
+    h.insert(headers::RETRY_GROUP, o.group.clone());
+    h.insert(
+        headers::DEDUP_KEY,
+        format!("{}/{}/{}", r.topic, r.partition, r.offset),
+    );
+    match error {
+        Some(error) => {
+            let error = crate::dead_letter::cut_to(error, ERROR_HEADER_BYTES);
+            h.insert(headers::ATTEMPT, (task.attempt + 1).to_string());
+            if h.get(headers::FIRST_ERROR).is_none() {
+                h.insert(headers::FIRST_ERROR, error.clone());
+            }
+            h.insert(headers::LAST_ERROR, error);
+        }
+        None => h.insert(headers::ATTEMPT, task.attempt.to_string()),
+    }
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match shared.backend.publish(&topic, vec![record.clone()]).await {
+            Ok(_) => return true,
+            Err(e @ (Error::RecordTooLarge { .. } | Error::InvalidArgument(_))) => {
+                tracing::error!(error = %e, topic, "cannot move the job to its delay tier; it waits in memory");
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, topic, "cannot write to the delay tier; retrying (the job stays uncommitted)");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
 }
 
 /// Writes `task`'s dead letter, retrying transient failures (the job stays uncommitted

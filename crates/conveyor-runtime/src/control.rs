@@ -1,0 +1,191 @@
+//! The control log: cancellations and pauses, shared by every conveyor process on a backend.
+//!
+//! A one-partition topic, [`CONTROL_TOPIC`], kept forever, holds one JSON record per command:
+//! `{"kind":"cancel","id":…}`, `{"kind":"pause","group":…,"topic":…}`,
+//! `{"kind":"resume",…}`. Each process reads it from the start when it opens it and then every
+//! [`REFRESH`], folding the records in order into the set of cancelled job ids and of paused
+//! (group, topic) pairs. So a command outlives restarts and reaches every process of every
+//! group; it takes effect in other processes within about one refresh interval. Any Kafka tool
+//! can read the topic; any producer writing the same JSON is obeyed.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use conveyor_core::{Backend, Error, Position, Record, Result, TopicSpec};
+use serde::{Deserialize, Serialize};
+
+/// The control topic.
+pub const CONTROL_TOPIC: &str = "conveyor.control";
+
+/// How often a process reads new control records.
+pub const REFRESH: Duration = Duration::from_millis(250);
+
+/// One command in the control log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ControlEntry {
+    /// Do not run the job with this message id (a job that already ran is not affected).
+    Cancel {
+        /// The job's message id.
+        id: String,
+    },
+    /// Stop starting jobs of `topic` in `group`.
+    Pause {
+        /// The consumer group.
+        group: String,
+        /// The topic.
+        topic: String,
+    },
+    /// Start jobs of `topic` in `group` again.
+    Resume {
+        /// The consumer group.
+        group: String,
+        /// The topic.
+        topic: String,
+    },
+}
+
+#[derive(Debug, Default)]
+struct State {
+    cancelled: HashSet<String>,
+    paused: HashSet<(String, String)>,
+    /// The next control record to read.
+    next: i64,
+}
+
+impl State {
+    fn apply(&mut self, entry: ControlEntry) {
+        match entry {
+            ControlEntry::Cancel { id } => {
+                self.cancelled.insert(id);
+            }
+            ControlEntry::Pause { group, topic } => {
+                self.paused.insert((group, topic));
+            }
+            ControlEntry::Resume { group, topic } => {
+                self.paused.remove(&(group, topic));
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    backend: Arc<dyn Backend>,
+    state: RwLock<State>,
+    /// One reader at a time, so records are folded once and in order.
+    reading: tokio::sync::Mutex<()>,
+}
+
+/// A process's view of the control log; cheap to clone, refreshed in the background while any
+/// clone lives.
+#[derive(Debug, Clone)]
+pub struct Control {
+    inner: Arc<Inner>,
+}
+
+impl Control {
+    /// Creates the control topic if needed, reads it to its end and starts the background refresh.
+    pub async fn open(backend: Arc<dyn Backend>) -> Result<Self> {
+        let mut spec = TopicSpec::new(CONTROL_TOPIC, 1);
+        spec.retention_ms = None;
+        match backend.create_topic(&spec).await {
+            Ok(_) | Err(Error::TopicConflict { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let control = Control {
+            inner: Arc::new(Inner {
+                backend,
+                state: RwLock::default(),
+                reading: tokio::sync::Mutex::new(()),
+            }),
+        };
+        control.refresh().await?;
+        let weak = Arc::downgrade(&control.inner);
+        tokio::spawn(refresh_loop(weak));
+        Ok(control)
+    }
+
+    /// Appends a command; returns once it is durable (and applied to this view).
+    pub async fn append(&self, entry: &ControlEntry) -> Result<Position> {
+        let value = serde_json::to_vec(entry).expect("a control entry serializes");
+        let at = self
+            .inner
+            .backend
+            .publish(CONTROL_TOPIC, vec![Record::new(value)])
+            .await?;
+        self.refresh().await?;
+        Ok(at[0])
+    }
+
+    /// Whether the job with this message id was cancelled.
+    pub fn is_cancelled(&self, id: &str) -> bool {
+        self.read().cancelled.contains(id)
+    }
+
+    /// Whether `group` is paused on `topic`.
+    pub fn is_paused(&self, group: &str, topic: &str) -> bool {
+        self.read()
+            .paused
+            .contains(&(group.to_owned(), topic.to_owned()))
+    }
+
+    /// The topics `group` is paused on, sorted.
+    pub fn paused_topics(&self, group: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .read()
+            .paused
+            .iter()
+            .filter(|(g, _)| g == group)
+            .map(|(_, t)| t.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.inner.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads the control records written since the last read.
+    pub async fn refresh(&self) -> Result<()> {
+        refresh(&self.inner).await
+    }
+}
+
+async fn refresh(inner: &Inner) -> Result<()> {
+    let _one = inner.reading.lock().await;
+    loop {
+        let next = inner.state.read().unwrap_or_else(|e| e.into_inner()).next;
+        let records = inner.backend.fetch(CONTROL_TOPIC, 0, next, 500).await?;
+        let Some(last) = records.last().map(|r| r.offset) else {
+            return Ok(());
+        };
+        let mut state = inner.state.write().unwrap_or_else(|e| e.into_inner());
+        for r in records {
+            match serde_json::from_slice::<ControlEntry>(&r.value) {
+                Ok(entry) => state.apply(entry),
+                Err(e) => {
+                    tracing::warn!(offset = r.offset, error = %e, "ignoring a control record that is not a command")
+                }
+            }
+        }
+        state.next = last + 1;
+    }
+}
+
+async fn refresh_loop(weak: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(REFRESH).await;
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        if let Err(e) = refresh(&inner).await {
+            if matches!(e, Error::Closed) {
+                return;
+            }
+            tracing::debug!(error = %e, "cannot read the control log; trying again");
+        }
+    }
+}
