@@ -40,6 +40,9 @@ listen = "127.0.0.1:$port"
 [[topics]]
 name = "emails"
 partitions = 2
+[[topics]]
+name = "emails.dlq"
+partitions = 2
 TOML
 target/debug/conveyor dev --config "$work/conveyor.toml" >"$work/dev.log" 2>&1 &
 dev=$!

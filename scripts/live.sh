@@ -22,10 +22,11 @@ if [ "${1:-}" = "--single-node-tests" ]; then
   shift
   echo "live.sh: broker ${CONVEYOR_TEST_BROKERS} (Apache Kafka ${CONVEYOR_TEST_KAFKA_VERSION:-version not known: your own broker})" >&2
   cargo test -p conveyor-kafka --features live "$@" \
-    --test conformance_live --test transactions_live --test java_interop_live --test group_churn_live --test poison_live \
+    --test conformance_live --test transactions_live --test java_interop_live --test group_churn_live --test poison_live --test time_live \
     -- --nocapture
   cargo test -p conveyor --features live "$@" --test kafka_topics_live --test kafka_failover --test signals -- --nocapture
   cargo test -p conveyor --features live "$@" --test chaos -- chaos_kafka_live --nocapture
+  cargo test -p conveyor --features live "$@" --test delayed -- live_kafka --nocapture
   exit 0
 fi
 

@@ -129,10 +129,20 @@ pub fn format_time(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// Parses a time header written by [`format_time`] (or any RFC 3339 UTC time).
+/// Parses a time header written by [`format_time`], or any RFC 3339 time (any offset; times
+/// before 1970 are taken as 1970-01-01, after 9999 as 9999-12-31, the range [`format_time`]
+/// writes).
 pub fn parse_time(s: &str) -> Option<SystemTime> {
-    humantime::parse_rfc3339_weak(s).ok()
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Some(t);
+    }
+    let t = chrono::DateTime::parse_from_rfc3339(s.trim()).ok()?;
+    let ms = t.timestamp_millis().clamp(0, MAX_TIME_MS);
+    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64))
 }
+
+/// 9999-12-31T23:59:59.999Z, the last time RFC 3339 can write.
+const MAX_TIME_MS: i64 = 253_402_300_799_999;
 
 /// A job's metadata, read from or written to [`Headers`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -253,6 +263,17 @@ mod tests {
         assert_eq!(meta.attempt, 1);
         assert_eq!(meta.produced_at, None);
         assert_eq!(meta.message_id, None);
+    }
+
+    #[test]
+    fn times_with_offsets_and_out_of_range_years_parse() {
+        let t = parse_time("2026-12-01T10:00:00+01:00").unwrap();
+        assert_eq!(format_time(t), "2026-12-01T09:00:00.000Z");
+        assert_eq!(
+            format_time(parse_time("0001-01-01T00:00:00Z").unwrap()),
+            "1970-01-01T00:00:00.000Z"
+        );
+        assert!(parse_time("tomorrow").is_none());
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod forwarder;
 pub mod handler;
 pub mod job;
 pub mod lag;
+pub mod replay;
 mod running;
 pub mod tiers;
 pub mod tracker;

@@ -28,7 +28,8 @@ use crate::job::Job;
 /// `Conveyor-Job-Type`, `Conveyor-Attempt`, `Conveyor-Topic`, `Conveyor-Partition`,
 /// `Conveyor-Offset`, `Conveyor-Key` (when the key is UTF-8 without control characters, else
 /// `Conveyor-Key-Base64`), `Conveyor-Worker` (the delivering
-/// worker, `pid-<process id>` by default), `traceparent` (when present).
+/// worker, `pid-<process id>` by default), `Conveyor-Due-At` and `Conveyor-Deadline` (a delayed
+/// job's due time and a job's deadline, RFC 3339), `traceparent` (when present).
 #[derive(Debug, Clone)]
 pub struct WebhookHandler {
     client: reqwest::Client,
@@ -128,6 +129,18 @@ impl Handler for WebhookHandler {
                     let b64 = base64::engine::general_purpose::STANDARD.encode(key);
                     req = req.header("Conveyor-Key-Base64", b64);
                 }
+            }
+        }
+        for (name, header) in [
+            (headers::DUE_AT, "Conveyor-Due-At"),
+            (headers::DEADLINE, "Conveyor-Deadline"),
+        ] {
+            if let Some(v) = r
+                .headers
+                .get_str(name)
+                .and_then(|v| HeaderValue::from_str(v).ok())
+            {
+                req = req.header(header, v);
             }
         }
         if let Some(v) = r

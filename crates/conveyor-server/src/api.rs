@@ -7,6 +7,7 @@
 //! | `GET /v1/topics`, `POST /v1/topics`, `GET /v1/topics/{topic}` | list, create, describe topics |
 //! | `GET /v1/topics/{topic}/records?partition=&offset=&limit=` | read records (for `conveyor tail`) |
 //! | `POST /v1/topics:apply` | plan (`dry_run`) or apply topic specs: create, add partitions, change retention |
+//! | `POST /v1/topics/{topic}/dlq:replay` | dead letters of the dead-letter topic `{topic}` back to their topic as fresh jobs, once each (`conveyor_runtime::replay`) |
 //! | `GET /v1/groups/{group}/lag[?topic=]` | committed offsets and lag per partition |
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness (the backend answers) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document |
@@ -20,7 +21,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use bytes::Bytes;
@@ -31,6 +32,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
+
+mod control;
+mod dlq;
 
 /// The OpenAPI document served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -48,6 +52,8 @@ pub struct AppState {
     pub max_batch: usize,
     /// The routes whose workers are down (`/readyz` fails while any is).
     pub routes: Arc<crate::supervise::RouteHealth>,
+    /// The control log (cancellations, pauses), opened at its first use.
+    pub control: Arc<tokio::sync::OnceCell<conveyor_runtime::control::Control>>,
 }
 
 impl AppState {
@@ -59,7 +65,17 @@ impl AppState {
             max_body_bytes: 1024 * 1024 - conveyor_runtime::dead_letter::DEAD_LETTER_HEADROOM,
             max_batch: 1000,
             routes: Arc::default(),
+            control: Arc::default(),
         }
+    }
+
+    /// The control log, opened (and its topic created) at the first call.
+    pub async fn control(&self) -> Result<&conveyor_runtime::control::Control, ApiError> {
+        let backend = Arc::clone(&self.backend);
+        Ok(self
+            .control
+            .get_or_try_init(|| conveyor_runtime::control::Control::open(backend))
+            .await?)
     }
 }
 
@@ -73,7 +89,17 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/topics/{topic}", get(describe_topic))
         .route("/v1/topics:apply", post(apply_topics))
         .route("/v1/topics/{topic}/records", get(read_records))
+        .route(
+            "/v1/topics/{topic}/dlq:replay",
+            post(dlq::replay_dead_letters),
+        )
         .route("/v1/groups/{group}/lag", get(group_lag))
+        .route("/v1/jobs/{id}", delete(control::cancel_job))
+        .route(
+            "/v1/groups/{group}/topics/{action}",
+            post(control::pause_or_resume),
+        )
+        .route("/v1/groups/{group}/paused", get(control::paused_topics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
         .route(
@@ -163,7 +189,24 @@ struct JobRequest {
     /// Extra headers.
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    /// Run no earlier than this many milliseconds from now.
+    #[serde(default)]
+    delay_ms: Option<i64>,
+    /// Run no earlier than this time (RFC 3339).
+    #[serde(default)]
+    run_at: Option<String>,
+    /// Dead-letter instead of running after this time (RFC 3339).
+    #[serde(default)]
+    deadline: Option<String>,
+    /// Longest one attempt may run, in milliseconds.
+    #[serde(default)]
+    timeout_ms: Option<i64>,
 }
+
+/// The longest delay a job may ask for: 366 days.
+const MAX_DELAY_MS: i64 = 366 * 24 * 3600 * 1000;
+/// The longest timeout a job may ask for: one day.
+const MAX_TIMEOUT_MS: i64 = 24 * 3600 * 1000;
 
 /// A field that is present, even as `null`.
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
@@ -247,6 +290,48 @@ impl JobRequest {
         let mut job = NewJob::raw(self.job_type, payload, content_type);
         if let Some(k) = self.key {
             job = job.with_key(k);
+        }
+        let time = |name: &str, v: &str| {
+            headers::parse_time(v).ok_or_else(|| {
+                ApiError::invalid(
+                    field(name),
+                    format!(
+                        "`{name}` must be an RFC 3339 time such as 2026-12-01T09:00:00Z, got `{v}`"
+                    ),
+                )
+            })
+        };
+        match (self.delay_ms, self.run_at.as_deref()) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid(
+                    field("delay_ms"),
+                    "give `delay_ms` or `run_at`, not both",
+                ))
+            }
+            (Some(ms), None) if !(0..=MAX_DELAY_MS).contains(&ms) => {
+                return Err(ApiError::invalid(
+                    field("delay_ms"),
+                    format!("`delay_ms` must be 0 to {MAX_DELAY_MS} (366 days)"),
+                ))
+            }
+            (Some(ms), None) => job = job.process_in(std::time::Duration::from_millis(ms as u64)),
+            (None, Some(at)) => {
+                job = job.process_at(time("run_at", at)?);
+            }
+            (None, None) => {}
+        }
+        if let Some(d) = self.deadline.as_deref() {
+            job = job.deadline(time("deadline", d)?);
+        }
+        match self.timeout_ms {
+            Some(ms) if !(1..=MAX_TIMEOUT_MS).contains(&ms) => {
+                return Err(ApiError::invalid(
+                    field("timeout_ms"),
+                    format!("`timeout_ms` must be 1 to {MAX_TIMEOUT_MS}"),
+                ))
+            }
+            Some(ms) => job = job.timeout(std::time::Duration::from_millis(ms as u64)),
+            None => {}
         }
         for (name, value) in self.headers {
             if headers::METADATA.contains(&name.as_str())

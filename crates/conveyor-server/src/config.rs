@@ -52,6 +52,36 @@ pub struct Config {
     pub topics: Vec<TopicSpec>,
     /// Webhook routes: each delivers a topic's jobs to a URL.
     pub routes: Vec<RouteConfig>,
+    /// Delayed jobs and long retries.
+    pub delay: DelaySettings,
+}
+
+/// `[delay]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DelaySettings {
+    /// The delay tiers: one topic `<topic>.delay.<tier>` each. Whole seconds, e.g. `"5s"`,
+    /// `"1m"`, `"1h"`. Default: `["5s", "1m", "10m", "1h"]`.
+    pub tiers: Vec<String>,
+    /// Retry backoffs up to this many milliseconds wait in memory; longer ones go through the
+    /// delay tiers. Default: 5000.
+    pub retry_in_place_max_ms: u64,
+}
+
+impl Default for DelaySettings {
+    fn default() -> Self {
+        DelaySettings {
+            tiers: ["5s", "1m", "10m", "1h"].map(String::from).to_vec(),
+            retry_in_place_max_ms: 5000,
+        }
+    }
+}
+
+impl DelaySettings {
+    /// The tiers (validated by [`Config::load`]).
+    pub fn tiers(&self) -> conveyor_runtime::tiers::DelayTiers {
+        conveyor_runtime::tiers::DelayTiers::parse(&self.tiers).unwrap_or_default()
+    }
 }
 
 impl Default for Config {
@@ -65,6 +95,7 @@ impl Default for Config {
             retry: RetryPolicy::default(),
             topics: Vec::new(),
             routes: Vec::new(),
+            delay: DelaySettings::default(),
         }
     }
 }
@@ -206,6 +237,14 @@ pub struct RouteConfig {
     /// This route's retry policy. Default: the top-level `[retry]`.
     #[serde(default)]
     pub retry: Option<RetryPolicy>,
+    /// Whether a job retrying through the delay tiers keeps later jobs of its key waiting.
+    /// Default: true; `false` for topics whose jobs need no order.
+    #[serde(default = "default_true")]
+    pub ordered_retries: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_route_concurrency() -> usize {
@@ -278,6 +317,12 @@ impl Config {
                     "{} is too small: use at least 16384",
                     self.embedded.max_record_bytes
                 ),
+            );
+        }
+        if let Err(e) = conveyor_runtime::tiers::DelayTiers::parse(&self.delay.tiers) {
+            return invalid(
+                "delay.tiers".into(),
+                format!("{e}; write whole seconds such as [\"5s\", \"1m\", \"10m\", \"1h\"]"),
             );
         }
         if self.embedded.retention_interval_secs == 0 {

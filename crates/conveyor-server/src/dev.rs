@@ -11,6 +11,7 @@ use std::sync::Arc;
 use conveyor_core::{Backend, Error};
 use conveyor_embedded::EmbeddedBackend;
 use conveyor_kafka::KafkaBackend;
+use conveyor_runtime::control::Control;
 use conveyor_runtime::{WebhookHandler, Worker, WorkerOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -59,6 +60,7 @@ pub fn route_worker(
     config: &Config,
     route: &crate::config::RouteConfig,
     backend: Arc<dyn Backend>,
+    control: Control,
 ) -> Worker {
     let mut options = WorkerOptions::new(route.group(), [route.topic.clone()]);
     options.concurrency = route.concurrency;
@@ -67,8 +69,13 @@ pub fn route_worker(
     // the request timeout bounds a delivery; this catches anything hanging past it
     options.handler_timeout = route.timeout() + std::time::Duration::from_secs(5);
     options.shutdown_timeout = SHUTDOWN_GRACE;
+    options.tiers = config.delay.tiers();
+    options.retry_in_place_max =
+        std::time::Duration::from_millis(config.delay.retry_in_place_max_ms);
+    options.ordered_retries = route.ordered_retries;
     Worker::builder(backend, route.group(), [route.topic.clone()])
         .options(options)
+        .control(control)
         .fallback(WebhookHandler::new(route.url.clone(), route.timeout()))
         .build()
 }
@@ -80,18 +87,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let backend = open_backend(&config).await?;
+    let control = Control::open(Arc::clone(&backend)).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let health = Arc::new(RouteHealth::default());
     let mut workers = Vec::new();
     for route in &config.routes {
         let name = format!("{} -> {}", route.topic, route.url);
         let (config, route, backend) = (config.clone(), route.clone(), Arc::clone(&backend));
+        let control = control.clone();
         workers.push(tokio::spawn(supervise(
             name,
             Arc::clone(&health),
             stop_rx.clone(),
             move |mut stop| {
-                let worker = route_worker(&config, &route, Arc::clone(&backend));
+                let worker = route_worker(&config, &route, Arc::clone(&backend), control.clone());
                 worker.run(async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
@@ -100,6 +109,7 @@ pub async fn run(
     }
     let mut state = AppState::new(Arc::clone(&backend));
     state.routes = health;
+    state.control = Arc::new(tokio::sync::OnceCell::new_with(Some(control)));
     state.max_body_bytes = config.api.max_body_bytes;
     state.max_batch = config.api.max_batch;
     axum::serve(listener, app(state))

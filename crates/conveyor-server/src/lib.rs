@@ -3,9 +3,11 @@
 //! # Layout
 //! - [`config`]: [`Config`], loaded from `conveyor.toml` and `CONVEYOR_*` variables, validated.
 //! - [`error`]: [`ApiError`], every HTTP error with its stable code.
-//! - [`api`]: [`app`], the axum router (enqueue, topics, records, health, OpenAPI).
+//! - [`api`]: [`app`], the axum router (enqueue, topics, records, dead-letter replay, health,
+//!   OpenAPI).
 //! - [`dev`]: [`dev::run`], the embedded backend, the webhook routes and the API in one process.
-//! - [`remote`]: [`remote::ApiClient`], the HTTP API from Rust (used by the CLI).
+//! - [`remote`]: [`remote::ApiClient`], the HTTP API from Rust (used by the CLI), and dead-letter
+//!   replay in steps ([`remote::ReplayOptions`]).
 //! - [`topics`]: topics files (`conveyor topics apply -f topics.toml`).
 //! - [`supervise`]: route workers restarted with backoff; [`supervise::RouteHealth`] for
 //!   `/readyz`.

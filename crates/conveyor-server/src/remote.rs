@@ -3,6 +3,10 @@
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
+mod replay;
+
+pub use replay::ReplayOptions;
+
 /// An error talking to a conveyor server.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -159,6 +163,46 @@ impl ApiClient {
             req = req.query(&[("topic", t)]);
         }
         self.call(req).await
+    }
+
+    /// `DELETE /v1/jobs/{id}`: cancels a job that has not started.
+    pub async fn cancel(&self, id: &str) -> Result<Value, RemoteError> {
+        self.call(
+            self.http
+                .delete(format!("{}/v1/jobs/{}", self.base, seg(id))),
+        )
+        .await
+    }
+
+    /// `POST /v1/groups/{group}/topics/{topic}:pause` (or `:resume` when `pause` is false).
+    pub async fn pause(&self, group: &str, topic: &str, pause: bool) -> Result<Value, RemoteError> {
+        let verb = if pause { "pause" } else { "resume" };
+        self.call(self.http.post(format!(
+            "{}/v1/groups/{}/topics/{}:{verb}",
+            self.base,
+            seg(group),
+            seg(topic)
+        )))
+        .await
+    }
+
+    /// `POST /v1/topics/{topic}/dlq:replay` with a request body as the API documents it:
+    /// replays dead letters of the dead-letter topic `dlq_topic`.
+    pub async fn replay_dead_letters(
+        &self,
+        dlq_topic: &str,
+        body: &Value,
+    ) -> Result<conveyor_runtime::replay::ReplayReport, RemoteError> {
+        self.call(
+            self.http
+                .post(format!(
+                    "{}/v1/topics/{}/dlq:replay",
+                    self.base,
+                    seg(dlq_topic)
+                ))
+                .json(body),
+        )
+        .await
     }
 }
 

@@ -617,3 +617,275 @@ async fn readyz_fails_naming_a_route_whose_worker_is_down() {
     let (s, _) = send(&a, "GET", "/readyz", None, "").await;
     assert_eq!(s, StatusCode::OK);
 }
+
+/// `POST /v1/topics/{dlq topic}/dlq:replay`: the selected dead letters go back to their topic as
+/// fresh jobs, once; a dry run writes nothing; a missing topic is 404, bad fields 422.
+#[tokio::test]
+async fn dlq_replay_moves_dead_letters_back_once_and_refuses_bad_requests() {
+    use conveyor_runtime::dead_letter::{dead_letter_record, DeadLetterReason};
+    let a = api().await;
+    a.backend
+        .create_topic(&TopicSpec::new("emails.dlq", 3))
+        .await
+        .unwrap();
+    // three jobs over HTTP, dead-lettered as a worker does it
+    let mut ids = Vec::new();
+    for (i, t) in ["charge", "email", "charge"].iter().enumerate() {
+        let (s, v) = post(
+            &a,
+            "/v1/topics/emails/jobs",
+            json!({"type": t, "key": format!("k{i}"), "payload": {"i": i}}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let (p, o) = (
+            v["partition"].as_i64().unwrap() as i32,
+            v["offset"].as_i64().unwrap(),
+        );
+        let job = &a.backend.fetch("emails", p, o, 1).await.unwrap()[0];
+        let dead = dead_letter_record(job, "g", 1, DeadLetterReason::Failed, "broken");
+        a.backend.publish("emails.dlq", vec![dead]).await.unwrap();
+        ids.push(v["id"].as_str().unwrap().to_owned());
+    }
+    let retained = |a: &Api| {
+        let b = Arc::clone(&a.backend);
+        async move {
+            b.describe_topic("emails")
+                .await
+                .unwrap()
+                .unwrap()
+                .retained()
+        }
+    };
+    let uri = "/v1/topics/emails.dlq/dlq:replay";
+
+    let (s, v) = post(&a, uri, json!({"type": "charge", "dry_run": true})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (&v["dry_run"], &v["scanned"], &v["replayed"]),
+        (&json!(true), &json!(3), &json!(2)),
+        "{v}"
+    );
+    assert_eq!(retained(&a).await, 3, "a dry run writes nothing");
+
+    let (s, v) = post(&a, uri, json!({"type": "charge"})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (&v["replayed"], &v["already_replayed"]),
+        (&json!(2), &json!(0)),
+        "{v}"
+    );
+    assert_eq!(v["ledger_topic"], "emails.dlq.replayed");
+    for m in v["moved"].as_array().unwrap() {
+        assert_eq!(m["topic"], "emails");
+        let (p, o) = (
+            m["partition"].as_i64().unwrap() as i32,
+            m["offset"].as_i64().unwrap(),
+        );
+        let r = &a.backend.fetch("emails", p, o, 1).await.unwrap()[0];
+        assert_eq!(r.headers.get_str("attempt"), Some("1"));
+        assert_eq!(
+            r.headers.get_str("replayed_from"),
+            m["replayed_from"].as_str()
+        );
+        assert_eq!(r.headers.get_str("message_id"), m["message_id"].as_str());
+        assert!(r.headers.get_str("dlq_error").is_none());
+        assert!([&ids[0], &ids[2]].contains(&&r.headers.get_str("message_id").unwrap().to_owned()));
+    }
+    assert_eq!(retained(&a).await, 5);
+    let (_, v) = post(&a, uri, json!({"type": "charge"})).await;
+    assert_eq!(
+        (&v["replayed"], &v["already_replayed"]),
+        (&json!(0), &json!(2)),
+        "{v}"
+    );
+    let (_, v) = post(&a, uri, json!({})).await;
+    assert_eq!(
+        (&v["replayed"], &v["already_replayed"]),
+        (&json!(1), &json!(2)),
+        "{v}"
+    );
+    assert_eq!(v["partitions"].as_array().unwrap().len(), 3);
+    assert_eq!(retained(&a).await, 6);
+
+    let (s, v) = post(&a, "/v1/topics/nothing.dlq/dlq:replay", json!({})).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::NOT_FOUND, "unknown_topic"),
+        "{v}"
+    );
+    for (body, field) in [
+        (json!({"from_offset": -1}), "from_offset"),
+        (json!({"to_offset": -5}), "to_offset"),
+        (json!({"from_offset": 3, "to_offset": 2}), "from_offset"),
+        (json!({"partition": -1}), "partition"),
+        (json!({"partition": 3}), "partition"),
+        (json!({"limit": 0}), "limit"),
+        (json!({"surprise": true}), "surprise"),
+        (json!({"dry_run": "yes"}), ""),
+        (json!([null, true]), ""),
+        (json!({"limit": 1.5}), ""),
+    ] {
+        let (s, v) = post(&a, uri, body.clone()).await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+            "{body}: {v}"
+        );
+        if !field.is_empty() {
+            assert_eq!(v["error"]["field"], field, "{body}: {v}");
+        }
+    }
+    assert_eq!(retained(&a).await, 6, "refused requests replay nothing");
+}
+
+#[tokio::test]
+async fn delays_deadlines_and_timeouts_are_stored_as_headers_and_checked() {
+    let api = api().await;
+    let before = std::time::SystemTime::now();
+    let (s, v) = post(
+        &api,
+        "/v1/topics/emails/jobs",
+        json!({"type": "t", "payload": {}, "delay_ms": 60000, "deadline": "2030-01-01T10:00:00+02:00", "timeout_ms": 1500}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let p = v["partition"].as_i64().unwrap() as i32;
+    let r = api
+        .backend
+        .fetch("emails", p, v["offset"].as_i64().unwrap(), 1)
+        .await
+        .unwrap();
+    let h = &r[0].headers;
+    let due = conveyor_core::headers::parse_time(h.get_str("due_at").unwrap()).unwrap();
+    let ahead = due.duration_since(before).unwrap();
+    assert!(
+        ahead >= std::time::Duration::from_secs(60) && ahead < std::time::Duration::from_secs(61),
+        "{ahead:?}"
+    );
+    assert_eq!(h.get_str("deadline"), Some("2030-01-01T08:00:00.000Z"));
+    assert_eq!(h.get_str("timeout_ms"), Some("1500"));
+    let (s, _) = post(
+        &api,
+        "/v1/topics/emails/jobs/batch",
+        json!({"jobs": [{"type": "t", "payload": 1, "run_at": "2026-12-01T09:00:00Z"}]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    for (body, field) in [
+        (
+            json!({"type": "t", "payload": 1, "delay_ms": 5, "run_at": "2026-12-01T09:00:00Z"}),
+            "delay_ms",
+        ),
+        (
+            json!({"type": "t", "payload": 1, "delay_ms": 31_622_400_001u64}),
+            "delay_ms",
+        ),
+        (
+            json!({"type": "t", "payload": 1, "delay_ms": -1}),
+            "delay_ms",
+        ),
+        (
+            json!({"type": "t", "payload": 1, "run_at": "tomorrow"}),
+            "run_at",
+        ),
+        (
+            json!({"type": "t", "payload": 1, "deadline": "2026-13-01T00:00:00Z"}),
+            "deadline",
+        ),
+        (
+            json!({"type": "t", "payload": 1, "timeout_ms": 0}),
+            "timeout_ms",
+        ),
+        (
+            json!({"type": "t", "payload": 1, "timeout_ms": 86_400_001}),
+            "timeout_ms",
+        ),
+        (
+            json!({"type": "t", "payload": 1, "headers": {"due_at": "2026-12-01T09:00:00Z"}}),
+            "headers.due_at",
+        ),
+    ] {
+        let (s, v) = post(&api, "/v1/topics/emails/jobs", body.clone()).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {v}");
+        assert_eq!(v["error"]["field"], field, "{body}: {v}");
+    }
+}
+
+#[tokio::test]
+async fn cancel_pause_and_resume_go_to_the_control_log() {
+    let api = api().await;
+    let (s, v) = send(&api, "DELETE", "/v1/jobs/0193-abc", None, Body::empty()).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["cancelled"], true);
+    let (s, v) = send(
+        &api,
+        "POST",
+        "/v1/groups/g1/topics/emails:pause",
+        None,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["paused"], true);
+    let (s, v) = send(&api, "GET", "/v1/groups/g1/paused", None, Body::empty()).await;
+    assert_eq!((s, &v["paused"]), (StatusCode::OK, &json!(["emails"])));
+    let (s, _) = send(
+        &api,
+        "POST",
+        "/v1/groups/g1/topics/emails:resume",
+        None,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = send(&api, "GET", "/v1/groups/g1/paused", None, Body::empty()).await;
+    assert_eq!(v["paused"], json!([]));
+    // what the log holds, in order
+    let log = api
+        .backend
+        .fetch("conveyor.control", 0, 0, 10)
+        .await
+        .unwrap();
+    let kinds: Vec<String> = log
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<Value>(&r.value).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(kinds, ["cancel", "pause", "resume"]);
+    let (s, v) = send(
+        &api,
+        "POST",
+        "/v1/groups/g1/topics/nope:pause",
+        None,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "unknown_topic"));
+    let (s, _) = send(
+        &api,
+        "POST",
+        "/v1/groups/g1/topics/emails:stop",
+        None,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let long = "x".repeat(256);
+    let (s, v) = send(
+        &api,
+        "DELETE",
+        &format!("/v1/jobs/{long}"),
+        None,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field")
+    );
+}

@@ -43,6 +43,43 @@ pub(crate) enum Command {
         /// Extra header, `name=value`; repeatable.
         #[arg(long = "header", short = 'H')]
         headers: Vec<String>,
+        /// Run no earlier than this long from now, e.g. `30s`, `5m`, `2h`.
+        #[arg(long = "in", value_name = "DURATION", conflicts_with = "at")]
+        delay: Option<humantime::Duration>,
+        /// Run no earlier than this time (RFC 3339), e.g. `2026-12-01T09:00:00Z`.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// Dead-letter the job instead of running it after this time (RFC 3339).
+        #[arg(long, value_name = "TIME")]
+        deadline: Option<String>,
+        /// Cancel an attempt that runs longer than this, e.g. `30s`.
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<humantime::Duration>,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Cancel a job that has not started (a delayed one, or one still waiting), by message id.
+    Cancel {
+        /// The job's message id (the `id` enqueue printed).
+        id: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Stop starting jobs of a topic in a consumer group (every process, kept across restarts).
+    Pause {
+        /// The consumer group (a route's group is `webhook.<topic>` unless set).
+        group: String,
+        /// The topic.
+        topic: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Start jobs of a paused topic again.
+    Resume {
+        /// The consumer group.
+        group: String,
+        /// The topic.
+        topic: String,
         #[command(flatten)]
         server: Server,
     },
@@ -77,8 +114,74 @@ pub(crate) enum Command {
         #[command(flatten)]
         server: Server,
     },
+    /// Work with dead-letter topics.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Measure enqueue rate, processing rate and latency on the embedded or Kafka backend.
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DlqCommand {
+    /// Move dead letters back to their original topic as fresh jobs (attempt 1, header
+    /// `replayed_from`). Each dead letter moves once, however often this runs.
+    Replay {
+        /// The dead-letter topic (`emails.dlq`), or the topic whose dead letters to replay
+        /// (`emails`, when `emails.dlq` exists).
+        topic: String,
+        /// Only dead letters of this job type.
+        #[arg(long = "type", short = 't')]
+        job_type: Option<String>,
+        /// Only this partition of the dead-letter topic.
+        #[arg(long, short)]
+        partition: Option<i32>,
+        /// Only these offsets, in each partition: `A..B` (both included), `A..`, `..B` or `N`.
+        #[arg(long, value_parser = parse_offsets)]
+        offset: Option<OffsetRange>,
+        /// Show what would move; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+/// `--offset A..B`: either end may be open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OffsetRange {
+    pub(crate) from: Option<i64>,
+    pub(crate) to: Option<i64>,
+}
+
+fn parse_offsets(s: &str) -> Result<OffsetRange, String> {
+    let offset = |o: &str| match o.trim() {
+        "" => Ok(None),
+        o => o
+            .parse::<i64>()
+            .ok()
+            .filter(|o| *o >= 0)
+            .map(Some)
+            .ok_or_else(|| format!("`{o}` is not an offset (a whole number, at least 0)")),
+    };
+    let range = match s.split_once("..") {
+        Some((a, b)) => OffsetRange {
+            from: offset(a)?,
+            to: offset(b)?,
+        },
+        None => {
+            let n = offset(s)?.ok_or("give A..B, A.., ..B or one offset")?;
+            OffsetRange {
+                from: Some(n),
+                to: Some(n),
+            }
+        }
+    };
+    match (range.from, range.to) {
+        (Some(a), Some(b)) if a > b => Err(format!("{a}..{b} is empty: {a} is after {b}")),
+        _ => Ok(range),
+    }
 }
 
 #[derive(Debug, Subcommand)]

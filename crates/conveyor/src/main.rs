@@ -16,7 +16,7 @@ use conveyor_server::remote::ApiClient;
 use conveyor_server::Config;
 use serde_json::{json, Value};
 
-use cli::{BenchArgs, Cli, Command, TopicsCommand};
+use cli::{BenchArgs, Cli, Command, DlqCommand, TopicsCommand};
 
 #[tokio::main]
 async fn main() {
@@ -48,6 +48,10 @@ async fn run(cli: Cli) -> Result<()> {
             payload,
             key,
             headers,
+            delay,
+            at,
+            deadline,
+            timeout,
             server,
         } => {
             let payload = if payload == "-" {
@@ -64,9 +68,49 @@ async fn run(cli: Cli) -> Result<()> {
                 };
                 h.insert(k.to_owned(), json!(v));
             }
-            let body = json!({ "type": job_type, "payload": payload, "key": key, "headers": h });
+            let mut body =
+                json!({ "type": job_type, "payload": payload, "key": key, "headers": h });
+            if let Some(d) = delay {
+                body["delay_ms"] = json!(std::time::Duration::from(d).as_millis() as u64);
+            }
+            if let Some(at) = at {
+                body["run_at"] = json!(at);
+            }
+            if let Some(d) = deadline {
+                body["deadline"] = json!(d);
+            }
+            if let Some(t) = timeout {
+                body["timeout_ms"] = json!(std::time::Duration::from(t).as_millis() as u64);
+            }
             let at = ApiClient::new(server.url).enqueue(&topic, &body).await?;
             println!("{}", serde_json::to_string(&at)?);
+            Ok(())
+        }
+        Command::Cancel { id, server } => {
+            ApiClient::new(server.url).cancel(&id).await?;
+            println!("cancelled {id}: it will not run if it has not started");
+            Ok(())
+        }
+        Command::Pause {
+            group,
+            topic,
+            server,
+        } => {
+            ApiClient::new(server.url)
+                .pause(&group, &topic, true)
+                .await?;
+            println!("paused {topic} for group {group}: running jobs finish, no new ones start until `conveyor resume {group} {topic}`");
+            Ok(())
+        }
+        Command::Resume {
+            group,
+            topic,
+            server,
+        } => {
+            ApiClient::new(server.url)
+                .pause(&group, &topic, false)
+                .await?;
+            println!("resumed {topic} for group {group}");
             Ok(())
         }
         Command::Topics {
@@ -140,6 +184,27 @@ async fn run(cli: Cli) -> Result<()> {
                 !no_follow,
             )
             .await
+        }
+        Command::Dlq {
+            command:
+                DlqCommand::Replay {
+                    topic,
+                    job_type,
+                    partition,
+                    offset,
+                    dry_run,
+                    server,
+                },
+        } => {
+            let opts = conveyor_server::remote::ReplayOptions {
+                job_type,
+                partition,
+                from_offset: offset.and_then(|o| o.from),
+                to_offset: offset.and_then(|o| o.to),
+                dry_run,
+                ..Default::default()
+            };
+            replay_dead_letters(ApiClient::new(server.url), &topic, &opts).await
         }
         Command::Bench(args) => run_bench(args).await,
     }
@@ -249,6 +314,26 @@ async fn apply_topics(
     }
     api.apply_topics(&specs, false).await?;
     println!("applied: {} created, {} updated", sum.create, sum.update);
+    Ok(())
+}
+
+/// Replays in steps through the API: a progress line per step on stderr, the summary on stdout.
+async fn replay_dead_letters(
+    api: ApiClient,
+    topic: &str,
+    opts: &conveyor_server::remote::ReplayOptions,
+) -> Result<()> {
+    let dlq = api.dead_letter_topic_of(topic).await?;
+    match dlq == topic {
+        true => eprintln!("dead-letter topic {dlq}"),
+        false => eprintln!("dead-letter topic {dlq} (the dead letters of {topic})"),
+    }
+    let report = api
+        .replay_in_steps(&dlq, opts, |p| {
+            eprintln!("{}", output::replay_step(p, opts.dry_run))
+        })
+        .await?;
+    print!("{}", output::replay_summary(&report));
     Ok(())
 }
 

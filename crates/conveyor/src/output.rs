@@ -97,3 +97,59 @@ pub(crate) fn lag(group: &str, lags: &[GroupLag]) -> String {
     out.push_str(&format!("group {group}: total lag {total}\n"));
     out
 }
+
+/// One step of `dlq replay`: the partition's running totals.
+pub(crate) fn replay_step(p: &conveyor_runtime::replay::PartitionReplay, dry_run: bool) -> String {
+    let total = (p.to_offset - p.from_offset + 1).max(0);
+    let scanned = (p.next_offset - p.from_offset).clamp(0, total);
+    format!(
+        "partition {}: {scanned} of {total} scanned, {} {}, {} already replayed, {} unroutable",
+        p.partition,
+        p.replayed,
+        if dry_run { "to move" } else { "moved" },
+        p.already_replayed,
+        p.skipped_unroutable
+    )
+}
+
+/// The outcome of `dlq replay`: how many moved, how many were already replayed, and why any
+/// could not be (in a dry run also what would move).
+pub(crate) fn replay_summary(r: &conveyor_runtime::replay::ReplayReport) -> String {
+    let mut out = String::new();
+    if r.dry_run {
+        for m in &r.moved {
+            out.push_str(&format!(
+                "would move {} -> {} (type {}, id {})\n",
+                m.replayed_from,
+                m.topic,
+                m.job_type.as_deref().unwrap_or("-"),
+                m.message_id.as_deref().unwrap_or("-")
+            ));
+        }
+        if (r.moved.len() as u64) < r.replayed {
+            out.push_str(&format!(
+                "... and {} more\n",
+                r.replayed - r.moved.len() as u64
+            ));
+        }
+    }
+    for s in &r.skipped {
+        out.push_str(&format!("not replayed {}: {}\n", s.dead_letter, s.reason));
+    }
+    out.push_str(&format!(
+        "{} {} dead letters of {} to their topics; {} already replayed, {} unroutable; {} scanned, {} selected{}\n",
+        if r.dry_run { "dry run: would move" } else { "moved" },
+        r.replayed,
+        r.dlq_topic,
+        r.already_replayed,
+        r.skipped_unroutable,
+        r.scanned,
+        r.matched,
+        if r.dry_run {
+            String::from(" (nothing was written)")
+        } else {
+            format!(" (ledger {})", r.ledger_topic)
+        }
+    ));
+    out
+}

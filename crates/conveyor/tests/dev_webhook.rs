@@ -34,6 +34,7 @@ fn route(topic: &str, url: String) -> RouteConfig {
         timeout_ms: 5_000,
         max_buffered: 256,
         retry: Some(RetryPolicy::fast(4)),
+        ordered_retries: true,
     }
 }
 
