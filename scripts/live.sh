@@ -3,8 +3,9 @@
 # cached in ${CONVEYOR_CACHE:-~/.cache/conveyor}), in three runs:
 #   1. one node: the conformance suite with the classic group protocol and with KIP-848,
 #      transactions, the Java client on conveyor's topics, three members churning under load,
-#      `topics apply`, two `conveyor dev` processes failing over, and the chaos run (two worker
-#      processes killed in turn while members join and leave);
+#      `topics apply`, two `conveyor dev` processes failing over, the chaos run (two worker
+#      processes killed in turn while members join and leave), and cron schedules on two
+#      processes (each tick once; downtime with `missed = skip` and `once`);
 #   2. three nodes (replication 3, min.insync.replicas 2): a partition leader killed with
 #      kill -9, then two of three brokers down;
 #   3. one node with SASL_SSL (SCRAM-SHA-512) and mutual-TLS listeners: the handshakes.
@@ -27,6 +28,7 @@ if [ "${1:-}" = "--single-node-tests" ]; then
   cargo test -p conveyor --features live "$@" --test kafka_topics_live --test kafka_failover --test signals -- --nocapture
   cargo test -p conveyor --features live "$@" --test chaos -- chaos_kafka_live --nocapture
   cargo test -p conveyor --features live "$@" --test delayed -- live_kafka --nocapture
+  cargo test -p conveyor --features live "$@" --test schedules_live -- --nocapture
   exit 0
 fi
 

@@ -20,6 +20,7 @@
 //! | `retry_group` | set on a job that a group moved to a delay tier: only that group runs it | worker |
 //! | `dedup_key` | copies of one job carry the same value; a worker runs the first it sees | worker, scheduler |
 //! | `first_error`, `last_error` | on a retried job: its first and latest error | worker |
+//! | `schedule`, `scheduled_at` | on a job a cron schedule fired: the schedule's name and the tick's RFC 3339 time | scheduler |
 //! | `replayed_from` | `<dlq topic>/<partition>/<offset>`: the dead letter a replayed job came from | `conveyor dlq replay` |
 //! | `dlq_*` | see [`dlq`] | worker, on dead-letter records only |
 
@@ -60,9 +61,13 @@ pub const DELAY_PARTITION: &str = "delay_partition";
 /// runs it when it comes back; other groups of the topic skip it (they had their own copy).
 pub const RETRY_GROUP: &str = "retry_group";
 /// Identifies one move of a job through the delay tiers (`<topic>/<partition>/<offset>` of the
-/// record that was moved): a crash can write or forward the move twice, and a worker runs only
-/// the first copy it sees.
+/// record that was moved), or one tick of a cron schedule (`schedule/<name>/<tick unix ms>`): a
+/// crash can write a move or a tick twice, and a worker runs only the first copy it sees.
 pub const DEDUP_KEY: &str = "dedup_key";
+/// On a job fired by a cron schedule: the schedule's name.
+pub const SCHEDULE: &str = "schedule";
+/// On a job fired by a cron schedule: the tick it was fired for (RFC 3339, UTC, milliseconds).
+pub const SCHEDULED_AT: &str = "scheduled_at";
 /// On a retried job: the error of its first failed attempt.
 pub const FIRST_ERROR: &str = "first_error";
 /// On a retried job: the error of its latest failed attempt.

@@ -60,3 +60,17 @@ async fn second_copies_are_dropped() {
 async fn each_group_runs_a_delayed_job_once() {
     time::each_group_runs_a_delayed_job_once(backend(), &live::unique("time")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returned_retry_keeps_its_attempt_number_across_a_restart() {
+    time::a_returned_retry_keeps_its_attempt_number_across_a_restart(
+        backend(),
+        &live::unique("time"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_key_at_the_bound_lets_go() {
+    time::a_parked_key_at_the_bound_lets_go(backend(), &live::unique("time")).await;
+}

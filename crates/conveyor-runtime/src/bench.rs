@@ -10,6 +10,10 @@
 //! 3. **Latency**: `latency_jobs` jobs enqueued one at a time into an idle worker; each is measured
 //!    from just before the enqueue call to the start of its handler, and the next is sent only after
 //!    the handler started.
+//! 4. **Delayed**: `delayed_jobs` jobs enqueued at once with delays spread evenly over
+//!    `delayed_window` (through the delay tiers and the forwarder, as in production); each is
+//!    measured from its due time to the start of its handler (its lateness). A job that starts
+//!    before its due time is counted as early (the figure must be 0).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -33,6 +37,10 @@ pub struct BenchOptions {
     pub payload_bytes: usize,
     /// Partitions of the benchmark topics. Default: 8.
     pub partitions: i32,
+    /// Jobs in the delayed phase (0 skips it). Default: 10,000.
+    pub delayed_jobs: usize,
+    /// The delays of the delayed phase are spread over this window. Default: 20 s.
+    pub delayed_window: Duration,
 }
 
 impl Default for BenchOptions {
@@ -43,6 +51,8 @@ impl Default for BenchOptions {
             latency_jobs: 2_000,
             payload_bytes: 100,
             partitions: 8,
+            delayed_jobs: 10_000,
+            delayed_window: Duration::from_secs(20),
         }
     }
 }
@@ -62,14 +72,21 @@ pub struct BenchReport {
     pub p95_ms: f64,
     /// 99th percentile.
     pub p99_ms: f64,
+    /// Lateness of delayed jobs (handler start minus due time), median, in milliseconds.
+    pub delayed_p50_ms: f64,
+    /// 99th percentile of the lateness.
+    pub delayed_p99_ms: f64,
+    /// Delayed jobs that started before their due time (must be 0).
+    pub delayed_early: usize,
 }
 
 impl BenchReport {
     /// The machine-readable last line.
     pub fn result_line(&self) -> String {
         format!(
-            "RESULT backend={} enqueue_jobs_s={:.0} process_jobs_s={:.0} p50_ms={:.3} p95_ms={:.3} p99_ms={:.3}",
-            self.backend, self.enqueue_jobs_s, self.process_jobs_s, self.p50_ms, self.p95_ms, self.p99_ms
+            "RESULT backend={} enqueue_jobs_s={:.0} process_jobs_s={:.0} p50_ms={:.3} p95_ms={:.3} p99_ms={:.3} delayed_p50_ms={:.1} delayed_p99_ms={:.1} delayed_early={}",
+            self.backend, self.enqueue_jobs_s, self.process_jobs_s, self.p50_ms, self.p95_ms, self.p99_ms,
+            self.delayed_p50_ms, self.delayed_p99_ms, self.delayed_early
         )
     }
 }
@@ -267,22 +284,133 @@ pub async fn run(
     handle.await.expect("worker task")?;
     let mut s = samples.lock().expect("samples").clone();
     s.sort_by(|a, b| a.total_cmp(b));
-    let report = BenchReport {
+    progress(format!(
+        "latency: p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        percentile(&s, 0.50),
+        percentile(&s, 0.95),
+        percentile(&s, 0.99),
+        s.last().copied().unwrap_or(0.0)
+    ));
+    let (delayed_p50_ms, delayed_p99_ms, delayed_early) = match opts.delayed_jobs {
+        0 => (0.0, 0.0, 0),
+        _ => delayed(&backend, &client, opts, &suffix, progress.clone()).await?,
+    };
+    Ok(BenchReport {
         backend: backend.name().to_owned(),
         enqueue_jobs_s,
         process_jobs_s,
         p50_ms: percentile(&s, 0.50),
         p95_ms: percentile(&s, 0.95),
         p99_ms: percentile(&s, 0.99),
-    };
+        delayed_p50_ms,
+        delayed_p99_ms,
+        delayed_early,
+    })
+}
+
+/// Phase 4: lateness of `delayed_jobs` delayed jobs; returns p50, p99 (ms) and the early count.
+async fn delayed(
+    backend: &Arc<dyn Backend>,
+    client: &Client,
+    opts: &BenchOptions,
+    suffix: &str,
+    progress: impl Fn(String) + Send + Sync + Clone + 'static,
+) -> Result<(f64, f64, usize)> {
+    let topic = format!("bench.delayed.{suffix}");
+    backend
+        .create_topic(&TopicSpec::new(topic.clone(), opts.partitions))
+        .await?;
+    let n = opts.delayed_jobs;
     progress(format!(
-        "latency: p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-        report.p50_ms,
-        report.p95_ms,
-        report.p99_ms,
-        s.last().copied().unwrap_or(0.0)
+        "delayed: {n} jobs with delays spread over {:?}, through the delay tiers",
+        opts.delayed_window
     ));
-    Ok(report)
+    let (tx, mut rx) = mpsc::unbounded_channel::<f64>();
+    let (warm_tx, mut warm_rx) = mpsc::unbounded_channel::<()>();
+    let worker = Worker::builder(
+        Arc::clone(backend),
+        format!("bench.delayed.{suffix}"),
+        [topic.clone()],
+    )
+    .concurrency(opts.concurrency)
+    .max_buffered((opts.concurrency * 40).max(1024))
+    .handler(
+        "delayed",
+        handler_fn(move |job: Job| {
+            let now = std::time::SystemTime::now();
+            let late = job
+                .record
+                .headers
+                .get_str(conveyor_core::headers::DUE_AT)
+                .and_then(conveyor_core::headers::parse_time)
+                .map_or(f64::NAN, |due| match now.duration_since(due) {
+                    Ok(d) => d.as_secs_f64() * 1000.0,
+                    Err(e) => -e.duration().as_secs_f64() * 1000.0,
+                });
+            let _ = tx.send(late);
+            async {}
+        }),
+    )
+    .handler(
+        "warm-up",
+        handler_fn(move |_job: Job| {
+            let _ = warm_tx.send(());
+            async {}
+        }),
+    )
+    .build();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    // a Kafka group join takes seconds: measured from a worker that runs
+    client
+        .enqueue(&topic, NewJob::json("warm-up", &0).expect("json"))
+        .await?;
+    warm_rx.recv().await;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let jobs = chunk
+            .iter()
+            .map(|&i| {
+                let delay = opts.delayed_window.mul_f64(i as f64 / n as f64);
+                NewJob::json("delayed", &payload(i, opts.payload_bytes))
+                    .expect("json")
+                    .with_key(format!("user-{}", i % 1000))
+                    .process_in(delay)
+            })
+            .collect();
+        client.enqueue_batch(&topic, jobs).await?;
+    }
+    let mut late = Vec::with_capacity(n);
+    while late.len() < n {
+        match tokio::time::timeout(opts.delayed_window + Duration::from_secs(120), rx.recv()).await
+        {
+            Ok(Some(l)) => late.push(l),
+            _ => {
+                let _ = stop.send(());
+                return Err(conveyor_core::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "delayed: only {} of {n} jobs ran within the window and 2 minutes more",
+                        late.len()
+                    ),
+                )));
+            }
+        }
+        if late.len() % 2000 == 0 {
+            progress(format!("delayed: {}/{n}", late.len()));
+        }
+    }
+    let _ = stop.send(());
+    handle.await.expect("worker task")?;
+    let early = late.iter().filter(|l| **l < 0.0 || l.is_nan()).count();
+    late.sort_by(|a, b| a.total_cmp(b));
+    let (p50, p99) = (percentile(&late, 0.50), percentile(&late, 0.99));
+    progress(format!(
+        "delayed: {n} jobs, lateness p50 {p50:.1} ms, p99 {p99:.1} ms, max {:.1} ms, {early} early",
+        late.last().copied().unwrap_or(0.0)
+    ));
+    Ok((p50, p99, early))
 }
 
 fn uuid_suffix() -> String {

@@ -1,19 +1,23 @@
-//! The control log: cancellations and pauses, shared by every conveyor process on a backend.
+//! The control log: cancellations, pauses and API-managed schedules, shared by every conveyor
+//! process on a backend.
 //!
 //! A one-partition topic, [`CONTROL_TOPIC`], kept forever, holds one JSON record per command:
 //! `{"kind":"cancel","id":…}`, `{"kind":"pause","group":…,"topic":…}`,
-//! `{"kind":"resume",…}`. Each process reads it from the start when it opens it and then every
-//! [`REFRESH`], folding the records in order into the set of cancelled job ids and of paused
-//! (group, topic) pairs. So a command outlives restarts and reaches every process of every
+//! `{"kind":"resume",…}`, `{"kind":"put_schedule","schedule":{…}}`,
+//! `{"kind":"delete_schedule","name":…}`. Each process reads it from the start when it opens it
+//! and then every [`REFRESH`], folding the records in order into the set of cancelled job ids,
+//! of paused (group, topic) pairs and of schedules by name. So a command outlives restarts and reaches every process of every
 //! group; it takes effect in other processes within about one refresh interval. Any Kafka tool
 //! can read the topic; any producer writing the same JSON is obeyed.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use conveyor_core::{Backend, Error, Position, Record, Result, TopicSpec};
 use serde::{Deserialize, Serialize};
+
+use crate::schedule::Schedule;
 
 /// The control topic.
 pub const CONTROL_TOPIC: &str = "conveyor.control";
@@ -44,12 +48,23 @@ pub enum ControlEntry {
         /// The topic.
         topic: String,
     },
+    /// Create or replace the schedule of this name (`PUT /v1/schedules/{name}`).
+    PutSchedule {
+        /// The schedule.
+        schedule: Schedule,
+    },
+    /// Delete the schedule of this name (`DELETE /v1/schedules/{name}`).
+    DeleteSchedule {
+        /// The schedule's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Default)]
 struct State {
     cancelled: HashSet<String>,
     paused: HashSet<(String, String)>,
+    schedules: BTreeMap<String, Schedule>,
     /// The next control record to read.
     next: i64,
 }
@@ -65,6 +80,12 @@ impl State {
             }
             ControlEntry::Resume { group, topic } => {
                 self.paused.remove(&(group, topic));
+            }
+            ControlEntry::PutSchedule { schedule } => {
+                self.schedules.insert(schedule.name.clone(), schedule);
+            }
+            ControlEntry::DeleteSchedule { name } => {
+                self.schedules.remove(&name);
             }
         }
     }
@@ -142,6 +163,17 @@ impl Control {
             .collect();
         v.sort();
         v
+    }
+
+    /// The schedules put through the API and not deleted, by name (as stored: the scheduler
+    /// skips, with a warning, one that does not validate).
+    pub fn schedules(&self) -> Vec<Schedule> {
+        self.read().schedules.values().cloned().collect()
+    }
+
+    /// The API schedule of this name.
+    pub fn schedule(&self, name: &str) -> Option<Schedule> {
+        self.read().schedules.get(name).cloned()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {

@@ -11,18 +11,25 @@
 //!
 //! Crashes: the forwarder commits a partition right after publishing what it let go, so a crash
 //! between the two publishes that batch again (the *crash window*: at most one batch per
-//! partition). The copies carry the same `dedup_key` and land in the same partition, and the
+//! partition). A destination that fails keeps its records (and those behind them in their
+//! partitions) for the next round; records already published are not published again. A record
+//! that can never be written back (too large, a partition or topic gone) goes to the topic's
+//! dead-letter topic instead of blocking its partition. Tier topics of the topic that are no
+//! longer configured are still read, so changing `delay.tiers` strands nothing. A record's wait
+//! counts from the earlier of its timestamp and when the forwarder first read it, so a producer's
+//! clock far ahead cannot block a tier partition (the worker checks `due_at` anyway). The copies carry the same `dedup_key` and land in the same partition, and the
 //! worker runs only the first one it sees (it remembers recent keys); a copy that reaches a
 //! worker that restarted in between runs again (at-least-once, as every job).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use conveyor_core::headers::{self, parse_time};
 use conveyor_core::{
-    Backend, CommitOffset, ConsumedRecord, Poll, Record, Result, SubscribeOptions, Subscription,
-    TopicPartition,
+    Backend, CommitOffset, ConsumedRecord, Error, JobMeta, Poll, Record, Result, SubscribeOptions,
+    Subscription, TopicPartition,
 };
 
 use crate::control::Control;
@@ -60,12 +67,12 @@ pub(crate) fn millis(t: SystemTime) -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// When a record may run: its `due_at`, or `None` without a readable one.
+/// When a record may run, in milliseconds since the epoch rounded up (a `due_at` with
+/// microseconds must not run early): its `due_at`, or `None` without a readable one.
 pub(crate) fn due_of(r: &ConsumedRecord) -> Option<i64> {
-    r.headers
-        .get_str(headers::DUE_AT)
-        .and_then(parse_time)
-        .map(millis)
+    let due = r.headers.get_str(headers::DUE_AT).and_then(parse_time)?;
+    let since = due.duration_since(UNIX_EPOCH).unwrap_or_default();
+    Some(since.as_nanos().div_ceil(1_000_000).min(i64::MAX as u128) as i64)
 }
 
 impl Forwarder {
@@ -109,8 +116,20 @@ impl Forwarder {
             .describe_topic(&self.topic)
             .await?
             .map_or(0, |i| i.partition_count());
-        let tier_of: HashMap<String, Duration> =
+        // the configured tiers, and any other tier topic of this topic (a tier removed from the
+        // configuration is drained, not stranded)
+        let mut tier_of: HashMap<String, Duration> =
             self.tiers.topics(&self.topic).into_iter().collect();
+        let prefix = format!("{}.delay.", self.topic);
+        for t in self.backend.list_topics().await? {
+            if let Some(d) = t
+                .name
+                .strip_prefix(&prefix)
+                .and_then(|label| humantime::parse_duration(label).ok())
+            {
+                tier_of.entry(t.name.clone()).or_insert(d);
+            }
+        }
         let sub = self
             .backend
             .subscribe(SubscribeOptions::new(
@@ -125,6 +144,7 @@ impl Forwarder {
             partitions,
             queues: HashMap::new(),
             paused: Default::default(),
+            uncommitted: HashMap::new(),
         };
         tokio::pin!(shutdown);
         loop {
@@ -144,14 +164,25 @@ impl Forwarder {
     }
 }
 
+/// A tier record waiting to be let go.
+struct Held {
+    record: ConsumedRecord,
+    /// When this forwarder first read it (ms since the epoch).
+    seen: i64,
+    /// Published (or dropped): only its commit is outstanding.
+    done: bool,
+}
+
 struct Run<'a> {
     f: &'a Forwarder,
     sub: Box<dyn Subscription>,
     tier_of: HashMap<String, Duration>,
     /// Partitions of the topic, to check `delay_partition` against.
     partitions: i32,
-    queues: HashMap<TopicPartition, VecDeque<ConsumedRecord>>,
+    queues: HashMap<TopicPartition, VecDeque<Held>>,
     paused: std::collections::HashSet<TopicPartition>,
+    /// Commits not made yet (a commit failed): tried again each round.
+    uncommitted: HashMap<TopicPartition, i64>,
 }
 
 impl Run<'_> {
@@ -159,8 +190,13 @@ impl Run<'_> {
         match poll {
             Poll::Idle => {}
             Poll::Records(records) => {
-                for r in records {
-                    self.queues.entry(r.tp()).or_default().push_back(r);
+                let seen = millis(SystemTime::now());
+                for record in records {
+                    self.queues.entry(record.tp()).or_default().push_back(Held {
+                        record,
+                        seen,
+                        done: false,
+                    });
                 }
             }
             Poll::Rebalance { revoked, assigned } => {
@@ -168,6 +204,7 @@ impl Run<'_> {
                     // not committed: the next owner reads them again
                     self.queues.remove(&tp);
                     self.paused.remove(&tp);
+                    self.uncommitted.remove(&tp);
                 }
                 for tp in assigned {
                     self.queues.entry(tp).or_default();
@@ -176,10 +213,14 @@ impl Run<'_> {
         }
     }
 
-    /// When the record at a tier partition's head is let go (ms since the epoch).
-    fn release_of(&self, r: &ConsumedRecord) -> i64 {
+    /// When a held record is let go (ms since the epoch).
+    fn release_of(&self, h: &Held) -> i64 {
+        let r = &h.record;
         let tier = self.tier_of.get(&r.topic).copied().unwrap_or_default();
-        let by_tier = r.timestamp.saturating_add(tier.as_millis() as i64);
+        let by_tier = r
+            .timestamp
+            .min(h.seen)
+            .saturating_add(tier.as_millis() as i64);
         due_of(r).map_or(by_tier, |due| due.min(by_tier))
     }
 
@@ -191,10 +232,8 @@ impl Run<'_> {
             .ok()
             .and_then(|ms| self.f.tiers.choose(Duration::from_millis(ms)));
         match tier {
-            Some(tier) => {
-                out.partition = Some(r.partition);
-                (DelayTiers::topic(&self.f.topic, tier), out)
-            }
+            // any partition of the tier will do: the way back is `delay_partition`
+            Some(tier) => (DelayTiers::topic(&self.f.topic, tier), out),
             None => {
                 out.partition = r
                     .headers
@@ -207,44 +246,51 @@ impl Run<'_> {
         }
     }
 
+    fn is_cancelled(&self, r: &ConsumedRecord) -> bool {
+        self.f.control.as_ref().is_some_and(|c| {
+            r.headers
+                .get_str(headers::MESSAGE_ID)
+                .is_some_and(|id| c.is_cancelled(id))
+        })
+    }
+
     /// Publishes every due head record, commits, and pauses partitions whose head is not due.
     /// Returns how long to wait for the next due head (at most 500 ms).
     async fn forward_due(&mut self) -> Duration {
         let now = millis(SystemTime::now());
-        let mut out: BTreeMap<String, Vec<Record>> = BTreeMap::new();
-        let mut taken: Vec<(TopicPartition, usize, i64)> = Vec::new();
+        if self.names_unknown_partition() {
+            if let Ok(Some(info)) = self.f.backend.describe_topic(&self.f.topic).await {
+                self.partitions = info.partition_count();
+            }
+        }
         let mut next_due = now + 500;
         let mut pause = Vec::new();
         let mut resume = Vec::new();
+        // per destination: the records, with the partition and queue index each came from
+        let mut out: BTreeMap<String, Vec<(Record, TopicPartition, usize)>> = BTreeMap::new();
+        let mut cancelled = Vec::new();
+        let mut due: HashMap<TopicPartition, usize> = HashMap::new();
         for (tp, q) in &self.queues {
             let mut n = 0;
-            for r in q.iter() {
-                let release = self.release_of(r);
+            for (i, h) in q.iter().enumerate() {
+                let release = self.release_of(h);
                 if release > now {
                     next_due = next_due.min(release);
                     break;
                 }
                 n += 1;
-                let cancelled = self.f.control.as_ref().is_some_and(|c| {
-                    r.headers
-                        .get_str(headers::MESSAGE_ID)
-                        .is_some_and(|id| c.is_cancelled(id))
-                });
-                if cancelled {
-                    self.f
-                        .stats
-                        .cancelled
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if h.done {
                     continue;
                 }
-                let (topic, record) = self.destination(r, now);
-                out.entry(topic).or_default().push(record);
+                if self.is_cancelled(&h.record) {
+                    cancelled.push((tp.clone(), i));
+                    continue;
+                }
+                let (topic, record) = self.destination(&h.record, now);
+                out.entry(topic).or_default().push((record, tp.clone(), i));
             }
-            if n > 0 {
-                taken.push((tp.clone(), n, q[n - 1].offset));
-            }
-            let waiting = q.len() > n;
-            match (waiting, self.paused.contains(tp)) {
+            due.insert(tp.clone(), n);
+            match (q.len() > n, self.paused.contains(tp)) {
                 (true, false) => pause.push(tp.clone()),
                 (false, true) => resume.push(tp.clone()),
                 _ => {}
@@ -258,35 +304,139 @@ impl Run<'_> {
                 self.paused.remove(tp);
             }
         }
-        if taken.is_empty() {
-            return Duration::from_millis((next_due - now).clamp(1, 500) as u64);
+        for (tp, i) in cancelled {
+            self.f.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+            self.mark_done(&tp, i);
         }
-        for (topic, records) in out {
-            let n = records.len() as u64;
-            let back = topic == self.f.topic;
-            if let Err(e) = self.f.backend.publish(&topic, records).await {
-                tracing::warn!(error = %e, topic, "the forwarder cannot publish; trying again in 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                // nothing popped, nothing committed: all of it is tried again
-                return Duration::from_millis(1);
-            }
-            let counter = if back {
-                &self.f.stats.returned
-            } else {
-                &self.f.stats.hops
+        let mut failed = false;
+        for (topic, batch) in out {
+            failed |= !self.publish(&topic, batch).await;
+        }
+        // each partition is committed up to its first record not done: a failed destination
+        // keeps its records, and those behind them, for the next round
+        for (tp, n) in due {
+            let Some(q) = self.queues.get_mut(&tp) else {
+                continue;
             };
-            counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        }
-        let mut commits = Vec::new();
-        for (tp, n, last) in taken {
-            if let Some(q) = self.queues.get_mut(&tp) {
-                q.drain(..n.min(q.len()));
+            let prefix = q.iter().take(n).take_while(|h| h.done).count();
+            if prefix > 0 {
+                let next = q[prefix - 1].record.offset + 1;
+                q.drain(..prefix);
+                self.uncommitted.insert(tp, next);
             }
-            commits.push(CommitOffset::new(tp, last + 1));
         }
-        if let Err(e) = self.sub.commit(&commits).await {
-            tracing::debug!(error = %e, "the forwarder's commit failed; a crash now would forward those again");
+        if !self.uncommitted.is_empty() {
+            let commits: Vec<CommitOffset> = self
+                .uncommitted
+                .iter()
+                .map(|(tp, o)| CommitOffset::new(tp.clone(), *o))
+                .collect();
+            match self.sub.commit(&commits).await {
+                Ok(()) => self.uncommitted.clear(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the forwarder's commit failed; trying again (a crash now would forward those again)")
+                }
+            }
         }
-        Duration::from_millis(1)
+        if failed {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return Duration::from_millis(1);
+        }
+        Duration::from_millis((next_due - now).clamp(1, 500) as u64)
     }
+
+    fn mark_done(&mut self, tp: &TopicPartition, i: usize) {
+        if let Some(h) = self.queues.get_mut(tp).and_then(|q| q.get_mut(i)) {
+            h.done = true;
+        }
+    }
+
+    /// Publishes one destination's records; returns false when some must be tried again. Records
+    /// that can never be written go to the topic's dead-letter topic.
+    async fn publish(&mut self, topic: &str, batch: Vec<(Record, TopicPartition, usize)>) -> bool {
+        let back = topic == self.f.topic;
+        let n = batch.len() as u64;
+        let records: Vec<Record> = batch.iter().map(|(r, _, _)| r.clone()).collect();
+        match self.f.backend.publish(topic, records).await {
+            Ok(_) => {
+                let counter = if back {
+                    &self.f.stats.returned
+                } else {
+                    &self.f.stats.hops
+                };
+                counter.fetch_add(n, Ordering::Relaxed);
+                for (_, tp, i) in &batch {
+                    self.mark_done(tp, *i);
+                }
+                true
+            }
+            Err(e) if permanent(&e) => {
+                let mut all = true;
+                for (record, tp, i) in batch {
+                    let result = self.f.backend.publish(topic, vec![record]).await;
+                    let ok = match result {
+                        Ok(_) => true,
+                        Err(e) if permanent(&e) => self.dead_letter(&tp, i, &e).await,
+                        Err(_) => false,
+                    };
+                    if ok {
+                        self.mark_done(&tp, i);
+                    }
+                    all &= ok;
+                }
+                all
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, topic, "the forwarder cannot publish; trying again in 1 s");
+                false
+            }
+        }
+    }
+
+    /// Writes a held record that can never be forwarded to the topic's dead-letter topic.
+    async fn dead_letter(&mut self, tp: &TopicPartition, i: usize, e: &Error) -> bool {
+        let Some(h) = self.queues.get(tp).and_then(|q| q.get(i)) else {
+            return false;
+        };
+        let r = &h.record;
+        let dlq = crate::dead_letter::dead_letter_topic(&self.f.topic, ".dlq");
+        let error = format!("the delay forwarder cannot write it on: {e}");
+        let record = crate::dead_letter::dead_letter_record(
+            r,
+            &forwarder_group(&self.f.topic),
+            JobMeta::from_headers(&r.headers).attempt,
+            crate::dead_letter::DeadLetterReason::Failed,
+            &error,
+        );
+        tracing::error!(topic = %r.topic, partition = r.partition, offset = r.offset, %error, dlq, "dead-lettering a delayed job");
+        match self.f.backend.publish(&dlq, vec![record]).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(error = %e, dlq, "cannot dead-letter it either; it stays in its tier");
+                false
+            }
+        }
+    }
+
+    /// Whether a held record names a partition the topic did not have when last described.
+    fn names_unknown_partition(&self) -> bool {
+        self.queues.values().flatten().any(|h| {
+            h.record
+                .headers
+                .get_str(headers::DELAY_PARTITION)
+                .and_then(|p| p.parse::<i32>().ok())
+                .is_some_and(|p| p >= self.partitions)
+        })
+    }
+}
+
+/// Errors that publishing the same record again cannot cure.
+fn permanent(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::RecordTooLarge { .. }
+            | Error::InvalidArgument(_)
+            | Error::UnknownTopic(_)
+            | Error::UnknownPartition { .. }
+    )
 }

@@ -13,6 +13,9 @@
 //! - [`replay`]: [`replay::replay`], dead letters back to their topic as fresh jobs, once each
 //!   (a ledger topic per dead-letter topic).
 //! - [`webhook`]: [`WebhookHandler`], delivering jobs to HTTP endpoints.
+//! - [`schedule`]: [`schedule::Schedule`], cron schedules: validation, ticks, missed-tick policy.
+//! - [`scheduler`]: [`Scheduler`], the one process that fires the ticks, elected through the
+//!   backend (a consumer group on a one-partition topic).
 //! - [`bench`]: the measurements behind `conveyor bench`.
 
 pub mod attempts;
@@ -25,8 +28,11 @@ pub mod forwarder;
 pub mod handler;
 pub mod job;
 pub mod lag;
+pub mod ready;
 pub mod replay;
 mod running;
+pub mod schedule;
+pub mod scheduler;
 pub mod tiers;
 pub mod tracker;
 pub mod webhook;
@@ -36,5 +42,7 @@ pub use client::{Client, Enqueued, NewJob};
 pub use handler::{handler_fn, json_handler, Handler};
 pub use job::{IntoOutcome, Job, JobError};
 pub use lag::{group_lag, GroupLag, PartitionLag};
+pub use ready::Priorities;
+pub use scheduler::{Scheduler, SchedulerOptions, SchedulerStats};
 pub use webhook::WebhookHandler;
 pub use worker::{Worker, WorkerBuilder, WorkerOptions, WorkerStats};

@@ -98,15 +98,24 @@ impl DelayTiers {
             .collect()
     }
 
-    /// Creates the tier topics of `topic` (as many partitions as it has) where missing.
+    /// Creates the tier topics of `topic` where missing: as many partitions as it has, its
+    /// replication (a move is as durable as the job), and a retention of at least twice the
+    /// tier and 7 days (a job waits in a tier at most the tier's delay).
     pub async fn ensure_topics(&self, backend: &Arc<dyn Backend>, topic: &str) -> Result<()> {
         let info = backend
             .describe_topic(topic)
             .await?
             .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))?;
-        for (name, _) in self.topics(topic) {
+        let shape = backend.topic_spec(topic).await?;
+        for (name, tier) in self.topics(topic) {
             conveyor_core::topic::validate_name(&name)?;
-            let spec = TopicSpec::new(name, info.partition_count());
+            let mut spec = TopicSpec::new(name, info.partition_count());
+            let week = 7 * 24 * 3600 * 1000;
+            spec.retention_ms = Some((tier.as_millis() as i64).saturating_mul(2).max(week));
+            if let Some(shape) = &shape {
+                spec.replication_factor = shape.replication_factor;
+                spec.min_insync_replicas = shape.min_insync_replicas;
+            }
             match backend.create_topic(&spec).await {
                 Ok(_) | Err(Error::TopicConflict { .. }) => {}
                 Err(e) => return Err(e),

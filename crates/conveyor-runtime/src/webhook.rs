@@ -29,7 +29,9 @@ use crate::job::Job;
 /// `Conveyor-Offset`, `Conveyor-Key` (when the key is UTF-8 without control characters, else
 /// `Conveyor-Key-Base64`), `Conveyor-Worker` (the delivering
 /// worker, `pid-<process id>` by default), `Conveyor-Due-At` and `Conveyor-Deadline` (a delayed
-/// job's due time and a job's deadline, RFC 3339), `traceparent` (when present).
+/// job's due time and a job's deadline, RFC 3339), `Conveyor-Schedule` and
+/// `Conveyor-Scheduled-At` (a cron schedule's job: its name and tick), `traceparent` (when
+/// present).
 #[derive(Debug, Clone)]
 pub struct WebhookHandler {
     client: reqwest::Client,
@@ -134,6 +136,8 @@ impl Handler for WebhookHandler {
         for (name, header) in [
             (headers::DUE_AT, "Conveyor-Due-At"),
             (headers::DEADLINE, "Conveyor-Deadline"),
+            (headers::SCHEDULE, "Conveyor-Schedule"),
+            (headers::SCHEDULED_AT, "Conveyor-Scheduled-At"),
         ] {
             if let Some(v) = r
                 .headers

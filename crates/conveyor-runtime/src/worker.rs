@@ -40,7 +40,7 @@
 //! Shutdown stops fetching, waits up to `shutdown_timeout` for running handlers, commits what
 //! finished and hands the rest back to the group (uncommitted, so redelivered).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,6 +67,7 @@ use crate::dedup::RecentKeys;
 use crate::forwarder::{due_of, millis, Forwarder};
 use crate::handler::{json_handler, Handler};
 use crate::job::{IntoOutcome, Job};
+use crate::ready::{Priorities, ReadyQueue, Topical};
 use crate::running::{Running, RunningCounts};
 use crate::tiers::DelayTiers;
 use crate::tracker::{KeyLanes, OffsetTracker};
@@ -157,6 +158,9 @@ pub struct WorkerOptions {
     pub forward_delayed: bool,
     /// How many recent `dedup_key`s the worker remembers. Default: 100,000.
     pub dedup_capacity: usize,
+    /// How the topics share the handler slots and the buffer ([`crate::ready`]). Default:
+    /// none (first come, first served).
+    pub priorities: Option<Priorities>,
 }
 
 impl WorkerOptions {
@@ -183,6 +187,7 @@ impl WorkerOptions {
             ordered_retries: true,
             forward_delayed: true,
             dedup_capacity: 100_000,
+            priorities: None,
         }
     }
 }
@@ -286,6 +291,12 @@ impl WorkerBuilder {
         self.options.ordered_retries = ordered;
         self
     }
+    /// Sets how the worker's topics share its slots and buffer, e.g.
+    /// `Priorities::weighted([("critical", 6), ("default", 3), ("low", 1)])`.
+    pub fn priorities(mut self, p: Priorities) -> Self {
+        self.options.priorities = Some(p);
+        self
+    }
     /// Sets the timeout of one job type.
     pub fn timeout_for(mut self, job_type: impl Into<String>, d: Duration) -> Self {
         self.options.timeout_by_type.insert(job_type.into(), d);
@@ -384,6 +395,12 @@ struct Task {
     unlaned: bool,
 }
 
+impl Topical for Task {
+    fn topic(&self) -> &str {
+        &self.record.topic
+    }
+}
+
 /// One owned partition: its assignment epoch, its commit point and its attempt counts.
 struct Track {
     epoch: u64,
@@ -430,6 +447,8 @@ enum Gate {
 
 /// A key held by a job waiting in a delay tier for its retry.
 struct ParkedKey {
+    /// The `dedup_key` of the move: the returning record carries it.
+    move_key: String,
     message_id: String,
     tp: TopicPartition,
     /// Released then even if the job has not come back (a lost or cancelled retry).
@@ -518,7 +537,7 @@ impl Worker {
             sub,
             tracks: HashMap::new(),
             lanes: KeyLanes::default(),
-            ready: VecDeque::new(),
+            ready: ReadyQueue::new(s.options.priorities.clone()),
             marking: Vec::new(),
             marking_retry: None,
             running: JoinSet::new(),
@@ -543,9 +562,11 @@ impl Worker {
         };
         let (stop_forwarders, stopped) = tokio::sync::watch::channel(false);
         let mut forwarders = JoinSet::new();
+        for t in &s.options.topics {
+            s.options.tiers.ensure_topics(&s.backend, t).await?;
+        }
         if s.options.forward_delayed {
             for t in &s.options.topics {
-                s.options.tiers.ensure_topics(&s.backend, t).await?;
                 forwarders.spawn(run_forwarder(
                     Forwarder::new(Arc::clone(&s.backend), t.clone(), s.options.tiers.clone())
                         .with_control(control.clone()),
@@ -567,7 +588,7 @@ struct Scheduler {
     sub: Box<dyn Subscription>,
     tracks: HashMap<TopicPartition, Track>,
     lanes: KeyLanes<LaneKey, Task>,
-    ready: VecDeque<Task>,
+    ready: ReadyQueue<Task>,
     /// Suspects whose attempt count is committed before they run. Not counted as running (a
     /// Kafka revocation waits inside the poll, where nothing could release them): checked
     /// against revocations again once their count is committed.
@@ -885,7 +906,10 @@ impl Scheduler {
         match due_of(r) {
             Some(due) if due > now => {
                 let left = Duration::from_millis((due - now) as u64);
-                if !task.in_place && left >= self.shared.options.tiers.shortest() {
+                // a retry back for its held key waits here whatever is left (clock skew), so
+                // the key stays held
+                if !task.in_place && !task.keeps_key && left >= self.shared.options.tiers.shortest()
+                {
                     Gate::Move(due)
                 } else {
                     Gate::Hold(left)
@@ -921,21 +945,26 @@ impl Scheduler {
                 Err(e) => tracing::warn!(error = %e, "cannot pause partitions"),
             }
         }
-        let resume: Vec<TopicPartition> = resume
-            .into_iter()
-            .filter(|tp| {
-                self.admin_paused.remove(tp);
-                !self.paused.contains(tp)
-            })
-            .collect();
+        // partitions backpressure also holds stay paused: backpressure resumes them
+        let (resume, held_back): (Vec<TopicPartition>, Vec<TopicPartition>) =
+            resume.into_iter().partition(|tp| !self.paused.contains(tp));
+        for tp in &held_back {
+            self.admin_paused.remove(tp);
+        }
         if !resume.is_empty() {
             match self.sub.resume(&resume) {
-                Ok(()) => tracing::info!(
-                    partitions = resume.len(),
-                    group,
-                    "resumed by the control log"
-                ),
-                Err(e) => tracing::warn!(error = %e, "cannot resume partitions"),
+                Ok(()) => {
+                    tracing::info!(
+                        partitions = resume.len(),
+                        group,
+                        "resumed by the control log"
+                    );
+                    for tp in &resume {
+                        self.admin_paused.remove(tp);
+                    }
+                }
+                // still counted as paused: tried again at the next sync
+                Err(e) => tracing::warn!(error = %e, "cannot resume partitions; trying again"),
             }
         }
         if !self.held.is_empty() {
@@ -957,6 +986,16 @@ impl Scheduler {
         }
         let now = Instant::now();
         let control = self.control.clone();
+        let group = &self.shared.options.group;
+        // a paused topic's retry cannot come back meanwhile: its grace starts again
+        for p in self.parked.values_mut() {
+            if control
+                .as_ref()
+                .is_some_and(|c| c.is_paused(group, &p.tp.topic))
+            {
+                p.until = p.until.max(now + PARK_GRACE);
+            }
+        }
         let gone: Vec<LaneKey> = self
             .parked
             .iter()
@@ -1153,6 +1192,7 @@ impl Scheduler {
                 self.parked.insert(
                     lane,
                     ParkedKey {
+                        move_key: move_key(&task.record),
                         message_id: task
                             .record
                             .headers
@@ -1247,7 +1287,8 @@ impl Scheduler {
                             .is_some_and(|k| self.seen.is_copy(k, &tp, record.offset));
                     let task = Task {
                         dead_lettering: false,
-                        attempt: arrival.attempts_before.saturating_add(base),
+                        // the book counts attempt numbers, which already include the base
+                        attempt: base.max(arrival.attempts_before.saturating_add(1)),
                         record,
                         epoch: track.epoch,
                         lane,
@@ -1264,8 +1305,8 @@ impl Scheduler {
                         && !copy
                         && task.lane.as_ref().is_some_and(|l| {
                             self.parked.get(l).is_some_and(|p| {
-                                task.record.headers.get_str(headers::MESSAGE_ID)
-                                    == Some(p.message_id.as_str())
+                                task.record.headers.get_str(headers::DEDUP_KEY)
+                                    == Some(p.move_key.as_str())
                             })
                         });
                     if back {
@@ -1386,8 +1427,10 @@ impl Scheduler {
         }
         let stalled = self.full_since.is_some_and(|t| t.elapsed() >= STALL);
         let relieved = self.buffered <= max_buffered / 2;
+        let over_share = self.over_share(max_buffered);
         let mut pause = Vec::new();
         let mut resume = Vec::new();
+        let mut unpark = Vec::new();
         for tp in self
             .tracks
             .keys()
@@ -1395,10 +1438,32 @@ impl Scheduler {
         {
             let n = self.waiting.get(tp).copied().unwrap_or(0);
             let paused = self.paused.contains(tp);
-            if !paused && (stalled || n >= cap) {
+            // jobs waiting behind keys held for retries in the tiers: pausing would keep the
+            // retries (new records of this partition) from coming back; the keys go instead
+            if !paused && n >= cap && self.parked.values().any(|p| p.tp == *tp) {
+                unpark.push(tp.clone());
+                continue;
+            }
+            if !paused && (stalled || n >= cap || over_share.contains(&tp.topic)) {
                 pause.push(tp.clone());
             } else if paused && relieved && n <= cap / 2 {
                 resume.push(tp.clone());
+            }
+        }
+        if !unpark.is_empty() {
+            let lanes: Vec<LaneKey> = self
+                .parked
+                .iter()
+                .filter(|(_, p)| unpark.contains(&p.tp))
+                .map(|(k, _)| k.clone())
+                .collect();
+            tracing::warn!(
+                keys = lanes.len(),
+                "half the buffer is jobs waiting behind keys whose jobs retry in a delay tier; those keys go on without them (their order is given up)"
+            );
+            for lane in lanes {
+                self.parked.remove(&lane);
+                self.release_key(Some(&lane));
             }
         }
         if !pause.is_empty() {
@@ -1430,6 +1495,32 @@ impl Scheduler {
             }
         }
         stalled
+    }
+
+    /// With priorities, once the buffer is three quarters full: the topics holding more of it
+    /// than their weight's share (their partitions are paused until it is half empty, so a
+    /// low-priority backlog cannot take the room high-priority jobs need to be fetched).
+    fn over_share(&self, max_buffered: usize) -> HashSet<String> {
+        let Some(p) = &self.shared.options.priorities else {
+            return HashSet::new();
+        };
+        if self.buffered * 4 < max_buffered * 3 {
+            return HashSet::new();
+        }
+        let topics = &self.shared.options.topics;
+        let total: u64 = topics.iter().map(|t| u64::from(p.weight(t))).sum();
+        let mut held: HashMap<&str, usize> = HashMap::new();
+        for (tp, t) in &self.tracks {
+            *held.entry(tp.topic.as_str()).or_default() += t.offsets.in_flight();
+        }
+        topics
+            .iter()
+            .filter(|t| {
+                let share = max_buffered as u64 * u64::from(p.weight(t)) / total.max(1);
+                held.get(t.as_str()).copied().unwrap_or(0) as u64 > share.max(1)
+            })
+            .cloned()
+            .collect()
     }
 
     /// Offsets that may be committed now, per owned partition.
@@ -1505,7 +1596,10 @@ impl Scheduler {
         let deadline = Instant::now() + timeout;
         while !self.running.is_empty() {
             match tokio::time::timeout_at(deadline, self.running.join_next()).await {
-                Ok(Some(Ok((task, TaskResult::Finished)))) => self.mark_finished(&task),
+                // a retry moved to its tier is finished here too: its copy is durable
+                Ok(Some(Ok((task, TaskResult::Finished | TaskResult::Parked(_))))) => {
+                    self.mark_finished(&task)
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(_) => {
@@ -1665,6 +1759,11 @@ async fn retry(
     TaskResult::Retry(delay)
 }
 
+/// The `dedup_key` of moving `r` to a delay tier: `<topic>/<partition>/<offset>`.
+fn move_key(r: &ConsumedRecord) -> String {
+    format!("{}/{}/{}", r.topic, r.partition, r.offset)
+}
+
 /// The most bytes of an error kept in the `first_error` and `last_error` headers.
 const ERROR_HEADER_BYTES: usize = 1024;
 
@@ -1684,10 +1783,7 @@ async fn move_to_tier(shared: &Shared, task: &Task, due: i64, error: Option<&str
     h.insert(headers::DUE_AT, headers::format_time(due_at));
     h.insert(headers::DELAY_PARTITION, r.partition.to_string());
     h.insert(headers::RETRY_GROUP, o.group.clone());
-    h.insert(
-        headers::DEDUP_KEY,
-        format!("{}/{}/{}", r.topic, r.partition, r.offset),
-    );
+    h.insert(headers::DEDUP_KEY, move_key(r));
     match error {
         Some(error) => {
             let error = crate::dead_letter::cut_to(error, ERROR_HEADER_BYTES);
@@ -1703,7 +1799,12 @@ async fn move_to_tier(shared: &Shared, task: &Task, due: i64, error: Option<&str
     loop {
         match shared.backend.publish(&topic, vec![record.clone()]).await {
             Ok(_) => return true,
-            Err(e @ (Error::RecordTooLarge { .. } | Error::InvalidArgument(_))) => {
+            Err(
+                e @ (Error::RecordTooLarge { .. }
+                | Error::InvalidArgument(_)
+                | Error::UnknownTopic(_)
+                | Error::UnknownPartition { .. }),
+            ) => {
                 tracing::error!(error = %e, topic, "cannot move the job to its delay tier; it waits in memory");
                 return false;
             }

@@ -59,3 +59,15 @@ async fn each_group_runs_a_delayed_job_once() {
     let (_d, b) = backend();
     time::each_group_runs_a_delayed_job_once(b, "t").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returned_retry_keeps_its_attempt_number_across_a_restart() {
+    let (_d, b) = backend();
+    time::a_returned_retry_keeps_its_attempt_number_across_a_restart(b, "t").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_key_at_the_bound_lets_go() {
+    let (_d, b) = backend();
+    time::a_parked_key_at_the_bound_lets_go(b, "t").await;
+}

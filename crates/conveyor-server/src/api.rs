@@ -9,6 +9,7 @@
 //! | `POST /v1/topics:apply` | plan (`dry_run`) or apply topic specs: create, add partitions, change retention |
 //! | `POST /v1/topics/{topic}/dlq:replay` | dead letters of the dead-letter topic `{topic}` back to their topic as fresh jobs, once each (`conveyor_runtime::replay`) |
 //! | `GET /v1/groups/{group}/lag[?topic=]` | committed offsets and lag per partition |
+//! | `GET /v1/schedules`, `GET/PUT/DELETE /v1/schedules/{name}` | cron schedules: list, read, create or replace, delete (those of the configuration file are read-only) |
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness (the backend answers) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document |
 //!
@@ -35,6 +36,7 @@ use crate::error::ApiError;
 
 mod control;
 mod dlq;
+mod schedules;
 
 /// The OpenAPI document served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -52,8 +54,10 @@ pub struct AppState {
     pub max_batch: usize,
     /// The routes whose workers are down (`/readyz` fails while any is).
     pub routes: Arc<crate::supervise::RouteHealth>,
-    /// The control log (cancellations, pauses), opened at its first use.
+    /// The control log (cancellations, pauses, API schedules), opened at its first use.
     pub control: Arc<tokio::sync::OnceCell<conveyor_runtime::control::Control>>,
+    /// The schedules of the configuration file (read-only through the API).
+    pub configured_schedules: Arc<Vec<conveyor_runtime::schedule::Schedule>>,
 }
 
 impl AppState {
@@ -66,6 +70,7 @@ impl AppState {
             max_batch: 1000,
             routes: Arc::default(),
             control: Arc::default(),
+            configured_schedules: Arc::default(),
         }
     }
 
@@ -100,6 +105,13 @@ pub fn app(state: AppState) -> Router {
             post(control::pause_or_resume),
         )
         .route("/v1/groups/{group}/paused", get(control::paused_topics))
+        .route("/v1/schedules", get(schedules::list_schedules))
+        .route(
+            "/v1/schedules/{name}",
+            get(schedules::get_schedule)
+                .put(schedules::put_schedule)
+                .delete(schedules::delete_schedule),
+        )
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
         .route(

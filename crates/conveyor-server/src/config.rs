@@ -54,6 +54,36 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Delayed jobs and long retries.
     pub delay: DelaySettings,
+    /// Cron schedules: each tick enqueues a job (once across every process on the backend).
+    pub schedules: Vec<conveyor_runtime::schedule::Schedule>,
+    /// The scheduler that fires the schedules' ticks.
+    pub scheduler: SchedulerSettings,
+}
+
+/// `[scheduler]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerSettings {
+    /// A gap in firing up to this many milliseconds (a handover between processes, a failover)
+    /// is caught up tick by tick; a longer one is downtime, where each schedule's `missed`
+    /// policy applies. Default: 60000.
+    pub grace_ms: u64,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        SchedulerSettings { grace_ms: 60_000 }
+    }
+}
+
+impl SchedulerSettings {
+    /// The scheduler's options.
+    pub fn options(&self) -> conveyor_runtime::SchedulerOptions {
+        conveyor_runtime::SchedulerOptions {
+            grace: Duration::from_millis(self.grace_ms),
+            ..conveyor_runtime::SchedulerOptions::default()
+        }
+    }
 }
 
 /// `[delay]`
@@ -96,6 +126,8 @@ impl Default for Config {
             topics: Vec::new(),
             routes: Vec::new(),
             delay: DelaySettings::default(),
+            schedules: Vec::new(),
+            scheduler: SchedulerSettings::default(),
         }
     }
 }
@@ -241,6 +273,14 @@ pub struct RouteConfig {
     /// Default: true; `false` for topics whose jobs need no order.
     #[serde(default = "default_true")]
     pub ordered_retries: bool,
+    /// More topics for this route, with weights: `{ "jobs.critical" = 6, "jobs.low" = 1 }`. The
+    /// route's worker consumes `topic` (weight 1 unless listed) and these, each topic getting its
+    /// weight's share of the slots. Default: none.
+    #[serde(default)]
+    pub priorities: std::collections::BTreeMap<String, u32>,
+    /// With `priorities`: always the highest weight first instead of weighted shares.
+    #[serde(default)]
+    pub strict_priority: bool,
 }
 
 fn default_true() -> bool {
@@ -258,6 +298,29 @@ fn default_route_buffer() -> usize {
 }
 
 impl RouteConfig {
+    /// Every topic the route consumes: `topic`, then those of `priorities`.
+    pub fn topics(&self) -> Vec<String> {
+        let mut v = vec![self.topic.clone()];
+        v.extend(
+            self.priorities
+                .keys()
+                .filter(|t| **t != self.topic)
+                .cloned(),
+        );
+        v
+    }
+
+    /// The route's priorities, when it has more than one topic.
+    pub fn priorities(&self) -> Option<conveyor_runtime::Priorities> {
+        if self.priorities.is_empty() {
+            return None;
+        }
+        let p = conveyor_runtime::Priorities::weighted(
+            self.priorities.iter().map(|(t, w)| (t.clone(), *w)),
+        );
+        Some(if self.strict_priority { p.strict() } else { p })
+    }
+
     /// The route's consumer group.
     pub fn group(&self) -> String {
         self.group
@@ -441,17 +504,29 @@ impl Config {
             }
         }
         // two routes in one group on one topic would split its jobs between their URLs
-        let mut groups: std::collections::HashMap<(String, &str), usize> = Default::default();
+        let mut groups: std::collections::HashMap<(String, String), usize> = Default::default();
         for (i, r) in self.routes.iter().enumerate() {
-            if let Some(first) = groups.insert((r.group(), r.topic.as_str()), i) {
-                return invalid(
-                    format!("routes[{i}].group"),
-                    format!(
-                        "routes[{first}] and routes[{i}] both consume `{}` in group `{}`, so each would get only part of its jobs; give routes[{i}] its own `group` (a new group starts from the oldest retained job)",
-                        r.topic,
-                        r.group()
-                    ),
-                );
+            for topic in r.topics() {
+                if let Some(first) = groups.insert((r.group(), topic.clone()), i) {
+                    return invalid(
+                        format!("routes[{i}].group"),
+                        format!(
+                            "routes[{first}] and routes[{i}] both consume `{topic}` in group `{}`, so each would get only part of its jobs; give routes[{i}] its own `group` (a new group starts from the oldest retained job)",
+                            r.group()
+                        ),
+                    );
+                }
+            }
+            for (t, w) in &r.priorities {
+                if let Err(e) = conveyor_core::topic::validate_name(t) {
+                    return invalid(format!("routes[{i}].priorities"), e.to_string());
+                }
+                if *w == 0 {
+                    return invalid(
+                        format!("routes[{i}].priorities"),
+                        format!("the weight of `{t}` is 0: weights are at least 1"),
+                    );
+                }
             }
         }
         for (i, r) in self.routes.iter().enumerate() {
@@ -466,6 +541,17 @@ impl Config {
                     format!("routes[{i}].topic"),
                     format!("its dead-letter topic `{dlq}` is not a valid name: {e}"),
                 );
+            }
+            // and its delay tiers `<topic>.delay.<tier>`
+            for topic in r.topics() {
+                for (tier, _) in self.delay.tiers().topics(&topic) {
+                    if let Err(e) = conveyor_core::topic::validate_name(&tier) {
+                        return invalid(
+                            format!("routes[{i}].topic"),
+                            format!("its delay-tier topic `{tier}` is not a valid name: {e}; use a shorter topic name"),
+                        );
+                    }
+                }
             }
             if r.max_buffered == 0 {
                 return invalid(
@@ -520,6 +606,37 @@ impl Config {
                 return invalid(format!("routes[{i}].retry"), m);
             }
         }
+        self.validate_schedules()
+    }
+
+    /// Checks `[[schedules]]` and `[scheduler]`.
+    fn validate_schedules(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| Err(ConfigError::Invalid { key, message });
+        // a grace shorter than two heartbeats would count every handover as downtime
+        if self.scheduler.grace_ms < 2000 {
+            return invalid(
+                "scheduler.grace_ms".into(),
+                format!(
+                    "{} is too short: use at least 2000 (the scheduler commits its progress every second; the default is 60000)",
+                    self.scheduler.grace_ms
+                ),
+            );
+        }
+        let mut names = std::collections::HashMap::new();
+        for (i, s) in self.schedules.iter().enumerate() {
+            if let Err(e) = s.compile() {
+                return invalid(format!("schedules[{i}].{}", e.field), e.message);
+            }
+            if let Some(first) = names.insert(s.name.as_str(), i) {
+                return invalid(
+                    format!("schedules[{i}].name"),
+                    format!(
+                        "`{}` is also the name of schedules[{first}]: names are unique",
+                        s.name
+                    ),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -532,15 +649,19 @@ impl Config {
         c
     }
 
-    /// Every topic to create at start: `[[topics]]`, then routes' topics not declared there.
+    /// Every topic to create at start: `[[topics]]`, then routes' and schedules' topics not
+    /// declared there.
     pub fn all_topics(&self) -> Vec<TopicSpec> {
         let mut out = self.topics.clone();
-        for r in &self.routes {
-            if !out.iter().any(|t| t.name == r.topic) {
-                out.push(TopicSpec::new(
-                    r.topic.clone(),
-                    TopicSpec::DEFAULT_PARTITIONS,
-                ));
+        let scheduled = self.schedules.iter().map(|s| s.topic.clone());
+        for topic in self
+            .routes
+            .iter()
+            .flat_map(RouteConfig::topics)
+            .chain(scheduled)
+        {
+            if !out.iter().any(|t| t.name == topic) {
+                out.push(TopicSpec::new(topic, TopicSpec::DEFAULT_PARTITIONS));
             }
         }
         out
@@ -768,6 +889,15 @@ mod tests {
             e.contains("`routes[0].topic`") && e.contains("dead-letter topic"),
             "{e}"
         );
+        let long = "t".repeat(241);
+        let (_d, p) = write(&format!(
+            "[[routes]]\ntopic = \"{long}\"\nurl = \"http://x\"\n"
+        ));
+        let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("`routes[0].topic`") && e.contains("delay-tier topic"),
+            "{e}"
+        );
         let (_d, p) = write("[[routes]]\ntopic = \"t\"\nurl = \"http://x\"\nmax_buffered = 0\n");
         let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
         assert!(e.contains("`routes[0].max_buffered`"), "{e}");
@@ -803,6 +933,27 @@ mod tests {
         let (_d, p) =
             write("[[routes]]\ntopic = \"t\"\nurl = \"http://127.0.0.1:9000/hook?x=1\"\n");
         Config::load(Some(&p), &[]).unwrap();
+    }
+
+    #[test]
+    fn schedules_with_their_defaults_and_topics() {
+        let (_d, p) = write(
+            "[[schedules]]\nname = \"nightly\"\ncron = \"0 3 * * *\"\ntimezone = \"Europe/Berlin\"\ntopic = \"reports\"\ntype = \"report.nightly\"\npayload = { scope = \"all\" }\n[[schedules]]\nname = \"tick\"\ncron = \"*/10 * * * * *\"\ntopic = \"reports\"\ntype = \"tick\"\nmissed = \"once\"\nkey = \"k\"\n",
+        );
+        let c = Config::load(Some(&p), &[]).unwrap();
+        let (a, b) = (&c.schedules[0], &c.schedules[1]);
+        assert_eq!(a.payload, serde_json::json!({"scope": "all"}));
+        assert_eq!(a.missed, conveyor_runtime::schedule::Missed::Skip);
+        assert_eq!((a.key.as_deref(), b.key.as_deref()), (None, Some("k")));
+        assert_eq!(b.timezone, "UTC");
+        assert_eq!(b.payload, serde_json::json!({}));
+        assert_eq!(b.missed, conveyor_runtime::schedule::Missed::Once);
+        assert_eq!(
+            c.all_topics()[0].name,
+            "reports",
+            "a schedule's topic is created"
+        );
+        assert_eq!(c.scheduler.options().grace, Duration::from_secs(60));
     }
 
     #[test]
@@ -933,6 +1084,38 @@ mod walk {
             (route("max_buffered = 0"), "routes[0].max_buffered"),
             (route("[routes.retry]\nmax_attempts = 0"), "routes[0].retry"),
         ];
+        let schedule = |rest: &str| {
+            let mut t = String::from("[[schedules]]\n");
+            for (k, v) in [
+                ("name", "\"nightly\""),
+                ("cron", "\"0 3 * * *\""),
+                ("topic", "\"t\""),
+                ("type", "\"report\""),
+            ] {
+                if !rest.contains(&format!("{k} =")) {
+                    t.push_str(&format!("{k} = {v}\n"));
+                }
+            }
+            t + rest
+        };
+        v.extend([
+            (schedule("cron = \"61 * * * *\""), "schedules[0].cron"),
+            (schedule("cron = \"* * *\""), "schedules[0].cron"),
+            (
+                schedule("timezone = \"Mars/Olympus\""),
+                "schedules[0].timezone",
+            ),
+            (schedule("topic = \"bad topic\""), "schedules[0].topic"),
+            (schedule("missed = \"always\""), "schedules[0].missed"),
+            (schedule("name = \"a/b\""), "schedules[0].name"),
+            (schedule("type = \"\""), "schedules[0].type"),
+            (schedule("payloads = 1"), "schedules[0].payloads"),
+            (
+                format!("{}{}", schedule(""), schedule("")),
+                "schedules[1].name",
+            ),
+            ("[scheduler]\ngrace_ms = 500".into(), "scheduler.grace_ms"),
+        ]);
         v.push(("unknown_key = 1".into(), "unknown_key"));
         v
     }

@@ -1,5 +1,6 @@
-//! `conveyor dev`: the configured backend (embedded by default, or Kafka), the configured topics, one webhook worker per route and
-//! the HTTP API, in one process, until a shutdown signal.
+//! `conveyor dev`: the configured backend (embedded by default, or Kafka), the configured topics, one webhook worker per route,
+//! a member of the scheduler election (always, so schedules put through the API fire without a
+//! restart) and the HTTP API, in one process, until a shutdown signal.
 //!
 //! [`run`] takes its listener and shutdown future as arguments, so tests run it on port 0 and stop
 //! it. Shutdown order: stop accepting requests (in-flight requests finish, so every `201` sent was
@@ -12,7 +13,7 @@ use conveyor_core::{Backend, Error};
 use conveyor_embedded::EmbeddedBackend;
 use conveyor_kafka::KafkaBackend;
 use conveyor_runtime::control::Control;
-use conveyor_runtime::{WebhookHandler, Worker, WorkerOptions};
+use conveyor_runtime::{Scheduler, WebhookHandler, Worker, WorkerOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -62,7 +63,7 @@ pub fn route_worker(
     backend: Arc<dyn Backend>,
     control: Control,
 ) -> Worker {
-    let mut options = WorkerOptions::new(route.group(), [route.topic.clone()]);
+    let mut options = WorkerOptions::new(route.group(), route.topics());
     options.concurrency = route.concurrency;
     options.max_buffered = route.max_buffered;
     options.retry = route.retry.clone().unwrap_or_else(|| config.retry.clone());
@@ -73,7 +74,8 @@ pub fn route_worker(
     options.retry_in_place_max =
         std::time::Duration::from_millis(config.delay.retry_in_place_max_ms);
     options.ordered_retries = route.ordered_retries;
-    Worker::builder(backend, route.group(), [route.topic.clone()])
+    options.priorities = route.priorities();
+    Worker::builder(backend, route.group(), route.topics())
         .options(options)
         .control(control)
         .fallback(WebhookHandler::new(route.url.clone(), route.timeout()))
@@ -107,7 +109,25 @@ pub async fn run(
             },
         )));
     }
+    {
+        // one member of the election: the elected process fires every schedule's ticks
+        let (config, backend, control) = (config.clone(), Arc::clone(&backend), control.clone());
+        workers.push(tokio::spawn(supervise(
+            "scheduler".into(),
+            Arc::clone(&health),
+            stop_rx.clone(),
+            move |mut stop| {
+                Scheduler::new(Arc::clone(&backend), config.schedules.clone())
+                    .control(control.clone())
+                    .options(config.scheduler.options())
+                    .run(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+            },
+        )));
+    }
     let mut state = AppState::new(Arc::clone(&backend));
+    state.configured_schedules = Arc::new(config.schedules.clone());
     state.routes = health;
     state.control = Arc::new(tokio::sync::OnceCell::new_with(Some(control)));
     state.max_body_bytes = config.api.max_body_bytes;

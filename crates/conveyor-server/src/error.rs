@@ -6,9 +6,9 @@
 //! | code | status |
 //! |---|---|
 //! | `malformed_json` | 400 |
-//! | `not_found`, `unknown_topic` | 404 |
+//! | `not_found`, `unknown_topic`, `unknown_schedule` | 404 |
 //! | `method_not_allowed` | 405 |
-//! | `topic_conflict`, `plan_refused` | 409 |
+//! | `topic_conflict`, `plan_refused`, `schedule_in_config` | 409 |
 //! | `payload_too_large` | 413 |
 //! | `unsupported_media_type` | 415 |
 //! | `invalid_field` | 422 |
@@ -38,6 +38,12 @@ pub enum ApiError {
     /// The topic has no such partition.
     #[error("{0}")]
     UnknownPartition(String),
+    /// No schedule of that name.
+    #[error("{0}")]
+    UnknownSchedule(String),
+    /// The schedule is defined in the configuration file, which the API does not change.
+    #[error("{0}")]
+    ScheduleInConfig(String),
     /// Wrong method for the route.
     #[error("method not allowed; see /openapi.json")]
     MethodNotAllowed,
@@ -91,6 +97,8 @@ impl ApiError {
             ApiError::NotFound(_) => ApiError::NotFound(message),
             ApiError::UnknownTopic(_) => ApiError::UnknownTopic(message),
             ApiError::UnknownPartition(_) => ApiError::UnknownPartition(message),
+            ApiError::UnknownSchedule(_) => ApiError::UnknownSchedule(message),
+            ApiError::ScheduleInConfig(_) => ApiError::ScheduleInConfig(message),
             ApiError::MethodNotAllowed => ApiError::MethodNotAllowed,
             ApiError::TopicConflict(_) => ApiError::TopicConflict(message),
             ApiError::PlanRefused(_) => ApiError::PlanRefused(message),
@@ -111,6 +119,8 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::UnknownTopic(_) => "unknown_topic",
             ApiError::UnknownPartition(_) => "unknown_partition",
+            ApiError::UnknownSchedule(_) => "unknown_schedule",
+            ApiError::ScheduleInConfig(_) => "schedule_in_config",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::TopicConflict(_) => "topic_conflict",
             ApiError::PlanRefused(_) => "plan_refused",
@@ -128,11 +138,14 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) | ApiError::UnknownTopic(_) | ApiError::UnknownPartition(_) => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::NotFound(_)
+            | ApiError::UnknownTopic(_)
+            | ApiError::UnknownPartition(_)
+            | ApiError::UnknownSchedule(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::TopicConflict(_) | ApiError::PlanRefused(_) => StatusCode::CONFLICT,
+            ApiError::TopicConflict(_)
+            | ApiError::PlanRefused(_)
+            | ApiError::ScheduleInConfig(_) => StatusCode::CONFLICT,
             ApiError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,

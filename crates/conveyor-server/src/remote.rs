@@ -186,6 +186,32 @@ impl ApiClient {
         .await
     }
 
+    /// `GET /v1/schedules`.
+    pub async fn list_schedules(&self) -> Result<Value, RemoteError> {
+        self.call(self.http.get(format!("{}/v1/schedules", self.base)))
+            .await
+    }
+
+    /// `PUT /v1/schedules/{name}` with a body as the API documents it (the schedule without its
+    /// name); returns the schedule as stored.
+    pub async fn put_schedule(&self, name: &str, body: &Value) -> Result<Value, RemoteError> {
+        self.call(
+            self.http
+                .put(format!("{}/v1/schedules/{}", self.base, seg(name)))
+                .json(body),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/schedules/{name}`.
+    pub async fn delete_schedule(&self, name: &str) -> Result<Value, RemoteError> {
+        self.call(
+            self.http
+                .delete(format!("{}/v1/schedules/{}", self.base, seg(name))),
+        )
+        .await
+    }
+
     /// `POST /v1/topics/{topic}/dlq:replay` with a request body as the API documents it:
     /// replays dead letters of the dead-letter topic `dlq_topic`.
     pub async fn replay_dead_letters(

@@ -889,3 +889,172 @@ async fn cancel_pause_and_resume_go_to_the_control_log() {
         (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field")
     );
 }
+
+#[tokio::test]
+async fn schedules_are_put_listed_replaced_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend: Arc<dyn Backend> =
+        Arc::new(EmbeddedBackend::open(EmbeddedConfig::new(dir.path())).unwrap());
+    backend
+        .create_topic(&TopicSpec::new("reports", 2))
+        .await
+        .unwrap();
+    let mut state = AppState::new(Arc::clone(&backend));
+    state.configured_schedules = Arc::new(vec![conveyor_runtime::schedule::Schedule {
+        name: "nightly".into(),
+        cron: "0 3 * * *".into(),
+        timezone: "Europe/Berlin".into(),
+        topic: "reports".into(),
+        job_type: "report.nightly".into(),
+        payload: json!({}),
+        key: None,
+        missed: conveyor_runtime::schedule::Missed::Once,
+    }]);
+    let a = Api {
+        _dir: dir,
+        routes: Arc::clone(&state.routes),
+        router: app(state),
+        backend,
+    };
+    let put = |name: &str, body: Value| {
+        let (a, uri) = (&a, format!("/v1/schedules/{name}"));
+        async move { send(a, "PUT", &uri, Some("application/json"), body.to_string()).await }
+    };
+    let body = json!({"cron": "*/10 * * * * *", "topic": "reports", "type": "report.tick", "payload": {"n": 1}, "key": "k1"});
+    let (s, v) = put("tick", body.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["name"], "tick");
+    assert_eq!(v["timezone"], "UTC");
+    assert_eq!(v["missed"], "skip");
+    assert_eq!(v["source"], "api");
+    assert!(v["next"].as_str().unwrap().ends_with('Z'), "{v}");
+    // the same again replaces it: 200
+    let mut changed = body.clone();
+    changed["missed"] = json!("once");
+    changed["timezone"] = json!("America/New_York");
+    let (s, v) = put("tick", changed).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = send(&a, "GET", "/v1/schedules/tick", None, "").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (
+            v["missed"].as_str(),
+            v["timezone"].as_str(),
+            v["key"].as_str()
+        ),
+        (Some("once"), Some("America/New_York"), Some("k1"))
+    );
+    let (s, v) = send(&a, "GET", "/v1/schedules", None, "").await;
+    assert_eq!(s, StatusCode::OK);
+    let names: Vec<(&str, &str)> = v["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["source"].as_str().unwrap()))
+        .collect();
+    assert_eq!(names, vec![("nightly", "config"), ("tick", "api")]);
+    // stored in the control log: a second view of the backend sees it
+    let control = conveyor_runtime::control::Control::open(Arc::clone(&a.backend))
+        .await
+        .unwrap();
+    assert_eq!(control.schedule("tick").unwrap().cron, "*/10 * * * * *");
+
+    // bad input: 422 naming the field, 404 for a topic that does not exist
+    for (body, field) in [
+        (
+            json!({"cron": "61 * * * *", "topic": "reports", "type": "t"}),
+            "cron",
+        ),
+        (
+            json!({"cron": "* * *", "topic": "reports", "type": "t"}),
+            "cron",
+        ),
+        (
+            json!({"cron": "* * * * *", "topic": "reports", "type": "t", "timezone": "Mars/Olympus"}),
+            "timezone",
+        ),
+        (
+            json!({"cron": "* * * * *", "topic": "bad topic", "type": "t"}),
+            "topic",
+        ),
+        (
+            json!({"cron": "* * * * *", "topic": "reports", "type": "t", "missed": "always"}),
+            "missed",
+        ),
+        (
+            json!({"cron": "* * * * *", "topic": "reports", "type": ""}),
+            "type",
+        ),
+        (
+            json!({"cron": "* * * * *", "topic": "reports", "type": "t", "key": "a\u{1}"}),
+            "key",
+        ),
+        (
+            json!({"cron": "* * * * *", "topic": "reports", "type": "t", "name": "x"}),
+            "name",
+        ),
+        (json!({"topic": "reports", "type": "t"}), "cron"),
+    ] {
+        let (s, v) = put("bad", body.clone()).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {v}");
+        assert_eq!(v["error"]["field"], field, "{body}: {v}");
+    }
+    let (s, v) = put("a%20b", body.clone()).await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("name")),
+        "{v}"
+    );
+    let (s, v) = send(
+        &a,
+        "PUT",
+        "/v1/schedules/x",
+        Some("application/json"),
+        "[1]",
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let (s, v) = put(
+        "x",
+        json!({"cron": "* * * * *", "topic": "nope", "type": "t"}),
+    )
+    .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::NOT_FOUND, "unknown_topic"),
+        "{v}"
+    );
+    let (s, v) = send(&a, "GET", "/v1/schedules/bad", None, "").await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::NOT_FOUND, "unknown_schedule"),
+        "nothing was stored: {v}"
+    );
+
+    // the configuration's schedule is read-only here
+    let (s, v) = send(&a, "GET", "/v1/schedules/nightly", None, "").await;
+    assert_eq!((s, v["source"].as_str()), (StatusCode::OK, Some("config")));
+    let (s, v) = put("nightly", body.clone()).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::CONFLICT, "schedule_in_config"),
+        "{v}"
+    );
+    let (s, v) = send(&a, "DELETE", "/v1/schedules/nightly", None, "").await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::CONFLICT, "schedule_in_config"),
+        "{v}"
+    );
+
+    // delete, then it is gone
+    let (s, v) = send(&a, "DELETE", "/v1/schedules/tick", None, "").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v, json!({"name": "tick", "deleted": true}));
+    let (s, v) = send(&a, "DELETE", "/v1/schedules/tick", None, "").await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "unknown_schedule"));
+    let (s, v) = send(&a, "GET", "/v1/schedules/tick", None, "").await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "unknown_schedule"));
+    control.refresh().await.unwrap();
+    assert!(control.schedule("tick").is_none());
+}

@@ -119,8 +119,62 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// List, create, replace or delete cron schedules (each tick enqueues a job, once across
+    /// every process).
+    Schedules {
+        #[command(subcommand)]
+        command: SchedulesCommand,
+    },
     /// Measure enqueue rate, processing rate and latency on the embedded or Kafka backend.
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SchedulesCommand {
+    /// List schedules with their next tick (those of the configuration file and the API's).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Create or replace a schedule.
+    Put {
+        /// The schedule's name (1 to 128 of A-Z a-z 0-9 . _ -).
+        name: String,
+        /// Cron expression: `min hour day month weekday`, or with seconds first
+        /// (`*/10 * * * * *`), or `@daily` and the like.
+        #[arg(long)]
+        cron: String,
+        /// The topic each tick's job goes to (it must exist).
+        #[arg(long)]
+        topic: String,
+        /// The job type.
+        #[arg(long = "type")]
+        job_type: String,
+        /// The job's JSON payload. Default: `{}`.
+        #[arg(long, short)]
+        payload: Option<String>,
+        /// The job's key.
+        #[arg(long, short)]
+        key: Option<String>,
+        /// IANA time zone the expression is read in. Default: UTC.
+        #[arg(long)]
+        timezone: Option<String>,
+        /// Ticks missed during downtime: `skip` (none fire, the default) or `once` (the latest).
+        #[arg(long, value_parser = ["skip", "once"])]
+        missed: Option<String>,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Delete a schedule put through the API.
+    Delete {
+        /// The schedule's name.
+        name: String,
+        #[command(flatten)]
+        server: Server,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -241,6 +295,12 @@ pub(crate) struct BenchArgs {
     /// Approximate payload size in bytes.
     #[arg(long, default_value_t = 100)]
     pub(crate) payload_bytes: usize,
+    /// Jobs for the delayed phase (lateness of delayed jobs); 0 skips it.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) delayed_jobs: usize,
+    /// The delayed phase spreads its delays over this many seconds.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) delayed_window_secs: u64,
     /// Backend: `embedded` or `kafka`.
     #[arg(long, default_value = "embedded")]
     pub(crate) backend: String,

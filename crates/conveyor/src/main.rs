@@ -16,7 +16,7 @@ use conveyor_server::remote::ApiClient;
 use conveyor_server::Config;
 use serde_json::{json, Value};
 
-use cli::{BenchArgs, Cli, Command, DlqCommand, TopicsCommand};
+use cli::{BenchArgs, Cli, Command, DlqCommand, SchedulesCommand, TopicsCommand};
 
 #[tokio::main]
 async fn main() {
@@ -206,8 +206,58 @@ async fn run(cli: Cli) -> Result<()> {
             };
             replay_dead_letters(ApiClient::new(server.url), &topic, &opts).await
         }
+        Command::Schedules { command } => schedules(command).await,
         Command::Bench(args) => run_bench(args).await,
     }
+}
+
+/// `conveyor schedules list|put|delete`, through the HTTP API.
+async fn schedules(command: SchedulesCommand) -> Result<()> {
+    match command {
+        SchedulesCommand::List { json, server } => {
+            let answer = ApiClient::new(server.url).list_schedules().await?;
+            let list = answer["schedules"].as_array().cloned().unwrap_or_default();
+            match json {
+                true => println!("{}", serde_json::to_string_pretty(&list)?),
+                false => print!("{}", output::schedules(&list)),
+            }
+        }
+        SchedulesCommand::Put {
+            name,
+            cron,
+            topic,
+            job_type,
+            payload,
+            key,
+            timezone,
+            missed,
+            server,
+        } => {
+            let payload: Value = match payload {
+                Some(p) => serde_json::from_str(&p).context("--payload is not valid JSON")?,
+                None => json!({}),
+            };
+            let body = json!({ "cron": cron, "topic": topic, "type": job_type, "payload": payload,
+                "key": key, "timezone": timezone, "missed": missed });
+            let s = ApiClient::new(server.url)
+                .put_schedule(&name, &body)
+                .await?;
+            println!(
+                "schedule {name}: `{}` ({}) -> {} type {}, missed ticks: {}; next tick {}",
+                s["cron"].as_str().unwrap_or(""),
+                s["timezone"].as_str().unwrap_or(""),
+                s["topic"].as_str().unwrap_or(""),
+                s["type"].as_str().unwrap_or(""),
+                s["missed"].as_str().unwrap_or(""),
+                s["next"].as_str().unwrap_or("never")
+            );
+        }
+        SchedulesCommand::Delete { name, server } => {
+            ApiClient::new(server.url).delete_schedule(&name).await?;
+            println!("deleted schedule {name}: it fires no more ticks");
+        }
+    }
+    Ok(())
 }
 
 async fn dev(
@@ -252,6 +302,17 @@ async fn dev(
             r.url,
             r.group(),
             r.concurrency
+        );
+    }
+    for s in &config.schedules {
+        eprintln!(
+            "  schedule {} `{}` ({}) -> {} type {} (missed: {})",
+            s.name,
+            s.cron,
+            s.timezone,
+            s.topic,
+            s.job_type,
+            s.missed.as_str()
         );
     }
     eprintln!("  Ctrl-C or SIGTERM to stop (running deliveries get 25 s to finish)");
@@ -388,6 +449,8 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         concurrency: args.concurrency,
         latency_jobs: args.latency_jobs,
         payload_bytes: args.payload_bytes,
+        delayed_jobs: args.delayed_jobs,
+        delayed_window: std::time::Duration::from_secs(args.delayed_window_secs),
         ..BenchOptions::default()
     };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());

@@ -26,6 +26,29 @@ pub(crate) fn topics(topics: &[TopicInfo]) -> String {
     out
 }
 
+/// `GET /v1/schedules` as a table.
+pub(crate) fn schedules(list: &[serde_json::Value]) -> String {
+    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or("-").to_owned();
+    let mut out = format!(
+        "{:<24} {:<18} {:<16} {:<24} {:<20} {:<6} {:<6}  {}\n",
+        "NAME", "CRON", "TIMEZONE", "TOPIC", "TYPE", "MISSED", "SOURCE", "NEXT"
+    );
+    for s in list {
+        out.push_str(&format!(
+            "{:<24} {:<18} {:<16} {:<24} {:<20} {:<6} {:<6}  {}\n",
+            text(s, "name"),
+            text(s, "cron"),
+            text(s, "timezone"),
+            text(s, "topic"),
+            text(s, "type"),
+            text(s, "missed"),
+            text(s, "source"),
+            text(s, "next")
+        ));
+    }
+    out
+}
+
 /// A topics plan, one block per topic, and whether there is anything to apply.
 pub(crate) fn plan(plans: &[TopicPlan]) -> (String, PlanSummary) {
     let mut out = String::new();

@@ -1,7 +1,8 @@
-//! The other half of the configuration walk (`conveyor-server`'s `config::walk` refuses 39
+//! The other half of the configuration walk (`conveyor-server`'s `config::walk` refuses 49
 //! malformed values): `conveyor dev` started with every embedded-backend key at its boundary —
-//! the smallest accepted limits, counts and intervals, a 249-character topic name with a 4-byte
-//! dead-letter suffix left — starts and works as each setting says (issue 14 item 7).
+//! the smallest accepted limits, counts and intervals, the longest topic name whose delay-tier
+//! topics (`<topic>.delay.10m`, 10 characters more) Kafka still allows — starts and works as each
+//! setting says (issue 14 item 7).
 
 mod util;
 
@@ -14,7 +15,8 @@ use util::{receiver, start_dev_on_a_free_port, wait_for};
 async fn every_key_at_its_boundary_starts_and_works() {
     let (hook, received) = receiver(Duration::ZERO).await;
     let dir = tempfile::tempdir().unwrap();
-    let topic = "t".repeat(249 - 4); // its `.dlq` is the longest name Kafka allows
+    // its `.delay.10m` tier is the longest name Kafka allows (249 characters)
+    let topic = "t".repeat(249 - ".delay.10m".len());
     let config = dir.path().join("conveyor.toml");
     let write_config = |port: u16| {
         std::fs::write(

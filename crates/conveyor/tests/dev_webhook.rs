@@ -35,6 +35,8 @@ fn route(topic: &str, url: String) -> RouteConfig {
         max_buffered: 256,
         retry: Some(RetryPolicy::fast(4)),
         ordered_retries: true,
+        priorities: Default::default(),
+        strict_priority: false,
     }
 }
 

@@ -120,7 +120,7 @@ fn recording(runs: &Runs) -> impl conveyor_runtime::Handler {
             let late = due.map_or(0, |due| now_ms() - due);
             runs.lock()
                 .unwrap()
-                .entry(job.id().unwrap().to_owned())
+                .entry(job.id().unwrap_or("no id").to_owned())
                 .or_default()
                 .push(late);
             Outcome::Done
@@ -621,4 +621,122 @@ pub(crate) async fn each_group_runs_a_delayed_job_once(backend: Arc<dyn Backend>
     }
     a.stop().await;
     b.stop().await;
+}
+
+/// A retry back from its tier keeps its attempt number when the worker stops during its next
+/// backoff and another starts: attempt 3 comes after attempt 2, not attempt 5.
+pub(crate) async fn a_returned_retry_keeps_its_attempt_number_across_a_restart(
+    backend: Arc<dyn Backend>,
+    prefix: &str,
+) {
+    let t = format!("{prefix}.attempts");
+    let group = format!("{prefix}.g");
+    topic(&backend, &t, 1).await;
+    let seen: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let worker = |seen: Arc<Mutex<Vec<u32>>>| {
+        builder(&backend, &group, &t)
+            .retry(RetryPolicy {
+                max_attempts: 6,
+                ..RetryPolicy::default()
+            })
+            .fallback(handler_fn(move |job: Job| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    seen.lock().unwrap().push(job.attempt);
+                    match job.attempt {
+                        // through the 1 s tier
+                        1 => Outcome::RetryAfter {
+                            delay: Duration::from_millis(1500),
+                            error: "first".into(),
+                        },
+                        // in memory: the worker is stopped meanwhile
+                        2 => Outcome::RetryAfter {
+                            delay: Duration::from_millis(400),
+                            error: "second".into(),
+                        },
+                        _ => Outcome::Done,
+                    }
+                }
+            }))
+            .build()
+    };
+    let w = start(worker(Arc::clone(&seen)));
+    Client::new(Arc::clone(&backend))
+        .enqueue(&t, NewJob::json("j", &1).unwrap())
+        .await
+        .unwrap();
+    wait_for("attempt 2", 30, || seen.lock().unwrap().contains(&2)).await;
+    w.stop().await;
+    let w = start(worker(Arc::clone(&seen)));
+    wait_for("the next attempt", 30, || seen.lock().unwrap().len() >= 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(*seen.lock().unwrap(), vec![1, 2, 3], "attempt numbers");
+    w.stop().await;
+}
+
+/// Half the buffer waiting behind a key whose job retries in a tier: the key is let go rather
+/// than the partition paused (which would keep the retry itself from being fetched), so the other
+/// keys of the partition keep running and every job runs.
+pub(crate) async fn a_parked_key_at_the_bound_lets_go(backend: Arc<dyn Backend>, prefix: &str) {
+    let t = format!("{prefix}.bound");
+    topic(&backend, &t, 1).await;
+    let log: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
+    let l = Arc::clone(&log);
+    let w = start(
+        builder(&backend, &format!("{prefix}.g"), &t)
+            .max_buffered(16)
+            .fallback(handler_fn(move |job: Job| {
+                let l = Arc::clone(&l);
+                async move {
+                    let name: String = job.json().unwrap_or_default();
+                    l.lock().unwrap().push((name.clone(), now_ms()));
+                    if name == "a0" && job.attempt == 1 {
+                        return Outcome::RetryAfter {
+                            delay: Duration::from_secs(3),
+                            error: "later".into(),
+                        };
+                    }
+                    Outcome::Done
+                }
+            }))
+            .build(),
+    );
+    let client = Client::new(Arc::clone(&backend));
+    for i in 0..12 {
+        client
+            .enqueue(
+                &t,
+                NewJob::json("j", &format!("a{i}")).unwrap().with_key("a"),
+            )
+            .await
+            .unwrap();
+    }
+    let started = now_ms();
+    client
+        .enqueue(&t, NewJob::json("j", "b").unwrap().with_key("b"))
+        .await
+        .unwrap();
+    wait_for("b ran", 20, || {
+        log.lock().unwrap().iter().any(|(n, _)| n == "b")
+    })
+    .await;
+    let b_at = log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(n, _)| n == "b")
+        .unwrap()
+        .1;
+    assert!(
+        b_at - started < 2500,
+        "b waited {} ms behind the held key",
+        b_at - started
+    );
+    wait_for("every job ran", 30, || {
+        let l = log.lock().unwrap();
+        (0..12).all(|i| l.iter().any(|(n, _)| *n == format!("a{i}")))
+            && l.iter().filter(|(n, _)| n == "a0").count() == 2
+    })
+    .await;
+    w.stop().await;
 }

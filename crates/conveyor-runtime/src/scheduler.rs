@@ -1,0 +1,574 @@
+//! The scheduler: fires the ticks of cron schedules ([`crate::schedule`]), each tick once across
+//! every conveyor process sharing a backend.
+//!
+//! **Election.** Every [`Scheduler`] joins the consumer group [`SCHEDULER_GROUP`] on the
+//! one-partition topic [`SCHEDULER_TOPIC`]. The member that owns partition 0 is the scheduler;
+//! the others only poll, ready to take over. The backend's group protocol is the election:
+//! on Kafka a member that stops heartbeating loses the partition after the session timeout; on
+//! the embedded backend (one process) the partition moves when a scheduler stops.
+//!
+//! **State in the commit.** After firing, the owner commits partition 0 with metadata saying up
+//! to which time every tick was fired (`at`), which schedules it knew, and the own cursor of any
+//! schedule whose publish keeps failing; it commits at least every `heartbeat` (1 s) otherwise.
+//! A new owner reads it with [`Subscription::committed`] and carries on from there: a gap of at
+//! most `grace` (60 s: a handover, a failover within the session timeout) is fired tick by tick,
+//! late; a longer gap was downtime, and each schedule's `missed` policy applies to it (`skip`:
+//! none of its ticks, `once`: the latest). Schedules the previous owner did not know (added while
+//! every process was down) start at the new owner's start. The metadata is kept within the
+//! backends' 4,000 bytes: when the names of all schedules do not fit, the list is left out (then
+//! every schedule counts as known) and, beyond that, failing schedules' own cursors (they resume
+//! from `at`).
+//!
+//! **Exactly once.** A commit is fenced: only the owner's is accepted. Before the partition goes
+//! to another member the backend waits on the scheduler's [`RevokeBarrier`], which returns once
+//! the firing loop is between two passes and will fire no more; so two owners never fire at
+//! once. What remains is a crash between publishing a tick and committing: the next owner fires
+//! that tick again, as the same record (same message id, `dedup_key`, partition: see
+//! [`Compiled::record`]), and the worker runs only the copy it saw first ([`crate::dedup`]). A
+//! worker that restarted in between runs it again: at-least-once in that window, as every job.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use conveyor_core::{
+    Backend, CommitOffset, Error, Poll, Record, Result, RevokeBarrier, StartFrom, SubscribeOptions,
+    Subscription, TopicPartition, TopicSpec,
+};
+
+use crate::control::Control;
+use crate::schedule::{effective, unix_ms, Compiled, Schedule};
+
+mod handover;
+
+use handover::Handover;
+
+/// The topic whose partition 0 elects the scheduler (nothing is written to it).
+pub const SCHEDULER_TOPIC: &str = "conveyor.scheduler";
+/// The consumer group of the schedulers.
+pub const SCHEDULER_GROUP: &str = "conveyor.scheduler";
+/// The longest wait between two passes (new API schedules are seen within about this).
+const PASS: Duration = Duration::from_millis(250);
+/// How long a schedule whose publish failed waits before it is tried again.
+const RETRY: Duration = Duration::from_secs(1);
+/// How long a revocation waits for a pass under way.
+const REVOKE_WAIT: Duration = Duration::from_secs(30);
+
+/// How the scheduler runs.
+#[derive(Debug, Clone)]
+pub struct SchedulerOptions {
+    /// A gap up to this long (a handover, a failover, a slow publish) is caught up tick by tick;
+    /// a longer one is downtime, where each schedule's `missed` policy applies. Default: 60 s.
+    pub grace: Duration,
+    /// The owner commits its progress at least this often (a new owner's gap starts at the last
+    /// commit). Default: 1 s.
+    pub heartbeat: Duration,
+    /// The consumer group. Default: [`SCHEDULER_GROUP`].
+    pub group: String,
+    /// The election topic. Default: [`SCHEDULER_TOPIC`].
+    pub topic: String,
+}
+
+impl Default for SchedulerOptions {
+    fn default() -> Self {
+        SchedulerOptions {
+            grace: Duration::from_secs(60),
+            heartbeat: Duration::from_secs(1),
+            group: SCHEDULER_GROUP.into(),
+            topic: SCHEDULER_TOPIC.into(),
+        }
+    }
+}
+
+/// What a scheduler did, for tests and logs.
+#[derive(Debug, Default)]
+pub struct SchedulerStats {
+    /// Ticks published.
+    pub fired: AtomicU64,
+    /// Ticks of a downtime that were not fired (the `missed` policy).
+    pub missed: AtomicU64,
+    /// Publishes that failed (their ticks are tried again).
+    pub failed: AtomicU64,
+    /// Times this member became the scheduler.
+    pub elected: AtomicU64,
+    /// Whether this member is the scheduler now.
+    pub owner: AtomicBool,
+    /// The latest a tick was published after its time, in milliseconds.
+    pub max_late_ms: AtomicU64,
+}
+
+/// A member of the scheduler group; the one elected fires the ticks. See the module docs.
+#[derive(Debug)]
+pub struct Scheduler {
+    backend: Arc<dyn Backend>,
+    configured: Vec<Schedule>,
+    control: Option<Control>,
+    options: SchedulerOptions,
+    stats: Arc<SchedulerStats>,
+}
+
+impl Scheduler {
+    /// A scheduler of `configured` schedules (they are validated as it runs: one that does not
+    /// compile is skipped with a warning) and those of the control log.
+    pub fn new(backend: Arc<dyn Backend>, configured: Vec<Schedule>) -> Self {
+        Scheduler {
+            backend,
+            configured,
+            control: None,
+            options: SchedulerOptions::default(),
+            stats: Arc::default(),
+        }
+    }
+
+    /// Reads API schedules from this control log instead of opening one at start.
+    pub fn control(mut self, control: Control) -> Self {
+        self.control = Some(control);
+        self
+    }
+
+    /// Sets the options.
+    pub fn options(mut self, options: SchedulerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Arc<SchedulerStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Joins the election and, whenever elected, fires ticks, until `shutdown` completes.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<()> {
+        let o = &self.options;
+        let mut spec = TopicSpec::new(o.topic.clone(), 1);
+        spec.retention_ms = None;
+        match self.backend.create_topic(&spec).await {
+            Ok(_) | Err(Error::TopicConflict { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let control = match self.control.clone() {
+            Some(c) => c,
+            None => Control::open(Arc::clone(&self.backend)).await?,
+        };
+        let tp = TopicPartition::new(o.topic.clone(), 0);
+        let gate = Arc::new(Gate::default());
+        let barrier = {
+            let (gate, tp) = (Arc::clone(&gate), tp.clone());
+            RevokeBarrier(Arc::new(move |revoked: &[TopicPartition]| {
+                if revoked.contains(&tp) {
+                    gate.revoke();
+                }
+            }))
+        };
+        let mut sub = self
+            .backend
+            .subscribe(SubscribeOptions {
+                group: o.group.clone(),
+                topics: vec![o.topic.clone()],
+                start: StartFrom::Earliest,
+                on_revoke: Some(barrier),
+            })
+            .await?;
+        let mut run = Run {
+            s: &self,
+            control,
+            tp,
+            compiled: HashMap::new(),
+            partitions: HashMap::new(),
+        };
+        let mut owner: Option<Owner> = None;
+        tokio::pin!(shutdown);
+        loop {
+            let wait = owner.as_ref().map_or(PASS, Owner::wait);
+            let polled = tokio::select! {
+                () = &mut shutdown => break,
+                polled = sub.poll(64, wait) => polled,
+            };
+            match polled {
+                Ok(Poll::Records(records)) => {
+                    if let (Some(ow), Some(last)) = (&mut owner, records.last()) {
+                        ow.position = ow.position.max(last.offset + 1);
+                    }
+                }
+                Ok(Poll::Rebalance { revoked, assigned }) => {
+                    if revoked.contains(&run.tp) && owner.take().is_some() {
+                        self.stats.owner.store(false, Ordering::SeqCst);
+                        tracing::info!("no longer the scheduler: another process fires the ticks");
+                    }
+                    if assigned.contains(&run.tp) {
+                        gate.assigned();
+                        owner = Some(Owner::default());
+                        self.stats.elected.fetch_add(1, Ordering::SeqCst);
+                        self.stats.owner.store(true, Ordering::SeqCst);
+                        tracing::info!("elected scheduler: this process fires the ticks");
+                    }
+                }
+                Ok(Poll::Idle) => {}
+                Err(Error::Closed) => return Err(Error::Closed),
+                Err(e) => {
+                    tracing::warn!(error = %e, "scheduler poll failed; retrying in 1 s");
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+            if let Some(ow) = &mut owner {
+                if !gate.begin() {
+                    continue;
+                }
+                let kept = run.pass(ow, sub.as_mut()).await;
+                gate.end();
+                if !kept {
+                    owner = None;
+                    self.stats.owner.store(false, Ordering::SeqCst);
+                }
+            }
+        }
+        if let Some(ow) = &mut owner {
+            run.commit(ow, sub.as_mut()).await;
+        }
+        self.stats.owner.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Lets a revocation wait until no pass is under way, and stops later passes until the partition
+/// is assigned again.
+#[derive(Debug, Default)]
+struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    firing: bool,
+    revoking: bool,
+}
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts a pass, unless a revocation began.
+    fn begin(&self) -> bool {
+        let mut s = self.lock();
+        s.firing = !s.revoking;
+        s.firing
+    }
+
+    fn end(&self) {
+        self.lock().firing = false;
+        self.changed.notify_all();
+    }
+
+    /// Called by the backend before partition 0 goes away: no pass starts from now on, and this
+    /// returns once the one under way (if any) finished.
+    fn revoke(&self) {
+        let mut s = self.lock();
+        s.revoking = true;
+        let (s, timeout) = self
+            .changed
+            .wait_timeout_while(s, REVOKE_WAIT, |s| s.firing)
+            .unwrap_or_else(|e| e.into_inner());
+        if timeout.timed_out() && s.firing {
+            tracing::warn!("a scheduler pass is still publishing at revocation; its tick may fire twice (the worker drops the second copy)");
+        }
+    }
+
+    fn assigned(&self) {
+        self.lock().revoking = false;
+    }
+}
+
+/// One schedule's progress while this member is the scheduler.
+#[derive(Debug)]
+struct Cursor {
+    /// The expression and time zone it counts for: a changed schedule starts again from now.
+    definition: (String, String),
+    /// Every tick up to here was fired or given up.
+    at: i64,
+    /// After a failed publish: not tried again before.
+    retry_at: Option<Instant>,
+}
+
+/// The state of an elected member.
+#[derive(Debug, Default)]
+struct Owner {
+    /// The previous owner's progress, once read (`Some(None)`: there was none).
+    handover: Option<Option<Handover>>,
+    /// Whether a pass ran (the handover applies to the first pass only).
+    started: bool,
+    /// The time of the last pass (Unix ms).
+    last_pass: i64,
+    cursors: HashMap<String, Cursor>,
+    /// The offset committed (the topic stays empty unless someone writes to it).
+    position: i64,
+    last_commit: Option<Instant>,
+    /// The next tick of any schedule (Unix ms), after the last pass.
+    next_tick: Option<i64>,
+}
+
+impl Owner {
+    /// How long to poll before the next pass: until the next tick, at most [`PASS`].
+    fn wait(&self) -> Duration {
+        match self.next_tick {
+            Some(t) => {
+                let left = t - unix_ms(SystemTime::now()) + 1;
+                Duration::from_millis(left.clamp(0, PASS.as_millis() as i64) as u64)
+            }
+            None => PASS,
+        }
+    }
+
+    /// The progress to commit: `at` is the time of the last pass.
+    fn handover(&self, now: i64) -> Handover {
+        let mut known: Vec<String> = self.cursors.keys().cloned().collect();
+        known.sort();
+        Handover {
+            at: now,
+            known: Some(known),
+            behind: self
+                .cursors
+                .iter()
+                .filter(|(_, c)| c.at < now)
+                .map(|(n, c)| (n.clone(), c.at))
+                .collect(),
+        }
+    }
+}
+
+struct Run<'a> {
+    s: &'a Scheduler,
+    control: Control,
+    tp: TopicPartition,
+    /// Compiled schedules by name, with the schedule they were compiled from.
+    compiled: HashMap<String, (Schedule, Option<Compiled>)>,
+    /// Partition counts of the target topics, refreshed after a minute or a failed publish.
+    partitions: HashMap<String, (i32, Instant)>,
+}
+
+impl Run<'_> {
+    /// Fires what is due. Returns false when the partition turned out to be gone.
+    async fn pass(&mut self, ow: &mut Owner, sub: &mut dyn Subscription) -> bool {
+        if ow.handover.is_none() {
+            match sub.committed(std::slice::from_ref(&self.tp)).await {
+                Ok(c) => {
+                    let c = c.into_iter().next();
+                    ow.position = c.as_ref().and_then(|c| c.next_offset).unwrap_or(0);
+                    let metadata = c.map(|c| c.metadata).unwrap_or_default();
+                    ow.handover = Some(serde_json::from_str::<Handover>(&metadata).ok());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the previous scheduler's progress; trying again");
+                    return true;
+                }
+            }
+        }
+        let now = unix_ms(SystemTime::now());
+        let grace = self.s.options.grace.as_millis() as i64;
+        let schedules = effective(&self.s.configured, &self.control.schedules());
+        let mut batches: BTreeMap<String, Vec<(String, i64, Record)>> = BTreeMap::new();
+        let mut live = Vec::with_capacity(schedules.len());
+        ow.next_tick = None;
+        for schedule in schedules {
+            let Some(c) = self.compile(&schedule) else {
+                continue;
+            };
+            live.push(schedule.name.clone());
+            let definition = (schedule.cron.clone(), schedule.timezone.clone());
+            let from_handover = match (&ow.handover, ow.started) {
+                (Some(Some(h)), false) => h.cursor(&schedule.name, now),
+                _ => now,
+            };
+            let cursor = ow
+                .cursors
+                .entry(schedule.name.clone())
+                .or_insert_with(|| Cursor {
+                    definition: definition.clone(),
+                    at: from_handover,
+                    retry_at: None,
+                });
+            if cursor.definition != definition {
+                *cursor = Cursor {
+                    definition,
+                    at: now,
+                    retry_at: None,
+                };
+            }
+            if cursor.retry_at.is_some_and(|r| r > Instant::now()) {
+                continue;
+            }
+            let due = c.due(cursor.at, now, grace);
+            if due.downtime && (due.missed > 0 || !due.fire.is_empty()) {
+                tracing::info!(schedule = %schedule.name, missed = due.missed, fired = due.fire.len(), policy = schedule.missed.as_str(), gap_ms = now - cursor.at, "no scheduler ran for longer than the grace: the downtime's ticks follow the schedule's `missed` policy");
+            }
+            self.s
+                .stats
+                .missed
+                .fetch_add(due.missed as u64, Ordering::Relaxed);
+            if due.fire.is_empty() {
+                cursor.at = now;
+                cursor.retry_at = None;
+            } else {
+                let partitions = match self.partitions(&schedule.topic).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        if cursor.retry_at.is_none() {
+                            tracing::warn!(schedule = %schedule.name, topic = %schedule.topic, error = %e, "cannot fire: the topic cannot be described; trying again every second");
+                        }
+                        cursor.retry_at = Some(Instant::now() + RETRY);
+                        continue;
+                    }
+                };
+                let batch = batches.entry(schedule.topic.clone()).or_default();
+                for tick in due.fire {
+                    batch.push((schedule.name.clone(), tick, c.record(tick, partitions)));
+                }
+            }
+            let next = c.next_after(now);
+            ow.next_tick = match (ow.next_tick, next) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        ow.cursors.retain(|name, _| live.contains(name));
+        let fired = !batches.is_empty();
+        for (topic, batch) in batches {
+            let (ticks, records): (Vec<(String, i64)>, Vec<Record>) =
+                batch.into_iter().map(|(n, t, r)| ((n, t), r)).unzip();
+            match self.s.backend.publish(&topic, records).await {
+                Ok(_) => {
+                    let done = unix_ms(SystemTime::now());
+                    for (name, tick) in ticks {
+                        if let Some(cursor) = ow.cursors.get_mut(&name) {
+                            cursor.at = now;
+                            cursor.retry_at = None;
+                        }
+                        let late = (done - tick).max(0) as u64;
+                        self.s.stats.max_late_ms.fetch_max(late, Ordering::Relaxed);
+                        self.s.stats.fired.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(schedule = %name, tick, late_ms = late, "fired");
+                    }
+                }
+                Err(e) => {
+                    self.s.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    self.partitions.remove(&topic);
+                    let mut first = false;
+                    for (name, _) in &ticks {
+                        if let Some(cursor) = ow.cursors.get_mut(name) {
+                            first |= cursor.retry_at.is_none();
+                            cursor.retry_at = Some(Instant::now() + RETRY);
+                        }
+                    }
+                    // warned once per failing streak, retried every second
+                    match first {
+                        true => {
+                            tracing::warn!(topic, error = %e, ticks = ticks.len(), "cannot publish ticks; trying again every second (past the grace they count as missed)")
+                        }
+                        false => {
+                            tracing::debug!(topic, error = %e, "publishing ticks failed again")
+                        }
+                    }
+                }
+            }
+        }
+        ow.started = true;
+        ow.last_pass = now;
+        let heartbeat = ow
+            .last_commit
+            .is_none_or(|t| t.elapsed() >= self.s.options.heartbeat);
+        if fired || heartbeat {
+            return self.commit_at(ow, sub, now).await;
+        }
+        true
+    }
+
+    /// Commits the progress of the last pass (at shutdown).
+    async fn commit(&mut self, ow: &mut Owner, sub: &mut dyn Subscription) {
+        if ow.started {
+            let at = ow.last_pass;
+            self.commit_at(ow, sub, at).await;
+        }
+    }
+
+    async fn commit_at(&mut self, ow: &mut Owner, sub: &mut dyn Subscription, at: i64) -> bool {
+        let metadata = ow.handover(at).encode();
+        let offset = CommitOffset::new(self.tp.clone(), ow.position).with_metadata(metadata);
+        match sub.commit(&[offset]).await {
+            Ok(()) => {
+                ow.last_commit = Some(Instant::now());
+                true
+            }
+            Err(Error::NotAssigned { .. }) => {
+                tracing::info!("the scheduler partition moved to another process");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot commit the scheduler's progress; trying again");
+                true
+            }
+        }
+    }
+
+    /// The compiled schedule, compiled again only when it changed; `None` (warned once) when it
+    /// does not validate.
+    fn compile(&mut self, schedule: &Schedule) -> Option<Compiled> {
+        if let Some((s, c)) = self.compiled.get(&schedule.name) {
+            if s == schedule {
+                return c.clone();
+            }
+        }
+        let c = match schedule.compile() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(schedule = %schedule.name, error = %e, "skipping a schedule that does not validate");
+                None
+            }
+        };
+        self.compiled
+            .insert(schedule.name.clone(), (schedule.clone(), c.clone()));
+        c
+    }
+
+    async fn partitions(&mut self, topic: &str) -> Result<i32> {
+        if let Some((n, at)) = self.partitions.get(topic) {
+            if at.elapsed() < Duration::from_secs(60) {
+                return Ok(*n);
+            }
+        }
+        let info = self
+            .s
+            .backend
+            .describe_topic(topic)
+            .await?
+            .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))?;
+        let n = info.partition_count();
+        self.partitions
+            .insert(topic.to_owned(), (n, Instant::now()));
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revocation_waits_for_the_pass_under_way_and_stops_the_next() {
+        let gate = Arc::new(Gate::default());
+        assert!(gate.begin());
+        let g = Arc::clone(&gate);
+        let revoked = std::thread::spawn(move || {
+            let t = Instant::now();
+            g.revoke();
+            t.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        gate.end();
+        assert!(revoked.join().unwrap() >= Duration::from_millis(90));
+        assert!(!gate.begin(), "no pass after a revocation");
+        gate.assigned();
+        assert!(gate.begin());
+    }
+}
