@@ -54,6 +54,8 @@ pub struct Forwarder {
     tiers: DelayTiers,
     control: Option<Control>,
     stats: Arc<ForwarderStats>,
+    /// The dead-letter suffix of the topic's workers (records that cannot be forwarded).
+    dlq_suffix: String,
 }
 
 /// The consumer group of the forwarders of `topic`.
@@ -84,7 +86,14 @@ impl Forwarder {
             tiers,
             control: None,
             stats: Arc::default(),
+            dlq_suffix: ".dlq".into(),
         }
+    }
+
+    /// Dead-letters what cannot be forwarded to `<topic><suffix>` (default `.dlq`).
+    pub fn with_dlq_suffix(mut self, suffix: impl Into<String>) -> Self {
+        self.dlq_suffix = suffix.into();
+        self
     }
 
     /// Drops jobs cancelled in this control log.
@@ -93,14 +102,21 @@ impl Forwarder {
         self
     }
 
-    /// Its backend, topic, tiers and control log (to build it again after a failure).
-    pub(crate) fn parts(&self) -> (Arc<dyn Backend>, String, DelayTiers, Option<Control>) {
-        (
-            Arc::clone(&self.backend),
-            self.topic.clone(),
-            self.tiers.clone(),
-            self.control.clone(),
-        )
+    /// The same forwarder again, sharing its counters (to start it again after a failure).
+    pub(crate) fn again(&self) -> Forwarder {
+        Forwarder {
+            backend: Arc::clone(&self.backend),
+            topic: self.topic.clone(),
+            tiers: self.tiers.clone(),
+            control: self.control.clone(),
+            stats: Arc::clone(&self.stats),
+            dlq_suffix: self.dlq_suffix.clone(),
+        }
+    }
+
+    /// The topic whose tiers it serves.
+    pub fn topic(&self) -> &str {
+        &self.topic
     }
 
     /// Live counters.
@@ -264,8 +280,6 @@ impl Run<'_> {
             }
         }
         let mut next_due = now + 500;
-        let mut pause = Vec::new();
-        let mut resume = Vec::new();
         // per destination: the records, with the partition and queue index each came from
         let mut out: BTreeMap<String, Vec<(Record, TopicPartition, usize)>> = BTreeMap::new();
         let mut cancelled = Vec::new();
@@ -290,19 +304,6 @@ impl Run<'_> {
                 out.entry(topic).or_default().push((record, tp.clone(), i));
             }
             due.insert(tp.clone(), n);
-            match (q.len() > n, self.paused.contains(tp)) {
-                (true, false) => pause.push(tp.clone()),
-                (false, true) => resume.push(tp.clone()),
-                _ => {}
-            }
-        }
-        if !pause.is_empty() && self.sub.pause(&pause).is_ok() {
-            self.paused.extend(pause);
-        }
-        if !resume.is_empty() && self.sub.resume(&resume).is_ok() {
-            for tp in &resume {
-                self.paused.remove(tp);
-            }
         }
         for (tp, i) in cancelled {
             self.f.stats.cancelled.fetch_add(1, Ordering::Relaxed);
@@ -323,6 +324,25 @@ impl Run<'_> {
                 let next = q[prefix - 1].record.offset + 1;
                 q.drain(..prefix);
                 self.uncommitted.insert(tp, next);
+            }
+        }
+        // a partition still holding records (not due yet, or due but not written) is paused
+        // until they are gone: nothing piles up behind a head that waits or fails
+        let mut pause = Vec::new();
+        let mut resume = Vec::new();
+        for (tp, q) in &self.queues {
+            match (q.is_empty(), self.paused.contains(tp)) {
+                (false, false) => pause.push(tp.clone()),
+                (true, true) => resume.push(tp.clone()),
+                _ => {}
+            }
+        }
+        if !pause.is_empty() && self.sub.pause(&pause).is_ok() {
+            self.paused.extend(pause);
+        }
+        if !resume.is_empty() && self.sub.resume(&resume).is_ok() {
+            for tp in &resume {
+                self.paused.remove(tp);
             }
         }
         if !self.uncommitted.is_empty() {
@@ -398,22 +418,43 @@ impl Run<'_> {
         let Some(h) = self.queues.get(tp).and_then(|q| q.get(i)) else {
             return false;
         };
-        let r = &h.record;
-        let dlq = crate::dead_letter::dead_letter_topic(&self.f.topic, ".dlq");
+        let tier = &h.record;
+        // the dead letter names the job's topic and partition, so a replay puts it back there;
+        // where it waited is in `delay_tier_record`
+        let mut r = tier.clone();
+        r.topic = self.f.topic.clone();
+        r.partition = tier
+            .headers
+            .get_str(headers::DELAY_PARTITION)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(tier.partition);
+        r.headers.insert(
+            "delay_tier_record",
+            format!("{}/{}/{}", tier.topic, tier.partition, tier.offset),
+        );
+        let dlq = crate::dead_letter::dead_letter_topic(&self.f.topic, &self.f.dlq_suffix);
         let error = format!("the delay forwarder cannot write it on: {e}");
-        let record = crate::dead_letter::dead_letter_record(
-            r,
+        let mut record = crate::dead_letter::dead_letter_record(
+            &r,
             &forwarder_group(&self.f.topic),
             JobMeta::from_headers(&r.headers).attempt,
             crate::dead_letter::DeadLetterReason::Failed,
             &error,
         );
-        tracing::error!(topic = %r.topic, partition = r.partition, offset = r.offset, %error, dlq, "dead-lettering a delayed job");
-        match self.f.backend.publish(&dlq, vec![record]).await {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::error!(error = %e, dlq, "cannot dead-letter it either; it stays in its tier");
-                false
+        tracing::error!(topic = %tier.topic, partition = tier.partition, offset = tier.offset, %error, dlq, "dead-lettering a delayed job");
+        loop {
+            match self.f.backend.publish(&dlq, vec![record.clone()]).await {
+                Ok(_) => return true,
+                Err(e @ Error::RecordTooLarge { .. })
+                    if record.headers.get(headers::dlq::TRIMMED).is_none() =>
+                {
+                    record =
+                        crate::dead_letter::trimmed_dead_letter_record(&record, &e.to_string());
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, dlq, "cannot dead-letter it either; it stays in its tier");
+                    return false;
+                }
             }
         }
     }
@@ -432,11 +473,13 @@ impl Run<'_> {
 
 /// Errors that publishing the same record again cannot cure.
 fn permanent(e: &Error) -> bool {
-    matches!(
-        e,
+    match e {
+        // the batch stopped at a record: what stopped it decides
+        Error::PartlyStored { cause, .. } => permanent(cause),
         Error::RecordTooLarge { .. }
-            | Error::InvalidArgument(_)
-            | Error::UnknownTopic(_)
-            | Error::UnknownPartition { .. }
-    )
+        | Error::InvalidArgument(_)
+        | Error::UnknownTopic(_)
+        | Error::UnknownPartition { .. } => true,
+        _ => false,
+    }
 }

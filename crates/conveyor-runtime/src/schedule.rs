@@ -241,13 +241,43 @@ impl Schedule {
         if self.key.as_deref().is_some_and(|k| !header_safe(k)) {
             return Err(invalid("key", "contains a control character; it is sent as an HTTP header to webhooks, which cannot carry one"));
         }
-        Ok(Compiled {
+        let size = serde_json::to_vec(&self.payload).map_or(0, |v| v.len())
+            + self.key.as_ref().map_or(0, String::len);
+        if size > MAX_TICK_BYTES {
+            return Err(invalid(
+                "payload",
+                format!("payload and key take {size} bytes; a tick holds at most {MAX_TICK_BYTES}"),
+            ));
+        }
+        let compiled = Compiled {
             schedule: self.clone(),
             cron,
             tz,
-        })
+        };
+        // an expression that never matches (the 30th of February) would be searched to the
+        // year 5000 at every pass
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        if compiled
+            .next_after(now)
+            .is_none_or(|t| t - now > MAX_TICK_GAP_MS)
+        {
+            return Err(invalid(
+                "cron",
+                "the expression has no tick in the next 5 years (a date that does not exist?)",
+            ));
+        }
+        Ok(compiled)
     }
 }
+
+/// The largest payload and key of a schedule's ticks together: 512 KiB (a tick must fit any
+/// topic's record limit with its headers).
+pub const MAX_TICK_BYTES: usize = 512 * 1024;
+
+/// A schedule must tick at least once in this many milliseconds (5 years).
+const MAX_TICK_GAP_MS: i64 = 5 * 366 * 24 * 3600 * 1000;
 
 /// A validated schedule, ready to compute ticks.
 #[derive(Debug, Clone)]

@@ -408,7 +408,7 @@ impl Run<'_> {
                 .missed
                 .fetch_add(due.missed as u64, Ordering::Relaxed);
             if due.fire.is_empty() {
-                cursor.at = now;
+                cursor.at = cursor.at.max(now);
                 cursor.retry_at = None;
             } else {
                 let partitions = match self.partitions(&schedule.topic).await {
@@ -442,7 +442,7 @@ impl Run<'_> {
                     let done = unix_ms(SystemTime::now());
                     for (name, tick) in ticks {
                         if let Some(cursor) = ow.cursors.get_mut(&name) {
-                            cursor.at = now;
+                            cursor.at = cursor.at.max(now);
                             cursor.retry_at = None;
                         }
                         let late = (done - tick).max(0) as u64;

@@ -569,7 +569,8 @@ impl Worker {
             for t in &s.options.topics {
                 forwarders.spawn(run_forwarder(
                     Forwarder::new(Arc::clone(&s.backend), t.clone(), s.options.tiers.clone())
-                        .with_control(control.clone()),
+                        .with_control(control.clone())
+                        .with_dlq_suffix(s.options.dlq_suffix.clone()),
                     stopped.clone(),
                 ));
             }
@@ -631,14 +632,10 @@ struct Scheduler {
 }
 
 /// Runs a forwarder until `stopped` turns true, starting it again after a failure.
-async fn run_forwarder(f: Forwarder, mut stopped: tokio::sync::watch::Receiver<bool>) {
-    let (backend, topic, tiers, control) = f.parts();
+async fn run_forwarder(template: Forwarder, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let topic = template.topic().to_owned();
     loop {
-        let f = Forwarder::new(Arc::clone(&backend), topic.clone(), tiers.clone());
-        let f = match &control {
-            Some(c) => f.with_control(c.clone()),
-            None => f,
-        };
+        let f = template.again();
         let mut stop = stopped.clone();
         let result = f
             .run(async move {
@@ -1439,8 +1436,15 @@ impl Scheduler {
             let n = self.waiting.get(tp).copied().unwrap_or(0);
             let paused = self.paused.contains(tp);
             // jobs waiting behind keys held for retries in the tiers: pausing would keep the
-            // retries (new records of this partition) from coming back; the keys go instead
-            if !paused && n >= cap && self.parked.values().any(|p| p.tp == *tp) {
+            // retries (new records of this partition) from coming back, so at the bound the
+            // keys go instead; so do keys of a partition paused anyway (a full buffer, a topic
+            // over its share) whose retry is due: it cannot be fetched until then
+            let now = Instant::now();
+            let stuck = self
+                .parked
+                .values()
+                .any(|p| p.tp == *tp && (n >= cap || (paused && p.until <= now + PARK_GRACE)));
+            if stuck {
                 unpark.push(tp.clone());
                 continue;
             }
