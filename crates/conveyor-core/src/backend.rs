@@ -260,6 +260,13 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Flushes and closes. Later calls fail with `Closed`.
     async fn close(&self) -> Result<()>;
 
+    /// The enqueue-time unique-key index, when the backend has one ([`UniqueClaims`]): the
+    /// embedded backend, which owns its log, does; Kafka has no conditional write, so it does
+    /// not (its workers drop duplicates before they run instead).
+    fn unique_claims(&self) -> Option<&dyn UniqueClaims> {
+        None
+    }
+
     /// How often a worker should commit when it has progress to commit: cheap local commits can be
     /// frequent (fewer redeliveries after a crash), a broker round trip should not be. Default:
     /// 10 ms.
@@ -309,6 +316,26 @@ pub trait Subscription: Send + fmt::Debug {
 
     /// The consumer group.
     fn group(&self) -> &str;
+}
+
+/// Optional capability: claim a unique key atomically when a job is enqueued
+/// ([`Backend::unique_claims`]).
+#[async_trait]
+pub trait UniqueClaims: Send + Sync {
+    /// Claims `key` within `scope` (the topic) for job `id` until `until_ms` (ms since the
+    /// epoch), unless another job holds it past `now_ms`: then returns that job's id and hold.
+    /// The claim is durable before this returns.
+    async fn claim(
+        &self,
+        scope: &str,
+        key: &str,
+        id: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<Option<(String, i64)>>;
+
+    /// Releases the claim of `id` on `key` (its job was not stored after all).
+    async fn release(&self, scope: &str, key: &str, id: &str) -> Result<()>;
 }
 
 /// Optional capability: append records and commit offsets as one atomic step (the basis of

@@ -68,6 +68,16 @@ pub enum Error {
     /// The broker or client library reported an error.
     #[error("broker error: {0}")]
     Broker(String),
+    /// A unique job whose key another job holds (enqueue-time check, where the backend can).
+    #[error("a job with unique_key `{unique_key}` is already enqueued (id {existing_id}) and holds the key until {until}; this one was not stored")]
+    DuplicateJob {
+        /// The unique key.
+        unique_key: String,
+        /// The message id of the job holding it.
+        existing_id: String,
+        /// When the hold ends (RFC 3339).
+        until: String,
+    },
     /// A batch failed after part of it was stored (Kafka batches are not atomic; embedded ones
     /// are). Resending the whole batch stores those records again.
     #[error("{stored} of {total} records of the batch were stored before it failed ({cause}); resending the batch stores those again")]

@@ -68,6 +68,11 @@ pub const DEDUP_KEY: &str = "dedup_key";
 pub const SCHEDULE: &str = "schedule";
 /// On a job fired by a cron schedule: the tick it was fired for (RFC 3339, UTC, milliseconds).
 pub const SCHEDULED_AT: &str = "scheduled_at";
+/// A unique job's key: within its hold (until `unique_until`) at most one job of the topic
+/// with this key runs.
+pub const UNIQUE_KEY: &str = "unique_key";
+/// When a unique job's hold on its key ends (RFC 3339).
+pub const UNIQUE_UNTIL: &str = "unique_until";
 /// On a retried job: the error of its first failed attempt.
 pub const FIRST_ERROR: &str = "first_error";
 /// On a retried job: the error of its latest failed attempt.
@@ -88,6 +93,8 @@ pub const METADATA: &[&str] = &[
     DELAY_PARTITION,
     RETRY_GROUP,
     DEDUP_KEY,
+    UNIQUE_KEY,
+    UNIQUE_UNTIL,
     FIRST_ERROR,
     LAST_ERROR,
 ];

@@ -25,7 +25,7 @@ pub mod topic;
 
 pub use backend::{
     AtomicPublishCommit, Backend, CommitOffset, Committed, Poll, RevokeBarrier, StartFrom,
-    SubscribeOptions, Subscription, TopicPartition, MAX_COMMIT_METADATA,
+    SubscribeOptions, Subscription, TopicPartition, UniqueClaims, MAX_COMMIT_METADATA,
 };
 pub use error::{Error, Result};
 pub use headers::JobMeta;

@@ -80,9 +80,37 @@ impl EmbeddedBackend {
 }
 
 #[async_trait]
+impl conveyor_core::UniqueClaims for EmbeddedBackend {
+    async fn claim(
+        &self,
+        scope: &str,
+        key: &str,
+        id: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<Option<(String, i64)>> {
+        let store = Arc::clone(&self.store);
+        let (scope, key, id) = (scope.to_owned(), key.to_owned(), id.to_owned());
+        tokio::task::spawn_blocking(move || store.claim_unique(&scope, &key, &id, until_ms, now_ms))
+            .await
+            .map_err(|e| {
+                conveyor_core::Error::Storage(format!("the unique-key claim failed: {e}"))
+            })?
+    }
+
+    async fn release(&self, scope: &str, key: &str, id: &str) -> Result<()> {
+        self.store.release_unique(scope, key, id)
+    }
+}
+
+#[async_trait]
 impl Backend for EmbeddedBackend {
     fn name(&self) -> &'static str {
         "embedded"
+    }
+
+    fn unique_claims(&self) -> Option<&dyn conveyor_core::UniqueClaims> {
+        Some(self)
     }
 
     async fn create_topic(&self, spec: &TopicSpec) -> Result<TopicInfo> {

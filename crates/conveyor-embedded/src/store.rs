@@ -100,6 +100,10 @@ pub(crate) struct Store {
     db: Database,
     meta: Keyspace,
     offsets: Keyspace,
+    /// Unique-key claims: `<scope>\0<key>` -> hold end (ms, 8 bytes big-endian) and job id.
+    unique: Keyspace,
+    /// One claim at a time, so a check and its write are one step.
+    unique_lock: std::sync::Mutex<()>,
     topics: RwLock<BTreeMap<String, Arc<TopicLog>>>,
     /// Bumped after every append and every group change; consumers wait on it.
     pub(crate) changes: watch::Sender<u64>,
@@ -168,6 +172,9 @@ impl Store {
         let offsets = db
             .keyspace("offsets", KeyspaceCreateOptions::default)
             .map_err(storage)?;
+        let unique = db
+            .keyspace("unique", KeyspaceCreateOptions::default)
+            .map_err(storage)?;
         let mut topics = BTreeMap::new();
         for guard in meta.prefix(b"topic\0") {
             let (_, v) = guard.into_inner().map_err(storage)?;
@@ -186,6 +193,8 @@ impl Store {
             db,
             meta,
             offsets,
+            unique,
+            unique_lock: std::sync::Mutex::new(()),
             topics: RwLock::new(topics),
             changes: watch::channel(0).0,
             config,
@@ -416,6 +425,52 @@ impl Store {
             .map(|v| String::from_utf8_lossy(&v).into_owned())
             .unwrap_or_default();
         Ok(Some((offset, metadata)))
+    }
+
+    /// Claims `key` in `scope` for `id` until `until_ms` unless another id holds it past
+    /// `now_ms` (then returns that id and its hold). Durable as appends are.
+    pub(crate) fn claim_unique(
+        &self,
+        scope: &str,
+        key: &str,
+        id: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<Option<(String, i64)>> {
+        self.ensure_open()?;
+        let _one = self.unique_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let k = [scope.as_bytes(), b"\0", key.as_bytes()].concat();
+        if let Some(v) = self.unique.get(&k).map_err(storage)? {
+            if v.len() >= 8 {
+                let held = i64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+                let holder = String::from_utf8_lossy(&v[8..]).into_owned();
+                if held > now_ms && holder != id {
+                    return Ok(Some((holder, held)));
+                }
+            }
+        }
+        let value = [until_ms.to_be_bytes().as_slice(), id.as_bytes()].concat();
+        let mut batch = self.db.batch().durability(self.persist_mode());
+        batch.insert(&self.unique, k, value);
+        batch.commit().map_err(storage)?;
+        Ok(None)
+    }
+
+    /// Releases `id`'s claim on `key` in `scope` (another's is left alone).
+    pub(crate) fn release_unique(&self, scope: &str, key: &str, id: &str) -> Result<()> {
+        let _one = self.unique_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let k = [scope.as_bytes(), b"\0", key.as_bytes()].concat();
+        let ours = self
+            .unique
+            .get(&k)
+            .map_err(storage)?
+            .is_some_and(|v| v.len() >= 8 && &v[8..] == id.as_bytes());
+        if ours {
+            let mut batch = self.db.batch().durability(self.persist_mode());
+            batch.remove(&self.unique, k);
+            batch.commit().map_err(storage)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn commit(&self, group: &str, offsets: &[CommitOffset]) -> Result<()> {

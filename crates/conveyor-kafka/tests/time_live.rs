@@ -74,3 +74,21 @@ async fn a_returned_retry_keeps_its_attempt_number_across_a_restart() {
 async fn a_parked_key_at_the_bound_lets_go() {
     time::a_parked_key_at_the_bound_lets_go(backend(), &live::unique("time")).await;
 }
+
+#[path = "../../conveyor-runtime/tests/support/unique.rs"]
+mod unique;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_a_thousand_concurrent_unique_jobs_runs() {
+    unique::one_of_a_thousand_concurrent_unique_jobs_runs(backend(), &live::unique("time"), false)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_written_past_the_client_are_dropped_before_running() {
+    unique::duplicates_written_past_the_client_are_dropped_before_running(
+        backend(),
+        &live::unique("time"),
+    )
+    .await;
+}

@@ -75,6 +75,17 @@ impl NewJob {
         self.with_header(headers::TIMEOUT_MS, ms)
     }
 
+    /// Makes the job unique: while it holds `key` (for `hold` from now) no other job of the
+    /// topic with that key runs. Where the backend can tell at enqueue time (embedded) a
+    /// duplicate is refused with [`Error::DuplicateJob`](conveyor_core::Error::DuplicateJob);
+    /// elsewhere (Kafka) it is stored and dropped before it runs. A unique job without a key is
+    /// keyed by its unique key, so its duplicates share its partition.
+    pub fn unique(self, key: impl Into<String>, hold: Duration) -> Self {
+        let until = SystemTime::now() + hold;
+        self.with_header(headers::UNIQUE_KEY.to_owned(), key.into())
+            .with_time_header(headers::UNIQUE_UNTIL, until)
+    }
+
     fn with_time_header(self, name: &str, at: SystemTime) -> Self {
         self.with_header(name.to_owned(), headers::format_time(at))
     }
@@ -134,10 +145,11 @@ impl Client {
         let id = meta.message_id.clone().expect("new job has an id");
         let mut h = job.headers;
         meta.write_to(&mut h);
+        let key = job.key.or_else(|| h.get(headers::UNIQUE_KEY).cloned());
         (
             id,
             Record {
-                key: job.key,
+                key,
                 value: job.payload,
                 headers: h,
                 partition: None,
@@ -157,7 +169,14 @@ impl Client {
     pub async fn enqueue_batch(&self, topic: &str, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         let (ids, records): (Vec<String>, Vec<Record>) =
             jobs.into_iter().map(|j| self.to_record(j)).unzip();
-        let positions: Vec<Position> = self.backend.publish(topic, records).await?;
+        let claimed = self.claim_unique(topic, &ids, &records).await?;
+        let positions: Vec<Position> = match self.backend.publish(topic, records).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.release_unique(topic, &claimed).await;
+                return Err(e);
+            }
+        };
         Ok(ids
             .into_iter()
             .zip(positions)
@@ -168,6 +187,64 @@ impl Client {
                 offset: p.offset,
             })
             .collect())
+    }
+}
+
+/// A claimed unique key: (key, job id).
+type Claim = (String, String);
+
+impl Client {
+    /// Claims the unique keys of the batch where the backend can (embedded); refuses the whole
+    /// batch, releasing what it claimed, when one is held by another job.
+    async fn claim_unique(
+        &self,
+        topic: &str,
+        ids: &[String],
+        records: &[Record],
+    ) -> Result<Vec<Claim>> {
+        let Some(index) = self.backend.unique_claims() else {
+            return Ok(Vec::new());
+        };
+        let now = crate::forwarder::millis(SystemTime::now());
+        let mut claimed: Vec<Claim> = Vec::new();
+        for (id, r) in ids.iter().zip(records) {
+            let Some(key) = r.headers.get_str(headers::UNIQUE_KEY) else {
+                continue;
+            };
+            let until = r
+                .headers
+                .get_str(headers::UNIQUE_UNTIL)
+                .and_then(headers::parse_time)
+                .map_or(now, crate::forwarder::millis);
+            match index.claim(topic, key, id, until, now).await {
+                Ok(None) => claimed.push((key.to_owned(), id.clone())),
+                Ok(Some((existing_id, held))) => {
+                    self.release_unique(topic, &claimed).await;
+                    let until = SystemTime::UNIX_EPOCH + Duration::from_millis(held.max(0) as u64);
+                    return Err(conveyor_core::Error::DuplicateJob {
+                        unique_key: key.to_owned(),
+                        existing_id,
+                        until: headers::format_time(until),
+                    });
+                }
+                Err(e) => {
+                    self.release_unique(topic, &claimed).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn release_unique(&self, topic: &str, claimed: &[Claim]) {
+        let Some(index) = self.backend.unique_claims() else {
+            return;
+        };
+        for (key, id) in claimed {
+            if let Err(e) = index.release(topic, key, id).await {
+                tracing::warn!(error = %e, key, "cannot release a unique key of a job that was not stored; it stays held until its hold ends");
+            }
+        }
     }
 }
 

@@ -35,6 +35,7 @@ pub mod schedule;
 pub mod scheduler;
 pub mod tiers;
 pub mod tracker;
+pub mod unique;
 pub mod webhook;
 pub mod worker;
 

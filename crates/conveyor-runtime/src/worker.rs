@@ -106,6 +106,8 @@ pub struct WorkerStats {
     pub other_group: AtomicU64,
     /// Jobs dead-lettered because their deadline passed.
     pub deadline: AtomicU64,
+    /// Unique jobs dropped before running: another job held their key ([`crate::unique`]).
+    pub unique_dropped: AtomicU64,
 }
 
 impl WorkerStats {
@@ -327,6 +329,7 @@ impl WorkerBuilder {
         Worker {
             control: self.control,
             shared: Arc::new(Shared {
+                unique: tokio::sync::OnceCell::new(),
                 backend: self.backend,
                 options: self.options,
                 handlers: self.handlers,
@@ -338,6 +341,8 @@ impl WorkerBuilder {
 }
 
 struct Shared {
+    /// The unique-key ledger, opened when the worker starts.
+    unique: tokio::sync::OnceCell<crate::unique::UniqueLedger>,
     backend: Arc<dyn Backend>,
     options: WorkerOptions,
     handlers: HashMap<String, Arc<dyn Handler>>,
@@ -494,6 +499,8 @@ impl Worker {
             Some(c) => c,
             None => Control::open(Arc::clone(&s.backend)).await?,
         };
+        let ledger = crate::unique::UniqueLedger::open(Arc::clone(&s.backend)).await?;
+        let _ = s.unique.set(ledger);
         if s.options.topics.is_empty() {
             return Err(Error::InvalidArgument(
                 "a worker needs at least one topic".into(),
@@ -1661,6 +1668,9 @@ async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
         };
         return dead_letter(shared, &task, DeadLetterReason::Exhausted, &error).await;
     }
+    if let Some(result) = unique_duplicate(shared, task).await {
+        return result;
+    }
     shared.stats.started.fetch_add(1, Ordering::Relaxed);
     let handler = shared
         .handlers
@@ -1732,6 +1742,41 @@ async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
         Outcome::Fail { error } => (DeadLetterReason::Failed, error),
     };
     dead_letter(shared, task, reason, &error).await
+}
+
+/// A unique job another job holds the key of: dropped (`Some(Finished)`); when the ledger cannot
+/// be read, tried again in a second (`Some(Retry)`); `None`: it runs.
+async fn unique_duplicate(shared: &Shared, task: &Task) -> Option<TaskResult> {
+    let r = &task.record;
+    let key = r.headers.get_str(headers::UNIQUE_KEY)?;
+    let ledger = shared.unique.get()?;
+    let meta = conveyor_core::JobMeta::from_headers(&r.headers);
+    let id = meta.message_id.clone().unwrap_or_else(|| move_key(r));
+    let enqueued = meta.produced_at.map_or(r.timestamp, millis);
+    let until = r
+        .headers
+        .get_str(headers::UNIQUE_UNTIL)
+        .and_then(headers::parse_time)
+        .map_or(enqueued, millis);
+    let group = &shared.options.group;
+    match ledger
+        .admit(group, &r.topic, key, &id, enqueued, until)
+        .await
+    {
+        Ok(crate::unique::Verdict::Run) => None,
+        Ok(crate::unique::Verdict::Duplicate { holder, until }) => {
+            shared.stats.unique_dropped.fetch_add(1, Ordering::Relaxed);
+            let until = headers::format_time(
+                SystemTime::UNIX_EPOCH + Duration::from_millis(until.max(0) as u64),
+            );
+            tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, unique_key = key, id, holder, until, "a duplicate of a unique job was dropped without running: the job `holder` holds its key");
+            Some(TaskResult::Finished)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, unique_key = key, "cannot read the unique-key ledger; trying the job again in 1 s");
+            Some(TaskResult::Retry(Duration::from_secs(1)))
+        }
+    }
 }
 
 /// Schedules the next attempt after `delay`: in memory up to `retry_in_place_max`, otherwise in

@@ -213,7 +213,16 @@ struct JobRequest {
     /// Longest one attempt may run, in milliseconds.
     #[serde(default)]
     timeout_ms: Option<i64>,
+    /// At most one job of the topic with this key runs while it holds it.
+    #[serde(default)]
+    unique_key: Option<String>,
+    /// How long the job holds its unique key, in milliseconds. Default: 24 h.
+    #[serde(default)]
+    unique_for_ms: Option<i64>,
 }
+
+/// How long a unique job holds its key unless it says: 24 hours.
+const DEFAULT_UNIQUE_FOR_MS: i64 = 24 * 3600 * 1000;
 
 /// The longest delay a job may ask for: 366 days.
 const MAX_DELAY_MS: i64 = 366 * 24 * 3600 * 1000;
@@ -334,6 +343,31 @@ impl JobRequest {
         }
         if let Some(d) = self.deadline.as_deref() {
             job = job.deadline(time("deadline", d)?);
+        }
+        match (self.unique_key, self.unique_for_ms) {
+            (None, Some(_)) => {
+                return Err(ApiError::invalid(
+                    field("unique_for_ms"),
+                    "`unique_for_ms` goes with a `unique_key`",
+                ))
+            }
+            (Some(k), _) if k.is_empty() || k.chars().count() > 255 || !header_safe(&k) => {
+                return Err(ApiError::invalid(
+                    field("unique_key"),
+                    "`unique_key` must be 1 to 255 characters without control characters",
+                ))
+            }
+            (Some(_), Some(ms)) if !(1..=MAX_DELAY_MS).contains(&ms) => {
+                return Err(ApiError::invalid(
+                    field("unique_for_ms"),
+                    format!("`unique_for_ms` must be 1 to {MAX_DELAY_MS} (366 days)"),
+                ))
+            }
+            (Some(k), ms) => {
+                let ms = ms.unwrap_or(DEFAULT_UNIQUE_FOR_MS);
+                job = job.unique(k, std::time::Duration::from_millis(ms as u64));
+            }
+            (None, None) => {}
         }
         match self.timeout_ms {
             Some(ms) if !(1..=MAX_TIMEOUT_MS).contains(&ms) => {

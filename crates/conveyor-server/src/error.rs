@@ -50,6 +50,9 @@ pub enum ApiError {
     /// The topic exists with other settings.
     #[error("{0}")]
     TopicConflict(String),
+    /// A unique job whose key another job holds.
+    #[error("{0}")]
+    DuplicateJob(String),
     /// A topics plan contains changes that cannot be made in place; nothing was applied.
     #[error("{0}")]
     PlanRefused(String),
@@ -101,6 +104,7 @@ impl ApiError {
             ApiError::ScheduleInConfig(_) => ApiError::ScheduleInConfig(message),
             ApiError::MethodNotAllowed => ApiError::MethodNotAllowed,
             ApiError::TopicConflict(_) => ApiError::TopicConflict(message),
+            ApiError::DuplicateJob(_) => ApiError::DuplicateJob(message),
             ApiError::PlanRefused(_) => ApiError::PlanRefused(message),
             ApiError::Unsupported(_) => ApiError::Unsupported(message),
             ApiError::PayloadTooLarge(_) => ApiError::PayloadTooLarge(message),
@@ -123,6 +127,7 @@ impl ApiError {
             ApiError::ScheduleInConfig(_) => "schedule_in_config",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::TopicConflict(_) => "topic_conflict",
+            ApiError::DuplicateJob(_) => "duplicate_job",
             ApiError::PlanRefused(_) => "plan_refused",
             ApiError::Unsupported(_) => "unsupported",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
@@ -144,6 +149,7 @@ impl ApiError {
             | ApiError::UnknownSchedule(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TopicConflict(_)
+            | ApiError::DuplicateJob(_)
             | ApiError::PlanRefused(_)
             | ApiError::ScheduleInConfig(_) => StatusCode::CONFLICT,
             ApiError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
@@ -166,6 +172,7 @@ impl From<Error> for ApiError {
             Error::InvalidTopicName { .. } => ApiError::invalid("name", e.to_string()),
             Error::InvalidArgument(m) => ApiError::invalid("", m),
             Error::TopicConflict { .. } => ApiError::TopicConflict(e.to_string()),
+            Error::DuplicateJob { .. } => ApiError::DuplicateJob(e.to_string()),
             Error::RecordTooLarge { .. } => ApiError::PayloadTooLarge(e.to_string()),
             Error::PartlyStored { ref cause, .. } => {
                 let partly = e.to_string();

@@ -1058,3 +1058,65 @@ async fn schedules_are_put_listed_replaced_and_deleted() {
     control.refresh().await.unwrap();
     assert!(control.schedule("tick").is_none());
 }
+
+#[tokio::test]
+async fn a_duplicate_unique_job_is_409_naming_the_holder() {
+    let api = api().await;
+    let body = json!({"type": "t", "payload": 1, "unique_key": "nightly", "unique_for_ms": 60000});
+    let (s, first) = post(&api, "/v1/topics/emails/jobs", body.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{first}");
+    let (s, v) = post(&api, "/v1/topics/emails/jobs", body.clone()).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::CONFLICT, "duplicate_job"),
+        "{v}"
+    );
+    let holder = first["id"].as_str().unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains(holder),
+        "{v}"
+    );
+    // a batch holding a duplicate stores nothing
+    let before = api.backend.describe_topic("emails").await.unwrap().unwrap();
+    let (s, _) = post(
+        &api,
+        "/v1/topics/emails/jobs/batch",
+        json!({"jobs": [{"type": "t", "payload": 2}, body]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(
+        api.backend.describe_topic("emails").await.unwrap().unwrap(),
+        before
+    );
+    // another key, and the default hold
+    let (s, _) = post(
+        &api,
+        "/v1/topics/emails/jobs",
+        json!({"type": "t", "payload": 1, "unique_key": "other"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    for (body, field) in [
+        (
+            json!({"type": "t", "payload": 1, "unique_for_ms": 5}),
+            "unique_for_ms",
+        ),
+        (
+            json!({"type": "t", "payload": 1, "unique_key": ""}),
+            "unique_key",
+        ),
+        (
+            json!({"type": "t", "payload": 1, "unique_key": "k", "unique_for_ms": 0}),
+            "unique_for_ms",
+        ),
+        (
+            json!({"type": "t", "payload": 1, "headers": {"unique_key": "k"}}),
+            "headers.unique_key",
+        ),
+    ] {
+        let (s, v) = post(&api, "/v1/topics/emails/jobs", body.clone()).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {v}");
+        assert_eq!(v["error"]["field"], field, "{body}: {v}");
+    }
+}

@@ -55,6 +55,12 @@ pub(crate) enum Command {
         /// Cancel an attempt that runs longer than this, e.g. `30s`.
         #[arg(long, value_name = "DURATION")]
         timeout: Option<humantime::Duration>,
+        /// Unique job: no other job of the topic with this key runs while it holds it.
+        #[arg(long, value_name = "KEY")]
+        unique: Option<String>,
+        /// How long a unique job holds its key, e.g. `1h`. Default: 24 h.
+        #[arg(long, value_name = "DURATION", requires = "unique")]
+        unique_for: Option<humantime::Duration>,
         #[command(flatten)]
         server: Server,
     },

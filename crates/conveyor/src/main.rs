@@ -52,6 +52,8 @@ async fn run(cli: Cli) -> Result<()> {
             at,
             deadline,
             timeout,
+            unique,
+            unique_for,
             server,
         } => {
             let payload = if payload == "-" {
@@ -81,6 +83,12 @@ async fn run(cli: Cli) -> Result<()> {
             }
             if let Some(t) = timeout {
                 body["timeout_ms"] = json!(std::time::Duration::from(t).as_millis() as u64);
+            }
+            if let Some(u) = unique {
+                body["unique_key"] = json!(u);
+            }
+            if let Some(d) = unique_for {
+                body["unique_for_ms"] = json!(std::time::Duration::from(d).as_millis() as u64);
             }
             let at = ApiClient::new(server.url).enqueue(&topic, &body).await?;
             println!("{}", serde_json::to_string(&at)?);
