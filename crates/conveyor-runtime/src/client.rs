@@ -146,6 +146,7 @@ impl Client {
         let mut h = job.headers;
         meta.write_to(&mut h);
         let key = job.key.or_else(|| h.get(headers::UNIQUE_KEY).cloned());
+        hold_from_due_time(&mut h);
         (
             id,
             Record {
@@ -169,12 +170,20 @@ impl Client {
     pub async fn enqueue_batch(&self, topic: &str, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         let (ids, records): (Vec<String>, Vec<Record>) =
             jobs.into_iter().map(|j| self.to_record(j)).unzip();
-        let claimed = self.claim_unique(topic, &ids, &records).await?;
-        let positions: Vec<Position> = match self.backend.publish(topic, records).await {
-            Ok(p) => p,
-            Err(e) => {
-                self.release_unique(topic, &claimed).await;
-                return Err(e);
+        let unique = records
+            .iter()
+            .any(|r| r.headers.get(headers::UNIQUE_KEY).is_some());
+        let positions: Vec<Position> = match unique && self.backend.unique_claims().is_some() {
+            false => self.backend.publish(topic, records).await?,
+            // claimed and written in a task of their own: a caller that gives up (an HTTP
+            // client disconnecting) cannot leave a claim without its job
+            true => {
+                let (client, topic, ids) = (self.clone(), topic.to_owned(), ids.clone());
+                tokio::spawn(async move { client.claim_and_publish(&topic, &ids, records).await })
+                    .await
+                    .map_err(|e| {
+                        conveyor_core::Error::Storage(format!("the enqueue failed: {e}"))
+                    })??
             }
         };
         Ok(ids
@@ -193,7 +202,54 @@ impl Client {
 /// A claimed unique key: (key, job id).
 type Claim = (String, String);
 
+/// A delayed unique job holds its key from its due time: its hold is moved by its delay (as
+/// Asynq's uniqueness of a scheduled task), so a duplicate enqueued while it waits is refused.
+fn hold_from_due_time(h: &mut Headers) {
+    let (Some(until), Some(due)) = (
+        h.get_str(headers::UNIQUE_UNTIL)
+            .and_then(headers::parse_time),
+        h.get_str(headers::DUE_AT).and_then(headers::parse_time),
+    ) else {
+        return;
+    };
+    if let Ok(wait) = due.duration_since(SystemTime::now()) {
+        if let Some(later) = until.checked_add(wait) {
+            h.insert(headers::UNIQUE_UNTIL, headers::format_time(later));
+        }
+    }
+}
+
 impl Client {
+    /// Claims the batch's unique keys, then publishes it; releases the claims if it fails.
+    async fn claim_and_publish(
+        &self,
+        topic: &str,
+        ids: &[String],
+        records: Vec<Record>,
+    ) -> Result<Vec<Position>> {
+        if self.backend.describe_topic(topic).await?.is_none() {
+            return Err(conveyor_core::Error::UnknownTopic(topic.to_owned()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for r in &records {
+            if let Some(k) = r.headers.get_str(headers::UNIQUE_KEY) {
+                if !seen.insert(k) {
+                    return Err(conveyor_core::Error::InvalidArgument(format!(
+                        "the batch holds two jobs with unique_key `{k}`: at most one of them could run"
+                    )));
+                }
+            }
+        }
+        let claimed = self.claim_unique(topic, ids, &records).await?;
+        match self.backend.publish(topic, records).await {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                self.release_unique(topic, &claimed).await;
+                Err(e)
+            }
+        }
+    }
+
     /// Claims the unique keys of the batch where the backend can (embedded); refuses the whole
     /// batch, releasing what it claimed, when one is held by another job.
     async fn claim_unique(

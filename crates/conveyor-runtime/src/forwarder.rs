@@ -233,11 +233,7 @@ impl Run<'_> {
     fn release_of(&self, h: &Held) -> i64 {
         let r = &h.record;
         let tier = self.tier_of.get(&r.topic).copied().unwrap_or_default();
-        let by_tier = r
-            .timestamp
-            .min(h.seen)
-            .saturating_add(tier.as_millis() as i64);
-        due_of(r).map_or(by_tier, |due| due.min(by_tier))
+        release_at(r.timestamp, h.seen, tier, due_of(r))
     }
 
     /// Where a record let go at `now` goes: a shorter tier or the topic.
@@ -471,6 +467,13 @@ impl Run<'_> {
     }
 }
 
+/// When a tier record written at `timestamp` and first read at `seen` (ms) is let go from a
+/// tier of `tier`: the tier's delay after the earlier of the two, or its `due` if sooner.
+fn release_at(timestamp: i64, seen: i64, tier: Duration, due: Option<i64>) -> i64 {
+    let by_tier = timestamp.min(seen).saturating_add(tier.as_millis() as i64);
+    due.map_or(by_tier, |due| due.min(by_tier))
+}
+
 /// Errors that publishing the same record again cannot cure.
 fn permanent(e: &Error) -> bool {
     match e {
@@ -481,5 +484,31 @@ fn permanent(e: &Error) -> bool {
         | Error::UnknownTopic(_)
         | Error::UnknownPartition { .. } => true,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tier_lets_a_record_go_after_its_delay_or_its_due_time_at_a_given_clock() {
+        let tier = Duration::from_secs(60);
+        // written at 1000, read at 1005: let go a minute after it was written
+        assert_eq!(release_at(1_000, 1_005, tier, None), 61_000);
+        assert_eq!(release_at(1_000, 1_005, tier, Some(90_000)), 61_000);
+        // due sooner than the tier (the last hop): at its due time
+        assert_eq!(release_at(1_000, 1_005, tier, Some(30_000)), 30_000);
+        // a producer clock a day ahead cannot hold the partition: counted from when it was read
+        let ahead = 86_400_000 + 1_000;
+        assert_eq!(release_at(ahead, 1_005, tier, None), 61_005);
+        // a timestamp at the end of time does not overflow
+        assert_eq!(release_at(i64::MAX, i64::MAX, tier, None), i64::MAX);
+        assert!(permanent(&Error::PartlyStored {
+            stored: 1,
+            total: 2,
+            cause: Box::new(Error::RecordTooLarge { size: 2, max: 1 })
+        }));
+        assert!(!permanent(&Error::Broker("down".into())));
     }
 }

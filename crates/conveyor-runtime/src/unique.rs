@@ -1,19 +1,25 @@
 //! Unique jobs, worker side: the ledger of unique keys that jobs hold, shared through the backend.
 //!
-//! A job with a `unique_key` header holds the key (per group and topic) until its
-//! `unique_until`. Before it runs, the worker reads the ledger topic [`UNIQUE_TOPIC`] (one
-//! partition, every conveyor process of the backend writes to it) to its end: when another job
-//! holds the key and this one was enqueued before that hold ends, this one is a duplicate and is
-//! dropped without running (`WorkerStats::unique_dropped`, and a warning naming both ids);
-//! otherwise the worker writes this job's hold to the ledger, durably, and runs it. Records with
-//! the same key share a partition (the client keys a unique job by its unique key unless it has
-//! a key), and a partition has one owner at a time, so two workers never decide on one key at
-//! once; a new owner reads what the previous one wrote. The same check runs on every backend: on
-//! the embedded backend duplicates are already refused at enqueue (`409 duplicate_job`), and
-//! this also covers records other producers wrote.
+//! A job with a `unique_key` header holds the key (per group and topic) from when it was
+//! enqueued until its `unique_until`. Before a unique job runs, the worker appends a *claim* to
+//! the ledger topic [`UNIQUE_TOPIC`] (one partition, written by every conveyor process of the
+//! backend) and reads the ledger up to and including that claim. The ledger's order decides:
+//! claims are applied in offset order, and a claim loses when the key is held, by another job,
+//! over a window that overlaps the claim's own (`[enqueued, until]`). A job whose claim lost is
+//! a duplicate and is dropped without running (`WorkerStats::unique_dropped`, and a warning
+//! naming both ids); one whose claim won (or that already holds the key: a retry, a
+//! redelivery) runs. Because the order is the log's, two workers deciding at once, on two
+//! partitions or in two processes, agree: at most one job of a key runs within its window. A job
+//! whose window does not overlap the holder's (enqueued after the hold ended) is not a duplicate.
+//!
+//! The same check runs on every backend: on the embedded backend duplicates are already refused
+//! at enqueue (`409 duplicate_job`), and this also covers records other producers wrote. Holds
+//! whose window has ended are forgotten; a new process reads the ledger from its start (kept 400
+//! days, the longest hold plus a margin). Cost: one durable append and one read per unique job.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use conveyor_core::{Backend, Error, Record, Result, TopicSpec};
 use serde::{Deserialize, Serialize};
@@ -21,24 +27,33 @@ use serde::{Deserialize, Serialize};
 /// The ledger topic.
 pub const UNIQUE_TOPIC: &str = "conveyor.unique";
 
-/// How long the ledger keeps a hold: the longest hold a job may ask for (366 days) and a margin.
+/// How long the ledger keeps a claim: the longest hold a job may ask for (366 days) and a margin.
 const RETENTION_MS: i64 = 400 * 24 * 3600 * 1000;
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Hold {
+/// Holds are forgotten this long after their window ended (clock differences, backlogs).
+const FORGET_AFTER_MS: i64 = 24 * 3600 * 1000;
+
+/// How many empty reads in a row (a fetch that timed out) before the ledger counts as unreadable.
+const READ_TRIES: usize = 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Claim {
     group: String,
     topic: String,
     key: String,
     id: String,
+    /// When the job was enqueued (ms since the epoch).
+    #[serde(default)]
+    enqueued: i64,
     until: i64,
 }
 
 /// What the ledger says about a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// It holds the key now (or already did): run it.
+    /// It holds the key (now, or already did): run it.
     Run,
-    /// Another job holds the key: drop this one.
+    /// Another job holds the key over an overlapping window: drop this one.
     Duplicate {
         /// The message id of the job holding the key.
         holder: String,
@@ -47,11 +62,60 @@ pub enum Verdict {
     },
 }
 
+/// One key's holder.
+#[derive(Debug, Clone)]
+struct Held {
+    id: String,
+    enqueued: i64,
+    until: i64,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    /// (group, topic, key) -> (job id, hold end).
-    holds: HashMap<(String, String, String), (String, i64)>,
+    /// (group, topic, key) -> the job holding it.
+    holds: HashMap<(String, String, String), Held>,
     next: i64,
+}
+
+impl State {
+    /// Applies a claim in ledger order: it takes the key unless another job holds it over an
+    /// overlapping window.
+    fn apply(&mut self, c: Claim) {
+        let k = (c.group, c.topic, c.key);
+        if let Some(h) = self.holds.get(&k) {
+            if h.id != c.id && overlaps(h.enqueued, h.until, c.enqueued, c.until) {
+                return;
+            }
+        }
+        self.holds.insert(
+            k,
+            Held {
+                id: c.id,
+                enqueued: c.enqueued,
+                until: c.until,
+            },
+        );
+    }
+
+    fn verdict(&self, k: &(String, String, String), id: &str) -> Option<Verdict> {
+        let h = self.holds.get(k)?;
+        Some(match h.id == id {
+            true => Verdict::Run,
+            false => Verdict::Duplicate {
+                holder: h.id.clone(),
+                until: h.until,
+            },
+        })
+    }
+
+    fn forget_ended(&mut self, now: i64) {
+        self.holds
+            .retain(|_, h| h.until.saturating_add(FORGET_AFTER_MS) > now);
+    }
+}
+
+fn overlaps(a_from: i64, a_until: i64, b_from: i64, b_until: i64) -> bool {
+    a_from < b_until && b_from < a_until
 }
 
 /// See the [module docs](self).
@@ -76,8 +140,9 @@ impl UniqueLedger {
         })
     }
 
-    /// Decides whether job `id` of `group` on `topic`, enqueued at `enqueued_ms` with a hold on
-    /// `key` until `until_ms`, runs; when it does, its hold is in the ledger before this returns.
+    /// Decides whether job `id` of `group` on `topic`, enqueued at `enqueued_ms` and holding
+    /// `key` until `until_ms`, runs (see the module docs). When it runs, its claim is in the
+    /// ledger before this returns.
     pub async fn admit(
         &self,
         group: &str,
@@ -88,59 +153,112 @@ impl UniqueLedger {
         until_ms: i64,
     ) -> Result<Verdict> {
         let mut state = self.state.lock().await;
-        self.read_on(&mut state).await?;
         let k = (group.to_owned(), topic.to_owned(), key.to_owned());
-        if let Some((holder, held)) = state.holds.get(&k) {
-            if holder == id {
-                return Ok(Verdict::Run);
-            }
-            if *held > enqueued_ms {
-                return Ok(Verdict::Duplicate {
-                    holder: holder.clone(),
-                    until: *held,
-                });
-            }
+        // already decided for this job (a retry, a redelivery): no new claim
+        let end = self.end().await?;
+        self.read_to(&mut state, end).await?;
+        if let Some(Verdict::Run) = state.verdict(&k, id) {
+            return Ok(Verdict::Run);
         }
-        let hold = Hold {
+        let claim = Claim {
             group: group.to_owned(),
             topic: topic.to_owned(),
             key: key.to_owned(),
             id: id.to_owned(),
+            enqueued: enqueued_ms,
             until: until_ms,
         };
-        let value = serde_json::to_vec(&hold).expect("a hold serializes");
-        let at = self
-            .backend
-            .publish(UNIQUE_TOPIC, vec![Record::new(value)])
-            .await?;
-        state.holds.insert(k, (id.to_owned(), until_ms));
-        state.next = state.next.max(at[0].offset + 1);
-        Ok(Verdict::Run)
+        let value = serde_json::to_vec(&claim).expect("a claim serializes");
+        let mut record = Record::new(value).with_key(key.as_bytes().to_vec());
+        record.partition = Some(0);
+        let at = self.backend.publish(UNIQUE_TOPIC, vec![record]).await?;
+        // every claim up to ours, in the ledger's order, decides
+        self.read_to(&mut state, at[0].offset + 1).await?;
+        state.forget_ended(crate::forwarder::millis(std::time::SystemTime::now()));
+        Ok(state.verdict(&k, id).unwrap_or(Verdict::Run))
     }
 
-    /// Reads the holds written since the last read (by any process).
-    async fn read_on(&self, state: &mut State) -> Result<()> {
-        loop {
+    /// The ledger's end (its next offset).
+    async fn end(&self) -> Result<i64> {
+        let info = self
+            .backend
+            .describe_topic(UNIQUE_TOPIC)
+            .await?
+            .ok_or_else(|| Error::UnknownTopic(UNIQUE_TOPIC.to_owned()))?;
+        Ok(info.partitions.first().map_or(0, |p| p.high))
+    }
+
+    /// Applies the claims up to (not including) offset `end`; a read that keeps coming back
+    /// empty before `end` (a fetch timing out) is an error, never "no claims".
+    async fn read_to(&self, state: &mut State, end: i64) -> Result<()> {
+        let mut empty = 0;
+        while state.next < end {
             let records = self
                 .backend
                 .fetch(UNIQUE_TOPIC, 0, state.next, 1000)
                 .await?;
             let Some(last) = records.last().map(|r| r.offset) else {
-                return Ok(());
+                empty += 1;
+                if empty >= READ_TRIES {
+                    return Err(Error::Broker(format!(
+                        "the unique-key ledger {UNIQUE_TOPIC} could not be read from offset {} to {end}",
+                        state.next
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             };
+            empty = 0;
             for r in records {
-                match serde_json::from_slice::<Hold>(&r.value) {
-                    Ok(h) => {
-                        state
-                            .holds
-                            .insert((h.group, h.topic, h.key), (h.id, h.until));
-                    }
+                match serde_json::from_slice::<Claim>(&r.value) {
+                    Ok(c) => state.apply(c),
                     Err(e) => {
-                        tracing::warn!(offset = r.offset, error = %e, "ignoring a unique-ledger record that is not a hold")
+                        tracing::warn!(offset = r.offset, error = %e, "ignoring a unique-ledger record that is not a claim")
                     }
                 }
             }
             state.next = last + 1;
         }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(id: &str, enqueued: i64, until: i64) -> Claim {
+        Claim {
+            group: "g".into(),
+            topic: "t".into(),
+            key: "k".into(),
+            id: id.into(),
+            enqueued,
+            until,
+        }
+    }
+
+    #[test]
+    fn the_first_claim_in_the_ledger_wins_over_overlapping_ones() {
+        let k = ("g".to_owned(), "t".to_owned(), "k".to_owned());
+        let mut s = State::default();
+        s.apply(claim("a", 0, 100));
+        s.apply(claim("b", 50, 150));
+        assert_eq!(s.verdict(&k, "a"), Some(Verdict::Run));
+        assert!(matches!(
+            s.verdict(&k, "b"),
+            Some(Verdict::Duplicate { .. })
+        ));
+        // a's retry claims again: still a's
+        s.apply(claim("a", 0, 100));
+        assert_eq!(s.verdict(&k, "a"), Some(Verdict::Run));
+        // enqueued after a's hold ended: not a duplicate, it takes the key
+        s.apply(claim("c", 120, 220));
+        assert_eq!(s.verdict(&k, "c"), Some(Verdict::Run));
+        // a delayed job enqueued long ago whose window does not overlap c's runs too
+        s.apply(claim("d", -500, -400));
+        assert_eq!(s.verdict(&k, "d"), Some(Verdict::Run));
+        s.forget_ended(10 * FORGET_AFTER_MS);
+        assert_eq!(s.verdict(&k, "d"), None);
     }
 }

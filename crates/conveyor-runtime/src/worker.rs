@@ -433,6 +433,8 @@ enum TaskResult {
     Parked(Duration),
     /// Could not be moved to a delay tier: it waits in memory instead.
     Unmovable,
+    /// Not run (the unique-key ledger could not be read): the same attempt again after this.
+    Again(Duration),
 }
 
 /// What happens to a job taken from the ready queue.
@@ -462,6 +464,22 @@ struct ParkedKey {
 
 /// How long after its due time a parked key waits for its job before letting the next ones go.
 const PARK_GRACE: Duration = Duration::from_secs(60);
+
+/// What a job's `due_at` (ms since the epoch) says at `now`: run; wait in memory when less than
+/// the `shortest` tier is left (or the job may not move); otherwise move to a tier.
+fn due_gate(due: Option<i64>, now: i64, shortest: Duration, movable: bool) -> Gate {
+    match due {
+        Some(due) if due > now => {
+            let left = Duration::from_millis((due - now) as u64);
+            if movable && left >= shortest {
+                Gate::Move(due)
+            } else {
+                Gate::Hold(left)
+            }
+        }
+        _ => Gate::Run,
+    }
+}
 
 /// The job's `deadline`, in ms since the epoch.
 fn deadline_of(r: &ConsumedRecord) -> Option<i64> {
@@ -907,20 +925,15 @@ impl Scheduler {
         {
             return Gate::Paused;
         }
-        match due_of(r) {
-            Some(due) if due > now => {
-                let left = Duration::from_millis((due - now) as u64);
-                // a retry back for its held key waits here whatever is left (clock skew), so
-                // the key stays held
-                if !task.in_place && !task.keeps_key && left >= self.shared.options.tiers.shortest()
-                {
-                    Gate::Move(due)
-                } else {
-                    Gate::Hold(left)
-                }
-            }
-            _ => Gate::Run,
-        }
+        // a retry back for its held key waits here whatever is left (clock skew), so the key
+        // stays held
+        let movable = !task.in_place && !task.keeps_key;
+        due_gate(
+            due_of(r),
+            now,
+            self.shared.options.tiers.shortest(),
+            movable,
+        )
     }
 
     /// Pauses the owned partitions of topics paused for the group, resumes those of topics no
@@ -1180,6 +1193,13 @@ impl Scheduler {
                 self.returned(&task);
                 self.retry_later(task, delay);
             }
+            TaskResult::Again(delay) if self.is_current(&task) => {
+                self.returned(&task);
+                self.timers.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    task
+                });
+            }
             TaskResult::Unmovable if self.is_current(&task) => {
                 self.ready.push_back(Task {
                     in_place: true,
@@ -1211,6 +1231,7 @@ impl Scheduler {
             TaskResult::Retry(_)
             | TaskResult::Finished
             | TaskResult::Parked(_)
+            | TaskResult::Again(_)
             | TaskResult::Unmovable => {
                 self.mark_finished(&task);
                 self.release_lane(&task);
@@ -1773,8 +1794,8 @@ async fn unique_duplicate(shared: &Shared, task: &Task) -> Option<TaskResult> {
             Some(TaskResult::Finished)
         }
         Err(e) => {
-            tracing::warn!(error = %e, unique_key = key, "cannot read the unique-key ledger; trying the job again in 1 s");
-            Some(TaskResult::Retry(Duration::from_secs(1)))
+            tracing::warn!(error = %e, unique_key = key, "cannot read the unique-key ledger; trying the job again in 1 s (not counted as an attempt)");
+            Some(TaskResult::Again(Duration::from_secs(1)))
         }
     }
 }
@@ -1911,4 +1932,43 @@ fn job_type_of(r: &ConsumedRecord) -> String {
     conveyor_core::JobMeta::from_headers(&r.headers)
         .job_type
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The due-time decision at chosen clocks: never early, in memory below the shortest tier.
+    #[test]
+    fn due_times_decide_run_hold_or_move_at_a_given_clock() {
+        let five = Duration::from_secs(5);
+        let now = 1_000_000;
+        let is = |g: Gate| match g {
+            Gate::Run => "run".to_owned(),
+            Gate::Hold(d) => format!("hold {}", d.as_millis()),
+            Gate::Move(at) => format!("move {}", at - now),
+            _ => "other".to_owned(),
+        };
+        assert_eq!(is(due_gate(None, now, five, true)), "run");
+        assert_eq!(is(due_gate(Some(now), now, five, true)), "run");
+        assert_eq!(is(due_gate(Some(now - 60_000), now, five, true)), "run");
+        assert_eq!(is(due_gate(Some(now + 1), now, five, true)), "hold 1");
+        assert_eq!(
+            is(due_gate(Some(now + 4_999), now, five, true)),
+            "hold 4999"
+        );
+        assert_eq!(
+            is(due_gate(Some(now + 5_000), now, five, true)),
+            "move 5000"
+        );
+        assert_eq!(
+            is(due_gate(Some(now + 3_600_000), now, five, false)),
+            "hold 3600000"
+        );
+        // the latest time RFC 3339 can write still moves (through the longest tier, again and again)
+        assert_eq!(
+            is(due_gate(Some(253_402_300_799_999), now, five, true)),
+            format!("move {}", 253_402_300_799_999i64 - now)
+        );
+    }
 }

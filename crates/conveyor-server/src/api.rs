@@ -426,6 +426,17 @@ async fn enqueue_batch(
             ),
         ));
     }
+    let mut unique = std::collections::HashMap::new();
+    for (i, j) in req.jobs.iter().enumerate() {
+        if let Some(k) = j.unique_key.as_deref() {
+            if let Some(first) = unique.insert(k, i) {
+                return Err(ApiError::invalid(
+                    format!("jobs[{i}].unique_key"),
+                    format!("jobs[{first}] and jobs[{i}] have the same unique_key `{k}`: at most one of them could run"),
+                ));
+            }
+        }
+    }
     let jobs = req
         .jobs
         .into_iter()

@@ -165,11 +165,29 @@ pub(crate) async fn duplicates_written_past_the_client_are_dropped_before_runnin
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // duplicates with keys of their own land on both partitions: the ledger's order decides
+    let spread: Vec<_> = records(10)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut r)| {
+            r.key = Some(format!("other-key-{i}").into_bytes().into());
+            r
+        })
+        .collect();
+    backend.publish(&t, spread).await.unwrap();
+    while stats.unique_dropped.load(Ordering::SeqCst) < 20 {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "of the spread duplicates only {} dropped",
+            stats.unique_dropped.load(Ordering::SeqCst) - 10
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         runs.load(Ordering::SeqCst),
         1,
-        "exactly one of 60 duplicates ran"
+        "exactly one of 70 duplicates ran"
     );
     stop.send(()).unwrap();
     handle.await.unwrap().unwrap();
