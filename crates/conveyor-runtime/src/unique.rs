@@ -154,11 +154,20 @@ impl UniqueLedger {
     ) -> Result<Verdict> {
         let mut state = self.state.lock().await;
         let k = (group.to_owned(), topic.to_owned(), key.to_owned());
-        // already decided for this job (a retry, a redelivery): no new claim
         let end = self.end().await?;
         self.read_to(&mut state, end).await?;
-        if let Some(Verdict::Run) = state.verdict(&k, id) {
-            return Ok(Verdict::Run);
+        if let Some(h) = state.holds.get(&k) {
+            // already decided for this job (a retry, a redelivery): no new claim
+            if h.id == id {
+                return Ok(Verdict::Run);
+            }
+            // a claim written now would come after the holder's and lose: no new claim either
+            if overlaps(h.enqueued, h.until, enqueued_ms, until_ms) {
+                return Ok(Verdict::Duplicate {
+                    holder: h.id.clone(),
+                    until: h.until,
+                });
+            }
         }
         let claim = Claim {
             group: group.to_owned(),

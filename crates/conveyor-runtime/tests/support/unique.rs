@@ -68,7 +68,7 @@ pub(crate) async fn one_of_a_thousand_concurrent_unique_jobs_runs(
     } else {
         assert_eq!(stored.len(), 1000, "Kafka cannot refuse at enqueue");
     }
-    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    let until = tokio::time::Instant::now() + Duration::from_secs(180);
     let dropped = || stats.unique_dropped.load(Ordering::SeqCst) as usize;
     while runs.load(Ordering::SeqCst) + dropped() < stored.len() {
         assert!(
