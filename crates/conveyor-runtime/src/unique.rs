@@ -15,7 +15,9 @@
 //! The same check runs on every backend: on the embedded backend duplicates are already refused
 //! at enqueue (`409 duplicate_job`), and this also covers records other producers wrote. Holds
 //! whose window has ended are forgotten; a new process reads the ledger from its start (kept 400
-//! days, the longest hold plus a margin). Cost: one durable append and one read per unique job.
+//! days, the longest hold plus a margin). Cost: a job that takes its key writes one claim and
+//! reads the ledger up to it; a duplicate of a key already held is decided after reading the
+//! ledger's end, without a write (its claim would lose).
 
 use std::collections::HashMap;
 use std::sync::Arc;
