@@ -37,6 +37,8 @@ cat >"$work/conveyor.toml" <<TOML
 data_dir = "$work/data"
 [api]
 listen = "127.0.0.1:$port"
+# requests nobody answers (no worker runs here) time out fast: 504 after 100 ms
+max_reply_timeout_ms = 100
 [[topics]]
 name = "emails"
 partitions = 2

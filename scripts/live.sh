@@ -5,7 +5,8 @@
 #      transactions, the Java client on conveyor's topics, three members churning under load,
 #      `topics apply`, two `conveyor dev` processes failing over, the chaos run (two worker
 #      processes killed in turn while members join and leave), and cron schedules on two
-#      processes (each tick once; downtime with `missed = skip` and `once`);
+#      processes (each tick once; downtime with `missed = skip` and `once`), request/reply
+#      (1,000 concurrent requests, timeouts, late replies counted, a shared reply topic);
 #   2. three nodes (replication 3, min.insync.replicas 2): a partition leader killed with
 #      kill -9, then two of three brokers down;
 #   3. one node with SASL_SSL (SCRAM-SHA-512) and mutual-TLS listeners: the handshakes.
@@ -23,12 +24,17 @@ if [ "${1:-}" = "--single-node-tests" ]; then
   shift
   echo "live.sh: broker ${CONVEYOR_TEST_BROKERS} (Apache Kafka ${CONVEYOR_TEST_KAFKA_VERSION:-version not known: your own broker})" >&2
   cargo test -p conveyor-kafka --features live "$@" \
-    --test conformance_live --test transactions_live --test java_interop_live --test group_churn_live --test poison_live --test time_live \
+    --test conformance_live --test transactions_live --test latest_live --test java_interop_live --test group_churn_live --test poison_live --test time_live --test request_live \
     -- --nocapture
   cargo test -p conveyor --features live "$@" --test kafka_topics_live --test kafka_failover --test signals -- --nocapture
   cargo test -p conveyor --features live "$@" --test chaos -- chaos_kafka_live --nocapture
   cargo test -p conveyor --features live "$@" --test delayed -- live_kafka --nocapture
   cargo test -p conveyor --features live "$@" --test schedules_live -- --nocapture
+  cargo test -p conveyor-examples --features live "$@" --test waitlist --test agents --test cv_eval -- live_kafka --nocapture
+  # PostgreSQL (CONVEYOR_TEST_POSTGRES, else 127.0.0.1:5432, else a throwaway server): the outbox
+  # relay process killed while transactions commit; the orders example with worker processes killed
+  cargo test -p conveyor --features live "$@" --test outbox -- kafka_live --nocapture
+  cargo test -p conveyor-examples --features live "$@" --test orders -- kafka_live --nocapture
   exit 0
 fi
 

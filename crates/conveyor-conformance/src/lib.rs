@@ -52,6 +52,10 @@ pub struct Features {
     pub alter_topic_config: bool,
     /// Partitions can be added (`update_topic`). Kafka: CreatePartitions.
     pub add_partitions: bool,
+    /// Transactions are honoured: records published with [`conveyor_core::TransactionalCommit`]
+    /// appear only with their offsets. librdkafka's mock cluster accepts transactions without
+    /// honouring them (its readers see aborted records, its transactional offsets are not kept).
+    pub transactions: bool,
 }
 
 impl Default for Features {
@@ -65,6 +69,7 @@ impl Default for Features {
             read_topic_config: true,
             alter_topic_config: true,
             add_partitions: true,
+            transactions: true,
         }
     }
 }
@@ -98,6 +103,8 @@ macro_rules! conformance_tests {
             topic_settings_are_read_and_changed,
             added_partitions_are_used,
             partitions_assigned_again_start_unpaused,
+            transactional_commits_publish_and_commit_together,
+            transactional_commits_are_fenced,
         );
     };
     (@cases $features:expr, $harness:expr; $($case:ident),* $(,)?) => {

@@ -260,6 +260,14 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Flushes and closes. Later calls fail with `Closed`.
     async fn close(&self) -> Result<()>;
 
+    /// `Err`, saying what to do, once the backend can take no more writes until the process
+    /// starts again: the embedded log after a failed write (a full disk, an I/O error). Reads
+    /// may go on. A broker that is only unreachable is not reported here: its client retries.
+    /// Default: `Ok`.
+    fn health(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// The enqueue-time unique-key index, when the backend has one ([`UniqueClaims`]): the
     /// embedded backend, which owns its log, does; Kafka has no conditional write, so it does
     /// not (its workers drop duplicates before they run instead).
@@ -314,6 +322,22 @@ pub trait Subscription: Send + fmt::Debug {
     /// The partitions currently owned.
     fn assignment(&self) -> Vec<TopicPartition>;
 
+    /// Leaves the group in order, before the member is dropped, waiting up to `timeout` for the
+    /// partitions to be given up; records polled meanwhile are not delivered (the next owner
+    /// reads them from the committed offset). A member dropped without it leaves as it closes.
+    /// Kafka: it unsubscribes and serves the revocation until nothing is assigned, so closing the
+    /// consumer has no assignment left to undo (librdkafka can abort the process when one is
+    /// still in progress as the consumer closes: librdkafka#4792). The default does nothing.
+    async fn leave(&mut self, timeout: Duration) {
+        let _ = timeout;
+    }
+
+    /// Publishing and committing in one atomic step fenced to this member, when the backend can
+    /// ([`TransactionalCommit`]): both conveyor backends can. The default: `None`.
+    fn transactional(&mut self) -> Option<&mut dyn TransactionalCommit> {
+        None
+    }
+
     /// The consumer group.
     fn group(&self) -> &str;
 }
@@ -338,21 +362,25 @@ pub trait UniqueClaims: Send + Sync {
     async fn release(&self, scope: &str, key: &str, id: &str) -> Result<()>;
 }
 
-/// Optional capability: append records and commit offsets as one atomic step (the basis of
-/// exactly-once processing when the output is the same log).
+/// Optional capability of a [`Subscription`] ([`Subscription::transactional`]): publish records
+/// and commit offsets as one atomic step scoped to this member, the basis of exactly-once
+/// consume-and-emit.
 ///
-/// Not fenced: it commits for `group` whichever member calls it, unlike
-/// [`Subscription::commit`], which refuses partitions the member no longer owns. Nothing in
-/// conveyor calls it yet; the transactional consume-and-emit work (issue 9) replaces it with a
-/// commit scoped to the member (Kafka: the consumer's group metadata in the transaction).
+/// All or nothing: either every record becomes visible to readers and every offset is committed,
+/// or no record is visible and no offset moved (Kafka: one transaction, its records seen only by
+/// `read_committed` readers once it commits, which is how conveyor's Kafka consumers and readers
+/// read; embedded: one atomic write). Fenced: a member that no longer owns one of the partitions
+/// gets [`Error::NotAssigned`](crate::Error::NotAssigned) and nothing is published or committed
+/// (Kafka: the offsets carry the consumer's group metadata, so the group coordinator refuses a
+/// member of an older generation, a zombie, even one that has not noticed its revocation yet).
 #[async_trait]
-pub trait AtomicPublishCommit: Backend {
-    /// Publishes `records` to `topic` and commits `offsets` for `group`, all or nothing.
+pub trait TransactionalCommit: Send {
+    /// Publishes `records` (each to its topic, in order) and commits `offsets` for this member's
+    /// group, atomically. Metadata longer than [`MAX_COMMIT_METADATA`] fails with
+    /// `InvalidArgument` before anything happens.
     async fn publish_and_commit(
-        &self,
-        topic: &str,
-        records: Vec<Record>,
-        group: &str,
+        &mut self,
+        records: Vec<(String, Record)>,
         offsets: &[CommitOffset],
-    ) -> Result<Vec<Position>>;
+    ) -> Result<()>;
 }

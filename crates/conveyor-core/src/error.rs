@@ -97,6 +97,26 @@ pub enum Error {
         /// What it cannot do, and what to do instead.
         what: String,
     },
+    /// No reply to a request (`Client::request`) arrived within its timeout.
+    #[error("no reply to request {correlation_id} on `{topic}` within {waited_ms} ms: is a worker serving `{topic}` running, with a handler for the job type that replies? The request stays in the topic and may still run; a reply arriving later is dropped (counted as late)")]
+    RequestTimeout {
+        /// The topic the request was sent to.
+        topic: String,
+        /// The request's correlation id (its message id).
+        correlation_id: String,
+        /// How long the caller waited.
+        waited_ms: u64,
+    },
+    /// The worker gave up on a request (dead-lettered it); its reply carried the error.
+    #[error("request {correlation_id} on `{topic}` failed for good: {error}; it is in the topic's dead-letter topic (replay it once the cause is fixed, or send a new request)")]
+    RequestFailed {
+        /// The topic the request was sent to.
+        topic: String,
+        /// The request's correlation id (its message id).
+        correlation_id: String,
+        /// The error the worker gave up with (`reply_error`).
+        error: String,
+    },
     /// An operating-system I/O error.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -104,3 +124,13 @@ pub enum Error {
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// [`Error::NotAssigned`] for `tp`.
+    pub fn not_assigned(tp: &crate::TopicPartition) -> Error {
+        Error::NotAssigned {
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+        }
+    }
+}

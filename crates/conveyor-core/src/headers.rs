@@ -20,6 +20,8 @@
 //! | `retry_group` | set on a job that a group moved to a delay tier: only that group runs it | worker |
 //! | `dedup_key` | copies of one job carry the same value; a worker runs the first it sees | worker, scheduler |
 //! | `first_error`, `last_error` | on a retried job: its first and latest error | worker |
+//! | `reply_to`, `correlation_id` | on a request: where its reply goes, and the id pairing them | client |
+//! | `reply_error` | on a reply: the request failed for good (its error) | worker |
 //! | `schedule`, `scheduled_at` | on a job a cron schedule fired: the schedule's name and the tick's RFC 3339 time | scheduler |
 //! | `replayed_from` | `<dlq topic>/<partition>/<offset>`: the dead letter a replayed job came from | `conveyor dlq replay` |
 //! | `dlq_*` | see [`dlq`] | worker, on dead-letter records only |
@@ -78,6 +80,15 @@ pub const FIRST_ERROR: &str = "first_error";
 /// On a retried job: the error of its latest failed attempt.
 pub const LAST_ERROR: &str = "last_error";
 
+/// On a request (`Client::request`): the topic the worker publishes the handler's reply to, the
+/// requesting client's reply topic.
+pub const REPLY_TO: &str = "reply_to";
+/// On a request and its reply: the id that pairs them (the request's message id).
+pub const CORRELATION_ID: &str = "correlation_id";
+/// On a reply: present when the request failed for good (dead-lettered); the error, as text.
+/// A reply without it is the handler's answer, in the value.
+pub const REPLY_ERROR: &str = "reply_error";
+
 /// The job metadata conveyor writes itself: reserved, a producer's own headers may not use them.
 pub const METADATA: &[&str] = &[
     MESSAGE_ID,
@@ -97,6 +108,9 @@ pub const METADATA: &[&str] = &[
     UNIQUE_UNTIL,
     FIRST_ERROR,
     LAST_ERROR,
+    REPLY_TO,
+    CORRELATION_ID,
+    REPLY_ERROR,
 ];
 
 /// The default content type of a job payload.

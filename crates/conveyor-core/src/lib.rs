@@ -24,8 +24,8 @@ pub mod retry;
 pub mod topic;
 
 pub use backend::{
-    AtomicPublishCommit, Backend, CommitOffset, Committed, Poll, RevokeBarrier, StartFrom,
-    SubscribeOptions, Subscription, TopicPartition, UniqueClaims, MAX_COMMIT_METADATA,
+    Backend, CommitOffset, Committed, Poll, RevokeBarrier, StartFrom, SubscribeOptions,
+    Subscription, TopicPartition, TransactionalCommit, UniqueClaims, MAX_COMMIT_METADATA,
 };
 pub use error::{Error, Result};
 pub use headers::JobMeta;

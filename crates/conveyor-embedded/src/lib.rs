@@ -12,8 +12,9 @@
 //! | consumer groups | in-process members, round-robin assignor, fenced commits |
 //! | durability | OS write per group commit (`kill -9` safe); `fsync` per group commit by default |
 //! | retention | by age (`retention_ms`) and size (`retention_bytes`) per partition |
-//! | [`AtomicPublishCommit`] | yes (one batch) |
+//! | [`conveyor_core::TransactionalCommit`] | yes: records and offsets in one atomic write, fenced to the member |
 //! | multiple processes on one data folder | no: the folder is locked by its process |
+//! | a failed write (full disk, I/O error) | that write and all later ones refused, saying what to do; [`conveyor_core::Backend::health`] is `Err` until the log is opened again (in a new process); acknowledged records kept |
 //!
 //! # Layout
 //! - [`config`]: [`EmbeddedConfig`] and [`Durability`].
@@ -21,10 +22,12 @@
 //! - `group`: consumer-group membership and assignment.
 //! - `subscription`: a group member.
 //! - `codec`: the on-disk record format.
+//! - `health`: the first failed write, which every later one reports.
 
 mod codec;
 pub mod config;
 mod group;
+mod health;
 mod store;
 mod subscription;
 mod watermarks;
@@ -34,8 +37,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use conveyor_core::{
-    AtomicPublishCommit, Backend, CommitOffset, ConsumedRecord, Position, Record, Result,
-    SubscribeOptions, Subscription, TopicInfo, TopicSpec,
+    Backend, ConsumedRecord, Position, Record, Result, SubscribeOptions, Subscription, TopicInfo,
+    TopicSpec,
 };
 
 pub use config::{Durability, EmbeddedConfig};
@@ -139,7 +142,7 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn publish(&self, topic: &str, records: Vec<Record>) -> Result<Vec<Position>> {
-        self.store.publish(topic, records, None).await
+        self.store.publish(topic, records).await
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
@@ -156,11 +159,19 @@ impl Backend for EmbeddedBackend {
         }
         let member = self.groups.join(&options.group, topics);
         self.store.changes.send_modify(|v| *v += 1);
+        let membership = Arc::new(subscription::Membership {
+            store: Arc::clone(&self.store),
+            groups: Arc::clone(&self.groups),
+            group: options.group.clone(),
+            member,
+            writes: Default::default(),
+        });
         Ok(Box::new(EmbeddedSubscription {
             store: Arc::clone(&self.store),
             groups: Arc::clone(&self.groups),
             group: options.group,
             member,
+            membership,
             start: options.start,
             generation: 0,
             positions: BTreeMap::new(),
@@ -195,19 +206,8 @@ impl Backend for EmbeddedBackend {
     async fn close(&self) -> Result<()> {
         self.store.shutdown().await
     }
-}
 
-#[async_trait]
-impl AtomicPublishCommit for EmbeddedBackend {
-    async fn publish_and_commit(
-        &self,
-        topic: &str,
-        records: Vec<Record>,
-        group: &str,
-        offsets: &[CommitOffset],
-    ) -> Result<Vec<Position>> {
-        self.store
-            .publish(topic, records, Some((group.to_owned(), offsets.to_vec())))
-            .await
+    fn health(&self) -> Result<()> {
+        self.store.health()
     }
 }

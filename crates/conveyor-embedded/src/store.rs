@@ -23,6 +23,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::codec::{decode, encode, log_key, parse_log_key, timestamp_of};
 use crate::config::{Durability, EmbeddedConfig};
+use crate::health::Health;
 use crate::watermarks;
 
 fn storage(e: impl std::fmt::Display) -> Error {
@@ -72,11 +73,15 @@ impl TopicLog {
 }
 
 enum WriteOp {
+    /// Records for one or more topics and optionally a group's offsets, all in one atomic write
+    /// (a publish is one part; a transaction several).
     Publish {
-        topic: String,
-        records: Vec<Record>,
+        parts: Vec<(String, Vec<Record>)>,
         commit: Option<(String, Vec<CommitOffset>)>,
         reply: oneshot::Sender<Result<Vec<Position>>>,
+        /// Dropped only once the write landed (or failed): a transaction's group membership,
+        /// so a member dropped while its write is queued leaves the group after it.
+        hold: Option<Box<dyn std::any::Any + Send>>,
     },
     CreateTopic {
         spec: TopicSpec,
@@ -109,6 +114,8 @@ pub(crate) struct Store {
     pub(crate) changes: watch::Sender<u64>,
     config: EmbeddedConfig,
     ops: std::sync::Mutex<Option<mpsc::Sender<WriteOp>>>,
+    /// The first failed write, which every later one reports.
+    health: Health,
 }
 
 impl std::fmt::Debug for Store {
@@ -197,6 +204,7 @@ impl Store {
             unique_lock: std::sync::Mutex::new(()),
             topics: RwLock::new(topics),
             changes: watch::channel(0).0,
+            health: Health::new(config.path.clone(), config.durability),
             config,
             ops: std::sync::Mutex::new(Some(tx)),
         });
@@ -268,6 +276,12 @@ impl Store {
         }
     }
 
+    /// `Err` once a write failed: fjall takes no more writes until the log is opened again (see
+    /// [`Health`]). Reads go on.
+    pub(crate) fn health(&self) -> Result<()> {
+        self.health.check(&self.db)
+    }
+
     fn send(&self, op: WriteOp) -> Result<()> {
         let guard = self.ops.lock().expect("ops lock");
         let tx = guard.as_ref().ok_or(Error::Closed)?;
@@ -306,22 +320,29 @@ impl Store {
         Ok(spec)
     }
 
-    pub(crate) async fn publish(
-        &self,
-        topic: &str,
-        records: Vec<Record>,
-        commit: Option<(String, Vec<CommitOffset>)>,
-    ) -> Result<Vec<Position>> {
-        if records.is_empty() && commit.is_none() {
+    pub(crate) async fn publish(&self, topic: &str, records: Vec<Record>) -> Result<Vec<Position>> {
+        if records.is_empty() {
             self.topic_or_err(topic)?;
             return Ok(Vec::new());
         }
+        self.write(vec![(topic.to_owned(), records)], None, None)
+            .await
+    }
+
+    /// Appends records to several topics and commits a group's offsets in one atomic write:
+    /// all of it is stored or none. Positions in input order, part after part.
+    pub(crate) async fn write(
+        &self,
+        parts: Vec<(String, Vec<Record>)>,
+        commit: Option<(String, Vec<CommitOffset>)>,
+        hold: Option<Box<dyn std::any::Any + Send>>,
+    ) -> Result<Vec<Position>> {
         let (reply, rx) = oneshot::channel();
         self.send(WriteOp::Publish {
-            topic: topic.to_owned(),
-            records,
+            parts,
             commit,
             reply,
+            hold,
         })?;
         rx.await.map_err(|_| Error::Closed)?
     }
@@ -382,6 +403,7 @@ impl Store {
         let marks = watermarks_of(&self.topics.read().expect("topics lock"));
         if self.config.durability == Durability::Os {
             if let Err(e) = self.db.persist(PersistMode::SyncAll) {
+                self.health.write_failed(&e);
                 tracing::warn!(error = %e, "cannot sync the journal; the high watermarks are recorded later");
                 return;
             }
@@ -452,7 +474,7 @@ impl Store {
         let value = [until_ms.to_be_bytes().as_slice(), id.as_bytes()].concat();
         let mut batch = self.db.batch().durability(self.persist_mode());
         batch.insert(&self.unique, k, value);
-        batch.commit().map_err(storage)?;
+        batch.commit().map_err(|e| self.health.write_failed(&e))?;
         Ok(None)
     }
 
@@ -468,7 +490,7 @@ impl Store {
         if ours {
             let mut batch = self.db.batch().durability(self.persist_mode());
             batch.remove(&self.unique, k);
-            batch.commit().map_err(storage)?;
+            batch.commit().map_err(|e| self.health.write_failed(&e))?;
         }
         Ok(())
     }
@@ -479,7 +501,7 @@ impl Store {
         for c in offsets {
             insert_commit(&mut batch, &self.offsets, group, c);
         }
-        batch.commit().map_err(storage)
+        batch.commit().map_err(|e| self.health.write_failed(&e))
     }
 
     fn run_writer(self: Arc<Self>, rx: mpsc::Receiver<WriteOp>) {
@@ -513,8 +535,8 @@ impl Store {
             while records < self.config.max_group_commit {
                 match rx.try_recv() {
                     Ok(op) => {
-                        if let WriteOp::Publish { records: r, .. } = &op {
-                            records += r.len();
+                        if let WriteOp::Publish { parts, .. } = &op {
+                            records += parts.iter().map(|(_, r)| r.len()).sum::<usize>();
                         }
                         pending.push(op);
                     }
@@ -522,15 +544,18 @@ impl Store {
                 }
             }
             let mut publishes = Vec::new();
+            // released after the writes below
+            let mut holds = Vec::new();
             for op in pending.drain(..) {
                 match op {
                     WriteOp::Publish {
-                        topic,
-                        records,
+                        parts,
                         commit,
                         reply,
+                        hold,
                     } => {
-                        publishes.push((topic, records, commit, reply));
+                        publishes.push((parts, commit, reply));
+                        holds.extend(hold);
                     }
                     WriteOp::CreateTopic { spec, reply } => {
                         self.write_publishes(std::mem::take(&mut publishes));
@@ -546,7 +571,10 @@ impl Store {
                     }
                     WriteOp::Shutdown { reply } => {
                         self.write_publishes(std::mem::take(&mut publishes));
-                        let result = self.db.persist(PersistMode::SyncAll).map_err(storage);
+                        let result = self
+                            .db
+                            .persist(PersistMode::SyncAll)
+                            .map_err(|e| self.health.write_failed(&e));
                         if result.is_ok() {
                             self.record_watermarks();
                         }
@@ -556,6 +584,7 @@ impl Store {
                 }
             }
             self.write_publishes(publishes);
+            drop(holds);
             // also under a steady stream of writes, where recv_timeout never times out
             if *next_marks.get_or_insert_with(|| Instant::now() + WATERMARK_INTERVAL)
                 <= Instant::now()
@@ -619,7 +648,7 @@ impl Store {
                 encode_part(0, 0, 0),
             );
         }
-        batch.commit().map_err(storage)?;
+        batch.commit().map_err(|e| self.health.write_failed(&e))?;
         let log = Self::load_topic(&self.db, &self.meta, spec)?;
         let info = log.info();
         self.topics
@@ -691,8 +720,7 @@ impl Store {
     fn write_publishes(
         &self,
         publishes: Vec<(
-            String,
-            Vec<Record>,
+            Vec<(String, Vec<Record>)>,
             Option<(String, Vec<CommitOffset>)>,
             oneshot::Sender<Result<Vec<Position>>>,
         )>,
@@ -705,35 +733,43 @@ impl Store {
         // Tentative (high, bytes) per touched partition, applied only after the commit succeeds.
         let mut touched: HashMap<(String, i32), (Arc<TopicLog>, i64, u64)> = HashMap::new();
         let mut replies = Vec::with_capacity(publishes.len());
-        for (topic, records, commit, reply) in publishes {
-            let prepared = self
-                .topic_or_err(&topic)
-                .and_then(|log| Ok((self.prepare(&log, records, now)?, log)));
-            let (prepared, log) = match prepared {
+        for (parts, commit, reply) in publishes {
+            // every part is checked and encoded before any is added: one failing part fails
+            // the whole write
+            let prepared: Result<Vec<_>> = parts
+                .into_iter()
+                .map(|(topic, records)| {
+                    let log = self.topic_or_err(&topic)?;
+                    Ok((topic, self.prepare(&log, records, now)?, log))
+                })
+                .collect();
+            let prepared = match prepared {
                 Ok(v) => v,
                 Err(e) => {
                     let _ = reply.send(Err(e));
                     continue;
                 }
             };
-            let mut positions = Vec::with_capacity(prepared.len());
-            for (p, raw) in prepared {
-                let entry = touched.entry((topic.clone(), p)).or_insert_with(|| {
-                    let part = &log.parts[p as usize];
-                    (
-                        Arc::clone(&log),
-                        part.high.load(Ordering::Acquire),
-                        part.bytes.load(Ordering::Acquire),
-                    )
-                });
-                let offset = entry.1;
-                entry.1 += 1;
-                entry.2 += raw.len() as u64;
-                batch.insert(&log.ks, log_key(p, offset), raw);
-                positions.push(Position {
-                    partition: p,
-                    offset,
-                });
+            let mut positions = Vec::new();
+            for (topic, records, log) in prepared {
+                for (p, raw) in records {
+                    let entry = touched.entry((topic.clone(), p)).or_insert_with(|| {
+                        let part = &log.parts[p as usize];
+                        (
+                            Arc::clone(&log),
+                            part.high.load(Ordering::Acquire),
+                            part.bytes.load(Ordering::Acquire),
+                        )
+                    });
+                    let offset = entry.1;
+                    entry.1 += 1;
+                    entry.2 += raw.len() as u64;
+                    batch.insert(&log.ks, log_key(p, offset), raw);
+                    positions.push(Position {
+                        partition: p,
+                        offset,
+                    });
+                }
             }
             if let Some((group, offsets)) = commit {
                 for c in &offsets {
@@ -763,9 +799,8 @@ impl Store {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "embedded log append failed");
                 for (reply, _) in replies {
-                    let _ = reply.send(Err(storage(&e)));
+                    let _ = reply.send(Err(self.health.write_failed(&e)));
                 }
             }
         }
@@ -817,7 +852,7 @@ impl Store {
                     part_meta_key(&log.spec.name, p),
                     encode_part(new_low, high, bytes),
                 );
-                batch.commit().map_err(storage)?;
+                batch.commit().map_err(|e| self.health.write_failed(&e))?;
                 part.low.store(new_low, Ordering::Release);
                 part.bytes.store(bytes, Ordering::Release);
             }

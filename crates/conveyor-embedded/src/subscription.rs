@@ -8,20 +8,63 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use conveyor_core::{
-    CommitOffset, Committed, Error, Poll, Result, StartFrom, Subscription, TopicPartition,
+    CommitOffset, Committed, Error, Poll, Record, Result, StartFrom, Subscription, TopicPartition,
+    TransactionalCommit,
 };
 use tokio::sync::watch;
 
 use crate::group::Groups;
 use crate::store::Store;
 
-/// One consumer-group member on the embedded backend. Dropping it leaves the group.
+/// A member's place in its group: it leaves the group when the last holder drops it, the
+/// subscription or a transactional write still queued after the subscription was dropped (a
+/// worker cancelled in the middle of a commit), so the next owner of its partitions reads their
+/// committed offsets only after that write landed, and never repeats the jobs it covered.
+#[derive(Debug)]
+pub(crate) struct Membership {
+    pub(crate) store: Arc<Store>,
+    pub(crate) groups: Arc<Groups>,
+    pub(crate) group: String,
+    pub(crate) member: u64,
+    /// Transactional writes queued and not yet landed: revoked partitions are released only
+    /// when none is (a commit cancelled while the member goes on polling).
+    pub(crate) writes: std::sync::atomic::AtomicUsize,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.groups.leave(&self.group, self.member);
+        self.store.changes.send_modify(|v| *v += 1);
+    }
+}
+
+/// Travels with a transactional write and is dropped once it landed (or failed).
+struct WriteHold(Arc<Membership>);
+
+impl WriteHold {
+    fn new(membership: &Arc<Membership>) -> Self {
+        membership.writes.fetch_add(1, Ordering::SeqCst);
+        WriteHold(Arc::clone(membership))
+    }
+}
+
+impl Drop for WriteHold {
+    fn drop(&mut self) {
+        self.0.writes.fetch_sub(1, Ordering::SeqCst);
+        // a poll holding revoked partitions back for this write looks again
+        self.0.store.changes.send_modify(|v| *v += 1);
+    }
+}
+
+/// One consumer-group member on the embedded backend. Dropping it leaves the group (once its
+/// queued transactional write, if any, landed: see [`Membership`]).
 #[derive(Debug)]
 pub(crate) struct EmbeddedSubscription {
     pub(crate) store: Arc<Store>,
     pub(crate) groups: Arc<Groups>,
     pub(crate) group: String,
     pub(crate) member: u64,
+    pub(crate) membership: Arc<Membership>,
     pub(crate) start: StartFrom,
     pub(crate) generation: u64,
     pub(crate) positions: BTreeMap<TopicPartition, i64>,
@@ -143,13 +186,9 @@ impl EmbeddedSubscription {
 impl Subscription for EmbeddedSubscription {
     async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Poll> {
         let deadline = tokio::time::Instant::now() + timeout;
-        if !self.releasing.is_empty() {
-            let released = std::mem::take(&mut self.releasing);
-            self.groups.release(&self.group, self.member, &released);
-            self.store.changes.send_modify(|v| *v += 1);
-        }
         loop {
             self.changes.borrow_and_update();
+            self.release_revoked();
             if self.pending.is_none() {
                 self.pending = self.refresh_assignment()?.map(|(revoked, assigned)| {
                     // the next owner starts on revoked partitions only once this member's work
@@ -176,7 +215,8 @@ impl Subscription for EmbeddedSubscription {
                 let Pending {
                     revoked, assigned, ..
                 } = self.pending.take().expect("pending event");
-                self.releasing = revoked.clone();
+                // added to any still held back for a queued write
+                self.releasing.extend(revoked.iter().cloned());
                 return Ok(Poll::Rebalance { revoked, assigned });
             }
             let records = self.read_some(max.max(1))?;
@@ -241,19 +281,69 @@ impl Subscription for EmbeddedSubscription {
         self.positions.keys().cloned().collect()
     }
 
+    fn transactional(&mut self) -> Option<&mut dyn TransactionalCommit> {
+        Some(self)
+    }
+
     fn group(&self) -> &str {
         &self.group
     }
 }
 
-impl Drop for EmbeddedSubscription {
-    fn drop(&mut self) {
-        self.groups.leave(&self.group, self.member);
-        self.store.changes.send_modify(|v| *v += 1);
+/// One atomic write of the records and the offsets. Fenced by ownership: partitions move to
+/// another member only in this member's own `poll` (or when it is dropped), which cannot run
+/// while this holds `&mut self`, so the check below still holds when the write lands.
+#[async_trait]
+impl TransactionalCommit for EmbeddedSubscription {
+    async fn publish_and_commit(
+        &mut self,
+        records: Vec<(String, Record)>,
+        offsets: &[CommitOffset],
+    ) -> Result<()> {
+        conveyor_core::backend::check_commit_metadata(offsets)?;
+        let tps: Vec<TopicPartition> = offsets.iter().map(|c| c.tp.clone()).collect();
+        let lost = self
+            .groups
+            .with_owned(&self.group, self.member, &tps, |owned| {
+                tps.iter()
+                    .zip(owned)
+                    .find(|(_, o)| !**o)
+                    .map(|(tp, _)| tp.clone())
+            });
+        if let Some(tp) = lost {
+            return Err(Error::not_assigned(&tp));
+        }
+        // consecutive records of one topic form one part, so the order is kept
+        let mut parts: Vec<(String, Vec<Record>)> = Vec::new();
+        for (topic, r) in records {
+            match parts.last_mut() {
+                Some((t, rs)) if *t == topic => rs.push(r),
+                _ => parts.push((topic, vec![r])),
+            }
+        }
+        self.store
+            .write(
+                parts,
+                Some((self.group.clone(), offsets.to_vec())),
+                Some(Box::new(WriteHold::new(&self.membership))),
+            )
+            .await
+            .map(drop)
     }
 }
 
 impl EmbeddedSubscription {
+    /// Releases the revoked partitions the caller was told of to their next owner, unless a
+    /// transactional write of this member is still queued: its offsets may be among them, and
+    /// the next owner would start from the older ones (checked again when it lands).
+    fn release_revoked(&mut self) {
+        if !self.releasing.is_empty() && self.membership.writes.load(Ordering::SeqCst) == 0 {
+            let released = std::mem::take(&mut self.releasing);
+            self.groups.release(&self.group, self.member, &released);
+            self.store.changes.send_modify(|v| *v += 1);
+        }
+    }
+
     /// Commits the offsets of owned partitions; `NotAssigned` names the first one not owned.
     fn commit_owned(&self, offsets: &[CommitOffset]) -> Result<()> {
         conveyor_core::backend::check_commit_metadata(offsets)?;
@@ -268,10 +358,7 @@ impl EmbeddedSubscription {
                 .collect();
             store.commit(group, &ok)?;
             match offsets.iter().zip(owned).find(|(_, o)| !**o) {
-                Some((c, _)) => Err(Error::NotAssigned {
-                    topic: c.tp.topic.clone(),
-                    partition: c.tp.partition,
-                }),
+                Some((c, _)) => Err(Error::not_assigned(&c.tp)),
                 None => Ok(()),
             }
         })

@@ -22,11 +22,12 @@ use conveyor_core::{
 };
 use futures_util::FutureExt;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
+    StreamConsumer,
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers as _, Message};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 /// Queues rebalance events for the subscription, numbered from 1 in the order librdkafka ran
@@ -38,13 +39,67 @@ pub(crate) struct GroupContext {
     events: Mutex<VecDeque<Event>>,
     /// How many events were queued so far: the number of the latest.
     queued: AtomicU64,
+    /// `StartFrom::Latest`: partitions assigned without a committed offset start at their end
+    /// as of the assignment (looked up within this bound), not wherever librdkafka's lazy
+    /// `auto.offset.reset` finds it later.
+    latest: Option<Duration>,
 }
 
 impl GroupContext {
-    pub(crate) fn new(on_revoke: Option<conveyor_core::RevokeBarrier>) -> Self {
+    pub(crate) fn new(
+        on_revoke: Option<conveyor_core::RevokeBarrier>,
+        latest: Option<Duration>,
+    ) -> Self {
         GroupContext {
             on_revoke,
+            latest,
             ..GroupContext::default()
+        }
+    }
+
+    /// Sets the start of each partition in `list` that has no committed offset to its high
+    /// watermark now. librdkafka's `auto.offset.reset = latest` resolves the end only once it
+    /// starts fetching, so a record published right after the assignment was reported could
+    /// land before that end and be skipped. On a failed lookup the partition keeps the lazy
+    /// reset (a warning says so).
+    fn pin_latest(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        list: &mut TopicPartitionList,
+        timeout: Duration,
+    ) {
+        // one bound for all the lookups: the callback holds up the consumer's poll meanwhile
+        let deadline = std::time::Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(std::time::Instant::now());
+        let committed = match consumer.committed_offsets(list.clone(), left()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the group's committed offsets at assignment; new partitions start where librdkafka finds their end");
+                return;
+            }
+        };
+        for e in committed.elements() {
+            // a partition whose committed offset could not be read keeps the lazy reset: pinned
+            // to the end, a backlog it has committed below would be skipped
+            if matches!(e.offset(), Offset::Offset(_)) || e.error().is_err() {
+                continue;
+            }
+            if left().is_zero() {
+                tracing::warn!(topic = e.topic(), partition = e.partition(), "no time left to read the end of a newly assigned partition; it starts where librdkafka finds it");
+                continue;
+            }
+            match consumer.fetch_watermarks(e.topic(), e.partition(), left()) {
+                Ok((_, high)) => {
+                    if let Some(mut el) = list.find_partition(e.topic(), e.partition()) {
+                        if let Err(err) = el.set_offset(Offset::Offset(high)) {
+                            tracing::warn!(error = %err, topic = e.topic(), partition = e.partition(), "cannot set the start offset");
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, topic = e.topic(), partition = e.partition(), "cannot read the end of a newly assigned partition; it starts where librdkafka finds it")
+                }
+            }
         }
     }
 }
@@ -66,6 +121,13 @@ pub(crate) struct Held {
     record: ConsumedRecord,
 }
 
+/// Whether this thread runs on a multi-thread tokio runtime, where `block_in_place` may hand
+/// its tasks to another worker while a rebalance callback blocks.
+fn on_multi_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread)
+}
+
 fn tps(list: &TopicPartitionList) -> Vec<TopicPartition> {
     list.elements()
         .iter()
@@ -76,6 +138,48 @@ fn tps(list: &TopicPartitionList) -> Vec<TopicPartition> {
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
+    /// rdkafka's own handling (`pre_rebalance`, the assignment, `post_rebalance`), with the
+    /// starts of a `StartFrom::Latest` member's new partitions pinned first ([`Self::pin_latest`]).
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        list: &mut TopicPartitionList,
+    ) {
+        let assign = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+        if let (true, Some(timeout)) = (assign, self.latest) {
+            // the lookups block (up to `timeout`): on a multi-thread runtime this worker
+            // thread's tasks move to another one meanwhile, as for the revocation barrier
+            if on_multi_thread_runtime() {
+                tokio::task::block_in_place(|| self.pin_latest(consumer, list, timeout));
+            } else {
+                self.pin_latest(consumer, list, timeout);
+            }
+        }
+        let rebalance = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(list),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(list),
+            _ => Rebalance::Error(KafkaError::Rebalance(err.into())),
+        };
+        self.pre_rebalance(consumer, &rebalance);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let done = match (err, cooperative) {
+            (RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, true) => {
+                consumer.incremental_assign(list)
+            }
+            (RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, false) => consumer.assign(list),
+            (_, true) => consumer.incremental_unassign(list),
+            (_, false) => consumer.unassign(),
+        };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "applying a rebalance failed");
+        }
+        self.post_rebalance(consumer, &rebalance);
+    }
+
     /// Before partitions are taken away, commit what finished on them (the offsets the runtime
     /// stored with [`Subscription::store`]), so the next owner does not repeat it.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -84,8 +188,7 @@ impl ConsumerContext for GroupContext {
             // work on them first, so no other member runs their keys meanwhile
             // (it blocks this thread while the jobs finish on others: a current-thread runtime
             // has none, so there it is skipped rather than stalling for its whole bound)
-            let multi_thread = tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread);
+            let multi_thread = on_multi_thread_runtime();
             match &self.on_revoke {
                 // block_in_place hands this worker thread's queued tasks (its LIFO slot
                 // included, which no other thread steals) to another thread first: the job
@@ -141,6 +244,10 @@ pub(crate) struct KafkaSubscription {
     pub(crate) paused: BTreeSet<TopicPartition>,
     /// Bounds a read of the committed offsets.
     pub(crate) request_timeout: Duration,
+    /// Makes the transactional producer on first use ([`crate::transaction`]).
+    pub(crate) tx_factory: crate::transaction::TxFactory,
+    /// The transactional producer, once made.
+    pub(crate) tx: Option<crate::transaction::TxProducer>,
 }
 
 impl KafkaSubscription {
@@ -213,7 +320,7 @@ fn transient(e: &KafkaError) -> bool {
 }
 
 /// Offsets with their metadata, as librdkafka commits and stores them.
-fn commit_list(offsets: &[&CommitOffset]) -> Result<TopicPartitionList> {
+pub(crate) fn commit_list(offsets: &[&CommitOffset]) -> Result<TopicPartitionList> {
     let mut list = TopicPartitionList::new();
     for c in offsets {
         let mut e = list.add_partition(&c.tp.topic, c.tp.partition);
@@ -408,10 +515,7 @@ impl Subscription for KafkaSubscription {
                 .map_err(crate::broker)?;
         }
         match refused {
-            Some(c) => Err(Error::NotAssigned {
-                topic: c.tp.topic.clone(),
-                partition: c.tp.partition,
-            }),
+            Some(c) => Err(Error::not_assigned(&c.tp)),
             None => Ok(()),
         }
     }
@@ -451,6 +555,10 @@ impl Subscription for KafkaSubscription {
             .collect())
     }
 
+    fn transactional(&mut self) -> Option<&mut dyn conveyor_core::TransactionalCommit> {
+        Some(self)
+    }
+
     fn store(&mut self, offsets: &[CommitOffset]) -> Result<()> {
         conveyor_core::backend::check_commit_metadata(offsets)?;
         let owned = self.owned(offsets);
@@ -464,6 +572,39 @@ impl Subscription for KafkaSubscription {
 
     fn assignment(&self) -> Vec<TopicPartition> {
         self.assignment.iter().cloned().collect()
+    }
+
+    async fn leave(&mut self, timeout: Duration) {
+        // a rebalance under way postpones the unsubscribe, and an empty assignment may still
+        // have partitions being stopped or an assignment on its way: poll (which serves the
+        // rebalance callback) until nothing is assigned and no rebalance came for a while
+        const QUIET: Duration = Duration::from_millis(300);
+        self.consumer.unsubscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let queued = || self.consumer.context().queued.load(Ordering::SeqCst);
+        let (mut seen, mut quiet_since) = (queued(), tokio::time::Instant::now());
+        loop {
+            // records polled now are not delivered: nothing stores their offsets
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.consumer.recv()).await;
+            let now_seen = queued();
+            if now_seen != seen {
+                (seen, quiet_since) = (now_seen, tokio::time::Instant::now());
+            }
+            let empty = match self.consumer.assignment() {
+                Ok(list) => list.count() == 0,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the assignment while leaving the group");
+                    return;
+                }
+            };
+            if empty && quiet_since.elapsed() >= QUIET {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(?timeout, "still assigned or rebalancing when leaving the group; closing the consumer anyway");
+                return;
+            }
+        }
     }
 
     fn group(&self) -> &str {

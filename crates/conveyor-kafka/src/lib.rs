@@ -9,12 +9,13 @@
 //! | fenced commits | locally: a member refuses to commit partitions it no longer owns |
 //! | topic admin | Kafka's CreateTopics, DescribeConfigs, AlterConfigs, CreatePartitions (admin client); a [`TopicAdmin`] for peers without them |
 //! | fetch / tail | a group-less reader assigned to one partition |
-//! | [`conveyor_core::AtomicPublishCommit`] | not yet (needs Kafka transactions) |
+//! | [`conveyor_core::TransactionalCommit`] | a transactional producer per member, offsets sent with the consumer's group metadata (EOS v2); readers are `read_committed` |
 //!
 //! # Layout
 //! - [`config`]: [`KafkaConfig`], profiles and pass-through librdkafka properties.
 //! - [`admin`]: [`TopicAdmin`] and the admin-client implementation.
 //! - `consumer`: the group member.
+//! - `transaction`: exactly-once consume-and-emit (a member's transactional producer).
 //! - `errors`: the client context that keeps librdkafka's last connection error (TLS, SASL).
 //! - [`mock`]: [`mock::MockBroker`], librdkafka's in-process mock cluster for tests and fault injection.
 //! - [`raw_bench`]: the bare-rdkafka baseline for `conveyor bench --raw`.
@@ -25,6 +26,7 @@ mod consumer;
 mod errors;
 pub mod mock;
 pub mod raw_bench;
+mod transaction;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +51,24 @@ pub use config::{GroupProtocol, KafkaConfig, Profile};
 
 use consumer::{to_record, GroupContext, KafkaSubscription};
 use errors::ErrorWatch;
+
+/// A reader's client context: the end-of-partition events a reader asks for are answers, not
+/// errors (librdkafka also hands the ones still queued when the reader closes to the error
+/// callback, which would log them as errors).
+struct EofQuiet;
+
+impl rdkafka::ClientContext for EofQuiet {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::error!(%error, reason, "librdkafka reader error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EofQuiet {}
 
 /// Maps an rdkafka error to conveyor's.
 pub(crate) fn broker(e: KafkaError) -> Error {
@@ -565,7 +585,10 @@ impl Backend for KafkaBackend {
             .inner
             .config
             .consumer(&options.group, reset)
-            .create_with_context(GroupContext::new(options.on_revoke.clone()))
+            .create_with_context(GroupContext::new(
+                options.on_revoke.clone(),
+                (options.start == StartFrom::Latest).then_some(self.inner.config.request_timeout),
+            ))
             .map_err(broker)?;
         let topics: Vec<&str> = options.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(broker)?;
@@ -576,6 +599,15 @@ impl Backend for KafkaBackend {
             held: Vec::new(),
             paused: BTreeSet::new(),
             request_timeout: self.inner.config.request_timeout,
+            tx_factory: transaction::TxFactory {
+                config: self.inner.config.producer(),
+                timeout: self
+                    .inner
+                    .config
+                    .delivery_timeout
+                    .max(Duration::from_secs(10)),
+            },
+            tx: None,
         }))
     }
 
@@ -594,10 +626,19 @@ impl Backend for KafkaBackend {
                 partition,
             });
         }
-        let reader = self.reader(&format!(
-            "conveyor.reader.{}",
-            uuid::Uuid::now_v7().simple()
-        ))?;
+        // told when it reached the end: a partition written by transactions has commit
+        // markers, offsets with no record, so counting records to the high watermark would
+        // wait for records that never come (and read_committed stops at the last stable one)
+        let reader: BaseConsumer<EofQuiet> = self
+            .inner
+            .config
+            .reader(&format!(
+                "conveyor.reader.{}",
+                uuid::Uuid::now_v7().simple()
+            ))
+            .set("enable.partition.eof", "true")
+            .create_with_context(EofQuiet)
+            .map_err(broker)?;
         let (topic, timeout) = (topic.to_owned(), self.inner.config.request_timeout);
         blocking(move || {
             let (low, high) = reader
@@ -617,6 +658,7 @@ impl Backend for KafkaBackend {
             while out.len() < want && Instant::now() < deadline {
                 match reader.poll(Duration::from_millis(100)) {
                     Some(Ok(m)) => out.push(to_record(&m)),
+                    Some(Err(KafkaError::PartitionEOF(_))) => break,
                     Some(Err(e)) => return Err(broker(e)),
                     None => {}
                 }

@@ -54,6 +54,48 @@ fn transactional_producer() -> ThreadedProducer<rdkafka::producer::DefaultProduc
     p
 }
 
+fn plain_producer() -> ThreadedProducer<rdkafka::producer::DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap()
+}
+
+/// A member of `group` as conveyor's workers are: manual commits, from the earliest offset,
+/// `read_committed`.
+fn member_config(group: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed");
+    c
+}
+
+/// The group's committed offset of partition 0 of `topic` as a fresh reader of the group with
+/// `isolation` sees it; a `read_committed` one asks for stable offsets only (KIP-447) and waits
+/// while a transaction holds some pending.
+fn group_committed(
+    group: &str,
+    topic: &str,
+    isolation: &str,
+    timeout: Duration,
+) -> Result<Offset, String> {
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .set("isolation.level", isolation)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let found = reader
+        .committed_offsets(tpl, timeout)
+        .map_err(|e| e.to_string())?;
+    Ok(found.find_partition(topic, 0).unwrap().offset())
+}
+
 fn send(
     p: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
     topic: &str,
@@ -104,6 +146,49 @@ fn batch(name: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{name}-{i}")).collect()
 }
 
+/// conveyor's own reader, `Backend::fetch` (what `GET /v1/topics/{t}/records`, `conveyor tail`
+/// and dead-letter replay read with), sees committed transactions only, and returns at once at
+/// the end of a partition full of commit markers instead of waiting for records that never come.
+#[test]
+fn conveyors_reader_sees_committed_records_only() {
+    use conveyor_core::Backend;
+    let topic = unique("tx.fetch");
+    create_topics(&[&topic]);
+    let p = transactional_producer();
+    for (name, commit) in [("ok-a", true), ("aborted", false), ("ok-b", true)] {
+        p.begin_transaction().unwrap();
+        send(&p, &topic, &batch(name, 3));
+        match commit {
+            true => p.commit_transaction(T).unwrap(),
+            false => p.abort_transaction(T).unwrap(),
+        }
+    }
+    p.begin_transaction().unwrap();
+    send(&p, &topic, &batch("open", 2));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend =
+        conveyor_kafka::KafkaBackend::connect(conveyor_kafka::KafkaConfig::new(brokers())).unwrap();
+    let started = Instant::now();
+    let got = rt.block_on(backend.fetch(&topic, 0, 0, 1000)).unwrap();
+    let waited = started.elapsed();
+    let values: Vec<String> = got
+        .iter()
+        .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
+        .collect();
+    let mut expected = batch("ok-a", 3);
+    expected.extend(batch("ok-b", 3));
+    assert_eq!(values, expected, "committed records only, in order");
+    assert!(
+        waited < Duration::from_secs(5),
+        "the fetch waited {waited:?} at the end of the committed records"
+    );
+    p.abort_transaction(T).unwrap();
+    eprintln!("transactions: Backend::fetch saw the 6 committed of 14 records in {waited:?}");
+}
+
 #[test]
 fn read_committed_sees_committed_transactions_once_and_aborted_ones_never() {
     let topic = unique("tx.out");
@@ -151,21 +236,11 @@ fn read_committed_sees_committed_transactions_once_and_aborted_ones_never() {
 fn offsets_sent_to_a_transaction_are_committed_only_with_it() {
     let (input, output) = (unique("tx.in"), unique("tx.out"));
     create_topics(&[&input, &output]);
-    let plain: ThreadedProducer<_> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
+    let plain = plain_producer();
     send(&plain, &input, &batch("job", 6));
 
     let group = unique("conveyor.test.eos");
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", &group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .create()
-        .unwrap();
+    let consumer: BaseConsumer = member_config(&group).create().unwrap();
     consumer.subscribe(&[&input]).unwrap();
     let mut consumed = Vec::new();
     let deadline = Instant::now() + T;
@@ -177,23 +252,8 @@ fn offsets_sent_to_a_transaction_are_committed_only_with_it() {
     assert_eq!(consumed, (0..6).collect::<Vec<i64>>());
     // the group's committed offset as a fresh reader of the group sees it; a read_committed one
     // asks for stable offsets only (KIP-447) and waits while a transaction holds some pending
-    let committed = |isolation: &str, timeout: Duration| -> Result<Option<i64>, String> {
-        let reader: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .set("group.id", &group)
-            .set("isolation.level", isolation)
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&input, 0);
-        let found = reader
-            .committed_offsets(tpl, timeout)
-            .map_err(|e| e.to_string())?;
-        Ok(match found.find_partition(&input, 0).unwrap().offset() {
-            Offset::Offset(o) => Some(o),
-            _ => None,
-        })
-    };
+    let committed =
+        |isolation: &str, timeout: Duration| group_committed(&group, &input, isolation, timeout);
     let offsets = |next: i64| {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&input, 0, Offset::Offset(next))
@@ -211,7 +271,7 @@ fn offsets_sent_to_a_transaction_are_committed_only_with_it() {
     p.abort_transaction(T).unwrap();
     assert_eq!(
         committed("read_committed", T),
-        Ok(None),
+        Ok(Offset::Invalid),
         "an aborted transaction commits no offset"
     );
 
@@ -222,7 +282,7 @@ fn offsets_sent_to_a_transaction_are_committed_only_with_it() {
         .unwrap();
     assert_eq!(
         committed("read_uncommitted", T),
-        Ok(None),
+        Ok(Offset::Invalid),
         "offsets sent to an open transaction are not committed yet"
     );
     assert!(
@@ -233,7 +293,7 @@ fn offsets_sent_to_a_transaction_are_committed_only_with_it() {
     for isolation in ["read_committed", "read_uncommitted"] {
         assert_eq!(
             committed(isolation, T),
-            Ok(Some(3)),
+            Ok(Offset::Offset(3)),
             "the committed transaction commits the offset ({isolation})"
         );
     }
@@ -250,4 +310,98 @@ fn offsets_sent_to_a_transaction_are_committed_only_with_it() {
     eprintln!(
         "transactions: offsets committed only with their transaction (aborted: none, committed: 3)"
     );
+}
+
+/// A zombie: a member whose partition moved to another member in a new generation (it was
+/// taken for dead) still holds the group metadata of the old one. Kafka
+/// fences it (EOS v2): a transaction sending offsets with the old generation does not commit,
+/// its outputs never reach a `read_committed` reader and the group's offset does not move,
+/// while the same transaction with the current generation's metadata commits. conveyor sends
+/// the consumer's current metadata with each transaction, so a member that was rebalanced away
+/// cannot commit work its partition's new owner also does.
+#[test]
+fn a_zombie_with_an_old_generation_cannot_commit_a_transaction() {
+    let (input, output) = (unique("tx.in"), unique("tx.out"));
+    create_topics(&[&input, &output]);
+    let plain = plain_producer();
+    send(&plain, &input, &batch("job", 2));
+    let group = unique("conveyor.test.zombie");
+    let member = || -> BaseConsumer {
+        let c: BaseConsumer = member_config(&group)
+            .set("session.timeout.ms", "6000")
+            .create()
+            .unwrap();
+        c.subscribe(&[&input]).unwrap();
+        c
+    };
+    let owns = |c: &BaseConsumer| {
+        c.assignment()
+            .map(|a| a.find_partition(&input, 0).is_some())
+            .unwrap_or(false)
+    };
+    let a = member();
+    let deadline = Instant::now() + T;
+    while !owns(&a) {
+        assert!(
+            Instant::now() < deadline,
+            "the first member never got the partition"
+        );
+        a.poll(Duration::from_millis(100));
+    }
+    let stale = a.group_metadata().expect("group metadata");
+    // the first member is taken for dead (it leaves; on a real failure its session expires)
+    // and the partition moves to a second one, in a new generation
+    drop(a);
+    let owner = member();
+    let deadline = Instant::now() + T;
+    while !owns(&owner) {
+        assert!(
+            Instant::now() < deadline,
+            "the second member never got the partition"
+        );
+        owner.poll(Duration::from_millis(100));
+    }
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(&input, 0, Offset::Offset(1))
+        .unwrap();
+
+    // the zombie's transaction: the old generation's metadata
+    let p = transactional_producer();
+    p.begin_transaction().unwrap();
+    send(&p, &output, &batch("zombie", 1));
+    let fenced = p
+        .send_offsets_to_transaction(&offsets, &stale, T)
+        .and_then(|()| p.commit_transaction(T));
+    let err = fenced.expect_err("a transaction with the old generation's offsets committed");
+    eprintln!("transactions: the zombie's transaction was refused: {err}");
+    if p.abort_transaction(T).is_err() {
+        // a fatal error: the producer is done; the next transaction uses a fresh one
+    }
+    assert!(
+        !read_all(&output, "read_committed")
+            .iter()
+            .any(|v| v.starts_with("zombie")),
+        "a read_committed reader sees the zombie's output"
+    );
+    let committed = || group_committed(&group, &input, "read_committed", T).unwrap();
+    assert_eq!(
+        committed(),
+        Offset::Invalid,
+        "the zombie moved the group's offset"
+    );
+
+    // the positive control: the same transaction with the current generation commits
+    let current = owner.group_metadata().expect("group metadata");
+    let p = transactional_producer();
+    p.begin_transaction().unwrap();
+    send(&p, &output, &batch("owner", 1));
+    p.send_offsets_to_transaction(&offsets, &current, T)
+        .expect("the current member's offsets");
+    p.commit_transaction(T)
+        .expect("the current member's commit");
+    assert_eq!(committed(), Offset::Offset(1));
+    let seen = read_all(&output, "read_committed");
+    assert_eq!(seen, batch("owner", 1), "only the current member's output");
+    eprintln!("transactions: a zombie's transaction is fenced, the current member's commits");
 }

@@ -1,5 +1,6 @@
-//! The measurements behind `conveyor bench`: enqueue rate, processing rate of no-op jobs, and
-//! enqueue-to-handler-start latency, on any backend.
+//! The measurements behind `conveyor bench`: enqueue rate, processing rate of no-op jobs,
+//! enqueue-to-handler-start latency, lateness of delayed jobs and request/reply round trips, on
+//! any backend.
 //!
 //! 1. **Enqueue**: `jobs` jobs (~`payload_bytes` of JSON each, keys spread over 1,000 values)
 //!    enqueued one job per call by `concurrency` concurrent producers through [`Client`]; each call
@@ -14,6 +15,9 @@
 //!    `delayed_window` (through the delay tiers and the forwarder, as in production); each is
 //!    measured from its due time to the start of its handler (its lateness). A job that starts
 //!    before its due time is counted as early (the figure must be 0).
+//! 5. **Request/reply**: `request_jobs` requests sent one at a time to an idle worker that
+//!    replies with the payload; each round trip is measured from the call to the reply in the
+//!    caller's hands (`bench/request.rs`).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -23,6 +27,8 @@ use conveyor_core::{Backend, Result, TopicSpec};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{handler_fn, Client, Job, NewJob, Worker};
+
+mod request;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -41,6 +47,8 @@ pub struct BenchOptions {
     pub delayed_jobs: usize,
     /// The delays of the delayed phase are spread over this window. Default: 20 s.
     pub delayed_window: Duration,
+    /// Requests in the request/reply phase (0 skips it). Default: 2,000.
+    pub request_jobs: usize,
 }
 
 impl Default for BenchOptions {
@@ -53,6 +61,7 @@ impl Default for BenchOptions {
             partitions: 8,
             delayed_jobs: 10_000,
             delayed_window: Duration::from_secs(20),
+            request_jobs: 2_000,
         }
     }
 }
@@ -78,15 +87,19 @@ pub struct BenchReport {
     pub delayed_p99_ms: f64,
     /// Delayed jobs that started before their due time (must be 0).
     pub delayed_early: usize,
+    /// Request/reply round trip, median, in milliseconds.
+    pub request_p50_ms: f64,
+    /// 99th percentile of the round trip.
+    pub request_p99_ms: f64,
 }
 
 impl BenchReport {
     /// The machine-readable last line.
     pub fn result_line(&self) -> String {
         format!(
-            "RESULT backend={} enqueue_jobs_s={:.0} process_jobs_s={:.0} p50_ms={:.3} p95_ms={:.3} p99_ms={:.3} delayed_p50_ms={:.1} delayed_p99_ms={:.1} delayed_early={}",
+            "RESULT backend={} enqueue_jobs_s={:.0} process_jobs_s={:.0} p50_ms={:.3} p95_ms={:.3} p99_ms={:.3} delayed_p50_ms={:.1} delayed_p99_ms={:.1} delayed_early={} request_p50_ms={:.3} request_p99_ms={:.3}",
             self.backend, self.enqueue_jobs_s, self.process_jobs_s, self.p50_ms, self.p95_ms, self.p99_ms,
-            self.delayed_p50_ms, self.delayed_p99_ms, self.delayed_early
+            self.delayed_p50_ms, self.delayed_p99_ms, self.delayed_early, self.request_p50_ms, self.request_p99_ms
         )
     }
 }
@@ -104,7 +117,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-/// Runs the three phases; `progress` receives human-readable lines while it runs.
+/// Runs the phases; `progress` receives human-readable lines while it runs.
 pub async fn run(
     backend: Arc<dyn Backend>,
     opts: &BenchOptions,
@@ -295,6 +308,10 @@ pub async fn run(
         0 => (0.0, 0.0, 0),
         _ => delayed(&backend, &client, opts, &suffix, progress.clone()).await?,
     };
+    let (request_p50_ms, request_p99_ms) = match opts.request_jobs {
+        0 => (0.0, 0.0),
+        _ => request::round_trips(&backend, opts, &suffix, progress.clone()).await?,
+    };
     Ok(BenchReport {
         backend: backend.name().to_owned(),
         enqueue_jobs_s,
@@ -305,6 +322,8 @@ pub async fn run(
         delayed_p50_ms,
         delayed_p99_ms,
         delayed_early,
+        request_p50_ms,
+        request_p99_ms,
     })
 }
 

@@ -21,6 +21,10 @@ pub struct NewJob {
     pub key: Option<Bytes>,
     /// Extra headers (conveyor's own names are overwritten by the job's metadata).
     pub headers: Headers,
+    /// The message id; `None`: a fresh UUIDv7. Set it to make a repeated enqueue (a retry after
+    /// a timeout, an outbox relay running twice) recognisable as the same job: an inbox
+    /// (`conveyor-postgres`) runs a message id once.
+    pub id: Option<String>,
 }
 
 impl NewJob {
@@ -44,7 +48,14 @@ impl NewJob {
             content_type,
             key: None,
             headers: Headers::new(),
+            id: None,
         }
+    }
+
+    /// Sets the message id (see [`NewJob::id`]).
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
     }
 
     /// Sets the key.
@@ -115,6 +126,34 @@ pub struct Enqueued {
 pub struct Client {
     backend: Arc<dyn Backend>,
     producer: Option<String>,
+    /// The reply topic of [`Client::request`] (`request.rs`), shared by the clones.
+    pub(crate) replies: Arc<crate::request::Replies>,
+}
+
+/// A job as a record with its metadata (a fresh message id unless the job has one); returns
+/// the id too.
+pub(crate) fn job_record(job: NewJob, producer: Option<String>) -> (String, Record) {
+    let mut meta = JobMeta::new(job.job_type);
+    if let Some(id) = job.id {
+        meta.message_id = Some(id);
+    }
+    meta.producer = producer;
+    meta.content_type = job.content_type.filter(|c| c != headers::JSON);
+    let id = meta.message_id.clone().expect("new job has an id");
+    let mut h = job.headers;
+    meta.write_to(&mut h);
+    let key = job.key.or_else(|| h.get(headers::UNIQUE_KEY).cloned());
+    hold_from_due_time(&mut h);
+    (
+        id,
+        Record {
+            key,
+            value: job.payload,
+            headers: h,
+            partition: None,
+            timestamp: None,
+        },
+    )
 }
 
 impl Client {
@@ -123,6 +162,7 @@ impl Client {
         Client {
             backend,
             producer: None,
+            replies: Arc::new(crate::request::Replies::new(None)),
         }
     }
 
@@ -139,24 +179,7 @@ impl Client {
 
     /// Turns a job into a record with a fresh message id; returns the id too.
     pub fn to_record(&self, job: NewJob) -> (String, Record) {
-        let mut meta = JobMeta::new(job.job_type);
-        meta.producer = self.producer.clone();
-        meta.content_type = job.content_type.filter(|c| c != headers::JSON);
-        let id = meta.message_id.clone().expect("new job has an id");
-        let mut h = job.headers;
-        meta.write_to(&mut h);
-        let key = job.key.or_else(|| h.get(headers::UNIQUE_KEY).cloned());
-        hold_from_due_time(&mut h);
-        (
-            id,
-            Record {
-                key,
-                value: job.payload,
-                headers: h,
-                partition: None,
-                timestamp: None,
-            },
-        )
+        job_record(job, self.producer.clone())
     }
 
     /// Enqueues one job; returns once it is durably stored.

@@ -188,23 +188,24 @@ impl Control {
 
 async fn refresh(inner: &Inner) -> Result<()> {
     let _one = inner.reading.lock().await;
-    loop {
-        let next = inner.state.read().unwrap_or_else(|e| e.into_inner()).next;
-        let records = inner.backend.fetch(CONTROL_TOPIC, 0, next, 500).await?;
-        let Some(last) = records.last().map(|r| r.offset) else {
-            return Ok(());
-        };
-        let mut state = inner.state.write().unwrap_or_else(|e| e.into_inner());
-        for r in records {
-            match serde_json::from_slice::<ControlEntry>(&r.value) {
-                Ok(entry) => state.apply(entry),
-                Err(e) => {
-                    tracing::warn!(offset = r.offset, error = %e, "ignoring a control record that is not a command")
-                }
+    let next = inner.state.read().unwrap_or_else(|e| e.into_inner()).next;
+    crate::entry_log::read_entries::<ControlEntry>(
+        &*inner.backend,
+        CONTROL_TOPIC,
+        next,
+        None,
+        500,
+        "a control command",
+        |entries, next| {
+            let mut state = inner.state.write().unwrap_or_else(|e| e.into_inner());
+            for entry in entries {
+                state.apply(entry);
             }
-        }
-        state.next = last + 1;
-    }
+            state.next = next;
+        },
+    )
+    .await
+    .map(drop)
 }
 
 async fn refresh_loop(weak: Weak<Inner>) {

@@ -176,6 +176,7 @@ impl Forwarder {
                 },
             }
         }
+        run.sub.leave(crate::LEAVE_TIMEOUT).await;
         Ok(())
     }
 }

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use conveyor_core::Outcome;
 use serde::de::DeserializeOwned;
 
-use crate::job::{IntoOutcome, Job};
+use crate::job::{settle, IntoOutcome, Job};
 
 /// Runs one attempt of a job.
 #[async_trait]
@@ -47,7 +47,8 @@ where
     O: IntoOutcome,
 {
     async fn handle(&self, job: Job) -> Outcome {
-        (self.0)(job).await.into_outcome()
+        let outputs = std::sync::Arc::clone(&job.outputs);
+        settle(&outputs, (self.0)(job).await)
     }
 }
 
@@ -85,7 +86,10 @@ where
 {
     async fn handle(&self, job: Job) -> Outcome {
         match job.json::<T>() {
-            Ok(payload) => (self.f)(payload, job).await.into_outcome(),
+            Ok(payload) => {
+                let outputs = std::sync::Arc::clone(&job.outputs);
+                settle(&outputs, (self.f)(payload, job).await)
+            }
             Err(e) => e.into(),
         }
     }

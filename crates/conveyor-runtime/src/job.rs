@@ -1,10 +1,22 @@
 //! [`Job`]: what a handler receives, and [`JobError`]: what it returns when an attempt fails.
+//!
+//! A handler's effects on the log go through its job: [`Job::emit`] (follow-up jobs, events) and
+//! the reply to a request ([`Job::reply`], or returning `Ok(value)`). They are kept with the
+//! attempt and published only when it finishes as done (the `outputs` module).
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use conveyor_core::{ConsumedRecord, JobMeta, Outcome};
+use conveyor_core::{headers, ConsumedRecord, JobMeta, Outcome, Record};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::client::NewJob;
+use crate::outputs::Outputs;
+
+/// The UUIDv5 namespace of emitted jobs' ids ([`Job::emit`]).
+const EMIT_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6a1f3c2e_9b7d_4e21_8f10_c0de00000001);
 
 /// One delivery of a job to a handler.
 #[derive(Debug, Clone)]
@@ -15,6 +27,8 @@ pub struct Job {
     pub meta: JobMeta,
     /// This attempt's number, from 1.
     pub attempt: u32,
+    /// What the attempt emits and replies, shared with the worker.
+    pub(crate) outputs: Arc<Mutex<Outputs>>,
 }
 
 impl Job {
@@ -24,7 +38,62 @@ impl Job {
             record,
             meta,
             attempt,
+            outputs: Arc::default(),
         }
+    }
+
+    /// Enqueues `job` on `topic` as part of this attempt's outcome: published only if the attempt
+    /// finishes as done (a failed attempt's emits are discarded, its retry emits again). In a
+    /// [transactional](crate::WorkerBuilder::transactional) worker the emitted records and the
+    /// job's offset commit atomically (exactly once for `read_committed` readers); otherwise
+    /// they are published before the offset is committed (at least once).
+    ///
+    /// An emitted job without an id of its own ([`NewJob::with_id`]) gets one derived from this
+    /// job's message id and its place among the attempt's emits, so the copy a rerun emits
+    /// again (at least once) has the same id and an inbox downstream runs it once.
+    pub fn emit(&self, topic: impl Into<String>, job: NewJob) {
+        let job = match (&job.id, self.id()) {
+            (None, Some(id)) => {
+                let n = self.outputs.lock().expect("outputs lock").records.len();
+                let name = format!("{id}/emit/{n}");
+                job.with_id(uuid::Uuid::new_v5(&EMIT_NAMESPACE, name.as_bytes()).to_string())
+            }
+            _ => job,
+        };
+        let (_, record) = crate::client::job_record(job, None);
+        self.emit_record(topic, record);
+    }
+
+    /// Like [`Job::emit`] for any record (an event in a format of its own).
+    pub fn emit_record(&self, topic: impl Into<String>, record: Record) {
+        self.outputs
+            .lock()
+            .expect("outputs lock")
+            .records
+            .push((topic.into(), record));
+    }
+
+    /// Sets the reply to this request (a job enqueued with `Client::request`): the value's JSON,
+    /// published to the requester with the attempt's other outputs. A handler returning
+    /// `Ok(value)` replies with `value` unless it called this. Ignored for jobs that are not
+    /// requests.
+    pub fn reply<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), JobError> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| JobError::Fail(format!("the reply does not serialize to JSON: {e}")))?;
+        self.outputs.lock().expect("outputs lock").reply = Some(Bytes::from(bytes));
+        Ok(())
+    }
+
+    /// This attempt sends no reply, whatever the handler returns: for a job acknowledged
+    /// without running (an inbox's duplicate), whose reply went out with its first run, so a
+    /// second answer (`null`) would mislead the caller.
+    pub fn skip_reply(&self) {
+        self.outputs.lock().expect("outputs lock").no_reply = true;
+    }
+
+    /// Where the reply goes: the requester's reply topic, when this job is a request.
+    pub fn reply_to(&self) -> Option<&str> {
+        self.record.headers.get_str(headers::REPLY_TO)
     }
 
     /// The job type, or `""` when the record has none.
@@ -92,29 +161,111 @@ impl From<JobError> for Outcome {
     }
 }
 
-/// Turns a handler's return value into an [`Outcome`].
+/// Turns a handler's return value into an [`Outcome`] and, for `Ok(value)`, a reply.
 pub trait IntoOutcome {
-    /// The outcome.
-    fn into_outcome(self) -> Outcome;
-}
+    /// The outcome, and the reply the value makes (JSON), if any.
+    fn into_parts(self) -> (Outcome, Option<Bytes>);
 
-impl IntoOutcome for Outcome {
-    fn into_outcome(self) -> Outcome {
-        self
+    /// The outcome alone.
+    fn into_outcome(self) -> Outcome
+    where
+        Self: Sized,
+    {
+        self.into_parts().0
     }
 }
 
-impl IntoOutcome for Result<(), JobError> {
-    fn into_outcome(self) -> Outcome {
-        match self {
-            Ok(()) => Outcome::Done,
-            Err(e) => e.into(),
+impl IntoOutcome for Outcome {
+    fn into_parts(self) -> (Outcome, Option<Bytes>) {
+        (self, None)
+    }
+}
+
+/// `Ok(value)`: done, and `value` is the reply when the job is a request (`Ok(())` replies
+/// `null`).
+impl<T: Serialize> IntoOutcome for Result<T, JobError> {
+    fn into_parts(self) -> (Outcome, Option<Bytes>) {
+        match self.map(|v| serde_json::to_vec(&v)) {
+            Ok(Ok(bytes)) => (Outcome::Done, Some(Bytes::from(bytes))),
+            Ok(Err(e)) => (
+                Outcome::fail(format!(
+                    "the handler's reply does not serialize to JSON: {e}"
+                )),
+                None,
+            ),
+            Err(e) => (e.into(), None),
         }
     }
 }
 
 impl IntoOutcome for () {
-    fn into_outcome(self) -> Outcome {
-        Outcome::Done
+    fn into_parts(self) -> (Outcome, Option<Bytes>) {
+        (Outcome::Done, None)
+    }
+}
+
+/// The outcome of a handler's return value, its reply kept with the job's outputs (unless the
+/// handler set one with [`Job::reply`]).
+pub(crate) fn settle(outputs: &Mutex<Outputs>, value: impl IntoOutcome) -> Outcome {
+    let (outcome, reply) = value.into_parts();
+    if let Some(reply) = reply {
+        outputs
+            .lock()
+            .expect("outputs lock")
+            .reply
+            .get_or_insert(reply);
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use conveyor_core::Headers;
+
+    fn job(id: &str, attempt: u32) -> Job {
+        let mut h = Headers::new();
+        h.insert(headers::MESSAGE_ID, id.to_owned());
+        Job::new(
+            ConsumedRecord {
+                topic: "t".into(),
+                partition: 0,
+                offset: 0,
+                timestamp: 0,
+                key: None,
+                value: Bytes::new(),
+                headers: h,
+            },
+            attempt,
+        )
+    }
+
+    fn emitted_ids(j: &Job) -> Vec<String> {
+        j.outputs
+            .lock()
+            .unwrap()
+            .records
+            .iter()
+            .map(|(_, r)| r.headers.get_str(headers::MESSAGE_ID).unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_rerun_emits_the_same_ids_and_an_explicit_id_is_kept() {
+        let (first, rerun, other) = (job("m1", 1), job("m1", 2), job("m2", 1));
+        for j in [&first, &rerun, &other] {
+            j.emit("out", NewJob::raw("a", "x", None));
+            j.emit("out", NewJob::raw("b", "y", None));
+        }
+        first.emit("out", NewJob::raw("c", "z", None).with_id("mine"));
+        let (a, b, c) = (
+            emitted_ids(&first),
+            emitted_ids(&rerun),
+            emitted_ids(&other),
+        );
+        assert_eq!(a[..2], b[..], "a rerun of the same job emits the same ids");
+        assert_ne!(a[0], a[1], "each emit has its own id");
+        assert_ne!(a[0], c[0], "another job's emits have other ids");
+        assert_eq!(a[2], "mine");
     }
 }

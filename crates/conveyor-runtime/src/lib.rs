@@ -6,9 +6,13 @@
 //! - [`handler`]: the [`Handler`] trait and adapters for closures and typed JSON payloads.
 //! - [`job`]: [`Job`] (what a handler gets) and [`JobError`] (how an attempt fails).
 //! - [`tracker`]: the scheduler's bookkeeping: offsets safe to commit, per-key lanes.
+//! - `outputs`: what an attempt emits and replies, published when it is done (transactional
+//!   workers: with its offset, atomically).
 //! - `running`: attempts running per partition, which a revocation waits for.
 //! - [`dead_letter`]: the dead-letter record format.
 //! - [`client`]: [`Client`], enqueueing jobs.
+//! - [`request`]: [`Client::request`], request/reply: one reply topic per client, replies
+//!   handed to their waiting callers, late ones dropped and counted.
 //! - [`lag`]: [`lag::group_lag`], consumer lag per group and partition.
 //! - [`replay`]: [`replay::replay`], dead letters back to their topic as fresh jobs, once each
 //!   (a ledger topic per dead-letter topic).
@@ -24,12 +28,15 @@ pub mod client;
 pub mod control;
 pub mod dead_letter;
 pub mod dedup;
+pub mod entry_log;
 pub mod forwarder;
 pub mod handler;
 pub mod job;
 pub mod lag;
+mod outputs;
 pub mod ready;
 pub mod replay;
+pub mod request;
 mod running;
 pub mod schedule;
 pub mod scheduler;
@@ -39,11 +46,17 @@ pub mod unique;
 pub mod webhook;
 pub mod worker;
 
+/// How long a stopping member (worker, scheduler, forwarder) waits for its partitions to be given
+/// up ([`conveyor_core::Subscription::leave`]) before it closes its subscription anyway: with a
+/// webhook route's 25 s drain and 1 s to reap abandoned jobs, inside Kubernetes' 30 s grace.
+pub(crate) const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub use client::{Client, Enqueued, NewJob};
 pub use handler::{handler_fn, json_handler, Handler};
 pub use job::{IntoOutcome, Job, JobError};
 pub use lag::{group_lag, GroupLag, PartitionLag};
 pub use ready::Priorities;
+pub use request::{Reply, RequestCounts};
 pub use scheduler::{Scheduler, SchedulerOptions, SchedulerStats};
 pub use webhook::WebhookHandler;
 pub use worker::{Worker, WorkerBuilder, WorkerOptions, WorkerStats};

@@ -82,6 +82,14 @@ impl RunningCounts {
                 .iter()
                 .filter_map(|tp| counts.counts.get(tp))
                 .sum();
+            if counts.closed {
+                // the worker already waited for its attempts (its shutdown timeout) or
+                // abandoned them: waiting again would only stretch the shutdown
+                if busy > 0 {
+                    tracing::warn!(group, busy, "revoking partitions of a stopped worker while abandoned jobs may still run on them: the next owner may run their keys at the same time");
+                }
+                return;
+            }
             if busy == 0 {
                 if started.elapsed() > Duration::from_millis(1) {
                     tracing::info!(group, waited = ?started.elapsed(), "revoked partitions' running jobs finished");
@@ -112,5 +120,45 @@ impl Drop for Running {
             }
         }
         self.counts.idle.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(partition: i32) -> ConsumedRecord {
+        ConsumedRecord {
+            topic: "t".into(),
+            partition,
+            offset: 0,
+            timestamp: 0,
+            key: None,
+            value: bytes::Bytes::new(),
+            headers: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_revocation_waits_for_running_jobs_until_the_worker_stopped() {
+        let counts = Arc::new(RunningCounts::default());
+        let tp = TopicPartition::new("t", 0);
+        let _running = counts.enter(&record(0));
+        let started = Instant::now();
+        counts.wait_idle(std::slice::from_ref(&tp), Duration::from_millis(200), "g");
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "a running job is waited for up to the limit"
+        );
+        // a stopped worker already waited for (or abandoned) its jobs: a revocation then, as
+        // when its subscription leaves the group, returns at once
+        counts.close();
+        let started = Instant::now();
+        counts.wait_idle(&[tp], Duration::from_secs(30), "g");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "waited {:?} after the worker stopped",
+            started.elapsed()
+        );
     }
 }

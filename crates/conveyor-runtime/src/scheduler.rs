@@ -226,6 +226,7 @@ impl Scheduler {
         if let Some(ow) = &mut owner {
             run.commit(ow, sub.as_mut()).await;
         }
+        sub.leave(crate::LEAVE_TIMEOUT).await;
         self.stats.owner.store(false, Ordering::SeqCst);
         Ok(())
     }
@@ -556,17 +557,31 @@ mod tests {
 
     #[test]
     fn a_revocation_waits_for_the_pass_under_way_and_stops_the_next() {
+        use std::sync::atomic::{AtomicBool, Ordering};
         let gate = Arc::new(Gate::default());
         assert!(gate.begin());
-        let g = Arc::clone(&gate);
+        let ended = Arc::new(AtomicBool::new(false));
+        let (g, e) = (Arc::clone(&gate), Arc::clone(&ended));
         let revoked = std::thread::spawn(move || {
-            let t = Instant::now();
             g.revoke();
-            t.elapsed()
+            e.load(Ordering::SeqCst)
         });
-        std::thread::sleep(Duration::from_millis(100));
+        // Wait until the revocation is under way (it sets `revoking` under the lock, then waits),
+        // not for a length of time: a slow machine may start the thread late.
+        while !gate.lock().revoking {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            !revoked.is_finished(),
+            "revoke returned while a pass was under way"
+        );
+        ended.store(true, Ordering::SeqCst);
         gate.end();
-        assert!(revoked.join().unwrap() >= Duration::from_millis(90));
+        assert!(
+            revoked.join().unwrap(),
+            "revoke returned before the pass ended"
+        );
         assert!(!gate.begin(), "no pass after a revocation");
         gate.assigned();
         assert!(gate.begin());

@@ -21,7 +21,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use conveyor_core::{Backend, Error, Record, Result, TopicSpec};
 use serde::{Deserialize, Serialize};
@@ -34,9 +33,6 @@ const RETENTION_MS: i64 = 400 * 24 * 3600 * 1000;
 
 /// Holds are forgotten this long after their window ended (clock differences, backlogs).
 const FORGET_AFTER_MS: i64 = 24 * 3600 * 1000;
-
-/// How many empty reads in a row (a fetch that timed out) before the ledger counts as unreadable.
-const READ_TRIES: usize = 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Claim {
@@ -202,35 +198,23 @@ impl UniqueLedger {
     /// Applies the claims up to (not including) offset `end`; a read that keeps coming back
     /// empty before `end` (a fetch timing out) is an error, never "no claims".
     async fn read_to(&self, state: &mut State, end: i64) -> Result<()> {
-        let mut empty = 0;
-        while state.next < end {
-            let records = self
-                .backend
-                .fetch(UNIQUE_TOPIC, 0, state.next, 1000)
-                .await?;
-            let Some(last) = records.last().map(|r| r.offset) else {
-                empty += 1;
-                if empty >= READ_TRIES {
-                    return Err(Error::Broker(format!(
-                        "the unique-key ledger {UNIQUE_TOPIC} could not be read from offset {} to {end}",
-                        state.next
-                    )));
+        let from = state.next;
+        crate::entry_log::read_entries::<Claim>(
+            &*self.backend,
+            UNIQUE_TOPIC,
+            from,
+            Some(end),
+            1000,
+            "a unique-key claim",
+            |claims, next| {
+                for c in claims {
+                    state.apply(c);
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            empty = 0;
-            for r in records {
-                match serde_json::from_slice::<Claim>(&r.value) {
-                    Ok(c) => state.apply(c),
-                    Err(e) => {
-                        tracing::warn!(offset = r.offset, error = %e, "ignoring a unique-ledger record that is not a claim")
-                    }
-                }
-            }
-            state.next = last + 1;
-        }
-        Ok(())
+                state.next = next;
+            },
+        )
+        .await
+        .map(drop)
     }
 }
 

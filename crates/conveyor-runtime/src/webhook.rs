@@ -6,7 +6,7 @@
 //!
 //! | response | outcome |
 //! |---|---|
-//! | 2xx | done |
+//! | 2xx | done; for a request (a job with `reply_to`, see `Client::request`) the body is the reply (JSON as it is, other text as a JSON string, an empty body as `null`; at most 1 MiB read) |
 //! | 408, 429, 5xx, timeout, connection error | retry with backoff; a `Retry-After` (seconds or an HTTP date) is honoured up to `retry.max_retry_after_ms` |
 //! | any other status, 3xx included (redirects are not followed: a 302 would turn the POST into a bodiless GET) | permanent failure: dead-letter |
 //!
@@ -85,17 +85,28 @@ fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
 }
 
 /// Up to [`MAX_ERROR_BODY`] bytes of the answer's body, as text.
-async fn bounded_body(mut resp: reqwest::Response) -> String {
+async fn bounded_body(resp: reqwest::Response) -> String {
+    String::from_utf8_lossy(&read_up_to(resp, MAX_ERROR_BODY).await).into_owned()
+}
+
+/// Up to `max` bytes of an answer's body.
+async fn read_up_to(mut resp: reqwest::Response, max: usize) -> Vec<u8> {
     let mut body = Vec::new();
-    while body.len() < MAX_ERROR_BODY {
+    while body.len() < max {
         match resp.chunk().await {
-            Ok(Some(chunk)) => {
-                body.extend_from_slice(&chunk[..chunk.len().min(MAX_ERROR_BODY - body.len())])
-            }
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(max - body.len())]),
             _ => break,
         }
     }
-    String::from_utf8_lossy(&body).into_owned()
+    body
+}
+
+/// The most of a 2xx answer kept as a request's reply.
+const MAX_REPLY_BODY: usize = 1 << 20;
+
+/// A 2xx answer's body, up to [`MAX_REPLY_BODY`].
+async fn bounded_reply(resp: reqwest::Response) -> Vec<u8> {
+    read_up_to(resp, MAX_REPLY_BODY).await
 }
 
 #[async_trait]
@@ -163,6 +174,19 @@ impl Handler for WebhookHandler {
         };
         let status = resp.status();
         if status.is_success() {
+            if job.reply_to().is_some() {
+                // a request: the receiver's answer is the reply (JSON as it is, anything
+                // else as a JSON string, nothing as null)
+                let body = bounded_reply(resp).await;
+                let reply = match serde_json::from_slice::<serde_json::Value>(&body) {
+                    Ok(v) => v,
+                    Err(_) if body.is_empty() => serde_json::Value::Null,
+                    Err(_) => serde_json::Value::String(String::from_utf8_lossy(&body).into()),
+                };
+                if let Err(e) = job.reply(&reply) {
+                    return e.into();
+                }
+            }
             return Outcome::Done;
         }
         let after = retry_after(&resp);

@@ -119,7 +119,11 @@ async fn a_redirect_is_not_followed_and_fails_the_job() {
 }
 
 /// `Retry-After` answers, then 200; returns the times of the attempts.
-async fn retry_after_run(value: String) -> Vec<Instant> {
+/// Runs a delivery whose first answer is a 503 with `Retry-After: value()` (called when the
+/// receiver answers, so an HTTP date counts from then, not from before the set-up).
+async fn retry_after_run(
+    value: impl Fn() -> String + Clone + Send + Sync + 'static,
+) -> Vec<Instant> {
     let times: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let t = Arc::clone(&times);
     let app = Router::new().route(
@@ -136,7 +140,7 @@ async fn retry_after_run(value: String) -> Vec<Instant> {
                     .unwrap()
                     .to_owned();
                 if attempt == "1" {
-                    (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", value)]).into_response()
+                    (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", value())]).into_response()
                 } else {
                     StatusCode::OK.into_response()
                 }
@@ -159,7 +163,7 @@ async fn retry_after_run(value: String) -> Vec<Instant> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_in_seconds_is_honoured_beyond_max_delay() {
-    let t = retry_after_run("2".into()).await;
+    let t = retry_after_run(|| "2".into()).await;
     let waited = t[1] - t[0];
     assert!(
         waited >= Duration::from_millis(1_900),
@@ -169,19 +173,19 @@ async fn retry_after_in_seconds_is_honoured_beyond_max_delay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_as_an_http_date_is_honoured() {
-    let at = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3));
-    let t = retry_after_run(at).await;
+    let t = retry_after_run(|| httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(4)))
+        .await;
     let waited = t[1] - t[0];
-    // an HTTP date has whole seconds: at least 2 s of the 3 remain
+    // the date is written when the receiver answers, in whole seconds: at least 3 s of the 4 remain
     assert!(
-        waited >= Duration::from_millis(1_900),
+        waited >= Duration::from_millis(2_500),
         "retried after {waited:?}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_absurd_retry_after_falls_back_to_the_policy() {
-    let t = retry_after_run("-5".into()).await;
+    let t = retry_after_run(|| "-5".into()).await;
     assert!(t[1] - t[0] < Duration::from_secs(1), "{:?}", t[1] - t[0]);
 }
 
@@ -222,4 +226,47 @@ async fn an_endless_error_answer_is_read_only_up_to_a_bound() {
         "{} bytes of error",
         error.len()
     );
+}
+
+/// A request delivered to a webhook gets the receiver's 2xx body as its reply, so a worker in
+/// any language answers requests by answering the POST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhooks_answer_is_the_reply_to_a_request() {
+    let app = Router::new().route(
+        "/",
+        post(|body: axum::body::Bytes| async move {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            axum::Json(serde_json::json!({ "doubled": v["n"].as_i64().unwrap() * 2 }))
+        }),
+    );
+    let url = serve(app).await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend: Arc<dyn Backend> =
+        Arc::new(EmbeddedBackend::open(EmbeddedConfig::new(dir.path())).unwrap());
+    backend
+        .create_topic(&TopicSpec::new("hooks", 1))
+        .await
+        .unwrap();
+    let worker = Worker::builder(Arc::clone(&backend), "g", ["hooks"])
+        .fallback(WebhookHandler::new(url, Duration::from_secs(10)))
+        .build();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let client = Client::new(Arc::clone(&backend));
+    for n in [1, 21] {
+        let reply = client
+            .request(
+                "hooks",
+                NewJob::json("double", &serde_json::json!({ "n": n })).unwrap(),
+                Duration::from_secs(20),
+            )
+            .await
+            .expect("a reply");
+        let v: serde_json::Value = reply.json().unwrap();
+        assert_eq!(v, serde_json::json!({ "doubled": n * 2 }));
+    }
+    stop.send(()).unwrap();
+    handle.await.unwrap().unwrap();
 }

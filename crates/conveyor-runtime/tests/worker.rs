@@ -34,12 +34,31 @@ async fn env(topic: &str, partitions: i32) -> Env {
     }
 }
 
-/// Runs the worker until `done()` holds (or 20 s pass), then shuts it down.
-async fn run_until(worker: Worker, done: impl Fn() -> bool) {
+/// A worker running in a task until [`Started::stop`].
+struct Started {
+    stop: oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<conveyor_core::Result<()>>,
+}
+
+fn start(worker: Worker) -> Started {
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(worker.run(async {
         let _ = stopped.await;
     }));
+    Started { stop, handle }
+}
+
+impl Started {
+    /// Shuts the worker down (it drains) and waits for it; its run must succeed.
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+/// Runs the worker until `done()` holds (or 20 s pass), then shuts it down.
+async fn run_until(worker: Worker, done: impl Fn() -> bool) {
+    let running = start(worker);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !done() {
         assert!(
@@ -48,8 +67,7 @@ async fn run_until(worker: Worker, done: impl Fn() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    stop.send(()).unwrap();
-    handle.await.unwrap().unwrap();
+    running.stop().await;
 }
 
 async fn read_all(backend: &Arc<dyn Backend>, topic: &str) -> Vec<ConsumedRecord> {
@@ -739,4 +757,294 @@ async fn a_hanging_handler_is_cancelled_after_the_handler_timeout() {
         dead[0].headers
     );
     assert_eq!(stats.retried.load(Ordering::SeqCst), 1);
+}
+
+/// What a handler emits is published only for the attempt that finished: a failed attempt's
+/// emits are discarded and its retry emits again, so each job's follow-up appears once (no
+/// crash here), in emit order, in both modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emitted_records_count_only_for_the_attempt_that_finished() {
+    for transactional in [false, true] {
+        let e = env("orders", 2).await;
+        e.backend
+            .create_topic(&TopicSpec::new("followups", 2))
+            .await
+            .unwrap();
+        let jobs: Vec<NewJob> = (0..50)
+            .map(|i| {
+                NewJob::json("order", &serde_json::json!({ "n": i }))
+                    .unwrap()
+                    .with_key(format!("k{i}"))
+            })
+            .collect();
+        e.client.enqueue_batch("orders", jobs).await.unwrap();
+        let worker = Worker::builder(Arc::clone(&e.backend), "g", ["orders"])
+            .transactional(transactional)
+            .retry(RetryPolicy {
+                initial_delay_ms: 1,
+                max_delay_ms: 2,
+                ..RetryPolicy::default()
+            })
+            .job("order", |v: serde_json::Value, job: Job| async move {
+                let n = v["n"].as_u64().unwrap();
+                for step in ["first", "second"] {
+                    job.emit(
+                        "followups",
+                        NewJob::json(
+                            "followup",
+                            &serde_json::json!({ "n": n, "step": step, "attempt": job.attempt }),
+                        )
+                        .unwrap()
+                        .with_key(format!("k{n}")),
+                    );
+                }
+                if job.attempt == 1 && n.is_multiple_of(2) {
+                    return Err(JobError::retry(
+                        "the first attempt of even jobs fails after emitting",
+                    ));
+                }
+                Ok(())
+            })
+            .build();
+        let stats = worker.stats();
+        run_until(worker, || {
+            stats.done.load(Ordering::Relaxed) == 50 && stats.emitted.load(Ordering::Relaxed) == 100
+        })
+        .await;
+        let out = read_all(&e.backend, "followups").await;
+        let mut by_job: HashMap<u64, Vec<(String, u64)>> = HashMap::new();
+        for r in &out {
+            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            by_job.entry(v["n"].as_u64().unwrap()).or_default().push((
+                v["step"].as_str().unwrap().to_owned(),
+                v["attempt"].as_u64().unwrap(),
+            ));
+        }
+        assert_eq!(
+            out.len(),
+            100,
+            "transactional={transactional}: two follow-ups per job"
+        );
+        for (n, got) in by_job {
+            let attempt = if n.is_multiple_of(2) { 2 } else { 1 };
+            assert_eq!(
+                got,
+                vec![("first".to_owned(), attempt), ("second".to_owned(), attempt)],
+                "transactional={transactional}: job {n}'s follow-ups, from its finishing attempt, in emit order"
+            );
+        }
+    }
+}
+
+/// In a transactional worker, a job emitting to a topic that does not exist, or a record too
+/// large for the log, is dead-lettered alone; the other jobs' outputs and offsets still commit
+/// (one bad record would otherwise fail every transaction). Jobs finishing while the worker
+/// drains at shutdown commit with their outputs too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_emit_the_log_refuses_fails_only_its_job() {
+    let e = env("jobs", 2).await;
+    e.backend
+        .create_topic(&TopicSpec::new("out", 1))
+        .await
+        .unwrap();
+    let jobs: Vec<NewJob> = (0..20)
+        .map(|i| NewJob::json("j", &serde_json::json!({ "n": i })).unwrap())
+        .collect();
+    e.client.enqueue_batch("jobs", jobs).await.unwrap();
+    let worker = Worker::builder(Arc::clone(&e.backend), "g", ["jobs"])
+        .transactional(true)
+        .job("j", |v: serde_json::Value, job: Job| async move {
+            match v["n"].as_u64().unwrap() {
+                7 => job.emit("no-such-topic", NewJob::json("e", &v).unwrap()),
+                9 => job.emit("out", NewJob::raw("big", vec![b'x'; 1_500_000], None)),
+                _ => job.emit("out", NewJob::json("e", &v).unwrap()),
+            }
+            Ok(())
+        })
+        .build();
+    let stats = worker.stats();
+    run_until(worker, || {
+        stats.dead_lettered.load(Ordering::Relaxed) == 2
+            && stats.emitted.load(Ordering::Relaxed) == 18
+    })
+    .await;
+    assert_eq!(read_all(&e.backend, "out").await.len(), 18);
+    let dead = read_all(&e.backend, "jobs.dlq").await;
+    let mut errors: Vec<&str> = dead
+        .iter()
+        .map(|d| d.headers.get_str(dlq::ERROR).unwrap())
+        .collect();
+    errors.sort();
+    assert!(
+        errors[0].contains("1000000") || errors[1].contains("1000000"),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("no-such-topic")),
+        "{errors:?}"
+    );
+    let committed: u64 = e
+        .backend
+        .committed_offsets("g", "jobs")
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, o)| o.unwrap_or(0) as u64)
+        .sum();
+    assert_eq!(committed, 20, "every offset committed");
+}
+
+/// Jobs that finish while a transactional worker drains at shutdown are committed with their
+/// outputs, not redone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_worker_commits_what_finishes_during_its_drain() {
+    let e = env("jobs", 1).await;
+    e.backend
+        .create_topic(&TopicSpec::new("out", 1))
+        .await
+        .unwrap();
+    e.client
+        .enqueue(
+            "jobs",
+            NewJob::json("slow", &serde_json::json!({})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let started = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&started);
+    let worker = Worker::builder(Arc::clone(&e.backend), "g", ["jobs"])
+        .transactional(true)
+        .job("slow", move |v: serde_json::Value, job: Job| {
+            let s = Arc::clone(&s);
+            async move {
+                s.store(true, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                job.emit("out", NewJob::json("e", &v).unwrap());
+                Ok(())
+            }
+        })
+        .build();
+    // stops as soon as the job started: it finishes during the drain
+    run_until(worker, || started.load(Ordering::SeqCst)).await;
+    assert_eq!(read_all(&e.backend, "out").await.len(), 1, "its output");
+    assert_eq!(
+        e.backend.committed_offsets("g", "jobs").await.unwrap(),
+        vec![(0, Some(1))],
+        "its offset"
+    );
+}
+
+/// A transactional worker commits once the outputs waiting for their commit reach
+/// `TRANSACTION_BYTES`, not only at its commit interval: 64 jobs each emitting 900 KB (56 MiB
+/// in all) with a 60 s interval have all but the last transaction's worth (at most 18 jobs)
+/// committed within 20 s, while the worker still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_worker_commits_when_its_outputs_reach_the_byte_bound() {
+    const JOBS: usize = 64;
+    const BYTES: usize = 900_000;
+    let e = env("jobs", 1).await;
+    e.backend
+        .create_topic(&TopicSpec::new("out", 1))
+        .await
+        .unwrap();
+    let jobs: Vec<NewJob> = (0..JOBS)
+        .map(|i| NewJob::json("j", &serde_json::json!({ "n": i })).unwrap())
+        .collect();
+    e.client.enqueue_batch("jobs", jobs).await.unwrap();
+    let worker = Worker::builder(Arc::clone(&e.backend), "g", ["jobs"])
+        .transactional(true)
+        .commit_interval(Duration::from_secs(60))
+        .job("j", |_: serde_json::Value, job: Job| async move {
+            job.emit("out", NewJob::raw("big", vec![b'x'; BYTES], None));
+            Ok(())
+        })
+        .build();
+    let stats = worker.stats();
+    let per_tx = conveyor_runtime::worker::TRANSACTION_BYTES.div_ceil(BYTES);
+    let expected = (JOBS - (per_tx - 1)) as i64;
+    let running = start(worker);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let committed = e.backend.committed_offsets("g", "jobs").await.unwrap()[0]
+            .1
+            .unwrap_or(0);
+        if committed >= expected {
+            assert!(stats.emitted.load(Ordering::Relaxed) >= expected as u64);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "after 20 s only {committed} of the {expected} offsets a byte-triggered commit must cover were committed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.stop().await;
+    assert_eq!(
+        read_all(&e.backend, "out").await.len(),
+        JOBS,
+        "after the drain"
+    );
+}
+
+/// Outputs that cannot commit yet (the job at the partition's commit point still runs) stop
+/// the worker fetching once `HELD_OUTPUT_BYTES` of them wait, whatever `max_buffered` allows:
+/// behind one job that waits, 100 jobs emit 900 KB each (86 MiB); 100 more enqueued then are
+/// not fetched, so none of them starts, until the first is let go; then all 201 commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_worker_stops_fetching_while_its_held_outputs_are_large() {
+    const BYTES: usize = 900_000;
+    let e = env("jobs", 1).await;
+    e.backend
+        .create_topic(&TopicSpec::new("out", 1))
+        .await
+        .unwrap();
+    let enqueue = |from: usize, to: usize| {
+        let jobs: Vec<NewJob> = (from..to)
+            .map(|i| NewJob::json("j", &serde_json::json!({ "n": i })).unwrap())
+            .collect();
+        e.client.enqueue_batch("jobs", jobs)
+    };
+    enqueue(0, 101).await.unwrap();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let g = Arc::clone(&gate);
+    let worker = Worker::builder(Arc::clone(&e.backend), "g", ["jobs"])
+        .transactional(true)
+        .concurrency(8)
+        .max_buffered(1024)
+        .job("j", move |v: serde_json::Value, job: Job| {
+            let g = Arc::clone(&g);
+            async move {
+                if v["n"] == 0 {
+                    g.notified().await;
+                }
+                job.emit("out", NewJob::raw("big", vec![b'x'; BYTES], None));
+                Ok(())
+            }
+        })
+        .build();
+    let stats = worker.stats();
+    let running = start(worker);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while stats.done.load(Ordering::Relaxed) < 100 {
+        assert!(tokio::time::Instant::now() < deadline, "the jobs never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    enqueue(101, 201).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        stats.started.load(Ordering::Relaxed),
+        101,
+        "jobs fetched while 86 MiB of outputs could not commit"
+    );
+    gate.notify_one();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while e.backend.committed_offsets("g", "jobs").await.unwrap()[0].1 != Some(201) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every job committed after the first was let go"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.stop().await;
+    assert_eq!(read_all(&e.backend, "out").await.len(), 201);
 }

@@ -9,6 +9,7 @@
 //! | `POST /v1/topics:apply` | plan (`dry_run`) or apply topic specs: create, add partitions, change retention |
 //! | `POST /v1/topics/{topic}/dlq:replay` | dead letters of the dead-letter topic `{topic}` back to their topic as fresh jobs, once each (`conveyor_runtime::replay`) |
 //! | `GET /v1/groups/{group}/lag[?topic=]` | committed offsets and lag per partition |
+//! | `POST /v1/topics/{topic}/requests`, `GET /v1/requests/stats` | request/reply: publish a job and wait for its reply (504 `request_timeout` after the bound); this process's request counts (`api/requests.rs`) |
 //! | `GET /v1/schedules`, `GET/PUT/DELETE /v1/schedules/{name}` | cron schedules: list, read, create or replace, delete (those of the configuration file are read-only) |
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness (the backend answers) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document |
@@ -36,6 +37,8 @@ use crate::error::ApiError;
 
 mod control;
 mod dlq;
+pub mod idempotency;
+pub mod requests;
 mod schedules;
 
 /// The OpenAPI document served at `/openapi.json`.
@@ -58,6 +61,13 @@ pub struct AppState {
     pub control: Arc<tokio::sync::OnceCell<conveyor_runtime::control::Control>>,
     /// The schedules of the configuration file (read-only through the API).
     pub configured_schedules: Arc<Vec<conveyor_runtime::schedule::Schedule>>,
+    /// The first answers of requests with an `Idempotency-Key`, opened at its first use.
+    pub idempotency: Arc<tokio::sync::OnceCell<idempotency::Idempotency>>,
+    /// The idempotency window and memory bound (`api.idempotency_*`).
+    pub idempotency_options: idempotency::IdempotencyOptions,
+    /// The longest a request waits for its reply (`api.max_reply_timeout_ms`), whatever its
+    /// `reply_timeout_ms`. Default: 60 s.
+    pub max_reply_timeout: std::time::Duration,
 }
 
 impl AppState {
@@ -71,6 +81,9 @@ impl AppState {
             routes: Arc::default(),
             control: Arc::default(),
             configured_schedules: Arc::default(),
+            idempotency: Arc::default(),
+            idempotency_options: idempotency::IdempotencyOptions::default(),
+            max_reply_timeout: std::time::Duration::from_millis(requests::MAX_REPLY_TIMEOUT_MS),
         }
     }
 
@@ -80,6 +93,16 @@ impl AppState {
         Ok(self
             .control
             .get_or_try_init(|| conveyor_runtime::control::Control::open(backend))
+            .await?)
+    }
+
+    /// The idempotency answers, opened (its topic created and read) at the first call.
+    pub async fn idempotency(&self) -> Result<&idempotency::Idempotency, ApiError> {
+        let backend = Arc::clone(&self.backend);
+        let options = self.idempotency_options;
+        Ok(self
+            .idempotency
+            .get_or_try_init(|| idempotency::Idempotency::open(backend, options))
             .await?)
     }
 }
@@ -99,6 +122,8 @@ pub fn app(state: AppState) -> Router {
             post(dlq::replay_dead_letters),
         )
         .route("/v1/groups/{group}/lag", get(group_lag))
+        .route("/v1/topics/{topic}/requests", post(requests::request))
+        .route("/v1/requests/stats", get(requests::request_stats))
         .route("/v1/jobs/{id}", delete(control::cancel_job))
         .route(
             "/v1/groups/{group}/topics/{action}",
@@ -395,14 +420,60 @@ impl JobRequest {
     }
 }
 
+/// A parsed JSON body into its request type: 422 naming the field.
+fn from_json<T: DeserializeOwned>(body: Value) -> Result<T, ApiError> {
+    serde_json::from_value(body).map_err(|e| ApiError::invalid(field_of(&e), e.to_string()))
+}
+
+/// Refuses jobs for conveyor's own topics (`conveyor.*`: the control log, idempotency answers,
+/// reply topics, the unique-key ledger, the scheduler): a record there is read as one of
+/// conveyor's own, so a job written to one could forge a cancellation or an answer.
+pub(crate) fn refuse_reserved(topic: &str) -> Result<(), ApiError> {
+    match topic.starts_with("conveyor.") {
+        true => Err(ApiError::InvalidField {
+            field: "topic".into(),
+            message: format!(
+                "`{topic}` is one of conveyor's own topics (`conveyor.*`); jobs cannot be enqueued to it"
+            ),
+        }),
+        false => Ok(()),
+    }
+}
+
+/// The checks every enqueue route starts with: the topic is not one of conveyor's own, and an
+/// `Idempotency-Key`, when sent, is well formed; returns it with the request's fingerprint
+/// (`route`: which enqueue route, so a batch and a single job never match).
+fn enqueue_preamble(
+    route: &str,
+    topic: &str,
+    headers: &axum::http::HeaderMap,
+    body: &Value,
+) -> Result<Option<(String, String)>, ApiError> {
+    refuse_reserved(topic)?;
+    Ok(idempotency::key_from(headers)?
+        .map(|key| (key, idempotency::fingerprint(route, topic, body))))
+}
+
 async fn enqueue(
     State(s): State<AppState>,
     Path(topic): Path<String>,
-    JsonBody(req): JsonBody<JobRequest>,
-) -> Result<(StatusCode, Json<Enqueued>), ApiError> {
-    let job = req.into_job("")?;
-    let at = s.client.enqueue(&topic, job).await?;
-    Ok((StatusCode::CREATED, Json(at)))
+    headers: axum::http::HeaderMap,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    let idempotent = enqueue_preamble("jobs", &topic, &headers, &body)?;
+    let job = from_json::<JobRequest>(body)?.into_job("")?;
+    let Some((key, fingerprint)) = idempotent else {
+        let at: Enqueued = s.client.enqueue(&topic, job).await?;
+        return Ok((StatusCode::CREATED, Json(at)).into_response());
+    };
+    let job = job.with_id(idempotency::message_id(&topic, &key, &fingerprint, None));
+    let (client, t) = (s.client.clone(), topic.clone());
+    let first = async move { Ok(json!(client.enqueue(&t, job).await?)) };
+    let idem = s.idempotency().await?;
+    Ok(idem
+        .run(&topic, &key, fingerprint, first)
+        .await?
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -414,8 +485,11 @@ struct BatchRequest {
 async fn enqueue_batch(
     State(s): State<AppState>,
     Path(topic): Path<String>,
-    JsonBody(req): JsonBody<BatchRequest>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    headers: axum::http::HeaderMap,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    let idempotent = enqueue_preamble("batch", &topic, &headers, &body)?;
+    let req: BatchRequest = from_json(body)?;
     if req.jobs.is_empty() || req.jobs.len() > s.max_batch {
         return Err(ApiError::invalid(
             "jobs",
@@ -443,8 +517,22 @@ async fn enqueue_batch(
         .enumerate()
         .map(|(i, j)| j.into_job(&format!("jobs[{i}].")))
         .collect::<Result<Vec<_>, _>>()?;
-    let at = s.client.enqueue_batch(&topic, jobs).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "jobs": at }))))
+    let Some((key, fingerprint)) = idempotent else {
+        let at = s.client.enqueue_batch(&topic, jobs).await?;
+        return Ok((StatusCode::CREATED, Json(json!({ "jobs": at }))).into_response());
+    };
+    let jobs: Vec<NewJob> = jobs
+        .into_iter()
+        .enumerate()
+        .map(|(i, j)| j.with_id(idempotency::message_id(&topic, &key, &fingerprint, Some(i))))
+        .collect();
+    let (client, t) = (s.client.clone(), topic.clone());
+    let first = async move { Ok(json!({ "jobs": client.enqueue_batch(&t, jobs).await? })) };
+    let idem = s.idempotency().await?;
+    Ok(idem
+        .run(&topic, &key, fingerprint, first)
+        .await?
+        .into_response())
 }
 
 async fn list_topics(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -675,6 +763,11 @@ async fn ready(State(s): State<AppState>) -> Response {
             routes.join("; ")
         ))
         .into_response();
+    }
+    // off the runtime's threads: the embedded probe may wait for a journal sync
+    let backend = Arc::clone(&s.backend);
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || backend.health()).await {
+        return ApiError::BackendUnavailable(e.to_string()).into_response();
     }
     match s.backend.list_topics().await {
         Ok(_) => Json(json!({"status": "ready", "backend": s.backend.name()})).into_response(),

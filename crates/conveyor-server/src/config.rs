@@ -143,6 +143,31 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Most jobs in one batch request. Default: 1000.
     pub max_batch: usize,
+    /// The longest `POST /v1/topics/{t}/requests` waits for a reply, in milliseconds, whatever
+    /// the request's `reply_timeout_ms` asks. Default: 60000; 1 to 60000.
+    pub max_reply_timeout_ms: u64,
+    /// The topic this process reads the replies of its `POST /v1/topics/{t}/requests` from.
+    /// Default: none, a fresh `conveyor.replies.<random>` per process run (one partition, 1 h
+    /// retention), so restarts leave one topic each behind. Name one to reuse it across
+    /// restarts; several API processes may share it (each takes only its own replies). Created
+    /// when missing.
+    pub reply_topic: Option<String>,
+    /// How long an enqueue with an `Idempotency-Key` answers a repeat with its first answer, in
+    /// milliseconds. Default: 86400000 (24 h); 1000 to 31622400000 (366 days).
+    pub idempotency_window_ms: u64,
+    /// Most idempotency answers each API process keeps in memory (the oldest are forgotten
+    /// first). Default: 100000.
+    pub idempotency_max_keys: usize,
+}
+
+impl ApiConfig {
+    /// The idempotency options these settings give.
+    pub fn idempotency(&self) -> crate::api::idempotency::IdempotencyOptions {
+        crate::api::idempotency::IdempotencyOptions {
+            window: Duration::from_millis(self.idempotency_window_ms),
+            max_keys: self.idempotency_max_keys,
+        }
+    }
 }
 
 impl Default for ApiConfig {
@@ -151,6 +176,10 @@ impl Default for ApiConfig {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 1024 * 1024 - conveyor_runtime::dead_letter::DEAD_LETTER_HEADROOM,
             max_batch: 1000,
+            max_reply_timeout_ms: crate::api::requests::MAX_REPLY_TIMEOUT_MS,
+            reply_topic: None,
+            idempotency_window_ms: crate::api::idempotency::DEFAULT_WINDOW.as_millis() as u64,
+            idempotency_max_keys: crate::api::idempotency::DEFAULT_MAX_KEYS,
         }
     }
 }
@@ -494,6 +523,31 @@ impl Config {
         }
         if self.api.max_batch == 0 {
             return invalid("api.max_batch".into(), "must be at least 1".into());
+        }
+        if !(1..=crate::api::requests::MAX_REPLY_TIMEOUT_MS)
+            .contains(&self.api.max_reply_timeout_ms)
+        {
+            return invalid(
+                "api.max_reply_timeout_ms".into(),
+                "must be 1 to 60000 (60 s)".into(),
+            );
+        }
+        if let Some(topic) = &self.api.reply_topic {
+            if let Err(e) = conveyor_core::topic::validate_name(topic) {
+                return invalid("api.reply_topic".into(), e.to_string());
+            }
+        }
+        if !(1000..=366 * 24 * 3600 * 1000).contains(&self.api.idempotency_window_ms) {
+            return invalid(
+                "api.idempotency_window_ms".into(),
+                "must be 1000 (1 s) to 31622400000 (366 days)".into(),
+            );
+        }
+        if self.api.idempotency_max_keys == 0 {
+            return invalid(
+                "api.idempotency_max_keys".into(),
+                "must be at least 1".into(),
+            );
         }
         if let Err(m) = self.retry.validate() {
             return invalid("retry".into(), m);
@@ -1023,6 +1077,29 @@ mod walk {
             ("[api]\nmax_body_bytes = -1".into(), "api.max_body_bytes"),
             ("[api]\nmax_body_bytes = 10".into(), "api.max_body_bytes"),
             ("[api]\nmax_batch = 0".into(), "api.max_batch"),
+            (
+                "[api]\nmax_reply_timeout_ms = 0".into(),
+                "api.max_reply_timeout_ms",
+            ),
+            (
+                "[api]\nmax_reply_timeout_ms = 60001".into(),
+                "api.max_reply_timeout_ms",
+            ),
+            ("[api]\nreply_topic = \"\"".into(), "api.reply_topic"),
+            ("[api]\nreply_topic = \"a b\"".into(), "api.reply_topic"),
+            ("[api]\nreply_topic = 5".into(), "api.reply_topic"),
+            (
+                "[api]\nidempotency_window_ms = 999".into(),
+                "api.idempotency_window_ms",
+            ),
+            (
+                "[api]\nidempotency_window_ms = \"1d\"".into(),
+                "api.idempotency_window_ms",
+            ),
+            (
+                "[api]\nidempotency_max_keys = 0".into(),
+                "api.idempotency_max_keys",
+            ),
             (
                 "[embedded]\ndurability = \"sometimes\"".into(),
                 "embedded.durability",

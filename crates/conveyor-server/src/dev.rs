@@ -6,7 +6,7 @@
 //! it. Shutdown order: stop accepting requests (in-flight requests finish, so every `201` sent was
 //! stored), stop the workers (running deliveries finish or are handed back), close the log.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 
 use conveyor_core::{Backend, Error};
@@ -132,13 +132,76 @@ pub async fn run(
     state.control = Arc::new(tokio::sync::OnceCell::new_with(Some(control)));
     state.max_body_bytes = config.api.max_body_bytes;
     state.max_batch = config.api.max_batch;
-    axum::serve(listener, app(state))
+    state.max_reply_timeout = std::time::Duration::from_millis(config.api.max_reply_timeout_ms);
+    if let Some(topic) = &config.api.reply_topic {
+        state.client = state.client.with_reply_topic(topic.clone());
+    }
+    // read at start, so the first repeat after a crash is answered without a wait
+    state.idempotency_options = config.api.idempotency();
+    let idempotency =
+        crate::api::idempotency::Idempotency::open(Arc::clone(&backend), state.idempotency_options)
+            .await?;
+    state.idempotency = Arc::new(tokio::sync::OnceCell::new_with(Some(idempotency)));
+    // A backend that can take no more writes (the embedded log after a full disk) stops the
+    // process the way SIGTERM does, as fjall advises: a supervisor's restart brings it back once
+    // the disk has room, where staying up would refuse every write while looking alive.
+    let broken: Arc<std::sync::Mutex<Option<Error>>> = Arc::default();
+    let broke = Arc::new(tokio::sync::Notify::new());
+    let shutdown = {
+        let (backend, broken, broke) = (
+            Arc::clone(&backend),
+            Arc::clone(&broken),
+            Arc::clone(&broke),
+        );
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                e = unhealthy(&backend) => {
+                    tracing::error!(error = %e, "stopping: the backend takes no more writes");
+                    *broken.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    broke.notify_one();
+                }
+            }
+        }
+    };
+    let serve = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
-        .await?;
+        .into_future();
+    tokio::select! {
+        served = serve => served?,
+        // requests waiting for replies (up to `api.max_reply_timeout_ms`) would wait for
+        // nothing: their replies cannot be written any more
+        () = async {
+            broke.notified().await;
+            tokio::time::sleep(BROKEN_DRAIN).await;
+        } => tracing::warn!("requests still open {BROKEN_DRAIN:?} after the backend broke are not waited for (they cannot store anything); stopping the workers"),
+    }
     tracing::info!("API stopped; stopping workers");
     let _ = stop_tx.send(true);
     for w in workers {
         let _ = w.await;
     }
-    backend.close().await
+    let closed = backend.close().await;
+    let broken = broken.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match broken {
+        Some(e) => Err(e),
+        None => closed,
+    }
+}
+
+/// How long requests in flight get to finish once the backend broke.
+const BROKEN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Completes with the backend's [`Backend::health`] error once it has one.
+async fn unhealthy(backend: &Arc<dyn Backend>) -> Error {
+    loop {
+        // off the runtime's threads: the embedded probe may wait for a journal sync
+        let b = Arc::clone(backend);
+        match tokio::task::spawn_blocking(move || b.health()).await {
+            Ok(Err(e)) => return e,
+            Ok(Ok(())) => {}
+            Err(e) => tracing::warn!(error = %e, "the backend health check failed to run"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }

@@ -5,16 +5,18 @@
 //!
 //! | code | status |
 //! |---|---|
-//! | `malformed_json` | 400 |
+//! | `malformed_json`, `invalid_idempotency_key` | 400 |
 //! | `not_found`, `unknown_topic`, `unknown_schedule` | 404 |
 //! | `method_not_allowed` | 405 |
 //! | `topic_conflict`, `plan_refused`, `schedule_in_config` | 409 |
 //! | `payload_too_large` | 413 |
 //! | `unsupported_media_type` | 415 |
-//! | `invalid_field` | 422 |
+//! | `invalid_field`, `idempotency_key_reused` | 422 |
 //! | `internal` | 500 |
 //! | `unsupported` | 501 |
+//! | `request_failed` | 502 |
 //! | `backend_unavailable` | 503 |
+//! | `request_timeout` | 504 |
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -82,6 +84,18 @@ pub enum ApiError {
     /// A bug.
     #[error("{0}")]
     Internal(String),
+    /// No reply to a request within its timeout.
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// The worker dead-lettered a request: its reply carried the error.
+    #[error("{0}")]
+    RequestFailed(String),
+    /// The `Idempotency-Key` header is malformed (empty, too long, a control character).
+    #[error("{0}")]
+    InvalidIdempotencyKey(String),
+    /// The `Idempotency-Key` was used for another request within the window.
+    #[error("{0}")]
+    IdempotencyKeyReused(String),
 }
 
 impl ApiError {
@@ -113,6 +127,10 @@ impl ApiError {
             ApiError::BackendUnavailable(_) => ApiError::BackendUnavailable(message),
             ApiError::RouteDown(_) => ApiError::RouteDown(message),
             ApiError::Internal(_) => ApiError::Internal(message),
+            ApiError::RequestTimeout(_) => ApiError::RequestTimeout(message),
+            ApiError::RequestFailed(_) => ApiError::RequestFailed(message),
+            ApiError::InvalidIdempotencyKey(_) => ApiError::InvalidIdempotencyKey(message),
+            ApiError::IdempotencyKeyReused(_) => ApiError::IdempotencyKeyReused(message),
         }
     }
 
@@ -136,13 +154,19 @@ impl ApiError {
             ApiError::BackendUnavailable(_) => "backend_unavailable",
             ApiError::RouteDown(_) => "route_down",
             ApiError::Internal(_) => "internal",
+            ApiError::RequestTimeout(_) => "request_timeout",
+            ApiError::RequestFailed(_) => "request_failed",
+            ApiError::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
+            ApiError::IdempotencyKeyReused(_) => "idempotency_key_reused",
         }
     }
 
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::MalformedJson(_) | ApiError::InvalidIdempotencyKey(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::NotFound(_)
             | ApiError::UnknownTopic(_)
             | ApiError::UnknownPartition(_)
@@ -155,11 +179,15 @@ impl ApiError {
             ApiError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InvalidField { .. } | ApiError::IdempotencyKeyReused(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::BackendUnavailable(_) | ApiError::RouteDown(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::RequestFailed(_) => StatusCode::BAD_GATEWAY,
         }
     }
 }
@@ -182,6 +210,8 @@ impl From<Error> for ApiError {
                 }
             }
             Error::Unsupported { .. } => ApiError::Unsupported(e.to_string()),
+            Error::RequestTimeout { .. } => ApiError::RequestTimeout(e.to_string()),
+            Error::RequestFailed { .. } => ApiError::RequestFailed(e.to_string()),
             Error::Closed | Error::Storage(_) | Error::Io(_) | Error::Broker(_) => {
                 ApiError::BackendUnavailable(format!(
                     "{e}; the job is not confirmed as stored: retry later"

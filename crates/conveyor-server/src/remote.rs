@@ -89,6 +89,23 @@ impl ApiClient {
         .await
     }
 
+    /// `POST /v1/topics/{topic}/jobs` with an `Idempotency-Key`: a repeat within the server's
+    /// window returns the first answer again instead of enqueueing a second job.
+    pub async fn enqueue_idempotent(
+        &self,
+        topic: &str,
+        job: &Value,
+        key: &str,
+    ) -> Result<Value, RemoteError> {
+        self.call(
+            self.http
+                .post(format!("{}/v1/topics/{}/jobs", self.base, seg(topic)))
+                .header("idempotency-key", key)
+                .json(job),
+        )
+        .await
+    }
+
     /// `GET /v1/topics`.
     pub async fn list_topics(&self) -> Result<Value, RemoteError> {
         self.call(self.http.get(format!("{}/v1/topics", self.base)))

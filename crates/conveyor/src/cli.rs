@@ -61,6 +61,10 @@ pub(crate) enum Command {
         /// How long a unique job holds its key, e.g. `1h`. Default: 24 h.
         #[arg(long, value_name = "DURATION", requires = "unique")]
         unique_for: Option<humantime::Duration>,
+        /// Sent as the `Idempotency-Key` header: a repeat with the same key within the server's
+        /// window (24 h by default) prints the first answer again instead of enqueueing twice.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
         #[command(flatten)]
         server: Server,
     },
@@ -131,8 +135,66 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: SchedulesCommand,
     },
-    /// Measure enqueue rate, processing rate and latency on the embedded or Kafka backend.
+    /// Measure enqueue rate, processing rate, latency and request/reply round trips on the
+    /// embedded or Kafka backend.
     Bench(BenchArgs),
+    /// PostgreSQL: apply the inbox/outbox migrations, run the outbox relay.
+    Postgres {
+        #[command(subcommand)]
+        command: PostgresCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PostgresCommand {
+    /// Create or update conveyor's tables (inbox, outbox); applied migrations are skipped.
+    Migrate {
+        #[command(flatten)]
+        database: Database,
+    },
+    /// Publish the outbox's committed rows in order, marking them sent, until SIGTERM or
+    /// Ctrl-C. One relay works at a time (an advisory lock): a second one waits.
+    Relay {
+        #[command(flatten)]
+        database: Database,
+        /// Backend: `embedded` or `kafka`.
+        #[arg(long, default_value = "embedded")]
+        backend: String,
+        /// Kafka bootstrap brokers (with `--backend kafka`).
+        #[arg(
+            long,
+            env = "CONVEYOR_KAFKA__BROKERS",
+            default_value = "127.0.0.1:9092"
+        )]
+        brokers: String,
+        /// Data folder (with `--backend embedded`; the log is `<data_dir>/log`, as for
+        /// `conveyor dev`, which must not run on it at the same time).
+        #[arg(long, default_value = ".conveyor")]
+        data_dir: PathBuf,
+        /// Rows read and published per round.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+    },
+    /// Delete an inbox's message ids recorded before `--older-than` (`conveyor_inbox` keeps
+    /// every id until then). A pruned id no longer stops a redelivery or a replay of its
+    /// message: keep ids longer than the input topic keeps its records.
+    PruneInbox {
+        #[command(flatten)]
+        database: Database,
+        /// The inbox's name (`Inbox::with_name`).
+        #[arg(long, default_value = conveyor_postgres::inbox::DEFAULT_INBOX)]
+        inbox: String,
+        /// Keep the ids recorded within this (e.g. `7d`, `36h`); at least `1s`.
+        #[arg(long)]
+        older_than: humantime::Duration,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Database {
+    /// The PostgreSQL database, e.g. `postgres://user:password@127.0.0.1:5432/app`.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub(crate) database_url: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -307,6 +369,9 @@ pub(crate) struct BenchArgs {
     /// The delayed phase spreads its delays over this many seconds.
     #[arg(long, default_value_t = 20)]
     pub(crate) delayed_window_secs: u64,
+    /// Requests for the request/reply phase (round trips, one at a time); 0 skips it.
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) request_jobs: usize,
     /// Backend: `embedded` or `kafka`.
     #[arg(long, default_value = "embedded")]
     pub(crate) backend: String,

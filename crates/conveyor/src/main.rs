@@ -3,6 +3,7 @@
 
 mod cli;
 mod output;
+mod postgres;
 
 use std::sync::Arc;
 
@@ -54,6 +55,7 @@ async fn run(cli: Cli) -> Result<()> {
             timeout,
             unique,
             unique_for,
+            idempotency_key,
             server,
         } => {
             let payload = if payload == "-" {
@@ -90,7 +92,11 @@ async fn run(cli: Cli) -> Result<()> {
             if let Some(d) = unique_for {
                 body["unique_for_ms"] = json!(std::time::Duration::from(d).as_millis() as u64);
             }
-            let at = ApiClient::new(server.url).enqueue(&topic, &body).await?;
+            let api = ApiClient::new(server.url);
+            let at = match idempotency_key {
+                Some(k) => api.enqueue_idempotent(&topic, &body, &k).await?,
+                None => api.enqueue(&topic, &body).await?,
+            };
             println!("{}", serde_json::to_string(&at)?);
             Ok(())
         }
@@ -216,6 +222,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Schedules { command } => schedules(command).await,
         Command::Bench(args) => run_bench(args).await,
+        Command::Postgres { command } => postgres::run(command, stop_signal()?).await,
     }
 }
 
@@ -459,6 +466,7 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         payload_bytes: args.payload_bytes,
         delayed_jobs: args.delayed_jobs,
         delayed_window: std::time::Duration::from_secs(args.delayed_window_secs),
+        request_jobs: args.request_jobs,
         ..BenchOptions::default()
     };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());

@@ -89,14 +89,8 @@ async fn dlq_replay_moves_dead_letters_back_once_with_progress() {
     let retained = |topic: &'static str| {
         let (http, base) = (http.clone(), base.clone());
         async move {
-            let v: serde_json::Value = http
-                .get(format!("{base}/v1/topics/{topic}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v: serde_json::Value =
+                util::get_json(&http, &format!("{base}/v1/topics/{topic}")).await;
             v["partitions"].as_array().map_or(0, |ps| {
                 ps.iter()
                     .map(|p| p["high"].as_i64().unwrap() - p["low"].as_i64().unwrap())

@@ -122,16 +122,11 @@ max_delay_ms = 0
         .map(|(_, _, t)| t.clone())
         .collect();
     assert_eq!(types, ["ok", "flaky", "ok"], "in key order, each once");
-    let dlq: Value = http
-        .get(format!(
-            "{base}/v1/topics/{topic}.dlq/records?partition=0&offset=0"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let dlq: Value = util::get_json(
+        &http,
+        &format!("{base}/v1/topics/{topic}.dlq/records?partition=0&offset=0"),
+    )
+    .await;
     let dead = dlq["records"]
         .as_array()
         .expect("the dead-letter topic reads");

@@ -215,3 +215,47 @@ async fn two_routes_on_one_topic_each_get_every_job() {
     assert!(!ok);
     assert!(err.contains("routes[0] and routes[1]"), "{err}");
 }
+
+/// `api.reply_topic`: the API's requests take their replies from the named topic, across a
+/// restart, and leave no `conveyor.replies.<random>` topic behind (without it, every run
+/// creates one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_reply_topic_is_reused_across_restarts() {
+    let (hook, received) = receiver(Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        data_dir: dir.path().to_owned(),
+        ..Config::default()
+    };
+    config.api.reply_topic = Some("api-replies".into());
+    config
+        .routes
+        .push(route("lookups", format!("http://{hook}/hook")));
+    let http = reqwest::Client::new();
+    for run in 0..2 {
+        let (base, stop, handle) = start_dev(config.clone()).await;
+        util::wait_ok(&base, "/readyz", Duration::from_secs(30)).await;
+        let r = http
+            .post(format!("{base}/v1/topics/lookups/requests"))
+            .json(&serde_json::json!({"type": "ok", "payload": {"run": run}, "reply_timeout_ms": 20000}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "run {run}: {}", r.text().await.unwrap());
+        let topics: serde_json::Value = util::get_json(&http, &format!("{base}/v1/topics")).await;
+        let names: Vec<&str> = topics["topics"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{topics}"))
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert!(names.contains(&"api-replies"), "run {run}: {names:?}");
+        assert!(
+            !names.iter().any(|n| n.starts_with("conveyor.replies.")),
+            "run {run}: a random reply topic was created: {names:?}"
+        );
+        stop.send(()).unwrap();
+        handle.await.unwrap();
+    }
+    assert_eq!(received.total(), 2);
+}

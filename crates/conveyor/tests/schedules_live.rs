@@ -114,14 +114,7 @@ url = "http://{hook}/hook"
     let lag_url = format!("{drain_base}/v1/groups/webhook.{topic}/lag?topic={topic}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let lag: serde_json::Value = http
-            .get(&lag_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let lag: serde_json::Value = util::get_json(&http, &lag_url).await;
         if lag["lag"] == 0 {
             break;
         }

@@ -86,8 +86,11 @@ fn start(
 
 async fn leave(m: Member) {
     let _ = m.stop.send(());
-    m.handle
+    // a worker drains within its 30 s shutdown timeout; a member still running after 90 s is
+    // stuck, and the test says which instead of hanging
+    tokio::time::timeout(Duration::from_secs(90), m.handle)
         .await
+        .unwrap_or_else(|_| panic!("member {} did not stop within 90 s of its shutdown", m.name))
         .unwrap()
         .unwrap_or_else(|e| panic!("member {} failed: {e}", m.name));
 }
@@ -170,7 +173,10 @@ pub(crate) async fn churn(backend: MakeBackend, label: &str, jobs: usize) {
     let b2 = start("b2", &backend, &group, &topic, &seen);
     pause(3).await;
     leave(c).await;
-    let acked = producer.await.unwrap();
+    let acked = tokio::time::timeout(Duration::from_secs(120), producer)
+        .await
+        .expect("the producer did not finish its jobs within 120 s")
+        .unwrap();
     assert_eq!(acked.len(), jobs);
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);

@@ -148,6 +148,11 @@ pub async fn post_jobs(
     all
 }
 
+/// `GET url` with `http`, its body decoded as JSON (a transport or decoding error fails the test).
+pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// Waits until `cond` holds, up to `timeout`.
 pub async fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -235,11 +240,19 @@ pub async fn wait_ok(base: &str, path: &str, timeout: Duration) {
 /// (another test's server, or a client connection's local port): the process then exits with
 /// "cannot listen", and this tries again with another port. Returns the process and its base URL.
 pub async fn start_dev_on_a_free_port(
+    config_for: impl FnMut(u16) -> std::path::PathBuf,
+) -> (Dev, String) {
+    start_on_a_free_port(config_for, start_dev).await
+}
+
+/// [`start_dev_on_a_free_port`] with `start` starting the process from the configuration file.
+pub async fn start_on_a_free_port(
     mut config_for: impl FnMut(u16) -> std::path::PathBuf,
+    mut start: impl FnMut(&std::path::Path) -> Dev,
 ) -> (Dev, String) {
     for _ in 0..5 {
         let port = free_port();
-        let mut dev = start_dev(&config_for(port));
+        let mut dev = start(&config_for(port));
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

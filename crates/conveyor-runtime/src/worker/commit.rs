@@ -1,0 +1,194 @@
+//! Commits: the highest contiguous finished offset per partition, with its attempt counts
+//! (or, in a transactional worker, with the finished jobs' outputs in one transaction), and the
+//! drain at shutdown.
+
+use super::*;
+
+impl Scheduler {
+    /// Offsets that may be committed now, per owned partition.
+    /// Each with its attempt counts (the partitions whose commit point or counts changed).
+    pub(super) fn commit_points(&self) -> Vec<CommitOffset> {
+        self.tracks
+            .iter()
+            .filter_map(|(tp, t)| {
+                let point = t
+                    .offsets
+                    .commit_point()
+                    .or_else(|| t.attempts.changed().then(|| t.offsets.position()).flatten())?;
+                Some(
+                    CommitOffset::new(tp.clone(), point)
+                        .with_metadata(t.attempts.encode(point, MAX_COMMIT_METADATA)),
+                )
+            })
+            .collect()
+    }
+
+    /// Hands finished progress to the subscription (committed by the backend on revocation).
+    pub(super) fn store(&mut self) {
+        self.unstored = false;
+        if self.shared.options.transactional {
+            // stored offsets are committed by the backend without the outputs that go with
+            // them (Kafka: at revocation; embedded: at once); a transactional worker commits
+            // only through its transactions
+            return;
+        }
+        let offsets = self.commit_points();
+        if let Err(e) = self.sub.store(&offsets) {
+            tracing::debug!(error = %e, "cannot store offsets; the next commit covers them");
+        }
+    }
+
+    /// Commits what changed; returns whether it was committed.
+    pub(super) async fn commit(&mut self) -> bool {
+        let offsets = self.commit_points();
+        self.last_commit = Instant::now();
+        if offsets.is_empty() {
+            self.dirty = false;
+            return true;
+        }
+        let committed = match self.shared.options.transactional {
+            true => self.commit_transaction(&offsets).await,
+            false => self.sub.commit(&offsets).await.map(|()| offsets),
+        };
+        match committed {
+            Ok(offsets) => {
+                for c in offsets {
+                    if let Some(t) = self.tracks.get_mut(&c.tp) {
+                        t.offsets.committed(c.next_offset);
+                        t.attempts.persisted();
+                        t.committed_outputs(c.next_offset);
+                    }
+                }
+                self.dirty = false;
+                true
+            }
+            // the other partitions' offsets were committed (the contract); the revoked one's
+            // rebalance event comes with the next poll
+            Err(e @ Error::NotAssigned { .. }) if !self.shared.options.transactional => {
+                tracing::debug!(error = %e, "commit of a partition no longer owned refused");
+                true
+            }
+            // a transaction is all or nothing: nothing was committed; the revocation comes
+            // with the next poll and the commit after it leaves that partition out
+            Err(e @ Error::NotAssigned { .. }) => {
+                tracing::info!(error = %e, "transactional commit refused for a partition no longer owned; committing the others next time");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "commit failed; will retry");
+                false
+            }
+        }
+    }
+
+    /// Commits `offsets` with the outputs of the jobs below them, in one transaction. A
+    /// partition the backend says is no longer owned is left out and the rest committed (its
+    /// next owner redoes its jobs), so a revocation does not fail the partitions still owned.
+    /// Returns the offsets it committed.
+    pub(super) async fn commit_transaction(
+        &mut self,
+        offsets: &[CommitOffset],
+    ) -> Result<Vec<CommitOffset>> {
+        let mut offsets = offsets.to_vec();
+        loop {
+            if offsets.is_empty() {
+                return Ok(offsets);
+            }
+            let records: Vec<(String, Record)> = offsets
+                .iter()
+                .filter_map(|c| self.tracks.get(&c.tp).map(|t| (c, t)))
+                .flat_map(|(c, t)| {
+                    t.outputs
+                        .range(..c.next_offset)
+                        .flat_map(|(_, v)| v.clone())
+                })
+                .collect();
+            let emitted = records.len();
+            let tx = self
+                .sub
+                .transactional()
+                .expect("checked when the worker started");
+            match tx.publish_and_commit(records, &offsets).await {
+                Ok(()) => {
+                    self.shared
+                        .stats
+                        .emitted
+                        .fetch_add(emitted as u64, Ordering::Relaxed);
+                    return Ok(offsets);
+                }
+                Err(Error::NotAssigned { topic, partition })
+                    if offsets
+                        .iter()
+                        .any(|c| c.tp.topic == topic && c.tp.partition == partition) =>
+                {
+                    tracing::debug!(
+                        topic,
+                        partition,
+                        "left out of the transaction: no longer owned"
+                    );
+                    offsets.retain(|c| !(c.tp.topic == topic && c.tp.partition == partition));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub(super) async fn drain(&mut self, timeout: Duration) {
+        let waiting = self.ready.len() + self.lanes.waiting() + self.timers.len();
+        tracing::info!(
+            running = self.running.len(),
+            handed_back = waiting,
+            "worker stopping"
+        );
+        self.timers.abort_all();
+        self.ready.clear();
+        self.held.clear();
+        self.marking.clear();
+        let deadline = Instant::now() + timeout;
+        while !self.running.is_empty() {
+            match tokio::time::timeout_at(deadline, self.running.join_next()).await {
+                // a retry moved to its tier is finished here too: its copy is durable
+                Ok(Some(Ok((task, TaskResult::Finished | TaskResult::Parked(_))))) => {
+                    self.mark_finished(&task)
+                }
+                Ok(Some(Ok((task, TaskResult::Emitted(records))))) => {
+                    self.stash_outputs(&task, records);
+                    self.mark_finished(&task)
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        abandoned = self.running.len(),
+                        "shutdown timeout: abandoning running jobs; they will be redelivered"
+                    );
+                    self.running.abort_all();
+                    // reap the aborted attempts (their running counts drop with them), so the
+                    // revocation when the subscription closes does not wait for them again
+                    let reap = async { while self.running.join_next().await.is_some() {} };
+                    let _ = tokio::time::timeout(Duration::from_secs(1), reap).await;
+                    break;
+                }
+            }
+        }
+        // a clean stop: every job that may have run is finished or named by its count
+        for track in self.tracks.values_mut() {
+            track.attempts.release();
+        }
+        // stored too: should this commit fail, the revocation as the subscription leaves
+        // commits the stored offsets, which then include the jobs finished during the drain
+        self.store();
+        self.commit().await;
+        self.running_by_partition.close();
+        // nothing runs any more: the revocation this starts has nothing to wait for
+        self.sub.leave(crate::LEAVE_TIMEOUT).await;
+    }
+}
+
+impl Drop for Scheduler {
+    /// The subscription closes as the scheduler is dropped (on Kafka its revocation runs the
+    /// barrier): nothing is left to wait for, also when `run` was cancelled or panicked.
+    fn drop(&mut self) {
+        self.running_by_partition.close();
+    }
+}

@@ -1,0 +1,184 @@
+//! The worker's units of work: a record with its attempt ([`Task`]), an owned partition's
+//! state ([`Track`]), what an attempt came to ([`TaskResult`]) and what the gate decides before
+//! it runs ([`Gate`]: due times, deadlines, pauses).
+
+use super::*;
+
+#[derive(Clone)]
+pub(super) struct Task {
+    /// Set on the task writing a dead letter after an escaped panic: a second one gives up.
+    pub(super) dead_lettering: bool,
+    pub(super) record: ConsumedRecord,
+    pub(super) attempt: u32,
+    pub(super) epoch: u64,
+    pub(super) lane: Option<LaneKey>,
+    /// It may have been running when its partition's previous owner stopped: its attempt count
+    /// is committed before it runs.
+    pub(super) suspect: bool,
+    /// Its attempt count was committed as a suspect's: its finish is committed at once, or a
+    /// crash soon after would leave the count of a job that finished.
+    pub(super) counted: bool,
+    /// A second copy of a move through the delay tiers: dropped.
+    pub(super) copy: bool,
+    /// Moving it to a delay tier failed for good: it waits in memory instead.
+    pub(super) in_place: bool,
+    /// It came back from a delay tier to the key its retry held: it keeps the key while it
+    /// waits for its due time.
+    pub(super) keeps_key: bool,
+    /// Waiting for its due time without its key: it queues for the key again when due.
+    pub(super) unlaned: bool,
+}
+
+impl Topical for Task {
+    fn topic(&self) -> &str {
+        &self.record.topic
+    }
+}
+
+/// One owned partition: its assignment epoch, its commit point and its attempt counts.
+pub(super) struct Track {
+    pub(super) epoch: u64,
+    pub(super) offsets: OffsetTracker,
+    pub(super) attempts: AttemptBook,
+    /// Transactional worker: what finished jobs emitted, by offset, until their offset commits
+    /// with them.
+    pub(super) outputs: BTreeMap<i64, Vec<(String, Record)>>,
+    /// The bytes of `outputs`.
+    pub(super) output_bytes: usize,
+}
+
+impl Track {
+    pub(super) fn new(epoch: u64, attempts: AttemptBook) -> Self {
+        Track {
+            epoch,
+            offsets: OffsetTracker::default(),
+            attempts,
+            outputs: BTreeMap::new(),
+            output_bytes: 0,
+        }
+    }
+
+    /// Keeps a finished job's outputs until its offset commits.
+    pub(super) fn stash(&mut self, offset: i64, records: Vec<(String, Record)>) {
+        self.output_bytes += records.iter().map(|(_, r)| r.byte_len()).sum::<usize>();
+        self.outputs.insert(offset, records);
+    }
+
+    /// Drops the outputs below `next_offset`: they committed.
+    pub(super) fn committed_outputs(&mut self, next_offset: i64) {
+        self.outputs = self.outputs.split_off(&next_offset);
+        self.output_bytes = self
+            .outputs
+            .values()
+            .flatten()
+            .map(|(_, r)| r.byte_len())
+            .sum();
+    }
+}
+
+pub(super) enum TaskResult {
+    /// Done or dead-lettered: the offset may be committed.
+    Finished,
+    /// Done in a transactional worker, with what it emitted: they commit with its offset.
+    Emitted(Vec<(String, Record)>),
+    /// Failed; run again after the delay.
+    Retry(Duration),
+    /// Moved to a delay tier to retry after this delay: the offset may be committed, and the
+    /// key stays held until the job comes back (with ordered retries).
+    Parked(Duration),
+    /// Could not be moved to a delay tier: it waits in memory instead.
+    Unmovable,
+    /// Not run (the unique-key ledger could not be read): the same attempt again after this.
+    Again(Duration),
+}
+
+/// What happens to a job taken from the ready queue.
+pub(super) enum Gate {
+    Run,
+    /// Finished without running, counted in this counter.
+    Drop(fn(&WorkerStats) -> &AtomicU64),
+    /// Not due for this long, less than the shortest tier: waits in memory.
+    Hold(Duration),
+    /// Not due until this time (ms since the epoch): moved to a delay tier.
+    Move(i64),
+    /// Its deadline passed.
+    Deadline,
+    /// Its topic is paused for the group.
+    Paused,
+}
+
+/// A key held by a job waiting in a delay tier for its retry.
+pub(super) struct ParkedKey {
+    /// The `dedup_key` of the move: the returning record carries it.
+    pub(super) move_key: String,
+    pub(super) message_id: String,
+    pub(super) tp: TopicPartition,
+    /// Released then even if the job has not come back (a lost or cancelled retry).
+    pub(super) until: Instant,
+}
+
+/// How long after its due time a parked key waits for its job before letting the next ones go.
+pub(super) const PARK_GRACE: Duration = Duration::from_secs(60);
+
+/// What a job's `due_at` (ms since the epoch) says at `now`: run; wait in memory when less than
+/// the `shortest` tier is left (or the job may not move); otherwise move to a tier.
+pub(super) fn due_gate(due: Option<i64>, now: i64, shortest: Duration, movable: bool) -> Gate {
+    match due {
+        Some(due) if due > now => {
+            let left = Duration::from_millis((due - now) as u64);
+            if movable && left >= shortest {
+                Gate::Move(due)
+            } else {
+                Gate::Hold(left)
+            }
+        }
+        _ => Gate::Run,
+    }
+}
+
+/// The job's `deadline`, in ms since the epoch.
+pub(super) fn deadline_of(r: &ConsumedRecord) -> Option<i64> {
+    r.headers
+        .get_str(headers::DEADLINE)
+        .and_then(headers::parse_time)
+        .map(millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The due-time decision at chosen clocks: never early, in memory below the shortest tier.
+    #[test]
+    pub(super) fn due_times_decide_run_hold_or_move_at_a_given_clock() {
+        let five = Duration::from_secs(5);
+        let now = 1_000_000;
+        let is = |g: Gate| match g {
+            Gate::Run => "run".to_owned(),
+            Gate::Hold(d) => format!("hold {}", d.as_millis()),
+            Gate::Move(at) => format!("move {}", at - now),
+            _ => "other".to_owned(),
+        };
+        assert_eq!(is(due_gate(None, now, five, true)), "run");
+        assert_eq!(is(due_gate(Some(now), now, five, true)), "run");
+        assert_eq!(is(due_gate(Some(now - 60_000), now, five, true)), "run");
+        assert_eq!(is(due_gate(Some(now + 1), now, five, true)), "hold 1");
+        assert_eq!(
+            is(due_gate(Some(now + 4_999), now, five, true)),
+            "hold 4999"
+        );
+        assert_eq!(
+            is(due_gate(Some(now + 5_000), now, five, true)),
+            "move 5000"
+        );
+        assert_eq!(
+            is(due_gate(Some(now + 3_600_000), now, five, false)),
+            "hold 3600000"
+        );
+        // the latest time RFC 3339 can write still moves (through the longest tier, again and again)
+        assert_eq!(
+            is(due_gate(Some(253_402_300_799_999), now, five, true)),
+            format!("move {}", 253_402_300_799_999i64 - now)
+        );
+    }
+}
