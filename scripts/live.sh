@@ -50,7 +50,8 @@ else
 fi
 
 step "2/3 three nodes: leader kill, below min.insync.replicas"
-scripts/kafka.sh --nodes 3 -- cargo test -p conveyor --features live "$@" --test kafka_cluster_live -- --nocapture
+CONVEYOR_TEST_CHILD_LOG="${CONVEYOR_TEST_CHILD_LOG:-warn,conveyor_kafka::consumer=info}" \
+  scripts/kafka.sh --nodes 3 -- cargo test -p conveyor --features live "$@" --test kafka_cluster_live -- --nocapture
 
 step "3/3 SASL_SSL and mutual TLS"
 scripts/kafka.sh --security -- cargo test -p conveyor --features live "$@" --test kafka_security_live -- --nocapture

@@ -128,6 +128,76 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Waits up to 120 s until every job of `acked` (placed at `placed`) reached the webhook;
+    /// on a timeout the panic says, per partition, what is missing and where the route's group
+    /// committed, so a failure tells a stalled member from lost records.
+    async fn wait_delivered(
+        &self,
+        topic: &str,
+        acked: &[String],
+        placed: &[(i32, i64)],
+        received: &util::Received,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let ids = received.ids();
+            let missing: Vec<(i32, i64)> = acked
+                .iter()
+                .zip(placed)
+                .filter(|(id, _)| !ids.contains_key(*id))
+                .map(|(_, at)| *at)
+                .collect();
+            if missing.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let group = format!("webhook.{topic}");
+                panic!(
+                    "{} of {} acknowledged jobs not delivered after 120 s; missing (partition, offset): {missing:?}; {}",
+                    missing.len(),
+                    acked.len(),
+                    self.group_state(&group, topic)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The group's committed offset and the end of each partition of `topic`, for a failure's
+    /// message.
+    fn group_state(&self, group: &str, topic: &str) -> String {
+        let c: BaseConsumer = match ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .create()
+        {
+            Ok(c) => c,
+            Err(e) => return format!("(cannot read group {group}: {e})"),
+        };
+        let mut list = rdkafka::TopicPartitionList::new();
+        for p in 0..3 {
+            list.add_partition(topic, p);
+        }
+        let committed = c.committed_offsets(list, Duration::from_secs(10));
+        let mut out = format!("group {group}:");
+        for p in 0..3 {
+            let at = committed
+                .as_ref()
+                .ok()
+                .and_then(|l| l.find_partition(topic, p))
+                .map(|e| format!("{:?}", e.offset()))
+                .unwrap_or_else(|| "unknown".into());
+            let end = c
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .map(|(_, high)| high.to_string())
+                .unwrap_or_else(|e| format!("unknown ({e})"));
+            out.push_str(&format!(" partition {p} committed {at}, end {end};"));
+        }
+        out
+    }
+}
+
 /// `conveyor dev` on the cluster: one topic, replicated 3 times, routed to `hook`.
 async fn dev(
     cluster: &Cluster,
@@ -178,6 +248,8 @@ max_attempts = 10
 struct Posted {
     attempted: usize,
     acked: Vec<String>,
+    /// (partition, offset) of each acknowledged job, in the order of `acked`
+    placed: Vec<(i32, i64)>,
     /// (status, error code, seconds until the answer)
     refused: Vec<(u16, String, f64)>,
     slowest: f64,
@@ -201,7 +273,14 @@ async fn post(http: &reqwest::Client, base: &str, topic: &str, i: usize, posted:
     p.attempted += 1;
     p.slowest = p.slowest.max(took);
     match status {
-        201 => p.acked.push(v["id"].as_str().unwrap().to_owned()),
+        201 => {
+            p.acked.push(v["id"].as_str().unwrap().to_owned());
+            let at = (
+                v["partition"].as_i64().unwrap(),
+                v["offset"].as_i64().unwrap(),
+            );
+            p.placed.push((at.0 as i32, at.1));
+        }
         _ => p.refused.push((
             status,
             v["error"]["code"].as_str().unwrap_or("").to_owned(),
@@ -271,20 +350,13 @@ async fn killing_the_partition_leader_loses_no_acknowledged_job() {
         c.await.unwrap();
     }
     let acked_after_kill = posted.lock().unwrap().acked.len() - acked_at_kill;
-    wait_for(
-        Duration::from_secs(120),
-        "every acknowledged job delivered",
-        || {
-            let ids = received.ids();
-            posted
-                .lock()
-                .unwrap()
-                .acked
-                .iter()
-                .all(|id| ids.contains_key(id))
-        },
-    )
-    .await;
+    let (acked, placed) = {
+        let p = posted.lock().unwrap();
+        (p.acked.clone(), p.placed.clone())
+    };
+    cluster
+        .wait_delivered(&topic, &acked, &placed, &received)
+        .await;
     cluster.start(victim);
     cluster.wait_brokers(3, Duration::from_secs(60)).await;
 
@@ -388,15 +460,13 @@ async fn below_min_insync_replicas_an_enqueue_fails_in_bounded_time_and_recovers
         .iter()
         .flat_map(|p| p.lock().unwrap().acked.clone())
         .collect();
-    wait_for(
-        Duration::from_secs(120),
-        "every acknowledged job delivered",
-        || {
-            let ids = received.ids();
-            acked.iter().all(|id| ids.contains_key(id))
-        },
-    )
-    .await;
+    let placed: Vec<(i32, i64)> = [&before, &after]
+        .iter()
+        .flat_map(|p| p.lock().unwrap().placed.clone())
+        .collect();
+    cluster
+        .wait_delivered(&topic, &acked, &placed, &received)
+        .await;
     eprintln!(
         "below min ISR: recovered {:.1} s after the brokers were back ({} refused on the way); all {} acknowledged jobs delivered",
         recovery.as_secs_f64(),
