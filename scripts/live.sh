@@ -50,7 +50,7 @@ else
 fi
 
 step "2/3 three nodes: leader kill, below min.insync.replicas"
-CONVEYOR_TEST_CHILD_LOG="${CONVEYOR_TEST_CHILD_LOG:-warn,conveyor_kafka::consumer=info}" \
+CONVEYOR_TEST_CHILD_LOG="${CONVEYOR_TEST_CHILD_LOG:-warn,conveyor_runtime=info,conveyor_server=info}" \
   scripts/kafka.sh --nodes 3 -- cargo test -p conveyor --features live "$@" --test kafka_cluster_live -- --nocapture
 
 step "3/3 SASL_SSL and mutual TLS"

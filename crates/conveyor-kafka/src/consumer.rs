@@ -128,27 +128,6 @@ fn on_multi_thread_runtime() -> bool {
         .is_ok_and(|h| h.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread)
 }
 
-/// `topic[0,2] other[1]`: partitions for a log line, sorted.
-fn list(tps: &[TopicPartition]) -> String {
-    let mut by_topic: std::collections::BTreeMap<&str, Vec<i32>> = Default::default();
-    for tp in tps {
-        by_topic.entry(&tp.topic).or_default().push(tp.partition);
-    }
-    let parts: Vec<String> = by_topic
-        .into_iter()
-        .map(|(topic, mut ps)| {
-            ps.sort_unstable();
-            let ps: Vec<String> = ps.iter().map(i32::to_string).collect();
-            format!("{topic}[{}]", ps.join(","))
-        })
-        .collect();
-    if parts.is_empty() {
-        "-".into()
-    } else {
-        parts.join(" ")
-    }
-}
-
 fn tps(list: &TopicPartitionList) -> Vec<TopicPartition> {
     list.elements()
         .iter()
@@ -437,13 +416,6 @@ impl KafkaSubscription {
             }
         }
         self.assignment.extend(assigned.iter().cloned());
-        tracing::info!(
-            group = self.group(),
-            revoked = %list(&revoked),
-            assigned = %list(&assigned),
-            now = %list(&self.assignment.iter().cloned().collect::<Vec<_>>()),
-            "rebalance"
-        );
         Some(Poll::Rebalance { revoked, assigned })
     }
 }
