@@ -194,7 +194,7 @@ impl Scheduler {
                 Ok(Poll::Rebalance { revoked, assigned }) => {
                     if revoked.contains(&run.tp) && owner.take().is_some() {
                         self.stats.owner.store(false, Ordering::SeqCst);
-                        tracing::info!("no longer the scheduler: another process fires the ticks");
+                        tracing::info!("no longer the scheduler: its partition was revoked (another process takes over, or this one once it rejoins the group)");
                     }
                     if assigned.contains(&run.tp) {
                         gate.assigned();
