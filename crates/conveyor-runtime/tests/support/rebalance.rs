@@ -103,9 +103,14 @@ pub(crate) async fn no_key_runs_twice_at_once(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // one after the other: the second is handed the first's partitions while it stops
     for (stop, handle) in [first, second] {
         let _ = stop.send(());
-        handle.await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(90), handle)
+            .await
+            .expect("a worker did not stop within 90 s of its shutdown")
+            .unwrap()
+            .unwrap();
     }
 
     let mut runs = runs.lock().unwrap().clone();
