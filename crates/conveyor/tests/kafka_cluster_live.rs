@@ -22,6 +22,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use util::{free_port, receiver, start_dev, wait_for, wait_ok, Dev};
 
+/// The partitions of each test's topic.
+const PARTITIONS: i32 = 3;
+
 /// The two tests kill brokers of one cluster: they take turns.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -90,12 +93,19 @@ impl Cluster {
         eprintln!("cluster: restarted broker {id}");
     }
 
+    /// A client of the cluster, in `group` when given (to read its committed offsets).
+    fn client(&self, group: Option<&str>) -> rdkafka::error::KafkaResult<BaseConsumer> {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        if let Some(group) = group {
+            config.set("group.id", group);
+        }
+        config.create()
+    }
+
     /// The leader of `topic`'s `partition` (-1 while there is none), from any live broker.
     fn leader(&self, topic: &str, partition: i32) -> i32 {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create()
-            .unwrap();
+        let c = self.client(None).unwrap();
         let md = c
             .fetch_metadata(Some(topic), Duration::from_secs(10))
             .unwrap();
@@ -110,10 +120,7 @@ impl Cluster {
     async fn wait_brokers(&self, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            let c: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &self.brokers)
-                .create()
-                .unwrap();
+            let c = self.client(None).unwrap();
             if let Ok(md) = c.fetch_metadata(None, Duration::from_secs(5)) {
                 if md.brokers().len() == n {
                     return;
@@ -126,9 +133,7 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-}
 
-impl Cluster {
     /// Waits up to 120 s until every job of `acked` (placed at `placed`) reached the webhook;
     /// on a timeout the panic says, per partition, what is missing and where the route's group
     /// committed, so a failure tells a stalled member from lost records.
@@ -167,21 +172,17 @@ impl Cluster {
     /// The group's committed offset and the end of each partition of `topic`, for a failure's
     /// message.
     fn group_state(&self, group: &str, topic: &str) -> String {
-        let c: BaseConsumer = match ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .set("group.id", group)
-            .create()
-        {
+        let c = match self.client(Some(group)) {
             Ok(c) => c,
             Err(e) => return format!("(cannot read group {group}: {e})"),
         };
         let mut list = rdkafka::TopicPartitionList::new();
-        for p in 0..3 {
+        for p in 0..PARTITIONS {
             list.add_partition(topic, p);
         }
         let committed = c.committed_offsets(list, Duration::from_secs(10));
         let mut out = format!("group {group}:");
-        for p in 0..3 {
+        for p in 0..PARTITIONS {
             let at = committed
                 .as_ref()
                 .ok()
@@ -222,7 +223,7 @@ delivery_timeout_ms = {delivery_timeout_ms}
 listen = "127.0.0.1:{port}"
 [[topics]]
 name = "{topic}"
-partitions = 3
+partitions = {PARTITIONS}
 min_insync_replicas = 2
 [[routes]]
 topic = "{topic}"
@@ -275,11 +276,8 @@ async fn post(http: &reqwest::Client, base: &str, topic: &str, i: usize, posted:
     match status {
         201 => {
             p.acked.push(v["id"].as_str().unwrap().to_owned());
-            let at = (
-                v["partition"].as_i64().unwrap(),
-                v["offset"].as_i64().unwrap(),
-            );
-            p.placed.push((at.0 as i32, at.1));
+            let partition = v["partition"].as_i64().unwrap() as i32;
+            p.placed.push((partition, v["offset"].as_i64().unwrap()));
         }
         _ => p.refused.push((
             status,
