@@ -155,13 +155,12 @@ pub fn format_time(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// Parses a time header written by [`format_time`], or any RFC 3339 time (any offset; times
-/// before 1970 are taken as 1970-01-01, after 9999 as 9999-12-31, the range [`format_time`]
-/// writes).
+/// Parses a time header written by [`format_time`], or any RFC 3339 time: `T`, `t` or a space
+/// between date and time, any number of fractional digits, and `Z`, `z` or any `+hh:mm`/`-hh:mm`
+/// offset, which is applied (`2026-12-07T10:00:16.000+05:30` is 04:30:16 UTC). A time without an
+/// offset is not RFC 3339 and is refused: it names no instant. Times before 1970 are taken as
+/// 1970-01-01, after 9999 as 9999-12-31, the range [`format_time`] writes.
 pub fn parse_time(s: &str) -> Option<SystemTime> {
-    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return Some(t);
-    }
     let t = chrono::DateTime::parse_from_rfc3339(s.trim()).ok()?;
     let ms = t.timestamp_millis().clamp(0, MAX_TIME_MS);
     Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64))
@@ -300,6 +299,39 @@ mod tests {
             "1970-01-01T00:00:00.000Z"
         );
         assert!(parse_time("tomorrow").is_none());
+    }
+
+    /// Every RFC 3339 form means the instant it names: offsets after fractional seconds (what
+    /// Python's and Java's formatters write) were once read as UTC.
+    #[test]
+    fn every_rfc3339_form_means_what_it_says() {
+        let utc = "2026-12-07T04:30:16.000Z";
+        for form in [
+            "2026-12-07T10:00:16.000+05:30",
+            "2026-12-07T10:00:16+05:30",
+            "2026-12-07T10:00:16.000000+05:30",
+            "2026-12-07t10:00:16.000+05:30",
+            "2026-12-07 10:00:16.000+05:30",
+            "2026-12-06T23:30:16.000-05:00",
+            "2026-12-06T23:30:16-05:00",
+            "2026-12-07T04:30:16Z",
+            "2026-12-07T04:30:16.000z",
+            "2026-12-07T04:30:16.000000000Z",
+            "2026-12-07T04:30:16+00:00",
+            "2026-12-07T04:30:16-00:00",
+            " 2026-12-07T04:30:16Z ",
+        ] {
+            let t = parse_time(form).unwrap_or_else(|| panic!("`{form}` refused"));
+            assert_eq!(format_time(t), utc, "`{form}`");
+        }
+        assert_eq!(
+            format_time(parse_time("2026-12-07T04:30:16.1239+00:00").unwrap()),
+            "2026-12-07T04:30:16.123Z"
+        );
+        // no offset: no instant
+        for refused in ["2026-12-07T04:30:16", "2026-12-07T04:30:16.000", "2026-12-07"] {
+            assert!(parse_time(refused).is_none(), "`{refused}` accepted");
+        }
     }
 
     #[test]

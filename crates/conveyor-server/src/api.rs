@@ -342,7 +342,7 @@ impl JobRequest {
                 ApiError::invalid(
                     field(name),
                     format!(
-                        "`{name}` must be an RFC 3339 time such as 2026-12-01T09:00:00Z, got `{v}`"
+                        "`{name}` must be an RFC 3339 time with an offset, such as 2026-12-01T09:00:00Z or 2026-12-01T10:00:00.000+01:00; got `{v}`"
                     ),
                 )
             })

@@ -812,6 +812,47 @@ async fn delays_deadlines_and_timeouts_are_stored_as_headers_and_checked() {
     }
 }
 
+/// Every RFC 3339 form of `run_at` and `deadline` names the instant it says: an offset after
+/// fractional seconds (Python's `isoformat()`, Java's `OffsetDateTime`) was once read as UTC.
+/// A time without an offset names no instant and is refused.
+#[tokio::test]
+async fn times_with_offsets_mean_the_instant_they_name() {
+    let api = api().await;
+    for (form, utc) in [
+        ("2030-12-07T10:00:16.000+05:30", "2030-12-07T04:30:16.000Z"),
+        ("2030-12-07T10:00:16.250000+05:30", "2030-12-07T04:30:16.250Z"),
+        ("2030-12-06T23:30:16.5-05:00", "2030-12-07T04:30:16.500Z"),
+        ("2030-12-07 04:30:16Z", "2030-12-07T04:30:16.000Z"),
+    ] {
+        let (s, v) = post(
+            &api,
+            "/v1/topics/emails/jobs",
+            json!({"type": "t", "payload": {}, "run_at": form, "deadline": form}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{form}: {v}");
+        let p = v["partition"].as_i64().unwrap() as i32;
+        let r = api
+            .backend
+            .fetch("emails", p, v["offset"].as_i64().unwrap(), 1)
+            .await
+            .unwrap();
+        let h = &r[0].headers;
+        assert_eq!(h.get_str("due_at"), Some(utc), "run_at {form}");
+        assert_eq!(h.get_str("deadline"), Some(utc), "deadline {form}");
+    }
+    for field in ["run_at", "deadline"] {
+        let (s, v) = post(
+            &api,
+            "/v1/topics/emails/jobs",
+            json!({"type": "t", "payload": {}, field: "2030-12-07T10:00:16.000"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {v}");
+        assert_eq!(v["error"]["field"], field, "{v}");
+    }
+}
+
 #[tokio::test]
 async fn cancel_pause_and_resume_go_to_the_control_log() {
     let api = api().await;

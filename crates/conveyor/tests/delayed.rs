@@ -217,12 +217,23 @@ async fn cli_delays_cancels_pauses_and_resumes() {
     let at =
         humantime::format_rfc3339_millis(SystemTime::now() + Duration::from_secs(2)).to_string();
     let scheduled = enqueue(&["--at", &at]);
+    // an offset after fractional seconds, as Python's and Java's formatters write it, means
+    // what it says (it was once read as UTC: this job ran 5.5 h late, the expired one ran)
+    let in_india = |t: SystemTime| {
+        let local = humantime::format_rfc3339_millis(t + Duration::from_secs(5 * 3600 + 1800));
+        local.to_string().replace('Z', "+05:30")
+    };
+    let offset_at = enqueue(&["--at", &in_india(SystemTime::now() + Duration::from_secs(2))]);
+    let expired = enqueue(&[
+        "--deadline",
+        &in_india(SystemTime::now() - Duration::from_secs(60)),
+    ]);
     wait_for(
         Duration::from_secs(30),
-        "the kept and the scheduled job",
+        "the kept, the scheduled and the --at +05:30 job",
         || {
             let s = seen.lock().unwrap();
-            s.contains_key(&kept) && s.contains_key(&scheduled)
+            s.contains_key(&kept) && s.contains_key(&scheduled) && s.contains_key(&offset_at)
         },
     )
     .await;
@@ -231,7 +242,11 @@ async fn cli_delays_cancels_pauses_and_resumes() {
         let s = seen.lock().unwrap();
         assert!(!s.contains_key(&doomed), "the cancelled job was delivered");
         assert!(
-            s[&kept][0] >= 0 && s[&scheduled][0] >= 0,
+            !s.contains_key(&expired),
+            "a job enqueued past its --deadline (+05:30) was delivered"
+        );
+        assert!(
+            s[&kept][0] >= 0 && s[&scheduled][0] >= 0 && s[&offset_at][0] >= 0,
             "a job ran early: {s:?}"
         );
     }
