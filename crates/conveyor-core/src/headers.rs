@@ -329,7 +329,11 @@ mod tests {
             "2026-12-07T04:30:16.123Z"
         );
         // no offset: no instant
-        for refused in ["2026-12-07T04:30:16", "2026-12-07T04:30:16.000", "2026-12-07"] {
+        for refused in [
+            "2026-12-07T04:30:16",
+            "2026-12-07T04:30:16.000",
+            "2026-12-07",
+        ] {
             assert!(parse_time(refused).is_none(), "`{refused}` accepted");
         }
     }

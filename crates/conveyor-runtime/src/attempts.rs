@@ -12,13 +12,22 @@
 //! - `l`, the lease: the owner may have started jobs below it. It is written (synchronously)
 //!   *before* any job at or past it is admitted, [`LEASE_AHEAD`] offsets at a time, so one
 //!   commit covers thousands of jobs.
+//! - `d`: the jobs past the committed offset that already finished: `d=<committed>:` and
+//!   ranges `<gap>+<length>` (the gap counted from the end of the range before, the first from
+//!   the committed offset), after the counts and as many as fit; believed only with the offset
+//!   it names (a tool that moves the offset and keeps the metadata does not skip jobs). A job waiting in memory (a delayed
+//!   job due soon, a retry, a job behind its key) holds the commit point back while the jobs
+//!   behind it finish; without `d` a clean stop, a rebalance or a crash would run all of those
+//!   again. A transactional worker commits the outputs of every job `d` names in the same
+//!   transaction.
 //!
 //! # How the next owner uses it
 //! A job of the range `[committed, lease)` may have been running when its owner stopped: it is
 //! a *suspect*. Before a suspect's attempt runs, its attempt count (`a` + 1) is committed
 //! synchronously, so if it kills the process again the next owner counts one more. A job whose
 //! count already reached its `max_attempts` is dead-lettered with reason `exhausted` without
-//! running. Jobs past the lease run as usual, with no extra commit. A worker that stops cleanly
+//! running. A job `d` names is finished without running. Jobs past the lease run as usual,
+//! with no extra commit. A worker that stops cleanly
 //! (shutdown, after its running jobs finished) cuts the lease back to the commit point, so a
 //! restart after a clean stop has no suspects but the jobs with counts.
 //!
@@ -39,6 +48,9 @@ pub const LEASE_AHEAD: i64 = 1024;
 const MAX_COUNT: u32 = 1_000_000;
 const MAX_LEASE_AHEAD_OF_COMMIT: i64 = 1_000_000;
 
+/// Finished ranges are believed only this many: a commit's metadata holds fewer.
+const MAX_DONE_RANGES: usize = 4096;
+
 const PREFIX: &str = "conveyor.attempts.v1";
 
 /// One partition's attempt counts: this owner's and what the previous owner left.
@@ -52,6 +64,9 @@ pub struct AttemptBook {
     lease: i64,
     /// The previous owner's lease: unfinished jobs below it are suspects.
     inherited_lease: i64,
+    /// Jobs past the committed offset the previous owner finished: `[from, to)`, in order,
+    /// not overlapping.
+    inherited_done: Vec<(i64, i64)>,
     /// Changed since last persisted.
     changed: bool,
 }
@@ -64,23 +79,30 @@ pub struct Arrival {
     /// It may have been running when its previous owner stopped: its attempt must be persisted
     /// before it runs.
     pub suspect: bool,
+    /// A previous owner finished it past its commit point: it is not run again.
+    pub done: bool,
 }
 
 impl AttemptBook {
     /// The book a new owner starts from, given the partition's committed offset and metadata
     /// (anything not written by conveyor, or malformed, counts as nothing).
     pub fn inherit(committed: Option<i64>, metadata: &str) -> Self {
-        let mut book = Self::parse(metadata).unwrap_or_default();
-        let bound = committed
-            .unwrap_or(0)
-            .saturating_add(MAX_LEASE_AHEAD_OF_COMMIT);
+        let from = committed.unwrap_or(0);
+        let mut book = Self::parse(metadata, from).unwrap_or_default();
+        let bound = from.saturating_add(MAX_LEASE_AHEAD_OF_COMMIT);
         book.inherited_lease = book.inherited_lease.min(bound);
         book.lease = book.inherited_lease;
         book.started.retain(|_, n| *n <= MAX_COUNT);
+        // within reach of the commit only: a damaged entry cannot make the rest of the
+        // partition look finished
+        for range in &mut book.inherited_done {
+            range.1 = range.1.min(bound);
+        }
+        book.inherited_done.retain(|(a, b)| a < b);
         book
     }
 
-    fn parse(metadata: &str) -> Option<Self> {
+    fn parse(metadata: &str, committed: i64) -> Option<Self> {
         let mut parts = metadata.split(' ');
         if parts.next()? != PREFIX {
             return None;
@@ -94,6 +116,8 @@ impl AttemptBook {
                     let (o, n) = entry.split_once(':')?;
                     book.started.insert(o.parse().ok()?, n.parse().ok()?);
                 }
+            } else if let Some(d) = part.strip_prefix("d=") {
+                book.inherited_done = parse_done(d, committed)?;
             }
         }
         book.lease = book.inherited_lease;
@@ -103,9 +127,16 @@ impl AttemptBook {
     /// A job at `offset` was fetched.
     pub fn arrive(&mut self, offset: i64) -> Arrival {
         let attempts_before = self.started.get(&offset).copied().unwrap_or(0);
+        // ranges before this offset are behind the fetch position now: forgotten
+        let passed = self.inherited_done.partition_point(|&(_, to)| to <= offset);
+        self.inherited_done.drain(..passed);
         Arrival {
             attempts_before,
             suspect: attempts_before > 0 || offset < self.inherited_lease,
+            done: self
+                .inherited_done
+                .first()
+                .is_some_and(|&(from, _)| from <= offset),
         }
     }
 
@@ -173,9 +204,20 @@ impl AttemptBook {
         self.changed = false;
     }
 
+    /// The finished ranges a previous owner named that this owner has not fetched yet (at or
+    /// past `fetched_to`), so a commit before it reaches them still names them.
+    pub fn inherited_done_from(&self, fetched_to: i64) -> impl Iterator<Item = (i64, i64)> + '_ {
+        self.inherited_done
+            .iter()
+            .filter(move |&&(_, to)| to > fetched_to)
+            .map(move |&(from, to)| (from.max(fetched_to), to))
+    }
+
     /// The metadata to commit with `committed` (entries below it are finished and dropped),
-    /// at most `limit` bytes.
-    pub fn encode(&self, committed: i64, limit: usize) -> String {
+    /// at most `limit` bytes: the counts, then the finished ranges `done` (`[from, to)`, in
+    /// order, not overlapping) as far as they fit. Returns it with the end of the last range it
+    /// names (`committed` when none): every finished job below that end is named.
+    pub fn encode(&self, committed: i64, done: &[(i64, i64)], limit: usize) -> (String, i64) {
         let mut out = format!("{PREFIX} l={}", self.lease.max(committed));
         let mut first = true;
         let running = self
@@ -186,8 +228,9 @@ impl AttemptBook {
             .started
             .range(committed..)
             .filter(|(o, _)| !self.running.contains(o));
+        let mut entry = String::new();
         for (o, n) in running.chain(waiting) {
-            let mut entry = String::new();
+            entry.clear();
             let _ = write!(entry, "{}{o}:{n}", if first { " a=" } else { "," });
             if out.len() + entry.len() > limit {
                 break;
@@ -195,8 +238,60 @@ impl AttemptBook {
             out.push_str(&entry);
             first = false;
         }
-        out
+        let mut named_to = committed;
+        let mut first = true;
+        for &(from, to) in done {
+            let from = from.max(named_to);
+            if to <= from {
+                continue;
+            }
+            entry.clear();
+            if first {
+                let _ = write!(entry, " d={committed}:");
+            } else {
+                entry.push(',');
+            }
+            let _ = write!(entry, "{}+{}", from - named_to, to - from);
+            if out.len() + entry.len() > limit {
+                break;
+            }
+            out.push_str(&entry);
+            named_to = to;
+            first = false;
+        }
+        (out, named_to)
     }
+}
+
+/// The finished ranges of a `d=` entry, made absolute from `committed`. The entry names the
+/// offset it was committed with: written with another one (the group's offset was moved by a
+/// tool that kept the metadata), it names nothing.
+fn parse_done(d: &str, committed: i64) -> Option<Vec<(i64, i64)>> {
+    let (base, d) = d.split_once(':')?;
+    if base.parse::<i64>().ok()? != committed {
+        return Some(Vec::new());
+    }
+    let mut ranges = Vec::new();
+    let mut at = committed;
+    for entry in d.split(',').filter(|e| !e.is_empty()).take(MAX_DONE_RANGES) {
+        let (gap, len) = entry.split_once('+')?;
+        let (gap, len): (u32, u32) = (gap.parse().ok()?, len.parse().ok()?);
+        let from = at.checked_add(gap.into())?;
+        let to = from.checked_add(len.into())?;
+        if len > 0 {
+            ranges.push((from, to));
+        }
+        at = to;
+    }
+    Some(ranges)
+}
+
+/// The finished ranges named by metadata [`AttemptBook::encode`] wrote with `committed`
+/// (none for anything else): what a transactional commit must publish the outputs of.
+pub fn done_ranges(metadata: &str, committed: i64) -> Vec<(i64, i64)> {
+    AttemptBook::parse(metadata, committed)
+        .map(|b| b.inherited_done)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -212,7 +307,7 @@ mod tests {
         a.start(11, 3);
         a.start(12, 1);
         a.finish(12);
-        let meta = a.encode(10, 4000);
+        let (meta, _) = a.encode(10, &[], 4000);
         assert_eq!(
             meta,
             format!("conveyor.attempts.v1 l={} a=10:1,11:3", 10 + LEASE_AHEAD)
@@ -225,21 +320,24 @@ mod tests {
             b.arrive(11),
             Arrival {
                 attempts_before: 3,
-                suspect: true
+                suspect: true,
+                done: false
             }
         );
         assert_eq!(
             b.arrive(12),
             Arrival {
                 attempts_before: 0,
-                suspect: true
+                suspect: true,
+                done: false
             }
         );
         assert_eq!(
             b.arrive(10 + LEASE_AHEAD),
             Arrival {
                 attempts_before: 0,
-                suspect: false
+                suspect: false,
+                done: false
             }
         );
         assert!(!b.cover(13), "the inherited lease still covers it");
@@ -268,7 +366,7 @@ mod tests {
             a.returned(1_000_000 + o);
         }
         a.start(1_000_999, 8);
-        let meta = a.encode(1_000_000, 4000);
+        let (meta, _) = a.encode(1_000_000, &[], 4000);
         assert!(meta.len() <= 4000, "{}", meta.len());
         let b = AttemptBook::inherit(Some(1_000_000), &meta);
         assert!(b.started.len() > 300, "{}", b.started.len());
@@ -278,7 +376,7 @@ mod tests {
             "a running job is kept first"
         );
         assert_eq!(b.started.keys().next(), Some(&1_000_000), "then the oldest");
-        let entries = a.encode(1_000_500, 4000);
+        let (entries, _) = a.encode(1_000_500, &[], 4000);
         assert!(
             !entries.contains("1000499:"),
             "finished entries below the commit go"
@@ -292,20 +390,80 @@ mod tests {
         a.start(0, 2);
         a.returned(0);
         a.release();
-        let mut b = AttemptBook::inherit(Some(0), &a.encode(0, 4000));
+        let mut b = AttemptBook::inherit(Some(0), &a.encode(0, &[], 4000).0);
         assert_eq!(
             b.arrive(0),
             Arrival {
                 attempts_before: 2,
-                suspect: true
+                suspect: true,
+                done: false
             }
         );
         assert_eq!(
             b.arrive(1),
             Arrival {
                 attempts_before: 0,
-                suspect: false
+                suspect: false,
+                done: false
             }
+        );
+    }
+
+    /// Jobs finished past a commit point that a waiting job holds back are named, and the next
+    /// owner skips exactly those (a clean stop once ran all of them again).
+    #[test]
+    fn finished_jobs_past_the_commit_are_named_and_skipped() {
+        let mut a = AttemptBook::default();
+        a.start(10, 1);
+        a.returned(10);
+        let (meta, named_to) = a.encode(10, &[(11, 60), (61, 70)], 4000);
+        assert_eq!(meta, "conveyor.attempts.v1 l=10 a=10:1 d=10:1+49,1+9");
+        assert_eq!(named_to, 70);
+        assert_eq!(done_ranges(&meta, 10), vec![(11, 60), (61, 70)]);
+        let mut b = AttemptBook::inherit(Some(10), &meta);
+        let done: Vec<i64> = (10..75).filter(|&o| b.arrive(o).done).collect();
+        let expected: Vec<i64> = (11..60).chain(61..70).collect();
+        assert_eq!(done, expected);
+
+        // with the offset moved and the metadata kept, they name nothing
+        let mut moved = AttemptBook::inherit(Some(5), &meta);
+        assert!((5..75).all(|o| !moved.arrive(o).done));
+        assert_eq!(done_ranges(&meta, 5), vec![]);
+
+        // a commit before the new owner fetched them still names the ones ahead of it
+        let b = AttemptBook::inherit(Some(10), &meta);
+        let ahead: Vec<_> = b.inherited_done_from(30).collect();
+        assert_eq!(ahead, vec![(30, 60), (61, 70)]);
+
+        // the limit: ranges stop where they no longer fit, and say how far they named
+        let many: Vec<(i64, i64)> = (0..2000).map(|i| (100 + 3 * i, 102 + 3 * i)).collect();
+        let (meta, named_to) = AttemptBook::default().encode(100, &many, 400);
+        assert!(meta.len() <= 400, "{}", meta.len());
+        let parsed = done_ranges(&meta, 100);
+        assert_eq!(parsed.last().map(|r| r.1), Some(named_to));
+        assert_eq!(parsed, many[..parsed.len()].to_vec());
+    }
+
+    #[test]
+    fn hostile_finished_ranges_are_bounded() {
+        for m in [
+            "conveyor.attempts.v1 d=x",
+            "conveyor.attempts.v1 d=0:1-2",
+            "conveyor.attempts.v1 d=0:-1+5",
+            "conveyor.attempts.v1 d=0:99999999999+1",
+            "conveyor.attempts.v1 d=1+1",
+        ] {
+            assert_eq!(
+                AttemptBook::inherit(Some(0), m),
+                AttemptBook::default(),
+                "{m}"
+            );
+        }
+        let mut b = AttemptBook::inherit(Some(0), "conveyor.attempts.v1 d=0:0+4294967295");
+        assert!(b.arrive(MAX_LEASE_AHEAD_OF_COMMIT - 1).done);
+        assert!(
+            !b.arrive(MAX_LEASE_AHEAD_OF_COMMIT).done,
+            "believed only within reach of the commit"
         );
     }
 }

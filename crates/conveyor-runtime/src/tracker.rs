@@ -52,6 +52,25 @@ impl OffsetTracker {
     pub fn in_flight(&self) -> usize {
         self.pending.len()
     }
+
+    /// One past the highest fetched offset, if any was fetched.
+    pub fn fetched_to(&self) -> Option<i64> {
+        self.next_fetched
+    }
+
+    /// The finished offsets past the commit point, as `[from, to)` ranges in order: the gaps
+    /// between unfinished offsets, up to the highest fetched one.
+    pub fn finished_ranges(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        let end = self.next_fetched.unwrap_or(0);
+        let mut pending = self.pending.iter().copied().peekable();
+        std::iter::from_fn(move || loop {
+            let p = pending.next()?;
+            let to = pending.peek().copied().unwrap_or(end);
+            if to > p + 1 {
+                return Some((p + 1, to));
+            }
+        })
+    }
 }
 
 /// Per-key lanes: at most one job per key is running (or waiting to retry) at a time, and the
@@ -145,6 +164,28 @@ mod tests {
         t.finished(13);
         assert_eq!(t.commit_point(), Some(15));
         assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn finished_ranges_are_the_gaps_past_the_commit_point() {
+        let mut t = OffsetTracker::default();
+        assert_eq!(t.finished_ranges().count(), 0);
+        for o in 10..20 {
+            t.fetched(o);
+        }
+        for o in [11, 12, 15, 18, 19] {
+            t.finished(o);
+        }
+        let r: Vec<_> = t.finished_ranges().collect();
+        assert_eq!(r, vec![(11, 13), (15, 16), (18, 20)]);
+        for o in [10, 13, 14, 16, 17] {
+            t.finished(o);
+        }
+        assert_eq!(
+            t.finished_ranges().count(),
+            0,
+            "nothing past the commit point"
+        );
     }
 
     #[test]

@@ -118,6 +118,9 @@ pub struct WorkerStats {
     pub deadline: AtomicU64,
     /// Unique jobs dropped before running: another job held their key ([`crate::unique`]).
     pub unique_dropped: AtomicU64,
+    /// Jobs a previous owner of their partition finished past its commit point (named in the
+    /// commit's metadata), finished here without running again.
+    pub already_done: AtomicU64,
     /// Records published for finished jobs: what handlers emitted and replies to requests
     /// (transactional workers: once their transaction committed).
     pub emitted: AtomicU64,

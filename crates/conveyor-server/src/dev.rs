@@ -3,8 +3,9 @@
 //! restart) and the HTTP API, in one process, until a shutdown signal.
 //!
 //! [`run`] takes its listener and shutdown future as arguments, so tests run it on port 0 and stop
-//! it. Shutdown order: stop accepting requests (in-flight requests finish, so every `201` sent was
-//! stored), stop the workers (running deliveries finish or are handed back), close the log.
+//! it. Shutdown order: stop accepting requests (in-flight requests get [`API_DRAIN`] to finish,
+//! so every `201` sent was stored; connections open after that are closed), stop the workers
+//! (running deliveries get [`SHUTDOWN_GRACE`] to finish or are handed back), close the log.
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
@@ -164,11 +165,26 @@ pub async fn run(
             }
         }
     };
+    // the stop signal reaches the server; from then on requests in flight get API_DRAIN to
+    // finish, and connections still open after it (a client that sent half a request, one
+    // waiting for a reply) are closed, so a stop always ends
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let shutdown = {
+        let stopping = Arc::clone(&stopping);
+        async move {
+            shutdown.await;
+            stopping.notify_one();
+        }
+    };
     let serve = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .into_future();
     tokio::select! {
         served = serve => served?,
+        () = async {
+            stopping.notified().await;
+            tokio::time::sleep(API_DRAIN).await;
+        } => tracing::warn!("connections still open {API_DRAIN:?} after the stop signal (half-sent requests, waits for replies) are closed; stopping the workers"),
         // requests waiting for replies (up to `api.max_reply_timeout_ms`) would wait for
         // nothing: their replies cannot be written any more
         () = async {
@@ -188,6 +204,10 @@ pub async fn run(
         None => closed,
     }
 }
+
+/// How long requests in flight get to finish after the stop signal; with the workers'
+/// [`SHUTDOWN_GRACE`] a stop takes at most 30 s, Kubernetes' default termination grace.
+pub const API_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long requests in flight get to finish once the backend broke.
 const BROKEN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);

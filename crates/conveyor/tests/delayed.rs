@@ -223,7 +223,10 @@ async fn cli_delays_cancels_pauses_and_resumes() {
         let local = humantime::format_rfc3339_millis(t + Duration::from_secs(5 * 3600 + 1800));
         local.to_string().replace('Z', "+05:30")
     };
-    let offset_at = enqueue(&["--at", &in_india(SystemTime::now() + Duration::from_secs(2))]);
+    let offset_at = enqueue(&[
+        "--at",
+        &in_india(SystemTime::now() + Duration::from_secs(2)),
+    ]);
     let expired = enqueue(&[
         "--deadline",
         &in_india(SystemTime::now() - Duration::from_secs(60)),

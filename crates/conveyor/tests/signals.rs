@@ -1,14 +1,17 @@
 //! SIGTERM (what systemd, Docker and Kubernetes send) drains `conveyor dev` exactly like Ctrl-C
 //! (SIGINT): the process exits on its own with status 0, the deliveries running at the signal
-//! finish and are committed, and after a restart no job is delivered twice. On the embedded
-//! backend, and with `--features live` on the Kafka broker of `scripts/kafka.sh`.
+//! finish and are committed, and after a restart no job is delivered twice, also when a job
+//! waiting in memory (due in seconds, or between in-process retries) held the commit point back
+//! while the jobs behind it finished. Clients that send half a request do not hold the stop
+//! past its grace. On the embedded backend, and with `--features live` on the Kafka broker of
+//! `scripts/kafka.sh`.
 
 mod util;
 
 use std::process::Command;
 use std::time::Duration;
 
-use util::{free_port, post_jobs, receiver, start_dev, wait_for, wait_ok};
+use util::{free_port, post_jobs, receiver, start_dev, wait_for, wait_ok, Dev};
 
 /// `backend`: the configuration lines choosing the backend (empty: embedded).
 async fn drains_on(signal: &str, backend: &str, topic: &str) {
@@ -84,6 +87,185 @@ async fn drains_on(signal: &str, backend: &str, topic: &str) {
     );
 }
 
+/// Sends SIGTERM to `child` and waits for it to exit (at most `bound`); returns how long it took.
+async fn terminate(child: &mut Dev, bound: Duration) -> Duration {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < bound,
+            "conveyor dev still running {bound:?} after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exited by signal or with an error: {status:?}"
+    );
+    started.elapsed()
+}
+
+/// Posts one job (`extra`: more fields of the body); returns its id.
+async fn post_one(base: &str, topic: &str, body: serde_json::Value) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/topics/{topic}/jobs"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["id"].as_str().unwrap().to_owned()
+}
+
+/// A job waiting in memory holds its partition's commit point back: on `held`, a job due in
+/// 4.9 s (below the shortest delay tier, so it waits in the worker); on `retried`, a job whose
+/// first attempt fails and waits 2.25-4.5 s for its retry in memory. 25 jobs behind each finish, then
+/// SIGTERM: after the restart none of the 50 runs again (the stop committed up to the waiting
+/// job only, and every job behind it ran again: 50 of 50), and the two waiting jobs run.
+async fn a_clean_stop_repeats_no_finished_job(backend: &str, suffix: &str) {
+    let (hook, received) = receiver(Duration::from_millis(0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("conveyor.toml");
+    let (held, retried) = (format!("held{suffix}"), format!("retried{suffix}"));
+    let mut toml = format!(
+        "data_dir = \"{}\"\n{backend}\n[api]\nlisten = \"127.0.0.1:{port}\"\n",
+        dir.path().join("data").display()
+    );
+    for topic in [&held, &retried] {
+        toml.push_str(&format!(
+            "[[topics]]\nname = \"{topic}\"\npartitions = 1\n[[routes]]\ntopic = \"{topic}\"\nurl = \"http://{hook}/hook\"\nconcurrency = 4\n[routes.retry]\nmax_attempts = 5\ninitial_delay_ms = 4500\nmultiplier = 1.0\n"
+        ));
+    }
+    std::fs::write(&config, toml).unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = start_dev(&config);
+    wait_ok(&base, "/readyz", Duration::from_secs(60)).await;
+    let due_soon = post_one(
+        &base,
+        &held,
+        serde_json::json!({"type": "ok", "payload": {}, "delay_ms": 4900}),
+    )
+    .await;
+    let flaky = post_one(
+        &base,
+        &retried,
+        serde_json::json!({"type": "flaky", "payload": {}}),
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(30),
+        "the flaky job's first attempt",
+        || received.ids().contains_key(&flaky),
+    )
+    .await;
+    let mut behind = post_jobs(&base, &held, "ok", 25, 4).await;
+    behind.extend(post_jobs(&base, &retried, "ok", 25, 4).await);
+    assert_eq!(behind.len(), 50);
+    wait_for(
+        Duration::from_secs(30),
+        "the 50 jobs behind the waiting ones",
+        || {
+            let ids = received.ids();
+            behind.iter().all(|id| ids.contains_key(id))
+        },
+    )
+    .await;
+    {
+        let ids = received.ids();
+        assert!(
+            !ids.contains_key(&due_soon) && ids.get(&flaky) == Some(&1),
+            "the waiting jobs must still wait at the signal (else this tests nothing): {:?} {:?}",
+            ids.get(&due_soon),
+            ids.get(&flaky)
+        );
+    }
+    terminate(&mut child, Duration::from_secs(40)).await;
+    drop(child);
+
+    let _child = start_dev(&config);
+    wait_ok(&base, "/readyz", Duration::from_secs(60)).await;
+    wait_for(
+        Duration::from_secs(60),
+        "the two waiting jobs after the restart",
+        || {
+            let ids = received.ids();
+            ids.contains_key(&due_soon) && ids.get(&flaky).is_some_and(|n| *n >= 3)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // a repeat would arrive now
+    let ids = received.ids();
+    let again: Vec<_> = behind.iter().filter(|id| ids[*id] > 1).collect();
+    assert!(
+        again.is_empty(),
+        "{} of the 50 finished jobs ran again after a clean stop: {again:?}",
+        again.len()
+    );
+    assert_eq!(ids[&due_soon], 1, "the delayed job ran twice");
+}
+
+/// A client that sent half a request (headers without their end, or a body shorter than its
+/// `Content-Length`) does not keep a stopping `conveyor dev` alive: the API gives requests
+/// in flight 5 s, then closes what is still open (it was still up after 35 s, and further
+/// signals did nothing).
+async fn half_requests_do_not_hold_the_stop(backend: &str, topic: &str) {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("conveyor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n{backend}\n[api]\nlisten = \"127.0.0.1:{port}\"\n[[topics]]\nname = \"{topic}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = start_dev(&config);
+    wait_ok(&base, "/readyz", Duration::from_secs(60)).await;
+    let mut open = Vec::new();
+    for half in [
+        format!("POST /v1/topics/{topic}/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: app"),
+        format!("POST /v1/topics/{topic}/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"type\""),
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n".to_owned(),
+    ] {
+        for _ in 0..20 {
+            let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            c.write_all(half.as_bytes()).await.unwrap();
+            open.push(c);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let took = terminate(&mut child, Duration::from_secs(30)).await;
+    eprintln!(
+        "stopped {:.1} s after SIGTERM with {} half requests open",
+        took.as_secs_f64(),
+        open.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_repeats_no_finished_job_behind_a_waiting_one() {
+    a_clean_stop_repeats_no_finished_job("", "").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_do_not_hold_a_stop() {
+    half_requests_do_not_hold_the_stop("", "jobs").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_like_ctrl_c() {
     drains_on("-TERM", "", "jobs").await;
@@ -118,5 +300,15 @@ mod kafka {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sigint_drains_on_kafka() {
         drains_on("-INT", &backend(), &topic("int")).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_clean_stop_repeats_no_finished_job_on_kafka() {
+        super::a_clean_stop_repeats_no_finished_job(&backend(), &topic("held")).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn half_sent_requests_do_not_hold_a_stop_on_kafka() {
+        super::half_requests_do_not_hold_the_stop(&backend(), &topic("half")).await;
     }
 }

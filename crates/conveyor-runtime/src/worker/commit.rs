@@ -11,14 +11,15 @@ impl Scheduler {
         self.tracks
             .iter()
             .filter_map(|(tp, t)| {
-                let point = t
-                    .offsets
-                    .commit_point()
-                    .or_else(|| t.attempts.changed().then(|| t.offsets.position()).flatten())?;
-                Some(
-                    CommitOffset::new(tp.clone(), point)
-                        .with_metadata(t.attempts.encode(point, MAX_COMMIT_METADATA)),
-                )
+                let point = t.offsets.commit_point().or_else(|| {
+                    (t.attempts.changed() || t.done_changed)
+                        .then(|| t.offsets.position())
+                        .flatten()
+                })?;
+                let (metadata, _) = t
+                    .attempts
+                    .encode(point, &t.done_ranges(), MAX_COMMIT_METADATA);
+                Some(CommitOffset::new(tp.clone(), point).with_metadata(metadata))
             })
             .collect()
     }
@@ -56,7 +57,8 @@ impl Scheduler {
                     if let Some(t) = self.tracks.get_mut(&c.tp) {
                         t.offsets.committed(c.next_offset);
                         t.attempts.persisted();
-                        t.committed_outputs(c.next_offset);
+                        t.done_changed = false;
+                        t.committed_outputs(outputs_to(&c));
                     }
                 }
                 self.dirty = false;
@@ -94,12 +96,14 @@ impl Scheduler {
             if offsets.is_empty() {
                 return Ok(offsets);
             }
+            // the outputs of every job the commit says is finished: below its offset, and in the
+            // finished ranges its metadata names (only finished jobs have outputs)
             let records: Vec<(String, Record)> = offsets
                 .iter()
                 .filter_map(|c| self.tracks.get(&c.tp).map(|t| (c, t)))
                 .flat_map(|(c, t)| {
                     t.outputs
-                        .range(..c.next_offset)
+                        .range(..outputs_to(c))
                         .flat_map(|(_, v)| v.clone())
                 })
                 .collect();
@@ -183,6 +187,14 @@ impl Scheduler {
         // nothing runs any more: the revocation this starts has nothing to wait for
         self.sub.leave(crate::LEAVE_TIMEOUT).await;
     }
+}
+
+/// The end of what a commit says is finished: its offset, or the end of the last finished
+/// range its metadata names.
+fn outputs_to(c: &CommitOffset) -> i64 {
+    crate::attempts::done_ranges(&c.metadata, c.next_offset)
+        .last()
+        .map_or(c.next_offset, |r| r.1.max(c.next_offset))
 }
 
 impl Drop for Scheduler {

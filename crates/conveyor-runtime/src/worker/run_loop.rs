@@ -187,6 +187,8 @@ impl Scheduler {
             if track.epoch == task.epoch {
                 track.offsets.finished(task.record.offset);
                 track.attempts.finish(task.record.offset);
+                // a job behind an unfinished one: the commit names it as finished
+                track.done_changed |= track.offsets.in_flight() > 0;
                 self.commit_now |= task.counted;
                 self.buffered -= 1;
                 self.dirty = true;
@@ -723,6 +725,18 @@ impl Scheduler {
                         .or_insert_with(|| Track::new(epoch, AttemptBook::default()));
                     track.offsets.fetched(record.offset);
                     let arrival = track.attempts.arrive(record.offset);
+                    if arrival.done {
+                        // a previous owner finished it past its commit point
+                        track.offsets.finished(record.offset);
+                        track.done_changed |= track.offsets.in_flight() > 0;
+                        self.dirty = true;
+                        self.unstored = true;
+                        self.shared
+                            .stats
+                            .already_done
+                            .fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     leased |= track.attempts.cover(record.offset);
                     self.buffered += 1;
                     let lane = record.key.clone().map(|k| (record.topic.clone(), k));

@@ -45,6 +45,9 @@ pub(super) struct Track {
     pub(super) outputs: BTreeMap<i64, Vec<(String, Record)>>,
     /// The bytes of `outputs`.
     pub(super) output_bytes: usize,
+    /// A job finished past the commit point since the last commit: the finished ranges the
+    /// commit's metadata names changed.
+    pub(super) done_changed: bool,
 }
 
 impl Track {
@@ -55,7 +58,17 @@ impl Track {
             attempts,
             outputs: BTreeMap::new(),
             output_bytes: 0,
+            done_changed: false,
         }
+    }
+
+    /// The jobs finished past the commit point, `[from, to)` in order: this owner's, then the
+    /// ones a previous owner named that this one has not fetched yet.
+    pub(super) fn done_ranges(&self) -> Vec<(i64, i64)> {
+        let mut ranges: Vec<(i64, i64)> = self.offsets.finished_ranges().collect();
+        let fetched_to = self.offsets.fetched_to().unwrap_or(i64::MIN);
+        ranges.extend(self.attempts.inherited_done_from(fetched_to));
+        ranges
     }
 
     /// Keeps a finished job's outputs until its offset commits.
@@ -64,7 +77,8 @@ impl Track {
         self.outputs.insert(offset, records);
     }
 
-    /// Drops the outputs below `next_offset`: they committed.
+    /// Drops the outputs below `next_offset`: they committed (with the offset, or named as
+    /// finished in its metadata).
     pub(super) fn committed_outputs(&mut self, next_offset: i64) {
         self.outputs = self.outputs.split_off(&next_offset);
         self.output_bytes = self
