@@ -155,15 +155,37 @@ pub fn format_time(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// Parses a time header written by [`format_time`], or any RFC 3339 time: `T`, `t` or a space
-/// between date and time, any number of fractional digits, and `Z`, `z` or any `+hh:mm`/`-hh:mm`
-/// offset, which is applied (`2026-12-07T10:00:16.000+05:30` is 04:30:16 UTC). A time without an
-/// offset is not RFC 3339 and is refused: it names no instant. Times before 1970 are taken as
-/// 1970-01-01, after 9999 as 9999-12-31, the range [`format_time`] writes.
-pub fn parse_time(s: &str) -> Option<SystemTime> {
+/// Parses an RFC 3339 time, as the API and the CLI take them: `T`, `t` or a space between
+/// date and time, any number of fractional digits, and `Z`, `z` or any `+hh:mm`/`-hh:mm` offset,
+/// which is applied (`2026-12-07T10:00:16.000+05:30` is 04:30:16 UTC). A time without an offset
+/// names no instant and is refused. Times before 1970 are taken as 1970-01-01, after 9999 as
+/// 9999-12-31, the range [`format_time`] writes.
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let t = chrono::DateTime::parse_from_rfc3339(s.trim()).ok()?;
-    let ms = t.timestamp_millis().clamp(0, MAX_TIME_MS);
-    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64))
+    Some(from_millis(t.timestamp_millis()))
+}
+
+/// Parses a time header written by [`format_time`], or by another producer: any RFC 3339 time
+/// ([`parse_rfc3339`]), and, as conveyor always read them, a date and time without an offset
+/// as UTC (`datetime.utcnow().isoformat()` writes those); anything else is no time.
+pub fn parse_time(s: &str) -> Option<SystemTime> {
+    if let Some(t) = parse_rfc3339(s) {
+        return Some(t);
+    }
+    let s = s.trim();
+    [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dt%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+    ]
+    .iter()
+    .find_map(|f| chrono::NaiveDateTime::parse_from_str(s, f).ok())
+    .map(|t| from_millis(t.and_utc().timestamp_millis()))
+}
+
+fn from_millis(ms: i64) -> SystemTime {
+    let ms = ms.clamp(0, MAX_TIME_MS);
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64)
 }
 
 /// 9999-12-31T23:59:59.999Z, the last time RFC 3339 can write.
@@ -321,18 +343,32 @@ mod tests {
             "2026-12-07T04:30:16-00:00",
             " 2026-12-07T04:30:16Z ",
         ] {
-            let t = parse_time(form).unwrap_or_else(|| panic!("`{form}` refused"));
+            let t = parse_rfc3339(form).unwrap_or_else(|| panic!("`{form}` refused"));
             assert_eq!(format_time(t), utc, "`{form}`");
+            assert_eq!(parse_time(form), Some(t), "`{form}` as a header");
         }
         assert_eq!(
             format_time(parse_time("2026-12-07T04:30:16.1239+00:00").unwrap()),
             "2026-12-07T04:30:16.123Z"
         );
-        // no offset: no instant
-        for refused in [
+        // no offset: no instant, refused where a client sends it; a header another producer
+        // wrote that way is read as UTC, as conveyor always read it
+        for no_offset in [
             "2026-12-07T04:30:16",
             "2026-12-07T04:30:16.000",
+            "2026-12-07 04:30:16",
+        ] {
+            assert!(parse_rfc3339(no_offset).is_none(), "`{no_offset}` accepted");
+            assert_eq!(
+                parse_time(no_offset).map(format_time).as_deref(),
+                Some(utc),
+                "`{no_offset}` as a header"
+            );
+        }
+        for refused in [
             "2026-12-07",
+            "2026-12-07T10:00:16.000+0530",
+            "2026-12-07T10:00:16 IST",
         ] {
             assert!(parse_time(refused).is_none(), "`{refused}` accepted");
         }

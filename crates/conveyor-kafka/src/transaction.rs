@@ -235,7 +235,9 @@ fn run(
     }
 }
 
-/// Whether the group's committed offsets are `offsets`.
+/// Whether the group's committed offsets are `offsets`, metadata included (a transaction at an
+/// unchanged offset carries new metadata, naming jobs finished past it whose outputs it
+/// publishes: the offset alone cannot tell whether it committed).
 fn committed_as(
     consumer: &StreamConsumer<GroupContext>,
     offsets: &rdkafka::TopicPartitionList,
@@ -246,7 +248,7 @@ fn committed_as(
     };
     offsets.elements().iter().all(|e| {
         now.find_partition(e.topic(), e.partition())
-            .is_some_and(|n| n.offset() == e.offset())
+            .is_some_and(|n| n.offset() == e.offset() && n.metadata() == e.metadata())
     })
 }
 

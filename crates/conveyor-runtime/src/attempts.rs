@@ -214,12 +214,35 @@ impl AttemptBook {
     }
 
     /// The metadata to commit with `committed` (entries below it are finished and dropped),
-    /// at most `limit` bytes: the counts, then the finished ranges `done` (`[from, to)`, in
-    /// order, not overlapping) as far as they fit. Returns it with the end of the last range it
+    /// at most `limit` bytes: the counts and the finished ranges `done` (`[from, to)`, in
+    /// order, not overlapping), each as far as it fits; the ranges first when `ranges_first`
+    /// (a transactional worker: the outputs of the jobs a commit names are published with it,
+    /// so a later commit must never name fewer, and counts can be cut where ranges cannot).
+    /// Ranges reach at most 1,000,000 offsets past `committed`, as far as
+    /// [`AttemptBook::inherit`] believes them. Returns it with the end of the last range it
     /// names (`committed` when none): every finished job below that end is named.
-    pub fn encode(&self, committed: i64, done: &[(i64, i64)], limit: usize) -> (String, i64) {
+    pub fn encode(
+        &self,
+        committed: i64,
+        done: &[(i64, i64)],
+        ranges_first: bool,
+        limit: usize,
+    ) -> (String, i64) {
         let mut out = format!("{PREFIX} l={}", self.lease.max(committed));
-        let mut first = true;
+        let named_to = if ranges_first {
+            let named_to = encode_done(&mut out, committed, done, limit);
+            self.encode_counts(&mut out, committed, limit);
+            named_to
+        } else {
+            self.encode_counts(&mut out, committed, limit);
+            encode_done(&mut out, committed, done, limit)
+        };
+        (out, named_to)
+    }
+
+    /// Appends ` a=` with the counts at or past `committed` that fit in `limit`: the running
+    /// jobs' first.
+    fn encode_counts(&self, out: &mut String, committed: i64, limit: usize) {
         let running = self
             .started
             .range(committed..)
@@ -229,6 +252,7 @@ impl AttemptBook {
             .range(committed..)
             .filter(|(o, _)| !self.running.contains(o));
         let mut entry = String::new();
+        let mut first = true;
         for (o, n) in running.chain(waiting) {
             entry.clear();
             let _ = write!(entry, "{}{o}:{n}", if first { " a=" } else { "," });
@@ -238,29 +262,39 @@ impl AttemptBook {
             out.push_str(&entry);
             first = false;
         }
-        let mut named_to = committed;
-        let mut first = true;
-        for &(from, to) in done {
-            let from = from.max(named_to);
-            if to <= from {
-                continue;
-            }
-            entry.clear();
-            if first {
-                let _ = write!(entry, " d={committed}:");
-            } else {
-                entry.push(',');
-            }
-            let _ = write!(entry, "{}+{}", from - named_to, to - from);
-            if out.len() + entry.len() > limit {
+    }
+}
+
+/// Appends ` d=` with the finished ranges of `done` that fit in `limit`; returns the end of the
+/// last one appended (`committed` when none).
+fn encode_done(out: &mut String, committed: i64, done: &[(i64, i64)], limit: usize) -> i64 {
+    let bound = committed.saturating_add(MAX_LEASE_AHEAD_OF_COMMIT);
+    let mut named_to = committed;
+    let mut entry = String::new();
+    let mut first = true;
+    for &(from, to) in done {
+        let (from, to) = (from.max(named_to), to.min(bound));
+        if to <= from {
+            if to == bound {
                 break;
             }
-            out.push_str(&entry);
-            named_to = to;
-            first = false;
+            continue;
         }
-        (out, named_to)
+        entry.clear();
+        if first {
+            let _ = write!(entry, " d={committed}:");
+        } else {
+            entry.push(',');
+        }
+        let _ = write!(entry, "{}+{}", from - named_to, to - from);
+        if out.len() + entry.len() > limit {
+            break;
+        }
+        out.push_str(&entry);
+        named_to = to;
+        first = false;
     }
+    named_to
 }
 
 /// The finished ranges of a `d=` entry, made absolute from `committed`. The entry names the
@@ -288,10 +322,9 @@ fn parse_done(d: &str, committed: i64) -> Option<Vec<(i64, i64)>> {
 
 /// The finished ranges named by metadata [`AttemptBook::encode`] wrote with `committed`
 /// (none for anything else): what a transactional commit must publish the outputs of.
+/// Exactly what the next owner believes ([`AttemptBook::inherit`]).
 pub fn done_ranges(metadata: &str, committed: i64) -> Vec<(i64, i64)> {
-    AttemptBook::parse(metadata, committed)
-        .map(|b| b.inherited_done)
-        .unwrap_or_default()
+    AttemptBook::inherit(Some(committed), metadata).inherited_done
 }
 
 #[cfg(test)]
@@ -307,7 +340,7 @@ mod tests {
         a.start(11, 3);
         a.start(12, 1);
         a.finish(12);
-        let (meta, _) = a.encode(10, &[], 4000);
+        let (meta, _) = a.encode(10, &[], false, 4000);
         assert_eq!(
             meta,
             format!("conveyor.attempts.v1 l={} a=10:1,11:3", 10 + LEASE_AHEAD)
@@ -366,7 +399,7 @@ mod tests {
             a.returned(1_000_000 + o);
         }
         a.start(1_000_999, 8);
-        let (meta, _) = a.encode(1_000_000, &[], 4000);
+        let (meta, _) = a.encode(1_000_000, &[], false, 4000);
         assert!(meta.len() <= 4000, "{}", meta.len());
         let b = AttemptBook::inherit(Some(1_000_000), &meta);
         assert!(b.started.len() > 300, "{}", b.started.len());
@@ -376,7 +409,7 @@ mod tests {
             "a running job is kept first"
         );
         assert_eq!(b.started.keys().next(), Some(&1_000_000), "then the oldest");
-        let (entries, _) = a.encode(1_000_500, &[], 4000);
+        let (entries, _) = a.encode(1_000_500, &[], false, 4000);
         assert!(
             !entries.contains("1000499:"),
             "finished entries below the commit go"
@@ -390,7 +423,7 @@ mod tests {
         a.start(0, 2);
         a.returned(0);
         a.release();
-        let mut b = AttemptBook::inherit(Some(0), &a.encode(0, &[], 4000).0);
+        let mut b = AttemptBook::inherit(Some(0), &a.encode(0, &[], false, 4000).0);
         assert_eq!(
             b.arrive(0),
             Arrival {
@@ -416,7 +449,7 @@ mod tests {
         let mut a = AttemptBook::default();
         a.start(10, 1);
         a.returned(10);
-        let (meta, named_to) = a.encode(10, &[(11, 60), (61, 70)], 4000);
+        let (meta, named_to) = a.encode(10, &[(11, 60), (61, 70)], false, 4000);
         assert_eq!(meta, "conveyor.attempts.v1 l=10 a=10:1 d=10:1+49,1+9");
         assert_eq!(named_to, 70);
         assert_eq!(done_ranges(&meta, 10), vec![(11, 60), (61, 70)]);
@@ -437,7 +470,7 @@ mod tests {
 
         // the limit: ranges stop where they no longer fit, and say how far they named
         let many: Vec<(i64, i64)> = (0..2000).map(|i| (100 + 3 * i, 102 + 3 * i)).collect();
-        let (meta, named_to) = AttemptBook::default().encode(100, &many, 400);
+        let (meta, named_to) = AttemptBook::default().encode(100, &many, false, 400);
         assert!(meta.len() <= 400, "{}", meta.len());
         let parsed = done_ranges(&meta, 100);
         assert_eq!(parsed.last().map(|r| r.1), Some(named_to));
@@ -465,5 +498,39 @@ mod tests {
             !b.arrive(MAX_LEASE_AHEAD_OF_COMMIT).done,
             "believed only within reach of the commit"
         );
+    }
+
+    /// What a commit publishes the outputs of is what the next owner believes: ranges past the
+    /// 1,000,000 offsets it trusts are not named (they were, and their outputs published, while
+    /// the next owner ran them again).
+    #[test]
+    fn named_ranges_are_the_ones_the_next_owner_believes() {
+        let a = AttemptBook::default();
+        let far = [(5, 10), (20, 6_000_000), (6_000_001, 6_200_001)];
+        let (meta, named_to) = a.encode(5_000_000, &far, true, 4000);
+        assert_eq!(named_to, 5_000_000 + MAX_LEASE_AHEAD_OF_COMMIT);
+        let believed = AttemptBook::inherit(Some(5_000_000), &meta).inherited_done;
+        assert_eq!(believed.last().map(|r| r.1), Some(named_to));
+        assert_eq!(done_ranges(&meta, 5_000_000), believed);
+    }
+
+    /// A transactional worker's commits never name fewer finished jobs than before, however many
+    /// counts come to share the metadata (the outputs of the named ones were published).
+    #[test]
+    fn ranges_first_never_name_fewer_as_counts_grow() {
+        let fragmented: Vec<(i64, i64)> = (0..1000)
+            .map(|i| (1_000_001 + 2 * i, 1_000_002 + 2 * i))
+            .collect();
+        let mut a = AttemptBook::default();
+        let (_, before) = a.encode(1_000_000, &fragmented, true, 4000);
+        for o in 0..300 {
+            a.start(2_000_000 + o, 1);
+        }
+        let (meta, after) = a.encode(1_000_000, &fragmented, true, 4000);
+        assert!(meta.len() <= 4000);
+        assert!(after >= before, "named to {before}, then to {after}");
+        // counts first (a worker that is not transactional) cuts the ranges instead
+        let (_, cut) = a.encode(1_000_000, &fragmented, false, 4000);
+        assert!(cut < before);
     }
 }

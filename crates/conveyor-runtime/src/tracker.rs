@@ -53,6 +53,11 @@ impl OffsetTracker {
         self.pending.len()
     }
 
+    /// Whether `offset` was fetched and has not finished.
+    pub fn is_pending(&self, offset: i64) -> bool {
+        self.pending.contains(&offset)
+    }
+
     /// One past the highest fetched offset, if any was fetched.
     pub fn fetched_to(&self) -> Option<i64> {
         self.next_fetched

@@ -338,7 +338,7 @@ impl JobRequest {
             job = job.with_key(k);
         }
         let time = |name: &str, v: &str| {
-            headers::parse_time(v).ok_or_else(|| {
+            headers::parse_rfc3339(v).ok_or_else(|| {
                 ApiError::invalid(
                     field(name),
                     format!(

@@ -16,9 +16,12 @@ impl Scheduler {
                         .then(|| t.offsets.position())
                         .flatten()
                 })?;
-                let (metadata, _) = t
-                    .attempts
-                    .encode(point, &t.done_ranges(), MAX_COMMIT_METADATA);
+                let (metadata, _) = t.attempts.encode(
+                    point,
+                    &t.done_ranges(),
+                    self.shared.options.transactional,
+                    MAX_COMMIT_METADATA,
+                );
                 Some(CommitOffset::new(tp.clone(), point).with_metadata(metadata))
             })
             .collect()
@@ -104,6 +107,7 @@ impl Scheduler {
                 .flat_map(|(c, t)| {
                     t.outputs
                         .range(..outputs_to(c))
+                        .filter(|(o, _)| !t.offsets.is_pending(**o))
                         .flat_map(|(_, v)| v.clone())
                 })
                 .collect();

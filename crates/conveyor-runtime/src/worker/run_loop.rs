@@ -126,7 +126,7 @@ impl Scheduler {
                 // polling goes on (it serves rebalances and keeps the group membership)
                 polled = self.sub.poll(room.min(partition_cap).clamp(1, 512), Duration::from_millis(500)), if room > 0 || stalled => {
                     match polled {
-                        Ok(p) => self.on_poll(p).await,
+                        Ok(p) => self.on_poll(p).await?,
                         Err(e) => {
                             tracing::error!(error = %e, "poll failed; retrying in 1 s");
                             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -711,7 +711,7 @@ impl Scheduler {
         });
     }
 
-    pub(super) async fn on_poll(&mut self, poll: Poll) {
+    pub(super) async fn on_poll(&mut self, poll: Poll) -> Result<()> {
         match poll {
             Poll::Idle => {}
             Poll::Records(records) => {
@@ -726,7 +726,18 @@ impl Scheduler {
                     track.offsets.fetched(record.offset);
                     let arrival = track.attempts.arrive(record.offset);
                     if arrival.done {
-                        // a previous owner finished it past its commit point
+                        // a previous owner finished it past its commit point; a move's key is
+                        // still remembered, so a second copy of the move later is dropped
+                        let group = &self.shared.options.group;
+                        let foreign = record
+                            .headers
+                            .get_str(headers::RETRY_GROUP)
+                            .is_some_and(|g| g != group);
+                        if let Some(k) = record.headers.get_str(headers::DEDUP_KEY) {
+                            if !foreign {
+                                let _ = self.seen.is_copy(k, &tp, record.offset);
+                            }
+                        }
                         track.offsets.finished(record.offset);
                         track.done_changed |= track.offsets.in_flight() > 0;
                         self.dirty = true;
@@ -844,7 +855,7 @@ impl Scheduler {
                     self.parked.remove(&lane);
                     self.release_key(Some(&lane));
                 }
-                let inherited = self.inherited(&assigned).await;
+                let inherited = self.inherited(&assigned).await?;
                 for tp in assigned {
                     self.epoch += 1;
                     let book = inherited
@@ -856,28 +867,39 @@ impl Scheduler {
                 }
             }
         }
+        Ok(())
     }
 
-    /// The attempt counts the previous owners of `assigned` committed (three tries; then none).
+    /// The attempt counts and finished ranges the previous owners of `assigned` committed.
+    /// Three tries, then none (their jobs count attempts from 1, and the finished ones past
+    /// the commit run again); a transactional worker tries for 30 s and then fails instead: it
+    /// must not run again a job whose outputs the previous owner published.
     pub(super) async fn inherited(
         &mut self,
         assigned: &[TopicPartition],
-    ) -> Vec<conveyor_core::Committed> {
+    ) -> Result<Vec<conveyor_core::Committed>> {
         if assigned.is_empty() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        let mut tries = 0;
+        let transactional = self.shared.options.transactional;
+        let tries = if transactional { 60 } else { 3 };
+        let mut tried = 0;
         loop {
+            tried += 1;
             match self.sub.committed(assigned).await {
-                Ok(c) => return c,
-                Err(e) if tries < 2 => {
+                Ok(c) => return Ok(c),
+                Err(e) if tried < tries => {
                     tracing::debug!(error = %e, "cannot read the committed attempt counts; trying again");
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let pause = if transactional { 500 } else { 200 };
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+                Err(e) if transactional => {
+                    tracing::error!(error = %e, "cannot read the group's commits of the assigned partitions for 30 s; stopping the transactional worker (its jobs' outputs must not be published twice)");
+                    return Err(e);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the attempt counts of the assigned partitions; their jobs count attempts from 1");
-                    return Vec::new();
+                    tracing::warn!(error = %e, "cannot read the attempt counts of the assigned partitions; their jobs count attempts from 1 and the finished ones past the commit run again");
+                    return Ok(Vec::new());
                 }
             }
         }
