@@ -55,8 +55,11 @@ pub const DUE_AT: &str = "due_at";
 pub const REPLAYED_FROM: &str = "replayed_from";
 /// The time after which the job is dead-lettered with reason `deadline` instead of run.
 pub const DEADLINE: &str = "deadline";
-/// Longest one attempt may run, in milliseconds (overrides the worker's per-type timeout).
+/// Longest one attempt may run, in milliseconds (overrides the worker's per-type timeout and,
+/// on a webhook route, the route's request timeout); read with [`timeout`].
 pub const TIMEOUT_MS: &str = "timeout_ms";
+/// The longest a job's own `timeout_ms` counts for: one day (the HTTP API refuses more).
+pub const MAX_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
 /// On a record in a delay tier: the partition of the job's topic it goes back to.
 pub const DELAY_PARTITION: &str = "delay_partition";
 /// On a job a consumer group moved to a delay tier (a retry or a delayed job): the group that
@@ -270,6 +273,16 @@ pub fn new_message_id() -> String {
     Uuid::now_v7().to_string()
 }
 
+/// A job's own timeout: its `timeout_ms` header, a positive whole number of milliseconds, at
+/// most [`MAX_TIMEOUT_MS`] (a larger one, which only another producer can write, counts as that
+/// bound). `None` when the header is absent, zero or not a number.
+pub fn timeout(h: &Headers) -> Option<std::time::Duration> {
+    h.get_str(TIMEOUT_MS)
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .filter(|t| *t > 0)
+        .map(|t| std::time::Duration::from_millis(t.min(MAX_TIMEOUT_MS)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,6 +385,24 @@ mod tests {
         ] {
             assert!(parse_time(refused).is_none(), "`{refused}` accepted");
         }
+    }
+
+    #[test]
+    fn a_jobs_own_timeout_is_positive_and_at_most_a_day() {
+        let of = |v: &str| {
+            let mut h = Headers::new();
+            h.insert(TIMEOUT_MS, v.to_owned());
+            timeout(&h)
+        };
+        assert_eq!(of("5000"), Some(std::time::Duration::from_secs(5)));
+        assert_eq!(of("0"), None);
+        assert_eq!(of("-1"), None);
+        assert_eq!(of("soon"), None);
+        assert_eq!(
+            of("18446744073709551615"),
+            Some(std::time::Duration::from_millis(MAX_TIMEOUT_MS))
+        );
+        assert_eq!(timeout(&Headers::new()), None);
     }
 
     #[test]

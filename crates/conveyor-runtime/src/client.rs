@@ -80,7 +80,8 @@ impl NewJob {
         self.with_time_header(headers::DEADLINE, at)
     }
 
-    /// Cancels an attempt that runs longer than `timeout` (it fails and is retried).
+    /// Cancels an attempt that runs longer than `timeout` (it fails and is retried), whatever the
+    /// worker's own timeouts (a webhook route's included); at most one day counts.
     pub fn timeout(self, timeout: Duration) -> Self {
         let ms = timeout.as_millis().max(1).to_string();
         self.with_header(headers::TIMEOUT_MS, ms)

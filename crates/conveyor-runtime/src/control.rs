@@ -3,7 +3,8 @@
 //!
 //! A one-partition topic, [`CONTROL_TOPIC`], kept forever, holds one JSON record per command:
 //! `{"kind":"cancel","id":…}`, `{"kind":"pause","group":…,"topic":…}`,
-//! `{"kind":"resume",…}`, `{"kind":"put_schedule","schedule":{…}}`,
+//! `{"kind":"resume",…}`, `{"kind":"put_schedule","schedule":{…},"at":…}` (`at`: when it was
+//! put, Unix ms; optional),
 //! `{"kind":"delete_schedule","name":…}`. Each process reads it from the start when it opens it
 //! and then every [`REFRESH`], folding the records in order into the set of cancelled job ids,
 //! of paused (group, topic) pairs and of schedules by name. So a command outlives restarts and reaches every process of every
@@ -52,6 +53,11 @@ pub enum ControlEntry {
     PutSchedule {
         /// The schedule.
         schedule: Schedule,
+        /// When it was put (Unix ms): a changed expression takes effect from then, whenever the
+        /// scheduler reads it (see [`crate::scheduler`]). Entries without it take effect when
+        /// the scheduler reads them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at: Option<i64>,
     },
     /// Delete the schedule of this name (`DELETE /v1/schedules/{name}`).
     DeleteSchedule {
@@ -60,11 +66,22 @@ pub enum ControlEntry {
     },
 }
 
+impl ControlEntry {
+    /// Creates or replaces `schedule`, from now on.
+    pub fn put_schedule(schedule: Schedule) -> Self {
+        ControlEntry::PutSchedule {
+            schedule,
+            at: Some(crate::schedule::unix_ms(std::time::SystemTime::now())),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     cancelled: HashSet<String>,
     paused: HashSet<(String, String)>,
-    schedules: BTreeMap<String, Schedule>,
+    /// By name: the schedule, and when it was put (when the entry says).
+    schedules: BTreeMap<String, (Schedule, Option<i64>)>,
     /// The next control record to read.
     next: i64,
 }
@@ -81,8 +98,8 @@ impl State {
             ControlEntry::Resume { group, topic } => {
                 self.paused.remove(&(group, topic));
             }
-            ControlEntry::PutSchedule { schedule } => {
-                self.schedules.insert(schedule.name.clone(), schedule);
+            ControlEntry::PutSchedule { schedule, at } => {
+                self.schedules.insert(schedule.name.clone(), (schedule, at));
             }
             ControlEntry::DeleteSchedule { name } => {
                 self.schedules.remove(&name);
@@ -168,12 +185,22 @@ impl Control {
     /// The schedules put through the API and not deleted, by name (as stored: the scheduler
     /// skips, with a warning, one that does not validate).
     pub fn schedules(&self) -> Vec<Schedule> {
+        self.read()
+            .schedules
+            .values()
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
+
+    /// Like [`Control::schedules`], each with when it was last put (Unix ms; `None` when its
+    /// entry does not say).
+    pub fn schedules_put_at(&self) -> Vec<(Schedule, Option<i64>)> {
         self.read().schedules.values().cloned().collect()
     }
 
     /// The API schedule of this name.
     pub fn schedule(&self, name: &str) -> Option<Schedule> {
-        self.read().schedules.get(name).cloned()
+        self.read().schedules.get(name).map(|(s, _)| s.clone())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {

@@ -106,6 +106,13 @@ impl Job {
         self.meta.message_id.as_deref()
     }
 
+    /// The job's own timeout (`timeout_ms`, at most one day): this attempt is cancelled after
+    /// it, whatever the worker's timeouts; `None` when the job has none (the worker's per-type
+    /// timeout or `handler_timeout` applies).
+    pub fn timeout(&self) -> Option<Duration> {
+        headers::timeout(&self.record.headers)
+    }
+
     /// The raw payload.
     pub fn payload(&self) -> &Bytes {
         &self.record.value

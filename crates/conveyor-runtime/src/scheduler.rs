@@ -14,10 +14,11 @@
 //! most `grace` (60 s: a handover, a failover within the session timeout) is fired tick by tick,
 //! late; a longer gap was downtime, and each schedule's `missed` policy applies to it (`skip`:
 //! none of its ticks, `once`: the latest). Schedules the previous owner did not know (added while
-//! every process was down) start at the new owner's start. The metadata is kept within the
-//! backends' 4,000 bytes: when the names of all schedules do not fit, the list is left out (then
-//! every schedule counts as known) and, beyond that, failing schedules' own cursors (they resume
-//! from `at`).
+//! every process was down) start at the new owner's start. A schedule put or changed while this
+//! member fires counts from when it was put, whenever this member sees it (the control entry's
+//! `at`; see `scheduler/change.rs`). The metadata is kept within the backends' 4,000 bytes: when
+//! the names of all schedules do not fit, the list is left out (then every schedule counts as
+//! known) and, beyond that, failing schedules' own cursors (they resume from `at`).
 //!
 //! **Exactly once.** A commit is fenced: only the owner's is accepted. Before the partition goes
 //! to another member the backend waits on the scheduler's [`RevokeBarrier`], which returns once
@@ -27,6 +28,7 @@
 //! [`Compiled::record`]), and the worker runs only the copy it saw first ([`crate::dedup`]). A
 //! worker that restarted in between runs it again: at-least-once in that window, as every job.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -38,10 +40,12 @@ use conveyor_core::{
 };
 
 use crate::control::Control;
-use crate::schedule::{effective, unix_ms, Compiled, Schedule};
+use crate::schedule::{effective, unix_ms, Compiled, Due, Schedule};
 
+mod change;
 mod handover;
 
+use change::{definition, Change};
 use handover::Handover;
 
 /// The topic whose partition 0 elects the scheduler (nothing is written to it).
@@ -285,12 +289,14 @@ impl Gate {
 /// One schedule's progress while this member is the scheduler.
 #[derive(Debug)]
 struct Cursor {
-    /// The expression and time zone it counts for: a changed schedule starts again from now.
-    definition: (String, String),
+    /// The schedule as of the last pass (its expression and time zone decide the ticks).
+    compiled: Compiled,
     /// Every tick up to here was fired or given up.
     at: i64,
     /// After a failed publish: not tried again before.
     retry_at: Option<Instant>,
+    /// A change of expression or time zone whose ticks are not fired yet.
+    change: Option<Change>,
 }
 
 /// The state of an elected member.
@@ -300,6 +306,8 @@ struct Owner {
     handover: Option<Option<Handover>>,
     /// Whether a pass ran (the handover applies to the first pass only).
     started: bool,
+    /// The time of the first pass (Unix ms): ticks before it were the previous owner's.
+    began: i64,
     /// The time of the last pass (Unix ms).
     last_pass: i64,
     cursors: HashMap<String, Cursor>,
@@ -368,66 +376,116 @@ impl Run<'_> {
         }
         let now = unix_ms(SystemTime::now());
         let grace = self.s.options.grace.as_millis() as i64;
-        let schedules = effective(&self.s.configured, &self.control.schedules());
+        if !ow.started {
+            ow.began = now;
+        }
+        // when each API schedule was put: a change takes effect from then (`change.rs`), never
+        // before this member began firing nor more than the grace ago
+        let floor = (now - grace).max(ow.began).min(now);
+        let (api, mut put_at): (Vec<Schedule>, HashMap<String, i64>) = {
+            let api = self.control.schedules_put_at();
+            let put_at = api
+                .iter()
+                .filter_map(|(s, at)| at.map(|at| (s.name.clone(), at.clamp(floor, now))))
+                .collect();
+            (api.into_iter().map(|(s, _)| s).collect(), put_at)
+        };
+        put_at.retain(|name, _| !self.s.configured.iter().any(|c| &c.name == name));
+        let schedules = effective(&self.s.configured, &api);
         let mut batches: BTreeMap<String, Vec<(String, i64, Record)>> = BTreeMap::new();
         let mut live = Vec::with_capacity(schedules.len());
         ow.next_tick = None;
-        for schedule in schedules {
+        'schedules: for schedule in schedules {
             let Some(c) = self.compile(&schedule) else {
                 continue;
             };
             live.push(schedule.name.clone());
-            let definition = (schedule.cron.clone(), schedule.timezone.clone());
-            let from_handover = match (&ow.handover, ow.started) {
-                (Some(Some(h)), false) => h.cursor(&schedule.name, now),
-                _ => now,
+            let put_at = put_at.get(&schedule.name).copied();
+            let cursor = match ow.cursors.entry(schedule.name.clone()) {
+                Entry::Occupied(e) => {
+                    let cursor = e.into_mut();
+                    let changed = definition(&cursor.compiled) != definition(&c);
+                    let old = std::mem::replace(&mut cursor.compiled, c);
+                    if changed && cursor.change.is_none() {
+                        // without a time of its own the change counts from the last pass
+                        let at = put_at.unwrap_or(cursor.at.clamp(floor, now));
+                        cursor.change = Some(Change {
+                            old,
+                            fired: cursor.at,
+                            at,
+                        });
+                    }
+                    cursor
+                }
+                Entry::Vacant(e) => {
+                    let at = match (&ow.handover, ow.started) {
+                        (Some(Some(h)), false) => h.cursor(&schedule.name, now),
+                        (_, false) => now,
+                        // put while this member fires: from when it was put
+                        (_, true) => put_at.unwrap_or(now),
+                    };
+                    e.insert(Cursor {
+                        compiled: c,
+                        at,
+                        retry_at: None,
+                        change: None,
+                    })
+                }
             };
-            let cursor = ow
-                .cursors
-                .entry(schedule.name.clone())
-                .or_insert_with(|| Cursor {
-                    definition: definition.clone(),
-                    at: from_handover,
-                    retry_at: None,
-                });
-            if cursor.definition != definition {
-                *cursor = Cursor {
-                    definition,
-                    at: now,
-                    retry_at: None,
-                };
-            }
             if cursor.retry_at.is_some_and(|r| r > Instant::now()) {
                 continue;
             }
-            let due = c.due(cursor.at, now, grace);
-            if due.downtime && (due.missed > 0 || !due.fire.is_empty()) {
-                tracing::info!(schedule = %schedule.name, missed = due.missed, fired = due.fire.len(), policy = schedule.missed.as_str(), gap_ms = now - cursor.at, "no scheduler ran for longer than the grace: the downtime's ticks follow the schedule's `missed` policy");
-            }
-            self.s
-                .stats
-                .missed
-                .fetch_add(due.missed as u64, Ordering::Relaxed);
-            if due.fire.is_empty() {
-                cursor.at = cursor.at.max(now);
-                cursor.retry_at = None;
-            } else {
-                let partitions = match self.partitions(&schedule.topic).await {
-                    Ok(n) => n,
-                    Err(e) => {
-                        if cursor.retry_at.is_none() {
-                            tracing::warn!(schedule = %schedule.name, topic = %schedule.topic, error = %e, "cannot fire: the topic cannot be described; trying again every second");
-                        }
-                        cursor.retry_at = Some(Instant::now() + RETRY);
-                        continue;
-                    }
-                };
-                let batch = batches.entry(schedule.topic.clone()).or_default();
-                for tick in due.fire {
-                    batch.push((schedule.name.clone(), tick, c.record(tick, partitions)));
+            let c = &cursor.compiled;
+            let (before, after) = match &cursor.change {
+                Some(change) => change.due(c, cursor.at, now, grace),
+                None => (Due::default(), c.due(cursor.at, now, grace)),
+            };
+            for due in [&before, &after] {
+                if due.downtime && (due.missed > 0 || !due.fire.is_empty()) {
+                    tracing::info!(schedule = %schedule.name, missed = due.missed, fired = due.fire.len(), policy = schedule.missed.as_str(), gap_ms = now - cursor.at, "no scheduler ran for longer than the grace: the downtime's ticks follow the schedule's `missed` policy");
                 }
+                self.s
+                    .stats
+                    .missed
+                    .fetch_add(due.missed as u64, Ordering::Relaxed);
             }
             let next = c.next_after(now);
+            if before.fire.is_empty() && after.fire.is_empty() {
+                cursor.at = cursor.at.max(now);
+                cursor.retry_at = None;
+                cursor.change = None;
+            } else {
+                // the old expression's ticks go as the old schedule's jobs
+                let old = cursor.change.as_ref().map(|ch| ch.old.clone());
+                let parts = [(old, before.fire), (Some(c.clone()), after.fire)];
+                let mut records = Vec::new();
+                for (compiled, ticks) in parts {
+                    let Some(compiled) = compiled.filter(|_| !ticks.is_empty()) else {
+                        continue;
+                    };
+                    let topic = compiled.schedule().topic.clone();
+                    let partitions = match self.partitions(&topic).await {
+                        Ok(n) => n,
+                        Err(e) => {
+                            let cursor = ow.cursors.get_mut(&schedule.name).expect("a cursor");
+                            if cursor.retry_at.is_none() {
+                                tracing::warn!(schedule = %schedule.name, topic = %topic, error = %e, "cannot fire: the topic cannot be described; trying again every second");
+                            }
+                            cursor.retry_at = Some(Instant::now() + RETRY);
+                            continue 'schedules;
+                        }
+                    };
+                    for tick in ticks {
+                        records.push((topic.clone(), tick, compiled.record(tick, partitions)));
+                    }
+                }
+                for (topic, tick, record) in records {
+                    batches
+                        .entry(topic)
+                        .or_default()
+                        .push((schedule.name.clone(), tick, record));
+                }
+            }
             ow.next_tick = match (ow.next_tick, next) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -435,6 +493,8 @@ impl Run<'_> {
         }
         ow.cursors.retain(|name, _| live.contains(name));
         let fired = !batches.is_empty();
+        // per schedule: whether every batch holding its ticks was published
+        let mut published: HashMap<String, bool> = HashMap::new();
         for (topic, batch) in batches {
             let (ticks, records): (Vec<(String, i64)>, Vec<Record>) =
                 batch.into_iter().map(|(n, t, r)| ((n, t), r)).unzip();
@@ -442,10 +502,7 @@ impl Run<'_> {
                 Ok(_) => {
                     let done = unix_ms(SystemTime::now());
                     for (name, tick) in ticks {
-                        if let Some(cursor) = ow.cursors.get_mut(&name) {
-                            cursor.at = cursor.at.max(now);
-                            cursor.retry_at = None;
-                        }
+                        published.entry(name.clone()).or_insert(true);
                         let late = (done - tick).max(0) as u64;
                         self.s.stats.max_late_ms.fetch_max(late, Ordering::Relaxed);
                         self.s.stats.fired.fetch_add(1, Ordering::Relaxed);
@@ -457,6 +514,7 @@ impl Run<'_> {
                     self.partitions.remove(&topic);
                     let mut first = false;
                     for (name, _) in &ticks {
+                        published.insert(name.clone(), false);
                         if let Some(cursor) = ow.cursors.get_mut(name) {
                             first |= cursor.retry_at.is_none();
                             cursor.retry_at = Some(Instant::now() + RETRY);
@@ -472,6 +530,13 @@ impl Run<'_> {
                         }
                     }
                 }
+            }
+        }
+        for (name, ok) in published {
+            if let Some(cursor) = ow.cursors.get_mut(&name).filter(|_| ok) {
+                cursor.at = cursor.at.max(now);
+                cursor.retry_at = None;
+                cursor.change = None;
             }
         }
         ow.started = true;

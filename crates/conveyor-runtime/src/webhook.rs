@@ -40,7 +40,8 @@ pub struct WebhookHandler {
 }
 
 impl WebhookHandler {
-    /// A handler posting to `url`, giving up on an attempt after `timeout`.
+    /// A handler posting to `url`, giving up on an attempt after `timeout`, or after the job's
+    /// own `timeout_ms` when it has one ([`Job::timeout`]: the job's wins, longer or shorter).
     pub fn new(url: impl Into<String>, timeout: Duration) -> Self {
         let client = reqwest::Client::builder()
             .timeout(timeout)
@@ -126,6 +127,9 @@ impl Handler for WebhookHandler {
             .header("Conveyor-Partition", r.partition.to_string())
             .header("Conveyor-Offset", r.offset.to_string())
             .header("Conveyor-Worker", self.worker.as_str());
+        if let Some(own) = job.timeout() {
+            req = req.timeout(own);
+        }
         if let Some(id) = job.id() {
             req = req.header("Conveyor-Message-Id", id);
         }

@@ -764,6 +764,79 @@ async fn a_hanging_handler_is_cancelled_after_the_handler_timeout() {
     assert_eq!(stats.retried.load(Ordering::SeqCst), 1);
 }
 
+/// A job's own `timeout_ms` wins over the worker's timeouts, longer or shorter: with a handler
+/// timeout and a type timeout of 300 ms, a job allowed 3 s whose handler takes 600 ms is done,
+/// one without its own timeout is cancelled at 300 ms, and one allowed 100 ms at 100 ms (the
+/// handler sees its timeout as `Job::timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_own_timeout_wins_over_the_workers() {
+    let e = env("timed", 1).await;
+    for (key, own) in [
+        ("longer", Some(3_000)),
+        ("none", None),
+        ("shorter", Some(100)),
+    ] {
+        let mut job = NewJob::json("slow", &serde_json::json!({}))
+            .unwrap()
+            .with_key(key);
+        if let Some(ms) = own {
+            job = job.timeout(Duration::from_millis(ms));
+        }
+        e.client.enqueue("timed", job).await.unwrap();
+    }
+    let seen: Arc<Mutex<HashMap<String, Option<Duration>>>> = Arc::default();
+    let s = Arc::clone(&seen);
+    let worker = Worker::builder(Arc::clone(&e.backend), "g", ["timed"])
+        .handler_timeout(Duration::from_millis(300))
+        .timeout_for("slow", Duration::from_millis(300))
+        .retry(RetryPolicy::fast(1))
+        .handler(
+            "slow",
+            handler_fn(move |job: Job| {
+                let s = Arc::clone(&s);
+                async move {
+                    let key = String::from_utf8(job.record.key.clone().unwrap().to_vec()).unwrap();
+                    s.lock().unwrap().insert(key, job.timeout());
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                    Outcome::Done
+                }
+            }),
+        )
+        .build();
+    let stats = worker.stats();
+    let st = Arc::clone(&stats);
+    run_until(worker, move || {
+        st.done.load(Ordering::SeqCst) + st.dead_lettered.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    assert_eq!(
+        stats.done.load(Ordering::SeqCst),
+        1,
+        "only the job allowed 3 s finishes"
+    );
+    let dead = read_all(&e.backend, "timed.dlq").await;
+    let error = |key: &str| {
+        dead.iter()
+            .find(|r| r.key.as_deref() == Some(key.as_bytes()))
+            .and_then(|r| r.headers.get_str(dlq::ERROR))
+            .unwrap_or_else(|| panic!("{key} is not dead-lettered"))
+            .to_owned()
+    };
+    assert!(
+        error("none").contains("its job type's timeout (300ms)"),
+        "{}",
+        error("none")
+    );
+    assert!(
+        error("shorter").contains("the job's timeout_ms (100ms)"),
+        "{}",
+        error("shorter")
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen["longer"], Some(Duration::from_secs(3)));
+    assert_eq!(seen["none"], None);
+}
+
 /// What a handler emits is published only for the attempt that finished: a failed attempt's
 /// emits are discarded and its retry emits again, so each job's follow-up appears once (no
 /// crash here), in emit order, in both modes.

@@ -252,7 +252,7 @@ const DEFAULT_UNIQUE_FOR_MS: i64 = 24 * 3600 * 1000;
 /// The longest delay a job may ask for: 366 days.
 const MAX_DELAY_MS: i64 = 366 * 24 * 3600 * 1000;
 /// The longest timeout a job may ask for: one day.
-const MAX_TIMEOUT_MS: i64 = 24 * 3600 * 1000;
+const MAX_TIMEOUT_MS: i64 = conveyor_core::headers::MAX_TIMEOUT_MS as i64;
 
 /// A field that is present, even as `null`.
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {

@@ -68,7 +68,8 @@ pub fn route_worker(
     options.concurrency = route.concurrency;
     options.max_buffered = route.max_buffered;
     options.retry = route.retry.clone().unwrap_or_else(|| config.retry.clone());
-    // the request timeout bounds a delivery; this catches anything hanging past it
+    // the request timeout bounds a delivery (a job's own `timeout_ms` bounds both the request
+    // and the attempt instead); this catches anything hanging past it
     options.handler_timeout = route.timeout() + std::time::Duration::from_secs(5);
     options.shutdown_timeout = SHUTDOWN_GRACE;
     options.tiers = config.delay.tiers();

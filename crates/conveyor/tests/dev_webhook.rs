@@ -259,3 +259,97 @@ async fn a_named_reply_topic_is_reused_across_restarts() {
     }
     assert_eq!(received.total(), 2);
 }
+
+/// Which timeout wins on a webhook route: the job's own `timeout_ms`, both ways. A route with
+/// `timeout_ms = 1000` and a receiver that answers `slow` jobs after 2 s: a job with
+/// `timeout_ms = 5000` is delivered once and done; a job without one is cut at the route's 1 s
+/// (the request times out) and, with one attempt allowed, dead-lettered; a job with
+/// `timeout_ms = 500` is cut at its own bound, before the route's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_own_timeout_ms_wins_over_the_routes() {
+    let (hook, received) = receiver(Duration::from_secs(2)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        data_dir: dir.path().to_owned(),
+        ..Config::default()
+    };
+    let mut r = route("reports", format!("http://{hook}/hook"));
+    r.timeout_ms = 1_000;
+    r.retry = Some(RetryPolicy::fast(1));
+    config.routes.push(r);
+    let (base, stop, handle) = start_dev(config).await;
+    util::wait_ok(&base, "/readyz", Duration::from_secs(30)).await;
+
+    let http = reqwest::Client::new();
+    let enqueue = |body: serde_json::Value| {
+        let (http, url) = (http.clone(), format!("{base}/v1/topics/reports/jobs"));
+        async move {
+            let r = http.post(url).json(&body).send().await.unwrap();
+            assert_eq!(r.status(), 201);
+            let v: serde_json::Value = r.json().await.unwrap();
+            v["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let own_longer =
+        enqueue(serde_json::json!({"type": "slow", "payload": {}, "timeout_ms": 5000})).await;
+    let none = enqueue(serde_json::json!({"type": "slow", "payload": {}})).await;
+    let own_shorter =
+        enqueue(serde_json::json!({"type": "slow", "payload": {}, "timeout_ms": 500})).await;
+
+    // the two cut short are dead-lettered (one attempt); the group then has nothing left
+    let mut dead: Vec<serde_json::Value> = Vec::new();
+    wait_for(
+        Duration::from_secs(30),
+        "two dead letters and lag 0",
+        || {
+            let info: serde_json::Value =
+                futures_lite(http.get(format!("{base}/v1/topics/reports.dlq")));
+            dead = info["partitions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|p| {
+                    let v = futures_lite(http.get(format!(
+                        "{base}/v1/topics/reports.dlq/records?partition={}",
+                        p["partition"]
+                    )));
+                    v["records"].as_array().cloned().unwrap_or_default()
+                })
+                .collect();
+            let lag: serde_json::Value = futures_lite(http.get(format!(
+                "{base}/v1/groups/webhook.reports/lag?topic=reports"
+            )));
+            dead.len() >= 2 && lag["lag"] == 0
+        },
+    )
+    .await;
+    let reason = |id: &str| {
+        dead.iter()
+            .find(|r| r["headers"]["message_id"] == id)
+            .map(|r| r["headers"]["dlq_error"].as_str().unwrap_or("").to_owned())
+    };
+    assert_eq!(
+        reason(&own_longer),
+        None,
+        "the job with timeout_ms = 5000 was cut by the route's 1 s timeout"
+    );
+    let attempts: Vec<u32> = received
+        .deliveries
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(id, ..)| *id == own_longer)
+        .map(|(_, a, _)| *a)
+        .collect();
+    assert_eq!(attempts, vec![1], "the job with timeout_ms = 5000 ran once");
+    let cut = reason(&none).expect("the job without timeout_ms is dead-lettered");
+    assert!(cut.contains("timed out"), "{cut}");
+    let cut = reason(&own_shorter).expect("the job with timeout_ms = 500 is dead-lettered");
+    assert!(
+        cut.contains("timed out") || cut.contains("timeout_ms"),
+        "{cut}"
+    );
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+}

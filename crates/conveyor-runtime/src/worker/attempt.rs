@@ -38,13 +38,9 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
         .or(shared.fallback.as_ref())
         .cloned();
     let r = &task.record;
-    let (mut limit, which) = match r
-        .headers
-        .get_str(headers::TIMEOUT_MS)
-        .and_then(|t| t.parse::<u64>().ok())
-        .filter(|t| *t > 0)
-    {
-        Some(ms) => (Duration::from_millis(ms), "the job's timeout_ms"),
+    // the job's own timeout wins (a webhook handler bounds its request by it too)
+    let (mut limit, which) = match headers::timeout(&r.headers) {
+        Some(own) => (own, "the job's timeout_ms"),
         None => match shared.options.timeout_by_type.get(&job_type) {
             Some(d) => (*d, "its job type's timeout"),
             None => (shared.options.handler_timeout, "the handler timeout"),

@@ -172,9 +172,7 @@ pub(super) async fn put_schedule(
     control.refresh().await?;
     let existed = control.schedule(&name).is_some();
     control
-        .append(&ControlEntry::PutSchedule {
-            schedule: schedule.clone(),
-        })
+        .append(&ControlEntry::put_schedule(schedule.clone()))
         .await?;
     let status = match existed {
         true => StatusCode::OK,
