@@ -17,6 +17,14 @@ pub enum Error {
         /// Why it was rejected.
         reason: &'static str,
     },
+    /// A job (or a schedule, a replayed dead letter, a route, a reply) would go to one of
+    /// conveyor's own topics (`conveyor.*`, see [`crate::topic::RESERVED_PREFIX`]), whose readers
+    /// would take it for a command, an answer or a claim conveyor wrote.
+    #[error("`{name}` is one of conveyor's own topics (`conveyor.*`: the control log, the idempotency answers, the unique-key ledger, the scheduler and reply topics), which take no jobs: name a topic outside `conveyor.*`")]
+    ReservedTopic {
+        /// The topic.
+        name: String,
+    },
     /// A topic already exists with a different partition count.
     #[error("topic `{topic}` already exists with {existing} partitions (asked for {requested}); partitions cannot shrink and are not changed implicitly")]
     TopicConflict {

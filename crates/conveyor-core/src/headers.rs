@@ -116,6 +116,30 @@ pub const METADATA: &[&str] = &[
     REPLY_ERROR,
 ];
 
+/// The first header of `headers` that marks a record as a job's (written by a way in that writes
+/// jobs: an enqueue, a schedule's tick, a replayed dead letter, a reply, a delay tier, a dead
+/// letter): one of [`METADATA`], `schedule`, `scheduled_at` or a `dlq_*` one. The records of
+/// conveyor's own logs (control commands, idempotency answers, unique-key claims) carry none, so
+/// their readers skip a record that does: it is a job someone wrote to the log, not an entry.
+///
+/// ```
+/// use conveyor_core::{headers, Headers};
+/// let mut h = Headers::new();
+/// assert_eq!(headers::job_header(&h), None);
+/// h.insert("tenant", "acme");
+/// assert_eq!(headers::job_header(&h), None);
+/// h.insert("replayed_from", "emails.dlq/0/7");
+/// assert_eq!(headers::job_header(&h), Some("replayed_from"));
+/// ```
+pub fn job_header(headers: &Headers) -> Option<&str> {
+    headers.iter().map(|(name, _)| name).find(|name| {
+        METADATA.contains(name)
+            || *name == SCHEDULE
+            || *name == SCHEDULED_AT
+            || name.starts_with("dlq_")
+    })
+}
+
 /// The default content type of a job payload.
 pub const JSON: &str = "application/json";
 

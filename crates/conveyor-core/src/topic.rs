@@ -1,4 +1,5 @@
-//! Topics: name validation, the spec used to create one, and what a backend reports about one.
+//! Topics: name validation (and which names are conveyor's own), the spec used to create one,
+//! and what a backend reports about one.
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +35,69 @@ pub fn validate_name(name: &str) -> Result<()> {
             reason,
         }),
         None => Ok(()),
+    }
+}
+
+/// The prefix of conveyor's own topics: every topic named `conveyor.*` is reserved for the
+/// records conveyor writes itself (the control log `conveyor.control`, the idempotency answers
+/// `conveyor.idempotency`, the unique-key ledger `conveyor.unique`, the scheduler's
+/// `conveyor.scheduler` and the reply topics `conveyor.replies.*`), which its readers take as
+/// commands, answers and claims. A job written to one would be read as such a record.
+pub const RESERVED_PREFIX: &str = "conveyor.";
+
+/// The prefix of the reply topics conveyor names itself (`conveyor.replies.<random>`): reserved
+/// like every `conveyor.*` topic, but workers write the replies to requests there.
+pub const REPLY_TOPIC_PREFIX: &str = "conveyor.replies.";
+
+/// Whether `name` is one of conveyor's own topics (see [`RESERVED_PREFIX`]).
+///
+/// ```
+/// use conveyor_core::topic::is_reserved;
+/// assert!(is_reserved("conveyor.idempotency") && is_reserved("conveyor.replies.1a2b"));
+/// assert!(!is_reserved("emails") && !is_reserved("conveyor") && !is_reserved("my.conveyor.jobs"));
+/// ```
+pub fn is_reserved(name: &str) -> bool {
+    name.starts_with(RESERVED_PREFIX)
+}
+
+/// Checks a topic jobs go to, by any way in (an enqueue, a batch, a request, a schedule, a
+/// replayed dead letter, a route): a valid name ([`validate_name`]) that is not one of
+/// conveyor's own ([`Error::ReservedTopic`]).
+///
+/// ```
+/// use conveyor_core::topic::validate_job_topic;
+/// assert!(validate_job_topic("emails").is_ok());
+/// assert!(validate_job_topic("conveyor.control").is_err());
+/// assert!(validate_job_topic("no spaces").is_err());
+/// ```
+pub fn validate_job_topic(name: &str) -> Result<()> {
+    validate_name(name)?;
+    refuse_reserved(name)
+}
+
+/// [`Error::ReservedTopic`] when `name` is one of conveyor's own topics ([`is_reserved`]).
+pub fn refuse_reserved(name: &str) -> Result<()> {
+    match is_reserved(name) {
+        true => Err(Error::ReservedTopic {
+            name: name.to_owned(),
+        }),
+        false => Ok(()),
+    }
+}
+
+/// Checks a topic replies go to (a request's `reply_to`, a client's reply topic): a valid name
+/// outside `conveyor.*`, or a reply topic `conveyor.replies.*` ([`REPLY_TOPIC_PREFIX`]).
+///
+/// ```
+/// use conveyor_core::topic::validate_reply_topic;
+/// assert!(validate_reply_topic("laddr.responses").is_ok());
+/// assert!(validate_reply_topic("conveyor.replies.1a2b").is_ok());
+/// assert!(validate_reply_topic("conveyor.idempotency").is_err());
+/// ```
+pub fn validate_reply_topic(name: &str) -> Result<()> {
+    match name.starts_with(REPLY_TOPIC_PREFIX) {
+        true => validate_name(name),
+        false => validate_job_topic(name),
     }
 }
 

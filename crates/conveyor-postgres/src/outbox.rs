@@ -31,9 +31,10 @@ pub struct Outbox;
 
 impl Outbox {
     /// Inserts `job` for `topic` on `conn` (typically `&mut tx` of an open transaction); returns
-    /// its message id. Published by the relay once the transaction commits.
+    /// its message id. Published by the relay once the transaction commits. A topic that is
+    /// not a valid name, or one of conveyor's own (`conveyor.*`), is refused here.
     pub async fn enqueue(conn: &mut PgConnection, topic: &str, job: NewJob) -> Result<String> {
-        conveyor_core::topic::validate_name(topic)?;
+        conveyor_core::topic::validate_job_topic(topic)?;
         insert(conn, topic, job).await
     }
 
@@ -44,7 +45,7 @@ impl Outbox {
         topic: &str,
         jobs: Vec<NewJob>,
     ) -> Result<Vec<String>> {
-        conveyor_core::topic::validate_name(topic)?;
+        conveyor_core::topic::validate_job_topic(topic)?;
         let mut ids = Vec::with_capacity(jobs.len());
         for job in jobs {
             ids.push(insert(conn, topic, job).await?);

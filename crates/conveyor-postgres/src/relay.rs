@@ -339,6 +339,7 @@ fn permanent(e: &Error) -> bool {
             b,
             C::UnknownTopic(_)
                 | C::InvalidTopicName { .. }
+                | C::ReservedTopic { .. }
                 | C::RecordTooLarge { .. }
                 | C::InvalidArgument(_)
         ),

@@ -183,15 +183,19 @@ impl Client {
         job_record(job, self.producer.clone())
     }
 
-    /// Enqueues one job; returns once it is durably stored.
+    /// Enqueues one job; returns once it is durably stored. Refuses conveyor's own topics
+    /// (`conveyor.*`).
     pub async fn enqueue(&self, topic: &str, job: NewJob) -> Result<Enqueued> {
         let mut v = self.enqueue_batch(topic, vec![job]).await?;
         Ok(v.remove(0))
     }
 
     /// Enqueues jobs in one publish (atomic on the embedded backend); returns where each landed,
-    /// in order.
+    /// in order. Refuses conveyor's own topics (`conveyor.*`, [`Error::ReservedTopic`]).
+    ///
+    /// [`Error::ReservedTopic`]: conveyor_core::Error::ReservedTopic
     pub async fn enqueue_batch(&self, topic: &str, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        conveyor_core::topic::refuse_reserved(topic)?;
         let (ids, records): (Vec<String>, Vec<Record>) =
             jobs.into_iter().map(|j| self.to_record(j)).unzip();
         let unique = records

@@ -9,7 +9,12 @@
 //! and then every [`REFRESH`], folding the records in order into the set of cancelled job ids,
 //! of paused (group, topic) pairs and of schedules by name. So a command outlives restarts and reaches every process of every
 //! group; it takes effect in other processes within about one refresh interval. Any Kafka tool
-//! can read the topic; any producer writing the same JSON is obeyed.
+//! can read the topic; any producer writing the same JSON is obeyed, but not a record carrying a
+//! job's headers (a job some way in wrote to the topic, as a schedule on `conveyor.control`
+//! could before schedules refused conveyor's own topics: see [`crate::entry_log`]). A forged
+//! command could drop a job that was acknowledged (`cancel`), stall a group (`pause`) or fire
+//! jobs (`put_schedule`); no way in writes jobs to `conveyor.*` topics, and a schedule naming
+//! one is skipped by the scheduler.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, RwLock, Weak};
@@ -247,5 +252,56 @@ async fn refresh_loop(weak: Weak<Inner>) {
             }
             tracing::debug!(error = %e, "cannot read the control log; trying again");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::{Missed, Schedule};
+
+    /// A command that reached the control log as a job — a schedule's tick, or a replayed dead
+    /// letter, as those ways in wrote them before they refused `conveyor.*` — is not obeyed;
+    /// one written as conveyor (or an operator's tool) writes commands, without job headers, is.
+    #[tokio::test]
+    async fn a_job_in_the_control_log_is_not_a_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(
+            conveyor_embedded::EmbeddedBackend::open(conveyor_embedded::EmbeddedConfig::new(
+                dir.path(),
+            ))
+            .unwrap(),
+        );
+        let control = Control::open(Arc::clone(&backend)).await.unwrap();
+        let pause = |topic: &str| {
+            serde_json::to_value(ControlEntry::Pause {
+                group: "g".into(),
+                topic: topic.into(),
+            })
+            .unwrap()
+        };
+        let tick = Schedule {
+            name: "forge".into(),
+            cron: "* * * * * *".into(),
+            timezone: "UTC".into(),
+            topic: "anywhere".into(),
+            job_type: "pause".into(),
+            payload: pause("by-a-schedule"),
+            key: None,
+            missed: Missed::Skip,
+        }
+        .compile()
+        .unwrap()
+        .record(1_767_225_600_000, 1);
+        let replayed = Record::new(pause("by-a-replay").to_string())
+            .with_header("attempt", "1")
+            .with_header("replayed_from", "emails.dlq/0/7");
+        let genuine = Record::new(pause("by-an-operator").to_string());
+        backend
+            .publish(CONTROL_TOPIC, vec![tick, replayed, genuine])
+            .await
+            .unwrap();
+        control.refresh().await.unwrap();
+        assert_eq!(control.paused_topics("g"), ["by-an-operator"]);
     }
 }

@@ -2,6 +2,12 @@
 //! ([`crate::control`]), the unique-key ledger ([`crate::unique`]) and the API's idempotency
 //! answers each are one. One reader serves them: from an offset to the end of the log (or to a
 //! given offset), a batch at a time, a record that is not an entry skipped with a warning.
+//!
+//! Their readers trust only what conveyor could have written: conveyor writes entries without
+//! headers, and no way in writes jobs to its topics, so a record carrying a job's header
+//! ([`conveyor_core::headers::job_header`]: a schedule's tick, a replayed dead letter, a reply,
+//! as the ways in wrote them before they refused `conveyor.*`) is a job someone wrote to the log
+//! and is skipped, whatever its value says.
 
 use std::time::Duration;
 
@@ -16,8 +22,8 @@ const READ_TRIES: usize = 20;
 ///
 /// Without `end` it stops at the first empty read (the end of the log). With `end` it reads
 /// until `end`, and a read that keeps coming back empty before it (a fetch timing out) is an
-/// error after [`READ_TRIES`] tries, never "no entries". A record that does not decode is
-/// skipped, with a warning saying it is not `what` (e.g. "a claim").
+/// error after [`READ_TRIES`] tries, never "no entries". A record that carries a job's header or
+/// does not decode is skipped, with a warning saying it is not `what` (e.g. "a claim").
 pub async fn read_entries<T: DeserializeOwned>(
     backend: &dyn Backend,
     topic: &str,
@@ -49,11 +55,17 @@ pub async fn read_entries<T: DeserializeOwned>(
         empty = 0;
         let entries = records
             .iter()
-            .filter_map(|r| match serde_json::from_slice::<T>(&r.value) {
-                Ok(entry) => Some(entry),
-                Err(e) => {
-                    tracing::warn!(topic, offset = r.offset, error = %e, "ignoring a record that is not {what}");
-                    None
+            .filter_map(|r| {
+                if let Some(header) = conveyor_core::headers::job_header(&r.headers) {
+                    tracing::warn!(topic, offset = r.offset, header, "ignoring a job written to the log (it carries the job header `{header}`), not {what}");
+                    return None;
+                }
+                match serde_json::from_slice::<T>(&r.value) {
+                    Ok(entry) => Some(entry),
+                    Err(e) => {
+                        tracing::warn!(topic, offset = r.offset, error = %e, "ignoring a record that is not {what}");
+                        None
+                    }
                 }
             })
             .collect();

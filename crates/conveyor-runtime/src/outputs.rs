@@ -43,7 +43,10 @@ impl Outputs {
 }
 
 /// The reply to `request` (`None` when it is not a request): `value`, or an empty value with
-/// `reply_error` when the request failed for good.
+/// `reply_error` when the request failed for good. A `reply_to` naming one of conveyor's own
+/// topics other than a reply topic (`conveyor.control`, `conveyor.idempotency`, ...: a producer
+/// wrote it, conveyor's clients never do) gets no reply, with a warning: the reply would be read
+/// as one of that topic's records.
 pub(crate) fn reply_record(
     request: &ConsumedRecord,
     value: Bytes,
@@ -53,6 +56,10 @@ pub(crate) fn reply_record(
         .headers
         .get_str(headers::REPLY_TO)
         .filter(|t| !t.is_empty())?;
+    if let Err(e) = conveyor_core::topic::validate_reply_topic(to) {
+        tracing::warn!(topic = %request.topic, partition = request.partition, offset = request.offset, reply_to = to, error = %e, "no reply sent: the request's reply_to is not a topic replies may go to");
+        return None;
+    }
     let correlation = request
         .headers
         .get(headers::CORRELATION_ID)
@@ -150,6 +157,19 @@ mod tests {
         assert!(
             reply_record(&request(&[(headers::MESSAGE_ID, "m3")]), Bytes::new(), None).is_none()
         );
+        // conveyor's own topics take replies only when they are reply topics
+        for (to, replied) in [
+            ("conveyor.replies.0a1b2c", true),
+            ("conveyor.idempotency", false),
+            ("conveyor.control", false),
+        ] {
+            let r = request(&[(headers::MESSAGE_ID, "m4"), (headers::REPLY_TO, to)]);
+            assert_eq!(
+                reply_record(&r, Bytes::new(), None).is_some(),
+                replied,
+                "{to}"
+            );
+        }
         let outputs = Outputs::default();
         assert!(outputs.finish(&request(&[])).is_empty());
     }

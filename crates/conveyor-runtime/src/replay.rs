@@ -14,9 +14,10 @@
 //!
 //! A trimmed dead letter (`dlq_trimmed`: its value was dropped to fit the log) is replayed from
 //! the original record, read at `dlq_original_topic/_partition/_offset` while that topic still
-//! retains it. A dead letter that cannot be routed (no or a broken `dlq_original_topic`, a topic
-//! that no longer exists, a trimmed one whose original is gone) is counted in
-//! `skipped_unroutable` and listed with the reason; it never stops the replay.
+//! retains it. A dead letter that cannot be routed (no or a broken `dlq_original_topic`, one of
+//! conveyor's own topics `conveyor.*`, a topic that no longer exists, a trimmed one whose
+//! original is gone) is counted in `skipped_unroutable` and listed with the reason; it never
+//! stops the replay.
 //!
 //! Every group consuming the original topic gets the replayed job, as with any new job.
 //!
@@ -444,7 +445,9 @@ impl Run<'_> {
                 dlq::ORIGINAL_TOPIC
             )));
         };
-        if let Err(e) = validate_name(topic) {
+        // a replayed record in the control log or the idempotency answers would be read as a
+        // command or an answer conveyor wrote
+        if let Err(e) = conveyor_core::topic::validate_job_topic(topic) {
             return Ok(Err(format!("`{}`: {e}", dlq::ORIGINAL_TOPIC)));
         }
         if !self.exists(topic).await? {

@@ -51,7 +51,7 @@ use tokio::sync::oneshot;
 use crate::{Client, NewJob};
 
 /// The name of a client's own reply topic: this prefix and 12 random hex digits.
-pub const REPLY_TOPIC_PREFIX: &str = "conveyor.replies.";
+pub const REPLY_TOPIC_PREFIX: &str = conveyor_core::topic::REPLY_TOPIC_PREFIX;
 /// Retention of a reply topic the client creates: 1 hour (a reply matters only while its
 /// caller waits).
 pub const REPLY_RETENTION_MS: i64 = 3600 * 1000;
@@ -316,7 +316,8 @@ impl Inbox {
         shared: Arc<Shared>,
     ) -> Result<Inbox> {
         let topic = name.unwrap_or_else(|| format!("{REPLY_TOPIC_PREFIX}{}", random_suffix()));
-        conveyor_core::topic::validate_name(&topic)?;
+        // replies written to another of conveyor's own topics would be read as its records
+        conveyor_core::topic::validate_reply_topic(&topic)?;
         let info = match backend.describe_topic(&topic).await? {
             Some(info) => info,
             None => backend.create_topic(&reply_topic_spec(&topic)).await?,
@@ -440,7 +441,9 @@ impl Drop for Waiter<'_> {
 impl Client {
     /// Uses `topic` as this client's reply topic instead of a random
     /// `conveyor.replies.<random>` one (see the [module docs](crate::request)): processes may
-    /// share it, each taking only its own replies. Call it before the first request.
+    /// share it, each taking only its own replies. Call it before the first request. A topic
+    /// under `conveyor.*` other than `conveyor.replies.*` (conveyor's own) makes every request
+    /// fail with `Error::ReservedTopic`.
     pub fn with_reply_topic(mut self, topic: impl Into<String>) -> Self {
         self.replies = Arc::new(Replies::new(Some(topic.into())));
         self
@@ -452,8 +455,9 @@ impl Client {
     ///
     /// Fails with [`Error::RequestTimeout`] when no reply came in time (the request stays in
     /// the topic and may still run), [`Error::RequestFailed`] when the worker dead-lettered
-    /// it, [`Error::InvalidArgument`] when a request with the same id is already waiting, and
-    /// with the backend's error when the request cannot be published.
+    /// it, [`Error::InvalidArgument`] when a request with the same id is already waiting,
+    /// [`Error::ReservedTopic`] for one of conveyor's own topics (`conveyor.*`, as topic or as
+    /// reply topic) and with the backend's error when the request cannot be published.
     ///
     /// ```no_run
     /// # async fn example(client: conveyor_runtime::Client) -> conveyor_core::Result<()> {

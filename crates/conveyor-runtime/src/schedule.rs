@@ -224,13 +224,14 @@ pub fn parse_timezone(name: &str) -> Result<Tz, InvalidSchedule> {
 }
 
 impl Schedule {
-    /// Validates every field (the topic's name, not whether it exists) and compiles the
-    /// expression.
+    /// Validates every field (the topic's name, not whether it exists; one of conveyor's own
+    /// topics, `conveyor.*`, is refused, so the scheduler never fires a tick into them, even
+    /// for a schedule stored before this check) and compiles the expression.
     pub fn compile(&self) -> Result<Compiled, InvalidSchedule> {
         validate_name(&self.name)?;
         let cron = parse_cron(&self.cron)?;
         let tz = parse_timezone(&self.timezone)?;
-        conveyor_core::topic::validate_name(&self.topic)
+        conveyor_core::topic::validate_job_topic(&self.topic)
             .map_err(|e| invalid("topic", e.to_string()))?;
         if self.job_type.trim().is_empty() || self.job_type.chars().count() > 255 {
             return Err(invalid("type", "must be 1 to 255 characters"));

@@ -14,7 +14,9 @@
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness (the backend answers) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document |
 //!
-//! A `201` means the job is durably stored (see the backend contract).
+//! A `201` means the job is durably stored (see the backend contract). conveyor's own topics
+//! (`conveyor.*`) take no jobs, requests or schedules (`422 invalid_field` naming `topic`), and
+//! a replay moves no dead letter into them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -426,18 +428,11 @@ fn from_json<T: DeserializeOwned>(body: Value) -> Result<T, ApiError> {
 }
 
 /// Refuses jobs for conveyor's own topics (`conveyor.*`: the control log, idempotency answers,
-/// reply topics, the unique-key ledger, the scheduler): a record there is read as one of
-/// conveyor's own, so a job written to one could forge a cancellation or an answer.
+/// reply topics, the unique-key ledger, the scheduler; [`conveyor_core::topic::is_reserved`]):
+/// a record there is read as one of conveyor's own, so a job written to one could forge a
+/// cancellation or an answer. `422 invalid_field` naming `topic`.
 pub(crate) fn refuse_reserved(topic: &str) -> Result<(), ApiError> {
-    match topic.starts_with("conveyor.") {
-        true => Err(ApiError::InvalidField {
-            field: "topic".into(),
-            message: format!(
-                "`{topic}` is one of conveyor's own topics (`conveyor.*`); jobs cannot be enqueued to it"
-            ),
-        }),
-        false => Ok(()),
-    }
+    Ok(conveyor_core::topic::refuse_reserved(topic)?)
 }
 
 /// The checks every enqueue route starts with: the topic is not one of conveyor's own, and an

@@ -150,7 +150,8 @@ pub struct ApiConfig {
     /// Default: none, a fresh `conveyor.replies.<random>` per process run (one partition, 1 h
     /// retention), so restarts leave one topic each behind. Name one to reuse it across
     /// restarts; several API processes may share it (each takes only its own replies). Created
-    /// when missing.
+    /// when missing. Not one of conveyor's own topics (`conveyor.*`) but a reply topic
+    /// `conveyor.replies.<name>`: workers write the replies there.
     pub reply_topic: Option<String>,
     /// How long an enqueue with an `Idempotency-Key` answers a repeat with its first answer, in
     /// milliseconds. Default: 86400000 (24 h); 1000 to 31622400000 (366 days).
@@ -279,7 +280,8 @@ impl KafkaSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    /// The topic (created with defaults when not in `[[topics]]`).
+    /// The topic (created with defaults when not in `[[topics]]`); not one of conveyor's own
+    /// (`conveyor.*`), nor are those of `priorities`.
     pub topic: String,
     /// The endpoint, `http://` or `https://`.
     pub url: String,
@@ -533,8 +535,15 @@ impl Config {
             );
         }
         if let Some(topic) = &self.api.reply_topic {
-            if let Err(e) = conveyor_core::topic::validate_name(topic) {
-                return invalid("api.reply_topic".into(), e.to_string());
+            match conveyor_core::topic::validate_reply_topic(topic) {
+                Ok(()) => {}
+                Err(e @ conveyor_core::Error::ReservedTopic { .. }) => {
+                    return invalid(
+                        "api.reply_topic".into(),
+                        format!("{e} (or a reply topic of its own, `conveyor.replies.<name>`)"),
+                    )
+                }
+                Err(e) => return invalid("api.reply_topic".into(), e.to_string()),
             }
         }
         if !(1000..=366 * 24 * 3600 * 1000).contains(&self.api.idempotency_window_ms) {
@@ -572,7 +581,7 @@ impl Config {
                 }
             }
             for (t, w) in &r.priorities {
-                if let Err(e) = conveyor_core::topic::validate_name(t) {
+                if let Err(e) = conveyor_core::topic::validate_job_topic(t) {
                     return invalid(format!("routes[{i}].priorities"), e.to_string());
                 }
                 if *w == 0 {
@@ -584,7 +593,8 @@ impl Config {
             }
         }
         for (i, r) in self.routes.iter().enumerate() {
-            if let Err(e) = conveyor_core::topic::validate_name(&r.topic) {
+            // a route's worker writes retries, delay tiers and dead letters of its topic
+            if let Err(e) = conveyor_core::topic::validate_job_topic(&r.topic) {
                 return invalid(format!("routes[{i}].topic"), e.to_string());
             }
             // the route's worker creates `<topic>.dlq`: it must be a valid name too, or the
@@ -970,6 +980,38 @@ mod tests {
         let c = Config::load(Some(&p), &[]).unwrap();
         assert_eq!(c.routes[0].group(), "webhook.emails");
         assert_eq!(c.routes[1].group(), "audit");
+    }
+
+    /// conveyor's own topics (`conveyor.*`) take no jobs from the file either: a schedule's or a
+    /// route's topic, a route's priority topic, the reply topic (a `conveyor.replies.*` one is
+    /// a reply topic, and fine there).
+    #[test]
+    fn conveyors_own_topics_are_refused_naming_the_key() {
+        let route = |rest: &str| format!("[[routes]]\nurl = \"http://x/h\"\n{rest}\n");
+        for (toml, key) in [
+            (
+                "[[schedules]]\nname = \"n\"\ncron = \"@daily\"\ntopic = \"conveyor.idempotency\"\ntype = \"t\"\n".to_owned(),
+                "schedules[0].topic",
+            ),
+            (route("topic = \"conveyor.control\""), "routes[0].topic"),
+            (
+                route("topic = \"t\"\npriorities = { \"conveyor.unique\" = 1 }"),
+                "routes[0].priorities",
+            ),
+            (
+                "[api]\nreply_topic = \"conveyor.control\"\n".to_owned(),
+                "api.reply_topic",
+            ),
+        ] {
+            let (_d, p) = write(&toml);
+            let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("`{key}`")) && e.contains("conveyor's own topics"),
+                "{key}: {e}"
+            );
+        }
+        let (_d, p) = write("[api]\nreply_topic = \"conveyor.replies.api\"\n");
+        Config::load(Some(&p), &[]).unwrap();
     }
 
     #[test]

@@ -198,6 +198,7 @@ impl From<Error> for ApiError {
             Error::UnknownTopic(_) => ApiError::UnknownTopic(e.to_string()),
             Error::UnknownPartition { .. } => ApiError::invalid("partition", e.to_string()),
             Error::InvalidTopicName { .. } => ApiError::invalid("name", e.to_string()),
+            Error::ReservedTopic { .. } => ApiError::invalid("topic", e.to_string()),
             Error::InvalidArgument(m) => ApiError::invalid("", m),
             Error::TopicConflict { .. } => ApiError::TopicConflict(e.to_string()),
             Error::DuplicateJob { .. } => ApiError::DuplicateJob(e.to_string()),

@@ -215,7 +215,8 @@ pub(crate) enum SchedulesCommand {
         /// (`*/10 * * * * *`), or `@daily` and the like.
         #[arg(long)]
         cron: String,
-        /// The topic each tick's job goes to (it must exist).
+        /// The topic each tick's job goes to (it must exist, and not be one of conveyor's own,
+        /// `conveyor.*`).
         #[arg(long)]
         topic: String,
         /// The job type.

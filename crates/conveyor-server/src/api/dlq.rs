@@ -7,7 +7,8 @@
 //! `next_offset` in the answer says where to go on (the CLI replays in such steps to show
 //! progress). Answers `200` with the [`ReplayReport`]; `404 unknown_topic` when the dead-letter
 //! topic does not exist; `422 invalid_field` for a negative or empty offset range, a partition
-//! the topic does not have or a `limit` out of range.
+//! the topic does not have or a `limit` out of range. A dead letter whose original topic is one
+//! of conveyor's own (`conveyor.*`) is not replayed: it is listed in `skipped` with the reason.
 
 use axum::extract::{Path, State};
 use axum::Json;

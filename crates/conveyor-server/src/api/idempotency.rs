@@ -37,6 +37,20 @@
 //!   on one embedded data folder, which conveyor does not support anyway.
 //! - A key forgotten early (more than `max_keys` answers within the window) behaves like a crash
 //!   between job and answer: a repeat stores a second record with the same message id.
+//!
+//! # Answers it did not write
+//! An answer given again tells the client its job is stored, so only answers this API could
+//! have written count (`idempotency/verify.rs`): a record carrying a job's headers (a job some way in wrote
+//! to the topic, such as a schedule's tick before schedules refused `conveyor.*`) or one that is
+//! not a `201` naming the message ids the request's jobs get is skipped when read, with a
+//! warning; before an answer is given again, the first time in a process, its jobs are read
+//! where it says they are stored. An answer whose job is not there is forgotten, with a
+//! warning, and the request runs as a first one (its job stored with its usual message id);
+//! its own answer is the one given from then on. A process that reads the log from its start
+//! later meets the forgotten answer first again, checks it again and stores the job again,
+//! with the same message id.
+
+mod verify;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -189,6 +203,17 @@ struct Entry {
     body: String,
     /// When it was answered (ms since the epoch).
     at_ms: i64,
+    /// Its jobs were found where it says (by this process; never written to the log).
+    #[serde(skip)]
+    verified: bool,
+}
+
+impl Entry {
+    /// Whether `other` is the same answer (the same record of the log, or its copy).
+    fn same(&self, other: &Entry) -> bool {
+        (self.at_ms, &self.fingerprint, &self.body)
+            == (other.at_ms, &other.fingerprint, &other.body)
+    }
 }
 
 type Scope = (String, String);
@@ -225,6 +250,20 @@ impl Table {
         self.order.push_back((scope.clone(), entry.at_ms));
         self.entries.insert(scope, entry);
         self.trim(now_ms, options);
+    }
+
+    /// Sets the live answer of `scope` as checked, when it is still `entry`.
+    fn verified(&mut self, scope: &Scope, entry: &Entry) {
+        if let Some(e) = self.entries.get_mut(scope).filter(|e| e.same(entry)) {
+            e.verified = true;
+        }
+    }
+
+    /// Forgets the live answer of `scope`, when it is still `entry` (one that failed its check).
+    fn forget(&mut self, scope: &Scope, entry: &Entry) {
+        if self.entries.get(scope).is_some_and(|e| e.same(entry)) {
+            self.entries.remove(scope);
+        }
     }
 
     /// Forgets answers past the window, and the oldest beyond the cap.
@@ -331,11 +370,59 @@ impl Idempotency {
         refresh(&self.inner).await
     }
 
-    /// The live answer for (`topic`, `key`), checked against the request's `fingerprint`.
-    fn lookup(&self, scope: &Scope, fingerprint: &str) -> Option<Result<Answer, ApiError>> {
+    /// The live answer for `scope`, as it is in memory.
+    fn live(&self, scope: &Scope) -> Option<Entry> {
         let table = self.table();
-        let entry = table.live(scope, now_ms(), window_ms(&self.inner.options))?;
-        Some(given_again(entry, fingerprint))
+        table
+            .live(scope, now_ms(), window_ms(&self.inner.options))
+            .cloned()
+    }
+
+    /// The live answer for `scope` once its jobs were found where it says ([`verify`]); one
+    /// whose jobs are not there is forgotten (with a warning) and `None` returned. An error
+    /// when the log cannot be read.
+    async fn checked(&self, scope: &Scope) -> Result<Option<Entry>, ApiError> {
+        let Some(entry) = self.live(scope) else {
+            return Ok(None);
+        };
+        if entry.verified {
+            return Ok(Some(entry));
+        }
+        let found = match verify::named_jobs(&entry) {
+            Ok(jobs) => verify::stored(&*self.inner.backend, &entry.topic, &jobs).await?,
+            Err(why) => Err(why),
+        };
+        let mut table = self.table();
+        match found {
+            Ok(()) => {
+                table.verified(scope, &entry);
+                Ok(Some(Entry {
+                    verified: true,
+                    ..entry
+                }))
+            }
+            Err(why) => {
+                tracing::warn!(
+                    topic = %entry.topic,
+                    key = %entry.key,
+                    "an idempotency answer in {IDEMPOTENCY_TOPIC} names a job that is not stored ({why}); it is forgotten and the request runs as a first one"
+                );
+                table.forget(scope, &entry);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The live answer for (`topic`, `key`), once checked, against the request's `fingerprint`.
+    async fn lookup(
+        &self,
+        scope: &Scope,
+        fingerprint: &str,
+    ) -> Result<Option<Result<Answer, ApiError>>, ApiError> {
+        Ok(self
+            .checked(scope)
+            .await?
+            .map(|entry| given_again(&entry, fingerprint)))
     }
 
     /// Runs `first` (which stores the job and returns the `201` body) unless `key` has a live
@@ -355,12 +442,12 @@ impl Idempotency {
         let scope: Scope = (topic.to_owned(), key.to_owned());
         let lock = KeyLock::new(&self.inner, scope.clone());
         let guard = Arc::clone(&lock.lock).lock_owned().await;
-        if let Some(answer) = self.lookup(&scope, &fingerprint) {
+        if let Some(answer) = self.lookup(&scope, &fingerprint).await? {
             return answer;
         }
         // another process may have answered it: read the topic to its end first
         self.refresh().await?;
-        if let Some(answer) = self.lookup(&scope, &fingerprint) {
+        if let Some(answer) = self.lookup(&scope, &fingerprint).await? {
             return answer;
         }
         let this = self.clone();
@@ -377,6 +464,8 @@ impl Idempotency {
                 status: StatusCode::CREATED.as_u16(),
                 body: body.to_string(),
                 at_ms: now_ms(),
+                // its jobs were just stored
+                verified: true,
             };
             this.append(&entry).await.map_err(|e| {
                 ApiError::from(e).with_message(format!(
@@ -384,17 +473,24 @@ impl Idempotency {
                 ))
             })?;
             // the first answer in the log wins: usually this one
-            match this.lookup(&scope, &fingerprint) {
+            if this.live(&scope).is_some_and(|live| live.same(&entry)) {
+                this.table().verified(&scope, &entry);
+            }
+            match this.lookup(&scope, &fingerprint).await? {
                 Some(Ok(mut answer)) => {
                     answer.replayed = answer.body != body;
                     Ok(answer)
                 }
                 Some(Err(e)) => Err(e),
-                None => Ok(Answer {
-                    status: StatusCode::CREATED,
-                    body,
-                    replayed: false,
-                }),
+                None => {
+                    // the answer logged before this one failed its check: this one stands
+                    this.table().fold(entry, now_ms(), &this.inner.options);
+                    Ok(Answer {
+                        status: StatusCode::CREATED,
+                        body,
+                        replayed: false,
+                    })
+                }
             }
         });
         task.await
@@ -474,7 +570,14 @@ async fn refresh(inner: &Inner) -> conveyor_core::Result<()> {
             let now = now_ms();
             let mut table = inner.table.lock().unwrap_or_else(|e| e.into_inner());
             for entry in entries {
-                table.fold(entry, now, &inner.options);
+                match verify::named_jobs(&entry) {
+                    Ok(_) => table.fold(entry, now, &inner.options),
+                    Err(why) => tracing::warn!(
+                        topic = %entry.topic,
+                        key = %entry.key,
+                        "ignoring an idempotency answer in {IDEMPOTENCY_TOPIC} this API cannot have written: {why}"
+                    ),
+                }
             }
             table.next = next;
         },
@@ -526,6 +629,7 @@ mod tests {
             status: 201,
             body: format!("{{\"id\":\"{fp}\"}}"),
             at_ms,
+            verified: false,
         }
     }
 

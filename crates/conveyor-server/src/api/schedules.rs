@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `GET /v1/schedules` | `200 {"schedules": [...]}`, by name |
 //! | `GET /v1/schedules/{name}` | `200` the schedule; `404 unknown_schedule` |
-//! | `PUT /v1/schedules/{name}` | body: the schedule without `name`; `201` created, `200` replaced; `422` naming the field (`cron`, `timezone`, `topic`, `type`, `key`, `missed`); `404 unknown_topic` |
+//! | `PUT /v1/schedules/{name}` | body: the schedule without `name`; `201` created, `200` replaced; `422` naming the field (`cron`, `timezone`, `topic` (also one of conveyor's own, `conveyor.*`), `type`, `key`, `missed`); `404 unknown_topic` |
 //! | `DELETE /v1/schedules/{name}` | `200`; `404 unknown_schedule` |
 //!
 //! Every answer shows a schedule with its `source` (`config` or `api`) and its `next` tick
