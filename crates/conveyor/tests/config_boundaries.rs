@@ -167,6 +167,10 @@ impl Run {
     }
 }
 
+/// One case of the extremes test: name, `[section]` lines, environment, the key an error must
+/// name (none: it must start and work).
+type Case = (&'static str, String, Vec<(&'static str, &'static str)>, &'static str);
+
 /// `conveyor dev` with a value that feeds clock or size arithmetic at its extreme (the largest
 /// TOML integer, or `u64::MAX` through the environment): it refuses to start, naming the key,
 /// or it starts and works without a thread panicking. Before the bounds, three of these
@@ -179,8 +183,7 @@ async fn extreme_values_are_refused_or_work_without_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let max = i64::MAX;
     let year_ms = 366u64 * 24 * 3600 * 1000;
-    // (name, [section] lines, environment, the key an error must name)
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "retry",
             format!("[retry]\nmax_attempts = 3\ninitial_delay_ms = {max}\nmax_delay_ms = {max}\n"),
