@@ -177,9 +177,12 @@ pub mod dlq {
     ];
 }
 
-/// Formats a time as RFC 3339 UTC with milliseconds, the format of every time header.
+/// Formats a time as RFC 3339 UTC with milliseconds, the format of every time header. A time
+/// past 9999-12-31T23:59:59.999Z (a delay computed from a huge value) is written as that time,
+/// the last RFC 3339 can write, instead of failing.
 pub fn format_time(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    let last = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(MAX_TIME_MS as u64);
+    humantime::format_rfc3339_millis(t.min(last)).to_string()
 }
 
 /// Parses an RFC 3339 time, as the API and the CLI take them: `T`, `t` or a space between

@@ -11,7 +11,7 @@
 //! | key -> partition | murmur2, as Kafka's Java client |
 //! | consumer groups | in-process members, round-robin assignor, fenced commits |
 //! | durability | OS write per group commit (`kill -9` safe); `fsync` per group commit by default |
-//! | retention | by age (`retention_ms`) and size (`retention_bytes`) per partition |
+//! | retention | by age (`retention_ms`) and size (`retention_bytes`) per partition; unique-key claims once their hold ended |
 //! | [`conveyor_core::TransactionalCommit`] | yes: records and offsets in one atomic write, fenced to the member |
 //! | multiple processes on one data folder | no: the folder is locked by its process |
 //! | a failed write (full disk, I/O error) | that write and all later ones refused, saying what to do; [`conveyor_core::Backend::health`] is `Err` until the log is opened again (in a new process); acknowledged records kept |
@@ -79,6 +79,12 @@ impl EmbeddedBackend {
     /// (It also runs by itself every [`EmbeddedConfig::retention_interval`].)
     pub async fn run_retention(&self, now_ms: i64) -> Result<u64> {
         self.store.retention(now_ms).await
+    }
+
+    /// How many unique-key claims the log keeps: those of jobs holding their key (retention
+    /// removes the claims whose hold ended).
+    pub fn unique_claims_kept(&self) -> Result<usize> {
+        self.store.unique_claims()
     }
 }
 

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use conveyor_core::partitioner::partition_for_key;
@@ -504,8 +504,16 @@ impl Store {
         batch.commit().map_err(|e| self.health.write_failed(&e))
     }
 
+    /// When retention runs next: one interval from now (an interval too long for the clock,
+    /// which the configuration refuses, means a year).
+    fn next_retention(&self) -> Instant {
+        let now = Instant::now();
+        now.checked_add(self.config.retention_interval)
+            .unwrap_or_else(|| now + Duration::from_secs(366 * 24 * 3600))
+    }
+
     fn run_writer(self: Arc<Self>, rx: mpsc::Receiver<WriteOp>) {
-        let mut next_retention = Instant::now() + self.config.retention_interval;
+        let mut next_retention = self.next_retention();
         let mut pending: Vec<WriteOp> = Vec::new();
         // when the high watermarks are next recorded (None: nothing new to record)
         let mut next_marks: Option<Instant> = None;
@@ -525,7 +533,7 @@ impl Store {
                     if let Err(e) = self.apply_retention(now_millis()) {
                         tracing::error!(error = %e, "retention failed; will try again");
                     }
-                    next_retention = Instant::now() + self.config.retention_interval;
+                    next_retention = self.next_retention();
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -598,7 +606,7 @@ impl Store {
                 if let Err(e) = self.apply_retention(now_millis()) {
                     tracing::error!(error = %e, "retention failed; will try again");
                 }
-                next_retention = Instant::now() + self.config.retention_interval;
+                next_retention = self.next_retention();
             }
         }
     }
@@ -860,8 +868,68 @@ impl Store {
         if deleted > 0 {
             tracing::info!(deleted, "retention removed records");
         }
+        let ended = self.forget_ended_claims(now)?;
+        if ended > 0 {
+            tracing::info!(
+                ended,
+                "retention removed unique-key claims whose hold ended"
+            );
+        }
         Ok(deleted)
     }
+
+    /// Removes unique-key claims whose hold ended before `now` (at most [`CLAIMS_PER_RUN`] a
+    /// run), so the claims kept are those of jobs still holding their key, not every key ever
+    /// used. Found without the claims' lock, each checked again under it (it may have been
+    /// claimed anew meanwhile).
+    fn forget_ended_claims(&self, now: i64) -> Result<u64> {
+        let mut ended = Vec::new();
+        for guard in self.unique.iter() {
+            let (k, v) = guard.into_inner().map_err(storage)?;
+            if claim_until(&v).is_some_and(|until| until <= now) {
+                ended.push(k.to_vec());
+                if ended.len() >= CLAIMS_PER_RUN {
+                    break;
+                }
+            }
+        }
+        if ended.is_empty() {
+            return Ok(0);
+        }
+        let _one = self.unique_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = self.db.batch().durability(self.persist_mode());
+        let mut removed = 0;
+        for k in ended {
+            let v = self.unique.get(&k).map_err(storage)?;
+            if v.as_deref()
+                .and_then(claim_until)
+                .is_some_and(|until| until <= now)
+            {
+                batch.remove(&self.unique, k);
+                removed += 1;
+            }
+        }
+        batch.commit().map_err(|e| self.health.write_failed(&e))?;
+        Ok(removed)
+    }
+
+    /// How many unique-key claims are kept.
+    pub(crate) fn unique_claims(&self) -> Result<usize> {
+        let mut n = 0;
+        for guard in self.unique.iter() {
+            guard.into_inner().map_err(storage)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// Most ended unique-key claims removed by one retention run.
+const CLAIMS_PER_RUN: usize = 100_000;
+
+/// The end of a stored claim's hold (ms since the epoch): its first 8 bytes.
+fn claim_until(v: &[u8]) -> Option<i64> {
+    Some(i64::from_be_bytes(v.get(..8)?.try_into().ok()?))
 }
 
 /// A commit as stored: the offset (8 bytes, big-endian) under its key, as before commit metadata

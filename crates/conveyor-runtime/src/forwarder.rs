@@ -471,7 +471,8 @@ impl Run<'_> {
 /// When a tier record written at `timestamp` and first read at `seen` (ms) is let go from a
 /// tier of `tier`: the tier's delay after the earlier of the two, or its `due` if sooner.
 fn release_at(timestamp: i64, seen: i64, tier: Duration, due: Option<i64>) -> i64 {
-    let by_tier = timestamp.min(seen).saturating_add(tier.as_millis() as i64);
+    let tier_ms = i64::try_from(tier.as_millis()).unwrap_or(i64::MAX);
+    let by_tier = timestamp.min(seen).saturating_add(tier_ms);
     due.map_or(by_tier, |due| due.min(by_tier))
 }
 

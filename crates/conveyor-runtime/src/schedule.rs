@@ -56,6 +56,10 @@ use conveyor_core::headers::{self, JobMeta};
 use conveyor_core::{Headers, Record};
 use serde::{Deserialize, Serialize};
 
+pub mod budget;
+
+pub use budget::{Cost, OverLimit, ScheduleLimits, Usage};
+
 /// The longest schedule name.
 pub const NAME_MAX: usize = 128;
 /// The longest cron expression.

@@ -20,6 +20,12 @@
 //! the names of all schedules do not fit, the list is left out (then every schedule counts as
 //! known) and, beyond that, failing schedules' own cursors (they resume from `at`).
 //!
+//! **Limits.** The owner fires only the schedules within [`SchedulerOptions::limits`] (how many,
+//! how many bytes, how many ticks a minute: [`crate::schedule::budget`]), taken in order, the
+//! configuration's then the API's by name; one beyond them is skipped, with a warning, until
+//! others make room. The API refuses a `PUT` past them already; this holds when two processes
+//! take a `PUT` each at the same moment.
+//!
 //! **Exactly once.** A commit is fenced: only the owner's is accepted. Before the partition goes
 //! to another member the backend waits on the scheduler's [`RevokeBarrier`], which returns once
 //! the firing loop is between two passes and will fire no more; so two owners never fire at
@@ -40,7 +46,7 @@ use conveyor_core::{
 };
 
 use crate::control::Control;
-use crate::schedule::{effective, unix_ms, Compiled, Due, Schedule};
+use crate::schedule::{effective, unix_ms, Compiled, Due, Schedule, ScheduleLimits, Usage};
 
 mod change;
 mod handover;
@@ -72,6 +78,10 @@ pub struct SchedulerOptions {
     pub group: String,
     /// The election topic. Default: [`SCHEDULER_TOPIC`].
     pub topic: String,
+    /// How many schedules, of how many bytes and ticks a minute, are fired: those beyond are
+    /// skipped, with a warning (see [`crate::schedule::budget`]). Default:
+    /// [`ScheduleLimits::default`].
+    pub limits: ScheduleLimits,
 }
 
 impl Default for SchedulerOptions {
@@ -81,6 +91,7 @@ impl Default for SchedulerOptions {
             heartbeat: Duration::from_secs(1),
             group: SCHEDULER_GROUP.into(),
             topic: SCHEDULER_TOPIC.into(),
+            limits: ScheduleLimits::default(),
         }
     }
 }
@@ -180,6 +191,7 @@ impl Scheduler {
             tp,
             compiled: HashMap::new(),
             partitions: HashMap::new(),
+            over_limit: Default::default(),
         };
         let mut owner: Option<Owner> = None;
         tokio::pin!(shutdown);
@@ -355,6 +367,8 @@ struct Run<'a> {
     compiled: HashMap<String, (Schedule, Option<Compiled>)>,
     /// Partition counts of the target topics, refreshed after a minute or a failed publish.
     partitions: HashMap<String, (i32, Instant)>,
+    /// Schedules skipped for the limits (warned once each while they are).
+    over_limit: std::collections::HashSet<String>,
 }
 
 impl Run<'_> {
@@ -375,7 +389,7 @@ impl Run<'_> {
             }
         }
         let now = unix_ms(SystemTime::now());
-        let grace = self.s.options.grace.as_millis() as i64;
+        let grace = i64::try_from(self.s.options.grace.as_millis()).unwrap_or(i64::MAX);
         if !ow.started {
             ow.began = now;
         }
@@ -394,11 +408,23 @@ impl Run<'_> {
         let schedules = effective(&self.s.configured, &api);
         let mut batches: BTreeMap<String, Vec<(String, i64, Record)>> = BTreeMap::new();
         let mut live = Vec::with_capacity(schedules.len());
+        let mut usage = Usage::default();
+        let mut over_limit = std::collections::HashSet::new();
         ow.next_tick = None;
         'schedules: for schedule in schedules {
             let Some(c) = self.compile(&schedule) else {
                 continue;
             };
+            // the limits, in order: a schedule that does not fit is not fired
+            let with = usage.with(c.cost());
+            if let Err(e) = self.s.options.limits.check(with) {
+                if !self.over_limit.contains(&schedule.name) {
+                    tracing::warn!(schedule = %schedule.name, limit = e.key, "a schedule beyond the scheduler's limits is not fired: {e}");
+                }
+                over_limit.insert(schedule.name.clone());
+                continue;
+            }
+            usage = with;
             live.push(schedule.name.clone());
             let put_at = put_at.get(&schedule.name).copied();
             let cursor = match ow.cursors.entry(schedule.name.clone()) {
@@ -492,6 +518,7 @@ impl Run<'_> {
             };
         }
         ow.cursors.retain(|name, _| live.contains(name));
+        self.over_limit = over_limit;
         let fired = !batches.is_empty();
         // per schedule: whether every batch holding its ticks was published
         let mut published: HashMap<String, bool> = HashMap::new();

@@ -112,7 +112,8 @@ impl DelayTiers {
             conveyor_core::topic::validate_name(&name)?;
             let mut spec = TopicSpec::new(name, info.partition_count());
             let week = 7 * 24 * 3600 * 1000;
-            spec.retention_ms = Some((tier.as_millis() as i64).saturating_mul(2).max(week));
+            let tier_ms = i64::try_from(tier.as_millis()).unwrap_or(i64::MAX);
+            spec.retention_ms = Some(tier_ms.saturating_mul(2).max(week));
             if let Some(shape) = &shape {
                 spec.replication_factor = shape.replication_factor;
                 spec.min_insync_replicas = shape.min_insync_replicas;

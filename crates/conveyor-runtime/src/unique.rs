@@ -18,6 +18,13 @@
 //! days, the longest hold plus a margin). Cost: a job that takes its key writes one claim and
 //! reads the ledger up to it; a duplicate of a key already held is decided after reading the
 //! ledger's end, without a write (its claim would lose).
+//!
+//! **Memory is bounded in bytes**: a ledger keeps at most `max_bytes` of holds
+//! ([`DEFAULT_MAX_HOLD_BYTES`], 64 MiB; a hold counts its group, topic, key and holder id, and
+//! [`HOLD_OVERHEAD`]). Past it, the holds that end first are forgotten (down to three quarters
+//! of the bound), counted ([`UniqueLedger::forgotten_early`]) and warned about: a duplicate of
+//! one of those keys may then run (uniqueness is given up for them, nothing is lost). On the
+//! embedded backend the enqueue-side check still refuses such a duplicate.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,6 +40,12 @@ const RETENTION_MS: i64 = 400 * 24 * 3600 * 1000;
 
 /// Holds are forgotten this long after their window ended (clock differences, backlogs).
 const FORGET_AFTER_MS: i64 = 24 * 3600 * 1000;
+
+/// The most bytes of holds a ledger keeps in memory unless set: 64 MiB.
+pub const DEFAULT_MAX_HOLD_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The bytes a hold counts beyond its strings: its map entry and the rest of its bookkeeping.
+pub const HOLD_OVERHEAD: u64 = 96;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Claim {
@@ -68,14 +81,36 @@ struct Held {
     until: i64,
 }
 
-#[derive(Debug, Default)]
+type HoldKey = (String, String, String);
+
+fn hold_bytes(k: &HoldKey, h: &Held) -> u64 {
+    (k.0.len() + k.1.len() + k.2.len() + h.id.len()) as u64 + HOLD_OVERHEAD
+}
+
+#[derive(Debug)]
 struct State {
     /// (group, topic, key) -> the job holding it.
-    holds: HashMap<(String, String, String), Held>,
+    holds: HashMap<HoldKey, Held>,
     next: i64,
+    /// The bytes of `holds` ([`hold_bytes`]).
+    bytes: u64,
+    /// At most this many bytes of holds.
+    max_bytes: u64,
+    /// Holds forgotten before they ended, for the bound.
+    forgotten_early: u64,
 }
 
 impl State {
+    fn new(max_bytes: u64) -> Self {
+        State {
+            holds: HashMap::new(),
+            next: 0,
+            bytes: 0,
+            max_bytes,
+            forgotten_early: 0,
+        }
+    }
+
     /// Applies a claim in ledger order: it takes the key unless another job holds it over an
     /// overlapping window.
     fn apply(&mut self, c: Claim) {
@@ -85,13 +120,46 @@ impl State {
                 return;
             }
         }
-        self.holds.insert(
-            k,
-            Held {
-                id: c.id,
-                enqueued: c.enqueued,
-                until: c.until,
-            },
+        let held = Held {
+            id: c.id,
+            enqueued: c.enqueued,
+            until: c.until,
+        };
+        self.bytes += hold_bytes(&k, &held);
+        if let Some(old) = self.holds.get(&k) {
+            self.bytes = self.bytes.saturating_sub(hold_bytes(&k, old));
+        }
+        self.holds.insert(k, held);
+        if self.bytes > self.max_bytes {
+            self.shed();
+        }
+    }
+
+    /// Forgets the holds that end first until a quarter of the bound is free again.
+    fn shed(&mut self) {
+        let mut by_end: Vec<(i64, HoldKey)> = self
+            .holds
+            .iter()
+            .map(|(k, h)| (h.until, k.clone()))
+            .collect();
+        by_end.sort_unstable();
+        let target = self.max_bytes / 4 * 3;
+        let mut forgotten = 0;
+        for (_, k) in by_end {
+            if self.bytes <= target {
+                break;
+            }
+            if let Some(h) = self.holds.remove(&k) {
+                self.bytes = self.bytes.saturating_sub(hold_bytes(&k, &h));
+                forgotten += 1;
+            }
+        }
+        self.forgotten_early += forgotten;
+        tracing::warn!(
+            forgotten,
+            bytes = self.bytes,
+            max_bytes = self.max_bytes,
+            "unique-key holds take more memory than their bound: those ending first are forgotten, and a duplicate of one of their keys may run"
         );
     }
 
@@ -107,8 +175,15 @@ impl State {
     }
 
     fn forget_ended(&mut self, now: i64) {
-        self.holds
-            .retain(|_, h| h.until.saturating_add(FORGET_AFTER_MS) > now);
+        let mut bytes = self.bytes;
+        self.holds.retain(|k, h| {
+            let keep = h.until.saturating_add(FORGET_AFTER_MS) > now;
+            if !keep {
+                bytes = bytes.saturating_sub(hold_bytes(k, h));
+            }
+            keep
+        });
+        self.bytes = bytes;
     }
 }
 
@@ -124,8 +199,13 @@ pub struct UniqueLedger {
 }
 
 impl UniqueLedger {
-    /// Creates the ledger topic when missing.
+    /// Creates the ledger topic when missing; keeps at most [`DEFAULT_MAX_HOLD_BYTES`] of holds.
     pub async fn open(backend: Arc<dyn Backend>) -> Result<Self> {
+        Self::open_with(backend, DEFAULT_MAX_HOLD_BYTES).await
+    }
+
+    /// [`UniqueLedger::open`] keeping at most `max_bytes` of holds in memory.
+    pub async fn open_with(backend: Arc<dyn Backend>, max_bytes: u64) -> Result<Self> {
         let mut spec = TopicSpec::new(UNIQUE_TOPIC, 1);
         spec.retention_ms = Some(RETENTION_MS);
         match backend.create_topic(&spec).await {
@@ -134,8 +214,18 @@ impl UniqueLedger {
         }
         Ok(UniqueLedger {
             backend,
-            state: tokio::sync::Mutex::default(),
+            state: tokio::sync::Mutex::new(State::new(max_bytes)),
         })
+    }
+
+    /// The bytes of the holds in memory now.
+    pub async fn held_bytes(&self) -> u64 {
+        self.state.lock().await.bytes
+    }
+
+    /// Holds forgotten before they ended, for the memory bound.
+    pub async fn forgotten_early(&self) -> u64 {
+        self.state.lock().await.forgotten_early
     }
 
     /// Decides whether job `id` of `group` on `topic`, enqueued at `enqueued_ms` and holding
@@ -236,7 +326,7 @@ mod tests {
     #[test]
     fn the_first_claim_in_the_ledger_wins_over_overlapping_ones() {
         let k = ("g".to_owned(), "t".to_owned(), "k".to_owned());
-        let mut s = State::default();
+        let mut s = State::new(DEFAULT_MAX_HOLD_BYTES);
         s.apply(claim("a", 0, 100));
         s.apply(claim("b", 50, 150));
         assert_eq!(s.verdict(&k, "a"), Some(Verdict::Run));
@@ -255,5 +345,30 @@ mod tests {
         assert_eq!(s.verdict(&k, "d"), Some(Verdict::Run));
         s.forget_ended(10 * FORGET_AFTER_MS);
         assert_eq!(s.verdict(&k, "d"), None);
+        assert_eq!(s.bytes, 0);
+    }
+
+    /// Holds are bounded in bytes: past the bound those ending first go, the bytes counted
+    /// stay within it, and the holds ending last are kept.
+    #[test]
+    fn holds_are_bounded_in_bytes_those_ending_first_forgotten() {
+        let mut s = State::new(10_000);
+        for i in 0..100 {
+            let mut c = claim(&format!("job-{i}"), 0, 1_000 + i);
+            c.key = format!("{i:0>200}");
+            s.apply(c);
+            assert!(s.bytes <= s.max_bytes, "{} bytes held", s.bytes);
+        }
+        let counted: u64 = s.holds.iter().map(|(k, h)| hold_bytes(k, h)).sum();
+        assert_eq!(s.bytes, counted);
+        assert!(s.forgotten_early > 50, "{}", s.forgotten_early);
+        let last = ("g".to_owned(), "t".to_owned(), format!("{:0>200}", 99));
+        assert_eq!(s.verdict(&last, "job-99"), Some(Verdict::Run));
+        let first = ("g".to_owned(), "t".to_owned(), format!("{:0>200}", 0));
+        assert_eq!(
+            s.verdict(&first, "job-0"),
+            None,
+            "the hold ending first went"
+        );
     }
 }

@@ -70,6 +70,12 @@ pub struct AppState {
     /// The longest a request waits for its reply (`api.max_reply_timeout_ms`), whatever its
     /// `reply_timeout_ms`. Default: 60 s.
     pub max_reply_timeout: std::time::Duration,
+    /// How many requests may wait for their reply at once (`api.max_waiting_requests`).
+    /// Default: [`requests::DEFAULT_MAX_WAITING`].
+    pub waiting_requests: requests::WaitingLimit,
+    /// How many schedules, of how many bytes and ticks, `PUT /v1/schedules` lets the processes
+    /// keep (`[scheduler]`'s `max_*`). Default: [`conveyor_runtime::schedule::ScheduleLimits::default`].
+    pub schedule_limits: conveyor_runtime::schedule::ScheduleLimits,
 }
 
 impl AppState {
@@ -86,6 +92,8 @@ impl AppState {
             idempotency: Arc::default(),
             idempotency_options: idempotency::IdempotencyOptions::default(),
             max_reply_timeout: std::time::Duration::from_millis(requests::MAX_REPLY_TIMEOUT_MS),
+            waiting_requests: requests::WaitingLimit::default(),
+            schedule_limits: Default::default(),
         }
     }
 

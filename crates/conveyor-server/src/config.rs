@@ -66,13 +66,26 @@ pub struct Config {
 pub struct SchedulerSettings {
     /// A gap in firing up to this many milliseconds (a handover between processes, a failover)
     /// is caught up tick by tick; a longer one is downtime, where each schedule's `missed`
-    /// policy applies. Default: 60000.
+    /// policy applies. Default: 60000; 2000 to 86400000 (1 day).
     pub grace_ms: u64,
+    /// Most schedules, configured and put through the API together. Default: 1000.
+    pub max_schedules: u64,
+    /// Most bytes of all schedules' JSON together. Default: 16777216 (16 MiB).
+    pub max_schedule_bytes: u64,
+    /// Most ticks all schedules together may fire in one minute, each counted at its peak
+    /// (`* * * * * *`: 60). Default: 6000.
+    pub max_ticks_per_minute: u64,
 }
 
 impl Default for SchedulerSettings {
     fn default() -> Self {
-        SchedulerSettings { grace_ms: 60_000 }
+        let limits = conveyor_runtime::schedule::ScheduleLimits::default();
+        SchedulerSettings {
+            grace_ms: 60_000,
+            max_schedules: limits.max_schedules,
+            max_schedule_bytes: limits.max_bytes,
+            max_ticks_per_minute: limits.max_ticks_per_minute,
+        }
     }
 }
 
@@ -81,7 +94,17 @@ impl SchedulerSettings {
     pub fn options(&self) -> conveyor_runtime::SchedulerOptions {
         conveyor_runtime::SchedulerOptions {
             grace: Duration::from_millis(self.grace_ms),
+            limits: self.limits(),
             ..conveyor_runtime::SchedulerOptions::default()
+        }
+    }
+
+    /// The schedules' limits.
+    pub fn limits(&self) -> conveyor_runtime::schedule::ScheduleLimits {
+        conveyor_runtime::schedule::ScheduleLimits {
+            max_schedules: self.max_schedules,
+            max_bytes: self.max_schedule_bytes,
+            max_ticks_per_minute: self.max_ticks_per_minute,
         }
     }
 }
@@ -159,6 +182,12 @@ pub struct ApiConfig {
     /// Most idempotency answers each API process keeps in memory (the oldest are forgotten
     /// first). Default: 100000.
     pub idempotency_max_keys: usize,
+    /// Most bytes of idempotency answers each API process keeps in memory (the oldest are
+    /// forgotten first). Default: 67108864 (64 MiB).
+    pub idempotency_max_bytes: u64,
+    /// Most `POST /v1/topics/{t}/requests` waiting for their reply at once in this process;
+    /// beyond it a request is refused with `507 limit_reached`. Default: 10000.
+    pub max_waiting_requests: usize,
 }
 
 impl ApiConfig {
@@ -167,6 +196,7 @@ impl ApiConfig {
         crate::api::idempotency::IdempotencyOptions {
             window: Duration::from_millis(self.idempotency_window_ms),
             max_keys: self.idempotency_max_keys,
+            max_bytes: self.idempotency_max_bytes,
         }
     }
 }
@@ -181,6 +211,8 @@ impl Default for ApiConfig {
             reply_topic: None,
             idempotency_window_ms: crate::api::idempotency::DEFAULT_WINDOW.as_millis() as u64,
             idempotency_max_keys: crate::api::idempotency::DEFAULT_MAX_KEYS,
+            idempotency_max_bytes: crate::api::idempotency::DEFAULT_MAX_BYTES,
+            max_waiting_requests: crate::api::requests::DEFAULT_MAX_WAITING,
         }
     }
 }
@@ -365,6 +397,8 @@ impl RouteConfig {
     }
 }
 
+mod bounds;
+
 /// Environment variables with the prefix that are not configuration keys (and `CONVEYOR_TEST_*`,
 /// read by the tests).
 const NOT_CONFIG: &[&str] = &["config", "log", "url", "skip_live", "cache"];
@@ -398,6 +432,8 @@ impl Config {
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: String, message: String| Err(ConfigError::Invalid { key, message });
+        // first: the checks below do arithmetic on these values
+        bounds::check(self)?;
         if self.data_dir.as_os_str().is_empty() {
             return invalid(
                 "data_dir".into(),

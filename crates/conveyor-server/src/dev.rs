@@ -135,6 +135,9 @@ pub async fn run(
     state.max_body_bytes = config.api.max_body_bytes;
     state.max_batch = config.api.max_batch;
     state.max_reply_timeout = std::time::Duration::from_millis(config.api.max_reply_timeout_ms);
+    state.waiting_requests =
+        crate::api::requests::WaitingLimit::new(config.api.max_waiting_requests);
+    state.schedule_limits = config.scheduler.limits();
     if let Some(topic) = &config.api.reply_topic {
         state.client = state.client.with_reply_topic(topic.clone());
     }

@@ -1,7 +1,8 @@
 //! HTTP errors: one enum, each variant a status, a stable machine code and a human message.
 //!
 //! Body: `{"error": {"code": "unknown_topic", "message": "...", "field": "jobs[2].type"}}`
-//! (`field` only for `invalid_field`).
+//! (`field` only for `invalid_field`; `limit`, the configuration key of the bound, only for
+//! `limit_reached`).
 //!
 //! | code | status |
 //! |---|---|
@@ -16,6 +17,7 @@
 //! | `unsupported` | 501 |
 //! | `request_failed` | 502 |
 //! | `backend_unavailable` | 503 |
+//! | `limit_reached` | 507 |
 //! | `request_timeout` | 504 |
 
 use axum::http::StatusCode;
@@ -96,9 +98,26 @@ pub enum ApiError {
     /// The `Idempotency-Key` was used for another request within the window.
     #[error("{0}")]
     IdempotencyKeyReused(String),
+    /// A bound on what the server keeps for clients (schedules, waiting requests) is reached;
+    /// nothing was stored.
+    #[error("{message}")]
+    LimitReached {
+        /// The configuration key of the bound, e.g. `scheduler.max_schedule_bytes`.
+        limit: String,
+        /// What is kept, the bound, and what to do.
+        message: String,
+    },
 }
 
 impl ApiError {
+    /// A 507 `limit_reached` for the bound configured by `limit`.
+    pub fn limit(limit: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::LimitReached {
+            limit: limit.into(),
+            message: message.into(),
+        }
+    }
+
     /// A 422 for `field`.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::InvalidField {
@@ -131,6 +150,7 @@ impl ApiError {
             ApiError::RequestFailed(_) => ApiError::RequestFailed(message),
             ApiError::InvalidIdempotencyKey(_) => ApiError::InvalidIdempotencyKey(message),
             ApiError::IdempotencyKeyReused(_) => ApiError::IdempotencyKeyReused(message),
+            ApiError::LimitReached { limit, .. } => ApiError::LimitReached { limit, message },
         }
     }
 
@@ -158,6 +178,7 @@ impl ApiError {
             ApiError::RequestFailed(_) => "request_failed",
             ApiError::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
             ApiError::IdempotencyKeyReused(_) => "idempotency_key_reused",
+            ApiError::LimitReached { .. } => "limit_reached",
         }
     }
 
@@ -188,6 +209,7 @@ impl ApiError {
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::RequestFailed(_) => StatusCode::BAD_GATEWAY,
+            ApiError::LimitReached { .. } => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 }
@@ -226,11 +248,20 @@ impl From<Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = json!({ "code": self.code(), "message": self.to_string() });
-        if let ApiError::InvalidField { field, .. } = &self {
-            body["field"] = json!(field);
+        match &self {
+            ApiError::InvalidField { field, .. } => body["field"] = json!(field),
+            ApiError::LimitReached { limit, .. } => body["limit"] = json!(limit),
+            _ => {}
         }
-        if self.status().is_server_error() {
-            tracing::error!(code = self.code(), message = %self, "request failed");
+        match &self {
+            // not a failure of the server: a bound it was configured with
+            ApiError::LimitReached { limit, .. } => {
+                tracing::warn!(limit, message = %self, "request refused: a bound is reached")
+            }
+            _ if self.status().is_server_error() => {
+                tracing::error!(code = self.code(), message = %self, "request failed")
+            }
+            _ => {}
         }
         (self.status(), Json(json!({ "error": body }))).into_response()
     }

@@ -176,7 +176,8 @@ pub(super) async fn retry(
     error: &str,
     deadline: Option<i64>,
 ) -> TaskResult {
-    let next = millis(SystemTime::now()).saturating_add(delay.as_millis() as i64);
+    let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+    let next = millis(SystemTime::now()).saturating_add(delay_ms);
     if deadline.is_some_and(|d| next >= d) {
         shared.stats.deadline.fetch_add(1, Ordering::Relaxed);
         let error = format!(

@@ -641,20 +641,26 @@ impl Scheduler {
             {
                 self.mark_finished(&task);
                 let lane = task.lane.clone().expect("checked");
-                self.parked.insert(
-                    lane,
-                    ParkedKey {
-                        move_key: move_key(&task.record),
-                        message_id: task
-                            .record
-                            .headers
-                            .get_str(headers::MESSAGE_ID)
-                            .unwrap_or_default()
-                            .to_owned(),
-                        tp: task.record.tp(),
-                        until: Instant::now() + delay + PARK_GRACE,
-                    },
-                );
+                let key = ParkedKey {
+                    move_key: move_key(&task.record),
+                    message_id: task
+                        .record
+                        .headers
+                        .get_str(headers::MESSAGE_ID)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    tp: task.record.tp(),
+                    until: Instant::now() + delay + PARK_GRACE,
+                };
+                match parks(&self.parked, &lane, &key, PARKED_MAX_BYTES) {
+                    true => {
+                        self.parked.insert(lane, key);
+                    }
+                    false => {
+                        tracing::warn!(partition = %key.tp, message_id = key.message_id, max_bytes = PARKED_MAX_BYTES, "the keys held for retries in delay tiers take their bound: this one is not held, later jobs of its key go on before its retry");
+                        self.release_lane(&task);
+                    }
+                }
             }
             TaskResult::Emitted(records) => {
                 self.stash_outputs(&task, records);

@@ -134,6 +134,36 @@ pub(super) struct ParkedKey {
 /// How long after its due time a parked key waits for its job before letting the next ones go.
 pub(super) const PARK_GRACE: Duration = Duration::from_secs(60);
 
+/// The most bytes of parked keys a worker holds: 16 MiB (a key is any bytes a producer wrote,
+/// so a count would not bound them). Beyond it a retrying job does not hold its key: later jobs
+/// of that key go on meanwhile (its order is given up, with a warning), as with
+/// `ordered_retries = false`; nothing is lost.
+pub(super) const PARKED_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+impl ParkedKey {
+    /// What it costs in memory with its lane: their strings and bytes, and 128 bytes of
+    /// bookkeeping.
+    pub(super) fn bytes(&self, lane: &LaneKey) -> usize {
+        lane.0.len()
+            + lane.1.len()
+            + self.move_key.len()
+            + self.message_id.len()
+            + self.tp.topic.len()
+            + 128
+    }
+}
+
+/// Whether `key` may be parked for `lane` beside `parked` within `max` bytes.
+pub(super) fn parks(
+    parked: &HashMap<LaneKey, ParkedKey>,
+    lane: &LaneKey,
+    key: &ParkedKey,
+    max: usize,
+) -> bool {
+    let held: usize = parked.iter().map(|(l, p)| p.bytes(l)).sum();
+    held.saturating_add(key.bytes(lane)) <= max
+}
+
 /// What a job's `due_at` (ms since the epoch) says at `now`: run; wait in memory when less than
 /// the `shortest` tier is left (or the job may not move); otherwise move to a tier.
 pub(super) fn due_gate(due: Option<i64>, now: i64, shortest: Duration, movable: bool) -> Gate {
@@ -161,6 +191,43 @@ pub(super) fn deadline_of(r: &ConsumedRecord) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parked keys are bounded by their bytes: a key of any size counts what it weighs.
+    #[test]
+    fn parked_keys_are_bounded_in_bytes() {
+        let park = |key: &[u8]| {
+            let lane: LaneKey = ("t".into(), Bytes::copy_from_slice(key));
+            let p = ParkedKey {
+                move_key: "t/0/1".into(),
+                message_id: "m".repeat(36),
+                tp: TopicPartition::new("t", 0),
+                until: Instant::now(),
+            };
+            (lane, p)
+        };
+        let mut parked = HashMap::new();
+        let max = 10_000;
+        let mut refused = 0;
+        for i in 0..20u8 {
+            let (lane, p) = park(&[i; 1000]);
+            match parks(&parked, &lane, &p, max) {
+                true => {
+                    parked.insert(lane, p);
+                }
+                false => refused += 1,
+            }
+            let held: usize = parked.iter().map(|(l, p)| p.bytes(l)).sum();
+            assert!(held <= max, "{held} bytes parked");
+        }
+        assert_eq!(
+            (parked.len(), refused),
+            (8, 12),
+            "8 keys of ~1.2 KB fit 10,000 bytes"
+        );
+        // small keys still fit beside them
+        let (lane, p) = park(b"k");
+        assert!(parks(&parked, &lane, &p, max));
+    }
 
     /// The due-time decision at chosen clocks: never early, in memory below the shortest tier.
     #[test]

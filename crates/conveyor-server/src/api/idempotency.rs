@@ -10,7 +10,10 @@
 //! survives a crash of the API process. Each process reads the topic from its start when it
 //! opens it, then every [`REFRESH`] and before deciding that a key is new; records fold in log
 //! order, **the first answer in the log wins** for its window. In memory each process keeps at
-//! most `max_keys` answers (oldest forgotten first) and forgets any older than the window.
+//! most `max_keys` answers and `max_bytes` bytes of them (oldest forgotten first; an answer
+//! counts its topic, key, fingerprint and body, and [`ENTRY_OVERHEAD`] for its bookkeeping: a
+//! batch's answer, with an id per job, weighs up to a thousand single ones) and forgets any
+//! older than the window.
 //!
 //! # Keys, scope and fingerprints
 //! A key is 1 to 255 bytes of printable ASCII, neither starting nor ending with a space
@@ -35,8 +38,10 @@
 //!   race: both store a job (with the same message id, see above) and both answers are
 //!   logged; every later repeat gets the one logged first. The same holds for two processes
 //!   on one embedded data folder, which conveyor does not support anyway.
-//! - A key forgotten early (more than `max_keys` answers within the window) behaves like a crash
-//!   between job and answer: a repeat stores a second record with the same message id.
+//! - A key forgotten early (more than `max_keys` answers, or `max_bytes` of them, within the
+//!   window) behaves like a crash between job and answer: a repeat stores a second record with
+//!   the same message id (a duplicate an inbox drops, never a lost job). Forgetting is counted
+//!   ([`Idempotency::forgotten_early`]) and logged as a warning naming the bound.
 //!
 //! # Answers it did not write
 //! An answer given again tells the client its job is stored, so only answers this API could
@@ -86,6 +91,14 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// (`api.idempotency_max_keys`).
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
+/// How many bytes of answers a process keeps in memory unless configured: 64 MiB
+/// (`api.idempotency_max_bytes`).
+pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The bytes an answer counts beyond its strings: its map entry, its place in the order, the
+/// copies of its scope.
+pub const ENTRY_OVERHEAD: u64 = 160;
+
 /// How often a process reads answers other processes wrote.
 pub const REFRESH: Duration = Duration::from_millis(250);
 
@@ -102,6 +115,9 @@ pub struct IdempotencyOptions {
     /// Most answers kept in memory; beyond it the oldest are forgotten. Default:
     /// [`DEFAULT_MAX_KEYS`].
     pub max_keys: usize,
+    /// Most bytes of answers kept in memory; beyond it the oldest are forgotten. Default:
+    /// [`DEFAULT_MAX_BYTES`].
+    pub max_bytes: u64,
 }
 
 impl Default for IdempotencyOptions {
@@ -109,6 +125,7 @@ impl Default for IdempotencyOptions {
         IdempotencyOptions {
             window: DEFAULT_WINDOW,
             max_keys: DEFAULT_MAX_KEYS,
+            max_bytes: DEFAULT_MAX_BYTES,
         }
     }
 }
@@ -218,7 +235,17 @@ impl Entry {
 
 type Scope = (String, String);
 
-/// The answers in memory: first in the log wins, expiry after the window, at most `max_keys`.
+impl Entry {
+    /// What it costs in memory: its strings (the scope is held three times: in the map's key,
+    /// in the entry, in the order) and [`ENTRY_OVERHEAD`].
+    fn bytes(&self) -> u64 {
+        let scope = (self.topic.len() + self.key.len()) as u64;
+        (3 * scope + (self.fingerprint.len() + self.body.len()) as u64) + ENTRY_OVERHEAD
+    }
+}
+
+/// The answers in memory: first in the log wins, expiry after the window, at most `max_keys`
+/// answers and `max_bytes` bytes.
 /// Pure (time is a parameter), so its rules are unit-tested without waiting.
 #[derive(Debug, Default)]
 struct Table {
@@ -227,8 +254,10 @@ struct Table {
     order: VecDeque<(Scope, i64)>,
     /// The next record of the topic to read.
     next: i64,
-    /// Answers forgotten before their window ended (the cap).
+    /// Answers forgotten before their window ended (the caps).
     forgotten_early: u64,
+    /// The bytes of the answers in `entries` ([`Entry::bytes`]).
+    bytes: u64,
 }
 
 impl Table {
@@ -248,7 +277,10 @@ impl Table {
             return;
         }
         self.order.push_back((scope.clone(), entry.at_ms));
-        self.entries.insert(scope, entry);
+        self.bytes += entry.bytes();
+        if let Some(old) = self.entries.insert(scope, entry) {
+            self.bytes = self.bytes.saturating_sub(old.bytes());
+        }
         self.trim(now_ms, options);
     }
 
@@ -266,18 +298,21 @@ impl Table {
         }
     }
 
-    /// Forgets answers past the window, and the oldest beyond the cap.
+    /// Forgets answers past the window, and the oldest beyond the caps.
     fn trim(&mut self, now_ms: i64, options: &IdempotencyOptions) {
         let window_ms = window_ms(options);
         while let Some((scope, at)) = self.order.front() {
             let expired = at.saturating_add(window_ms) <= now_ms;
-            if !expired && self.entries.len() <= options.max_keys {
+            let over = self.entries.len() > options.max_keys || self.bytes > options.max_bytes;
+            if !expired && !over {
                 break;
             }
             let (scope, at) = (scope.clone(), *at);
             self.order.pop_front();
             if self.entries.get(&scope).is_some_and(|e| e.at_ms == at) {
-                self.entries.remove(&scope);
+                if let Some(old) = self.entries.remove(&scope) {
+                    self.bytes = self.bytes.saturating_sub(old.bytes());
+                }
                 if !expired {
                     self.forgotten_early += 1;
                 }
@@ -356,9 +391,15 @@ impl Idempotency {
         self.len() == 0
     }
 
-    /// Answers forgotten before their window ended, because more than `max_keys` were kept.
+    /// Answers forgotten before their window ended, because more than `max_keys` answers or
+    /// `max_bytes` bytes of them were kept.
     pub fn forgotten_early(&self) -> u64 {
         self.table().forgotten_early
+    }
+
+    /// The bytes of the answers in memory now (see [`ENTRY_OVERHEAD`]).
+    pub fn bytes(&self) -> u64 {
+        self.table().bytes
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -601,16 +642,18 @@ async fn refresh_loop(weak: Weak<Inner>) {
             }
             tracing::debug!(error = %e, "cannot read {IDEMPOTENCY_TOPIC}; trying again");
         }
-        let forgotten = inner
-            .table
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .forgotten_early;
+        let (forgotten, keys, bytes) = {
+            let t = inner.table.lock().unwrap_or_else(|e| e.into_inner());
+            (t.forgotten_early, t.entries.len(), t.bytes)
+        };
         if forgotten > warned {
             tracing::warn!(
                 forgotten,
+                keys,
+                bytes,
                 max_keys = inner.options.max_keys,
-                "idempotency answers forgotten before their window ended; raise api.idempotency_max_keys"
+                max_bytes = inner.options.max_bytes,
+                "idempotency answers forgotten before their window ended (a repeat of one stores its job again, with the same message id); raise api.idempotency_max_keys or api.idempotency_max_bytes, whichever is reached"
             );
             warned = forgotten;
         }
@@ -640,6 +683,7 @@ mod tests {
     const OPTS: IdempotencyOptions = IdempotencyOptions {
         window: Duration::from_secs(10),
         max_keys: 3,
+        max_bytes: u64::MAX,
     };
 
     #[test]
@@ -685,6 +729,39 @@ mod tests {
         // expiry empties it
         t.trim(100_000, &OPTS);
         assert!(t.entries.is_empty() && t.order.is_empty());
+    }
+
+    /// Answers are bounded by their bytes too: a batch's answer weighs what its ids weigh, so
+    /// a few big answers push out the oldest even below `max_keys`, and the bytes counted stay
+    /// within `max_bytes` (and back to 0 once all expire).
+    #[test]
+    fn memory_is_bounded_in_bytes_oldest_forgotten_first() {
+        let opts = IdempotencyOptions {
+            window: Duration::from_secs(10),
+            max_keys: 1000,
+            max_bytes: 10_000,
+        };
+        let mut t = Table::default();
+        let big = |k: &str, at: i64| Entry {
+            body: "x".repeat(3_000),
+            ..entry(k, k, at)
+        };
+        for (i, k) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            t.fold(big(k, 1_000 + i as i64), 1_000 + i as i64, &opts);
+            assert!(t.bytes <= opts.max_bytes, "{} bytes kept", t.bytes);
+        }
+        assert_eq!(
+            t.entries.len(),
+            3,
+            "three answers of ~3.2 KB fit 10,000 bytes"
+        );
+        assert!(t.live(&scope("a"), 1_010, 10_000).is_none());
+        assert!(t.live(&scope("e"), 1_010, 10_000).is_some());
+        assert_eq!(t.forgotten_early, 2);
+        let counted: u64 = t.entries.values().map(Entry::bytes).sum();
+        assert_eq!(t.bytes, counted);
+        t.trim(100_000, &opts);
+        assert_eq!((t.entries.len(), t.bytes), (0, 0));
     }
 
     #[test]
@@ -746,6 +823,7 @@ mod tests {
         let opts = IdempotencyOptions {
             window: Duration::from_secs(10),
             max_keys: 10,
+            max_bytes: DEFAULT_MAX_BYTES,
         };
         let idem = Idempotency::open(backend, opts).await.unwrap();
         for i in 0..200 {

@@ -8,13 +8,22 @@
 //!
 //! A client that disconnects while waiting is counted as `abandoned`; its reply, when it comes,
 //! is dropped and counted as `late`. Nothing is kept for a caller that has gone.
+//!
+//! # Bounded
+//! At most `api.max_waiting_requests` ([`DEFAULT_MAX_WAITING`]) requests wait at once in a
+//! process; one more is refused at once with `507 limit_reached` (naming the key), before
+//! anything is published. A waiting request costs the same few hundred bytes whatever it
+//! carries (its correlation id, its channel, its task: its job was published and dropped before
+//! it waits), plus its reply for the moment it is handed over, so the count bounds the bytes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::Json;
 use base64::Engine;
 use serde_json::{json, Map, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{field_of, AppState, JobRequest, JsonBody};
 use crate::error::ApiError;
@@ -23,6 +32,46 @@ use crate::error::ApiError;
 pub const DEFAULT_REPLY_TIMEOUT_MS: u64 = 10_000;
 /// The longest `reply_timeout_ms` a request may ask for: 60 s.
 pub const MAX_REPLY_TIMEOUT_MS: u64 = 60_000;
+/// How many requests may wait for their reply at once unless configured: 10,000
+/// (`api.max_waiting_requests`).
+pub const DEFAULT_MAX_WAITING: usize = 10_000;
+
+/// The bound on requests waiting at once (shared by the clones of the state).
+#[derive(Debug, Clone)]
+pub struct WaitingLimit {
+    max: usize,
+    permits: Arc<Semaphore>,
+}
+
+impl WaitingLimit {
+    /// At most `max` requests waiting at once.
+    pub fn new(max: usize) -> Self {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS);
+        WaitingLimit {
+            max,
+            permits: Arc::new(Semaphore::new(max)),
+        }
+    }
+
+    /// A place for one more waiting request (given back when dropped), or `507 limit_reached`.
+    fn take(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
+            ApiError::limit(
+                "api.max_waiting_requests",
+                format!(
+                    "{} requests are waiting for their reply, the most this process keeps (`api.max_waiting_requests`); nothing was published: retry once some are answered, or raise the bound",
+                    self.max
+                ),
+            )
+        })
+    }
+}
+
+impl Default for WaitingLimit {
+    fn default() -> Self {
+        WaitingLimit::new(DEFAULT_MAX_WAITING)
+    }
+}
 
 fn reply_timeout(v: Option<Value>) -> Result<u64, ApiError> {
     match v {
@@ -46,6 +95,8 @@ pub(super) async fn request(
     JsonBody(mut body): JsonBody<Map<String, Value>>,
 ) -> Result<Json<Value>, ApiError> {
     super::refuse_reserved(&topic)?;
+    // held until the answer is sent or the client goes (the handler is dropped)
+    let _waiting = s.waiting_requests.take()?;
     let timeout_ms = reply_timeout(body.remove("reply_timeout_ms"))?;
     let req: JobRequest = serde_json::from_value(Value::Object(body))
         .map_err(|e| ApiError::invalid(field_of(&e), e.to_string()))?;

@@ -12,6 +12,11 @@
 //!
 //! Every answer shows a schedule with its `source` (`config` or `api`) and its `next` tick
 //! (RFC 3339, UTC; `null` when the expression never matches again).
+//!
+//! A `PUT` that would take the schedules (the file's and the API's, this one replacing its
+//! namesake) past `[scheduler]`'s `max_schedules`, `max_schedule_bytes` or
+//! `max_ticks_per_minute` is refused with `507 limit_reached` naming the key; nothing is stored
+//! ([`conveyor_runtime::schedule::budget`]).
 
 use std::time::SystemTime;
 
@@ -171,6 +176,7 @@ pub(super) async fn put_schedule(
     let control = s.control().await?;
     control.refresh().await?;
     let existed = control.schedule(&name).is_some();
+    within_limits(&s, control, &schedule)?;
     control
         .append(&ControlEntry::put_schedule(schedule.clone()))
         .await?;
@@ -199,4 +205,33 @@ pub(super) async fn delete_schedule(
         .append(&ControlEntry::DeleteSchedule { name: name.clone() })
         .await?;
     Ok(Json(json!({ "name": name, "deleted": true })))
+}
+
+/// `507 limit_reached` when `schedule`, replacing its namesake, would take the schedules in
+/// force past the limits.
+fn within_limits(
+    s: &AppState,
+    control: &conveyor_runtime::control::Control,
+    schedule: &Schedule,
+) -> Result<(), ApiError> {
+    let others: Vec<Schedule> = control
+        .schedules()
+        .into_iter()
+        .filter(|a| a.name != schedule.name)
+        .collect();
+    let mut usage = schedule::Usage::default();
+    let all = schedule::effective(&s.configured_schedules, &others);
+    for c in all
+        .iter()
+        .chain(std::iter::once(schedule))
+        .filter_map(|s| s.compile().ok())
+    {
+        usage = usage.with(c.cost());
+    }
+    s.schedule_limits.check(usage).map_err(|e| {
+        ApiError::limit(
+            e.key,
+            format!("schedule `{}` was not stored: {e}", schedule.name),
+        )
+    })
 }
