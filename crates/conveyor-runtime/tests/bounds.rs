@@ -57,9 +57,7 @@ async fn the_scheduler_fires_only_the_schedules_within_its_limits() {
     let control = Control::open(Arc::clone(&backend)).await.unwrap();
     for name in ["a", "b"] {
         control
-            .append(&ControlEntry::PutSchedule {
-                schedule: every_second(name),
-            })
+            .append(&ControlEntry::put_schedule(every_second(name)))
             .await
             .unwrap();
     }

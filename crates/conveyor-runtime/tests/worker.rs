@@ -1037,7 +1037,6 @@ async fn a_transactional_worker_commits_when_its_outputs_reach_the_byte_bound() 
             Ok(())
         })
         .build();
-    let stats = worker.stats();
     let per_tx = conveyor_runtime::worker::TRANSACTION_BYTES.div_ceil(BYTES);
     let expected = (JOBS - (per_tx - 1)) as i64;
     let running = start(worker);

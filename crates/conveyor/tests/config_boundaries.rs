@@ -169,7 +169,12 @@ impl Run {
 
 /// One case of the extremes test: name, `[section]` lines, environment, the key an error must
 /// name (none: it must start and work).
-type Case = (&'static str, String, Vec<(&'static str, &'static str)>, &'static str);
+type Case = (
+    &'static str,
+    String,
+    Vec<(&'static str, &'static str)>,
+    &'static str,
+);
 
 /// `conveyor dev` with a value that feeds clock or size arithmetic at its extreme (the largest
 /// TOML integer, or `u64::MAX` through the environment): it refuses to start, naming the key,
