@@ -6,7 +6,8 @@
 #      `topics apply`, two `conveyor dev` processes failing over, the chaos run (two worker
 #      processes killed in turn while members join and leave), and cron schedules on two
 #      processes (each tick once; downtime with `missed = skip` and `once`), request/reply
-#      (1,000 concurrent requests, timeouts, late replies counted, a shared reply topic);
+#      (1,000 concurrent requests, timeouts, late replies counted, a shared reply topic), a
+#      schedule changed just before its tick, forged idempotency answers refused;
 #   2. three nodes (replication 3, min.insync.replicas 2): a partition leader killed with
 #      kill -9, then two of three brokers down;
 #   3. one node with SASL_SSL (SCRAM-SHA-512) and mutual-TLS listeners: the handshakes.
@@ -24,9 +25,9 @@ if [ "${1:-}" = "--single-node-tests" ]; then
   shift
   echo "live.sh: broker ${CONVEYOR_TEST_BROKERS} (Apache Kafka ${CONVEYOR_TEST_KAFKA_VERSION:-version not known: your own broker})" >&2
   cargo test -p conveyor-kafka --features live "$@" \
-    --test conformance_live --test transactions_live --test latest_live --test java_interop_live --test group_churn_live --test poison_live --test time_live --test request_live \
+    --test conformance_live --test transactions_live --test latest_live --test java_interop_live --test group_churn_live --test poison_live --test time_live --test request_live --test schedule_change_live \
     -- --nocapture
-  cargo test -p conveyor --features live "$@" --test kafka_topics_live --test kafka_failover --test signals -- --nocapture
+  cargo test -p conveyor --features live "$@" --test kafka_topics_live --test kafka_failover --test signals --test reserved_topics_live -- --nocapture
   cargo test -p conveyor --features live "$@" --test chaos -- chaos_kafka_live --nocapture
   cargo test -p conveyor --features live "$@" --test delayed -- live_kafka --nocapture
   cargo test -p conveyor --features live "$@" --test schedules_live -- --nocapture
