@@ -769,7 +769,8 @@ pub(crate) async fn delayed_jobs_of_one_key_start_in_due_order(
     let t = format!("{prefix}.keyorder");
     topic(&backend, &t, 3).await;
     // per key: (job index, ms late) in start order
-    let starts: Arc<Mutex<HashMap<String, Vec<(usize, i64)>>>> = Arc::default();
+    type Starts = Arc<Mutex<HashMap<String, Vec<(usize, i64)>>>>;
+    let starts: Starts = Arc::default();
     let s = Arc::clone(&starts);
     let w = start(
         builder(&backend, &format!("{prefix}.g"), &t)
@@ -878,4 +879,98 @@ pub(crate) async fn delayed_jobs_of_one_key_start_in_due_order(
         bad.join("\n")
     );
     w.stop().await;
+}
+
+/// A burst of delayed jobs waiting in the worker's memory does not stop it fetching: 200 jobs
+/// due in 4 s (below the shortest tier, 5 s here), then one job without a delay behind them in
+/// the same partition, to a worker with `max_buffered` 16. The job without a delay starts
+/// before any of the delayed ones (they are due 4 s later). The delayed jobs keep their own
+/// bound: with `max_delayed_bytes` at 8 KiB (about a dozen of them) the worker stops fetching
+/// at it, and the job without a delay starts only once delayed jobs ahead of it have.
+pub(crate) async fn delayed_jobs_in_memory_do_not_stop_fetching(
+    backend: Arc<dyn Backend>,
+    prefix: &str,
+) {
+    const DELAYED: usize = 200;
+    let five = DelayTiers::new(vec![Duration::from_secs(5)]).unwrap();
+    // (bound, how many delayed jobs started before the job without a delay)
+    let mut outcomes = Vec::new();
+    for (round, bound) in [(0, None), (1, Some(8 * 1024))] {
+        let t = format!("{prefix}.burst{round}");
+        topic(&backend, &t, 1).await;
+        let log: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
+        let l = Arc::clone(&log);
+        let mut b = Worker::builder(Arc::clone(&backend), format!("{prefix}.g{round}"), [&t])
+            .tiers(five.clone())
+            .concurrency(4)
+            .max_buffered(16)
+            .shutdown_timeout(Duration::from_secs(5))
+            .fallback(handler_fn(move |job: Job| {
+                let l = Arc::clone(&l);
+                async move {
+                    let due = job
+                        .record
+                        .headers
+                        .get_str(headers::DUE_AT)
+                        .and_then(headers::parse_time)
+                        .map(|t| t.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64);
+                    let late = due.map_or(0, |due| now_ms() - due);
+                    let name: String = job.json().unwrap_or_default();
+                    l.lock().unwrap().push((name, late));
+                    Outcome::Done
+                }
+            }));
+        if let Some(bytes) = bound {
+            b = b.max_delayed_bytes(bytes);
+        }
+        let w = start(b.build());
+        let client = Client::new(Arc::clone(&backend));
+        client
+            .enqueue(&t, NewJob::json("j", "warm-up").unwrap())
+            .await
+            .unwrap();
+        wait_for("the worker ran its first job", 60, || {
+            !log.lock().unwrap().is_empty()
+        })
+        .await;
+        log.lock().unwrap().clear();
+        let jobs: Vec<NewJob> = (0..DELAYED)
+            .map(|i| {
+                NewJob::json("j", &format!("d{i}"))
+                    .unwrap()
+                    .with_key(format!("k{i}"))
+                    .process_in(Duration::from_secs(4))
+            })
+            .collect();
+        client.enqueue_batch(&t, jobs).await.unwrap();
+        client
+            .enqueue(&t, NewJob::json("j", "now").unwrap())
+            .await
+            .unwrap();
+        wait_for("every job ran", 60, || log.lock().unwrap().len() > DELAYED).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let log = log.lock().unwrap().clone();
+        assert_eq!(log.len(), DELAYED + 1, "each job once: {log:?}");
+        for (name, late) in &log {
+            assert!(*late >= 0, "{name} ran {} ms early", -late);
+        }
+        let before = log.iter().position(|(n, _)| n == "now").unwrap();
+        outcomes.push((bound, before));
+        w.stop().await;
+    }
+    println!(
+        "{DELAYED} jobs due in 4 s, then one without a delay, max_buffered 16, on {}: delayed jobs that started before it: {} (max_delayed_bytes default), {} (8 KiB)",
+        backend.name(),
+        outcomes[0].1,
+        outcomes[1].1
+    );
+    assert_eq!(
+        outcomes[0].1, 0,
+        "the job without a delay waited behind {} delayed jobs: the delayed jobs waiting in memory filled the buffer and stopped the fetching",
+        outcomes[0].1
+    );
+    assert!(
+        outcomes[1].1 > 0,
+        "with max_delayed_bytes at 8 KiB the job without a delay still ran first: the bound did not stop the fetching"
+    );
 }
