@@ -75,6 +75,16 @@ async fn a_parked_key_at_the_bound_lets_go() {
     time::a_parked_key_at_the_bound_lets_go(backend(), &live::unique("time")).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_jobs_of_one_key_start_in_due_order() {
+    time::delayed_jobs_of_one_key_start_in_due_order(backend(), &live::unique("time")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_jobs_in_memory_do_not_stop_fetching() {
+    time::delayed_jobs_in_memory_do_not_stop_fetching(backend(), &live::unique("time")).await;
+}
+
 #[path = "../../conveyor-runtime/tests/support/unique.rs"]
 mod unique;
 

@@ -12,7 +12,8 @@
 //!    from just before the enqueue call to the start of its handler, and the next is sent only after
 //!    the handler started.
 //! 4. **Delayed**: `delayed_jobs` jobs enqueued at once with delays spread evenly over
-//!    `delayed_window` (through the delay tiers and the forwarder, as in production); each is
+//!    `delayed_window` (through the delay tiers and the forwarder, as in production), run by a
+//!    worker with `delayed_max_buffered` (a route's default, 256); each is
 //!    measured from its due time to the start of its handler (its lateness). A job that starts
 //!    before its due time is counted as early (the figure must be 0).
 //! 5. **Request/reply**: `request_jobs` requests sent one at a time to an idle worker that
@@ -47,6 +48,9 @@ pub struct BenchOptions {
     pub delayed_jobs: usize,
     /// The delays of the delayed phase are spread over this window. Default: 20 s.
     pub delayed_window: Duration,
+    /// The delayed phase's worker's `max_buffered`. Default: 256, a route's default in
+    /// `conveyor dev`, so the figure is what a route gets.
+    pub delayed_max_buffered: usize,
     /// Requests in the request/reply phase (0 skips it). Default: 2,000.
     pub request_jobs: usize,
 }
@@ -61,6 +65,7 @@ impl Default for BenchOptions {
             partitions: 8,
             delayed_jobs: 10_000,
             delayed_window: Duration::from_secs(20),
+            delayed_max_buffered: 256,
             request_jobs: 2_000,
         }
     }
@@ -341,8 +346,8 @@ async fn delayed(
         .await?;
     let n = opts.delayed_jobs;
     progress(format!(
-        "delayed: {n} jobs with delays spread over {:?}, through the delay tiers",
-        opts.delayed_window
+        "delayed: {n} jobs with delays spread over {:?}, through the delay tiers (max_buffered {})",
+        opts.delayed_window, opts.delayed_max_buffered
     ));
     let (tx, mut rx) = mpsc::unbounded_channel::<f64>();
     let (warm_tx, mut warm_rx) = mpsc::unbounded_channel::<()>();
@@ -352,7 +357,7 @@ async fn delayed(
         [topic.clone()],
     )
     .concurrency(opts.concurrency)
-    .max_buffered((opts.concurrency * 40).max(1024))
+    .max_buffered(opts.delayed_max_buffered)
     .handler(
         "delayed",
         handler_fn(move |job: Job| {

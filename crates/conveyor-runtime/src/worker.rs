@@ -29,9 +29,14 @@
 //! Time (see the README's "Delayed jobs, retries and deadlines"): a record whose `due_at` is
 //! ahead waits in memory when less than the shortest delay tier is left, and is otherwise moved
 //! to a delay tier ([`crate::tiers`]), from which the worker's [`Forwarder`] brings it back when
-//! due. A failed job whose backoff is longer than `retry_in_place_max` is moved the same way
-//! (its offset is then committed, so the partition moves on); by default its key stays held
-//! meanwhile, so later jobs of that key wait behind it, in memory, up to half of
+//! due. The jobs waiting in memory share one queue ordered by due time (`worker/due.rs`); each
+//! waits without its key and queues for it again when due, so a key's jobs waiting together
+//! start in due order, those due in the same millisecond in offset order. They count against
+//! `max_delayed_bytes`, not `max_buffered`, so a burst of them does not stop the fetching of
+//! the jobs behind them in the log, which may be due sooner (they have not run: a crash repeats
+//! none of them). A failed job whose backoff is longer than `retry_in_place_max` is moved the
+//! same way (its offset is then committed, so the partition moves on); by default its key stays
+//! held meanwhile, so later jobs of that key wait behind it, in memory, up to half of
 //! `max_buffered` per partition (then the partition pauses). A job past its `deadline` is
 //! dead-lettered (`deadline`) instead of run; one whose handler runs past the job's, its type's or
 //! the worker's timeout is cancelled. Cancelled jobs and paused topics come from the control
@@ -78,12 +83,16 @@ use std::time::SystemTime;
 mod attempt;
 mod backpressure;
 mod commit;
+mod due;
 mod run_loop;
 mod task;
 
 use attempt::*;
 use run_loop::*;
 use task::*;
+
+/// The default of [`WorkerOptions::max_delayed_bytes`]: 64 MiB.
+pub const DEFAULT_MAX_DELAYED_BYTES: usize = 64 * 1024 * 1024;
 
 /// How long the buffer may stay full before partitions are paused and polling resumes.
 const STALL: Duration = Duration::from_secs(1);
@@ -143,8 +152,16 @@ pub struct WorkerOptions {
     /// Handlers running at once. Default: 32.
     pub concurrency: usize,
     /// Records fetched but unfinished (running, waiting for their key, or waiting to retry) before
-    /// fetching pauses. Bounds memory and what a crash can redeliver. Default: 1024.
+    /// fetching pauses. Bounds memory and what a crash can redeliver. Delayed jobs waiting in
+    /// memory for their due time are not counted: see [`WorkerOptions::max_delayed_bytes`].
+    /// Default: 1024.
     pub max_buffered: usize,
+    /// Bytes of delayed jobs waiting in memory for their due time (each less than the shortest
+    /// delay tier away), counted as their records' bytes plus 512 per job, before fetching
+    /// pauses. They are apart from `max_buffered` so that a burst of them does not stop the
+    /// fetching of jobs due before them: they have not run, so a crash repeats none of them.
+    /// Default: 64 MiB.
+    pub max_delayed_bytes: usize,
     /// Retry policy for job types without their own. Default: [`RetryPolicy::default`].
     pub retry: RetryPolicy,
     /// Per job type retry policies.
@@ -197,6 +214,7 @@ impl WorkerOptions {
             topics: topics.into_iter().map(Into::into).collect(),
             concurrency: 32,
             max_buffered: 1024,
+            max_delayed_bytes: DEFAULT_MAX_DELAYED_BYTES,
             retry: RetryPolicy::default(),
             retry_by_type: HashMap::new(),
             dlq_suffix: ".dlq".into(),
@@ -267,6 +285,11 @@ impl WorkerBuilder {
     /// Sets the buffered-record limit.
     pub fn max_buffered(mut self, n: usize) -> Self {
         self.options.max_buffered = n.max(1);
+        self
+    }
+    /// Sets [`WorkerOptions::max_delayed_bytes`].
+    pub fn max_delayed_bytes(mut self, n: usize) -> Self {
+        self.options.max_delayed_bytes = n.max(1);
         self
     }
     /// Sets the default retry policy.
@@ -561,6 +584,7 @@ impl Worker {
             in_flight: HashMap::new(),
             running_by_partition,
             timers: JoinSet::new(),
+            due: due::DueQueue::default(),
             buffered: 0,
             epoch: 0,
             dirty: false,

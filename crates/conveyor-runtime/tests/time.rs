@@ -71,3 +71,15 @@ async fn a_parked_key_at_the_bound_lets_go() {
     let (_d, b) = backend();
     time::a_parked_key_at_the_bound_lets_go(b, "t").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_jobs_of_one_key_start_in_due_order() {
+    let (_d, b) = backend();
+    time::delayed_jobs_of_one_key_start_in_due_order(b, "t").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_jobs_in_memory_do_not_stop_fetching() {
+    let (_d, b) = backend();
+    time::delayed_jobs_in_memory_do_not_stop_fetching(b, "t").await;
+}

@@ -370,6 +370,9 @@ pub(crate) struct BenchArgs {
     /// The delayed phase spreads its delays over this many seconds.
     #[arg(long, default_value_t = 20)]
     pub(crate) delayed_window_secs: u64,
+    /// The delayed phase's `max_buffered` (the default is a route's).
+    #[arg(long, default_value_t = 256)]
+    pub(crate) delayed_max_buffered: usize,
     /// Requests for the request/reply phase (round trips, one at a time); 0 skips it.
     #[arg(long, default_value_t = 2_000)]
     pub(crate) request_jobs: usize,

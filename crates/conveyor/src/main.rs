@@ -466,6 +466,7 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         payload_bytes: args.payload_bytes,
         delayed_jobs: args.delayed_jobs,
         delayed_window: std::time::Duration::from_secs(args.delayed_window_secs),
+        delayed_max_buffered: args.delayed_max_buffered.max(1),
         request_jobs: args.request_jobs,
         ..BenchOptions::default()
     };

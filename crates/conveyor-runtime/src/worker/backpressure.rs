@@ -5,9 +5,10 @@
 use super::*;
 
 impl Scheduler {
-    /// Pauses a partition when the buffer has been full (`max_buffered` unfinished records) for
-    /// [`STALL`], or when half of it is jobs of this partition waiting behind a busy key (a key
-    /// stuck in retries must not starve the other partitions); resumes it once both fall to half.
+    /// Pauses a partition when the buffer has been full (`max_buffered` unfinished records, or
+    /// `max_delayed_bytes` of delayed jobs waiting in memory) for [`STALL`], or when half of it
+    /// is jobs of this partition waiting behind a busy key (a key stuck in retries must not
+    /// starve the other partitions); resumes it once both fall to half.
     /// Pausing costs a refetch on Kafka, so a buffer that is full only briefly just stops polling. Records are never
     /// dropped: a paused partition resumes where it stopped. Returns whether the worker is
     /// stalled (full for `STALL` or longer), in which case it polls while paused.
@@ -21,7 +22,8 @@ impl Scheduler {
             false => self.full_since = None,
         }
         let stalled = self.full_since.is_some_and(|t| t.elapsed() >= STALL);
-        let relieved = self.load() <= max_buffered / 2;
+        let relieved = self.load() <= max_buffered / 2
+            && self.due.bytes() <= self.shared.options.max_delayed_bytes / 2;
         let over_share = self.over_share(max_buffered);
         let mut pause = Vec::new();
         let mut resume = Vec::new();
@@ -106,7 +108,9 @@ impl Scheduler {
         let Some(p) = &self.shared.options.priorities else {
             return HashSet::new();
         };
-        if self.buffered * 4 < max_buffered * 3 {
+        // delayed jobs waiting in memory for their due time are not the buffer's
+        let buffered = self.buffered.saturating_sub(self.due.len());
+        if buffered * 4 < max_buffered * 3 {
             return HashSet::new();
         }
         let topics = &self.shared.options.topics;
@@ -114,6 +118,9 @@ impl Scheduler {
         let mut held: HashMap<&str, usize> = HashMap::new();
         for (tp, t) in &self.tracks {
             *held.entry(tp.topic.as_str()).or_default() += t.offsets.in_flight();
+        }
+        for (topic, n) in held.iter_mut() {
+            *n = n.saturating_sub(self.due.of_topic(topic));
         }
         topics
             .iter()

@@ -142,7 +142,7 @@ impl Scheduler {
     }
 
     pub(super) async fn drain(&mut self, timeout: Duration) {
-        let waiting = self.ready.len() + self.lanes.waiting() + self.timers.len();
+        let waiting = self.ready.len() + self.lanes.waiting() + self.timers.len() + self.due.len();
         tracing::info!(
             running = self.running.len(),
             handed_back = waiting,

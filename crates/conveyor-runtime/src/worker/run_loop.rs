@@ -24,6 +24,8 @@ pub(super) struct Scheduler {
     /// Running attempts per partition, shared with the revocation barrier.
     pub(super) running_by_partition: Arc<RunningCounts>,
     pub(super) timers: JoinSet<Task>,
+    /// Delayed jobs waiting in memory for their due time, in due order.
+    pub(super) due: due::DueQueue<Task>,
     pub(super) buffered: usize,
     pub(super) epoch: u64,
     pub(super) dirty: bool,
@@ -91,6 +93,7 @@ impl Scheduler {
                 self.sync_pauses();
                 self.expire_parked();
             }
+            self.release_due();
             self.dispatch();
             if !self.marking.is_empty() && self.marking_retry.is_none_or(|t| t <= Instant::now()) {
                 self.run_suspects().await;
@@ -108,6 +111,10 @@ impl Scheduler {
             // fill the whole buffer before backpressure looks at it
             let partition_cap = partition_share(opts.max_buffered);
             let commit_in = commit_interval.saturating_sub(self.last_commit.elapsed());
+            let due_in = self
+                .due
+                .next_due()
+                .map(|due| Duration::from_millis((due - millis(SystemTime::now())).max(0) as u64));
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
@@ -122,6 +129,7 @@ impl Scheduler {
                         self.back_from_timer(task);
                     }
                 }
+                () = tokio::time::sleep(due_in.unwrap_or_default()), if due_in.is_some() => self.release_due(),
                 // a full buffer stops polling; once full for STALL, partitions are paused and
                 // polling goes on (it serves rebalances and keeps the group membership)
                 polled = self.sub.poll(room.min(partition_cap).clamp(1, 512), Duration::from_millis(500)), if room > 0 || stalled => {
@@ -157,11 +165,16 @@ impl Scheduler {
     /// of holding ever more outputs. Outputs of [`HELD_OUTPUT_BYTES`] or more waiting fill it
     /// whatever their count (a job at a partition's commit point that runs long holds back the
     /// commit of everything after it).
+    /// Delayed jobs waiting in memory for their due time do not count (`max_delayed_bytes`
+    /// bounds them), unless they reach their bound: then it is full.
     pub(super) fn load(&self) -> usize {
-        if self.held_output_bytes() >= HELD_OUTPUT_BYTES {
+        if self.held_output_bytes() >= HELD_OUTPUT_BYTES
+            || self.due.bytes() >= self.shared.options.max_delayed_bytes
+        {
             return usize::MAX / 2;
         }
-        self.buffered + self.tracks.values().map(|t| t.outputs.len()).sum::<usize>()
+        self.buffered.saturating_sub(self.due.len())
+            + self.tracks.values().map(|t| t.outputs.len()).sum::<usize>()
     }
 
     /// Bytes of the outputs waiting for their commit (transactional; none otherwise).
@@ -194,6 +207,20 @@ impl Scheduler {
                 self.dirty = true;
                 self.unstored = true;
             }
+        }
+    }
+
+    /// Lets the delayed jobs that are due now go, in due order.
+    pub(super) fn release_due(&mut self) {
+        if self
+            .due
+            .next_due()
+            .is_none_or(|d| d > millis(SystemTime::now()))
+        {
+            return;
+        }
+        for task in self.due.pop_due(millis(SystemTime::now())) {
+            self.back_from_timer(task);
         }
     }
 
@@ -249,17 +276,16 @@ impl Scheduler {
                     self.release_lane(&task);
                     continue;
                 }
-                Gate::Hold(d) => {
+                Gate::Hold(due) => {
                     // a delayed job does not hold its key while it waits: the key's jobs run
-                    // in due order (a retry keeps its key: the key's order is the offsets')
+                    // in due order, ties in offset order (a retry back for its held key keeps
+                    // it: the key's order is the offsets')
                     let unlaned = !task.keeps_key && task.lane.is_some();
                     if unlaned {
                         self.release_lane(&task);
                     }
-                    self.timers.spawn(async move {
-                        tokio::time::sleep(d).await;
-                        Task { unlaned, ..task }
-                    });
+                    let cost = due::cost_of(&task.record);
+                    self.due.push(due, cost, Task { unlaned, ..task });
                     continue;
                 }
                 Gate::Paused => {
@@ -853,6 +879,12 @@ impl Scheduler {
                     self.lanes.remove_waiting(|t: &Task| {
                         t.record.partition == tp.partition && t.record.topic == tp.topic
                     });
+                    // delayed jobs of the partition waiting in memory go too (uncounted below)
+                    for t in self.due.remove_where(|t: &Task| t.record.tp() == *tp) {
+                        if !t.unlaned {
+                            self.release_lane(&t);
+                        }
+                    }
                     if let Some(track) = self.tracks.remove(tp) {
                         self.buffered -= track.offsets.in_flight();
                     }

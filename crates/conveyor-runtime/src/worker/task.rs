@@ -111,8 +111,9 @@ pub(super) enum Gate {
     Run,
     /// Finished without running, counted in this counter.
     Drop(fn(&WorkerStats) -> &AtomicU64),
-    /// Not due for this long, less than the shortest tier: waits in memory.
-    Hold(Duration),
+    /// Not due until this time (ms since the epoch), less than the shortest tier away (or it
+    /// may not move): waits in memory.
+    Hold(i64),
     /// Not due until this time (ms since the epoch): moved to a delay tier.
     Move(i64),
     /// Its deadline passed.
@@ -173,7 +174,7 @@ pub(super) fn due_gate(due: Option<i64>, now: i64, shortest: Duration, movable: 
             if movable && left >= shortest {
                 Gate::Move(due)
             } else {
-                Gate::Hold(left)
+                Gate::Hold(due)
             }
         }
         _ => Gate::Run,
@@ -236,7 +237,7 @@ mod tests {
         let now = 1_000_000;
         let is = |g: Gate| match g {
             Gate::Run => "run".to_owned(),
-            Gate::Hold(d) => format!("hold {}", d.as_millis()),
+            Gate::Hold(at) => format!("hold {}", at - now),
             Gate::Move(at) => format!("move {}", at - now),
             _ => "other".to_owned(),
         };

@@ -740,3 +740,237 @@ pub(crate) async fn a_parked_key_at_the_bound_lets_go(backend: Arc<dyn Backend>,
     .await;
     w.stop().await;
 }
+
+/// Pairs that started in the wrong order: `started` lists, in start order, each job's position
+/// in the order the jobs must start.
+fn inversions(started: &[usize]) -> usize {
+    let mut n = 0;
+    for (i, a) in started.iter().enumerate() {
+        n += started[i + 1..].iter().filter(|b| *b < a).count();
+    }
+    n
+}
+
+/// Per key, jobs start in the order they are due, and jobs due at the same time in the order
+/// they were enqueued (the README's per-key order for delayed jobs). Four keys of 50 jobs, each
+/// key's jobs enqueued in one batch, all at once:
+/// - `same`: one delay, below the shortest tier (they wait in the worker's memory);
+/// - `apart`: due 1 ms apart, in enqueue order;
+/// - `reversed`: due 1 ms apart, the later enqueued first: they start in due order;
+/// - `tier`: one delay long enough to pass through the shortest tier first.
+///
+/// The handler records each job's start; every key's starts must show zero inversions, and no
+/// job may start early.
+pub(crate) async fn delayed_jobs_of_one_key_start_in_due_order(
+    backend: Arc<dyn Backend>,
+    prefix: &str,
+) {
+    const N: usize = 50;
+    let t = format!("{prefix}.keyorder");
+    topic(&backend, &t, 3).await;
+    // per key: (job index, ms late) in start order
+    type Starts = Arc<Mutex<HashMap<String, Vec<(usize, i64)>>>>;
+    let starts: Starts = Arc::default();
+    let s = Arc::clone(&starts);
+    let w = start(
+        builder(&backend, &format!("{prefix}.g"), &t)
+            .fallback(handler_fn(move |job: Job| {
+                let s = Arc::clone(&s);
+                async move {
+                    let due = job
+                        .record
+                        .headers
+                        .get_str(headers::DUE_AT)
+                        .and_then(headers::parse_time)
+                        .map(|t| t.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64);
+                    let late = due.map_or(0, |due| now_ms() - due);
+                    let key = String::from_utf8_lossy(job.record.key.as_deref().unwrap_or(b""))
+                        .into_owned();
+                    let i: usize = job.json().unwrap_or(usize::MAX);
+                    s.lock().unwrap().entry(key).or_default().push((i, late));
+                    Outcome::Done
+                }
+            }))
+            .build(),
+    );
+    // the worker runs a job first (on Kafka, joining the group takes seconds)
+    let client = Client::new(Arc::clone(&backend));
+    client
+        .enqueue(&t, NewJob::json("j", &0usize).unwrap().with_key("warm-up"))
+        .await
+        .unwrap();
+    wait_for("the worker ran its first job", 60, || {
+        starts.lock().unwrap().contains_key("warm-up")
+    })
+    .await;
+    let base = SystemTime::now() + Duration::from_millis(900);
+    // per key: the job indices in the order they must start
+    let mut expected: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut batches = Vec::new();
+    for key in ["same", "apart", "reversed", "tier"] {
+        let jobs: Vec<NewJob> = (0..N)
+            .map(|i| {
+                let job = NewJob::json("j", &i).unwrap().with_key(key);
+                let ms = |ms: usize| Duration::from_millis(ms as u64);
+                match key {
+                    "same" => job.process_in(Duration::from_millis(800)),
+                    "apart" => job.process_at(base + ms(i)),
+                    "reversed" => job.process_at(base + ms(N - 1 - i)),
+                    // the test tiers are 1 s and 3 s: a second in the 1 s tier, then memory
+                    _ => job.process_in(Duration::from_millis(1800)),
+                }
+            })
+            .collect();
+        let order: Vec<usize> = match key {
+            "reversed" => (0..N).rev().collect(),
+            _ => (0..N).collect(),
+        };
+        expected.insert(key, order);
+        batches.push(jobs);
+    }
+    for (jobs, key) in batches
+        .into_iter()
+        .zip(["same", "apart", "reversed", "tier"])
+    {
+        let e = client.enqueue_batch(&t, jobs).await.unwrap();
+        assert_eq!(e.len(), N, "{key}");
+    }
+    wait_for("every job of the four keys ran", 60, || {
+        let s = starts.lock().unwrap();
+        expected
+            .keys()
+            .all(|k| s.get(*k).is_some_and(|v| v.len() >= N))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let starts = starts.lock().unwrap().clone();
+    let mut report = Vec::new();
+    let mut bad = Vec::new();
+    for (key, order) in &expected {
+        let got = &starts[*key];
+        assert_eq!(got.len(), N, "key {key} ran {} jobs: {got:?}", got.len());
+        for (i, late) in got {
+            assert!(*late >= 0, "key {key}: job {i} ran {} ms early", -late);
+        }
+        // each job named by its position in the expected order
+        let position: HashMap<usize, usize> =
+            order.iter().enumerate().map(|(p, i)| (*i, p)).collect();
+        let seq: Vec<usize> = got.iter().map(|(i, _)| position[i]).collect();
+        let n = inversions(&seq);
+        report.push(format!("{key}: {n} inversions"));
+        if n > 0 {
+            bad.push(format!(
+                "key {key}: {n} inversions; started {:?}",
+                got.iter().map(|(i, _)| *i).collect::<Vec<_>>()
+            ));
+        }
+    }
+    report.sort();
+    println!(
+        "{} jobs of 4 keys on {}: {}; {} moved to a tier",
+        4 * N,
+        backend.name(),
+        report.join(", "),
+        w.stats.delayed.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    assert!(
+        bad.is_empty(),
+        "delayed jobs of one key started out of due order:\n{}",
+        bad.join("\n")
+    );
+    w.stop().await;
+}
+
+/// A burst of delayed jobs waiting in the worker's memory does not stop it fetching: 200 jobs
+/// due in 4 s (below the shortest tier, 5 s here), then one job without a delay behind them in
+/// the same partition, to a worker with `max_buffered` 16. The job without a delay starts
+/// before any of the delayed ones (they are due 4 s later). The delayed jobs keep their own
+/// bound: with `max_delayed_bytes` at 8 KiB (about a dozen of them) the worker stops fetching
+/// at it, and the job without a delay starts only once delayed jobs ahead of it have.
+pub(crate) async fn delayed_jobs_in_memory_do_not_stop_fetching(
+    backend: Arc<dyn Backend>,
+    prefix: &str,
+) {
+    const DELAYED: usize = 200;
+    let five = DelayTiers::new(vec![Duration::from_secs(5)]).unwrap();
+    // (bound, how many delayed jobs started before the job without a delay)
+    let mut outcomes = Vec::new();
+    for (round, bound) in [(0, None), (1, Some(8 * 1024))] {
+        let t = format!("{prefix}.burst{round}");
+        topic(&backend, &t, 1).await;
+        let log: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
+        let l = Arc::clone(&log);
+        let mut b = Worker::builder(Arc::clone(&backend), format!("{prefix}.g{round}"), [&t])
+            .tiers(five.clone())
+            .concurrency(4)
+            .max_buffered(16)
+            .shutdown_timeout(Duration::from_secs(5))
+            .fallback(handler_fn(move |job: Job| {
+                let l = Arc::clone(&l);
+                async move {
+                    let due = job
+                        .record
+                        .headers
+                        .get_str(headers::DUE_AT)
+                        .and_then(headers::parse_time)
+                        .map(|t| t.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64);
+                    let late = due.map_or(0, |due| now_ms() - due);
+                    let name: String = job.json().unwrap_or_default();
+                    l.lock().unwrap().push((name, late));
+                    Outcome::Done
+                }
+            }));
+        if let Some(bytes) = bound {
+            b = b.max_delayed_bytes(bytes);
+        }
+        let w = start(b.build());
+        let client = Client::new(Arc::clone(&backend));
+        client
+            .enqueue(&t, NewJob::json("j", "warm-up").unwrap())
+            .await
+            .unwrap();
+        wait_for("the worker ran its first job", 60, || {
+            !log.lock().unwrap().is_empty()
+        })
+        .await;
+        log.lock().unwrap().clear();
+        let jobs: Vec<NewJob> = (0..DELAYED)
+            .map(|i| {
+                NewJob::json("j", &format!("d{i}"))
+                    .unwrap()
+                    .with_key(format!("k{i}"))
+                    .process_in(Duration::from_secs(4))
+            })
+            .collect();
+        client.enqueue_batch(&t, jobs).await.unwrap();
+        client
+            .enqueue(&t, NewJob::json("j", "now").unwrap())
+            .await
+            .unwrap();
+        wait_for("every job ran", 60, || log.lock().unwrap().len() > DELAYED).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let log = log.lock().unwrap().clone();
+        assert_eq!(log.len(), DELAYED + 1, "each job once: {log:?}");
+        for (name, late) in &log {
+            assert!(*late >= 0, "{name} ran {} ms early", -late);
+        }
+        let before = log.iter().position(|(n, _)| n == "now").unwrap();
+        outcomes.push((bound, before));
+        w.stop().await;
+    }
+    println!(
+        "{DELAYED} jobs due in 4 s, then one without a delay, max_buffered 16, on {}: delayed jobs that started before it: {} (max_delayed_bytes default), {} (8 KiB)",
+        backend.name(),
+        outcomes[0].1,
+        outcomes[1].1
+    );
+    assert_eq!(
+        outcomes[0].1, 0,
+        "the job without a delay waited behind {} delayed jobs: the delayed jobs waiting in memory filled the buffer and stopped the fetching",
+        outcomes[0].1
+    );
+    assert!(
+        outcomes[1].1 > 0,
+        "with max_delayed_bytes at 8 KiB the job without a delay still ran first: the bound did not stop the fetching"
+    );
+}
