@@ -348,7 +348,9 @@ fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        eprintln!("conveyor dev: {name}: draining (requests in flight get 5 s, running deliveries 25 s)");
+        eprintln!(
+            "conveyor dev: {name}: draining (requests in flight get 5 s, running deliveries 25 s)"
+        );
     })
 }
 

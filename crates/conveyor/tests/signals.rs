@@ -13,56 +13,50 @@ use std::time::Duration;
 
 use util::{free_port, post_jobs, receiver, start_dev, wait_for, wait_ok, Dev};
 
+/// A `conveyor dev` configuration in a temporary folder: the `backend` lines, the API on a free
+/// port, then `rest` (topics and routes); returns the folder, the file and the API's base URL.
+fn configure(backend: &str, rest: &str) -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("conveyor.toml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n{backend}\n[api]\nlisten = \"127.0.0.1:{port}\"\n{rest}",
+            data.display()
+        ),
+    )
+    .unwrap();
+    (dir, config, format!("http://127.0.0.1:{port}"))
+}
+
+/// Starts `conveyor dev` on `config` and waits until it is ready.
+async fn start(config: &std::path::Path, base: &str) -> Dev {
+    let child = start_dev(config);
+    wait_ok(base, "/readyz", Duration::from_secs(60)).await;
+    child
+}
+
 /// `backend`: the configuration lines choosing the backend (empty: embedded).
 async fn drains_on(signal: &str, backend: &str, topic: &str) {
     // each delivery takes 2 s; 8 run at once
     let (hook, received) = receiver(Duration::from_secs(2)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("conveyor.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"{}\"\n{backend}\n[api]\nlisten = \"127.0.0.1:{port}\"\n[[topics]]\nname = \"{topic}\"\npartitions = 4\n[[routes]]\ntopic = \"{topic}\"\nurl = \"http://{hook}/hook\"\nconcurrency = 8\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut child = start_dev(&config);
-    wait_ok(&base, "/readyz", Duration::from_secs(60)).await;
+    let (_dir, config, base) = configure(
+        backend,
+        &format!("[[topics]]\nname = \"{topic}\"\npartitions = 4\n[[routes]]\ntopic = \"{topic}\"\nurl = \"http://{hook}/hook\"\nconcurrency = 8\n"),
+    );
+    let mut child = start(&config, &base).await;
     let acked = post_jobs(&base, topic, "slow", 16, 4).await;
     assert_eq!(acked.len(), 16);
     wait_for(Duration::from_secs(60), "8 deliveries running", || {
         received.total() >= 8
     })
     .await;
-    let ok = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(40),
-            "conveyor dev did not stop after {signal}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "{signal}: exited by signal or with an error: {status:?}"
-    );
+    let took = terminate(&mut child, signal, Duration::from_secs(40)).await;
     let before_restart = received.ids();
 
-    let _child = start_dev(&config);
-    wait_ok(&base, "/readyz", Duration::from_secs(60)).await;
+    let _child = start(&config, &base).await;
     wait_for(
         Duration::from_secs(60),
         "every job delivered after the restart",
@@ -82,15 +76,16 @@ async fn drains_on(signal: &str, backend: &str, topic: &str) {
     );
     eprintln!(
         "{signal}: drained in {:.1} s, exit 0; {} of 16 delivered before the restart, none twice",
-        started.elapsed().as_secs_f64(),
+        took.as_secs_f64(),
         before_restart.len()
     );
 }
 
-/// Sends SIGTERM to `child` and waits for it to exit (at most `bound`); returns how long it took.
-async fn terminate(child: &mut Dev, bound: Duration) -> Duration {
+/// Sends `signal` (`-TERM`, `-INT`) to `child` and waits for it to exit with status 0 (at most
+/// `bound`); returns how long it took.
+async fn terminate(child: &mut Dev, signal: &str, bound: Duration) -> Duration {
     let ok = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
+        .args([signal, &child.0.id().to_string()])
         .status()
         .unwrap()
         .success();
@@ -102,7 +97,7 @@ async fn terminate(child: &mut Dev, bound: Duration) -> Duration {
         }
         assert!(
             started.elapsed() < bound,
-            "conveyor dev still running {bound:?} after SIGTERM"
+            "conveyor dev still running {bound:?} after {signal}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -134,23 +129,15 @@ async fn post_one(base: &str, topic: &str, body: serde_json::Value) -> String {
 /// job only, and every job behind it ran again: 50 of 50), and the two waiting jobs run.
 async fn a_clean_stop_repeats_no_finished_job(backend: &str, suffix: &str) {
     let (hook, received) = receiver(Duration::from_millis(0)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("conveyor.toml");
     let (held, retried) = (format!("held{suffix}"), format!("retried{suffix}"));
-    let mut toml = format!(
-        "data_dir = \"{}\"\n{backend}\n[api]\nlisten = \"127.0.0.1:{port}\"\n",
-        dir.path().join("data").display()
-    );
+    let mut routes = String::new();
     for topic in [&held, &retried] {
-        toml.push_str(&format!(
+        routes.push_str(&format!(
             "[[topics]]\nname = \"{topic}\"\npartitions = 1\n[[routes]]\ntopic = \"{topic}\"\nurl = \"http://{hook}/hook\"\nconcurrency = 4\n[routes.retry]\nmax_attempts = 5\ninitial_delay_ms = 4500\nmultiplier = 1.0\n"
         ));
     }
-    std::fs::write(&config, toml).unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut child = start_dev(&config);
-    wait_ok(&base, "/readyz", Duration::from_secs(60)).await;
+    let (_dir, config, base) = configure(backend, &routes);
+    let mut child = start(&config, &base).await;
     let due_soon = post_one(
         &base,
         &held,
@@ -190,11 +177,10 @@ async fn a_clean_stop_repeats_no_finished_job(backend: &str, suffix: &str) {
             ids.get(&flaky)
         );
     }
-    terminate(&mut child, Duration::from_secs(40)).await;
+    terminate(&mut child, "-TERM", Duration::from_secs(40)).await;
     drop(child);
 
-    let _child = start_dev(&config);
-    wait_ok(&base, "/readyz", Duration::from_secs(60)).await;
+    let _child = start(&config, &base).await;
     wait_for(
         Duration::from_secs(60),
         "the two waiting jobs after the restart",
@@ -220,20 +206,11 @@ async fn a_clean_stop_repeats_no_finished_job(backend: &str, suffix: &str) {
 /// job runs, and none of them twice (the review saw 728-896 repeated deliveries).
 async fn a_clean_stop_under_a_delayed_mixed_load(backend: &str, topic: &str) {
     let (hook, received) = receiver(Duration::from_millis(0)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("conveyor.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"{}\"\n{backend}\n[api]\nlisten = \"127.0.0.1:{port}\"\n[[topics]]\nname = \"{topic}\"\npartitions = 4\n[[routes]]\ntopic = \"{topic}\"\nurl = \"http://{hook}/hook\"\nconcurrency = 16\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut child = start_dev(&config);
-    wait_ok(&base, "/readyz", Duration::from_secs(60)).await;
+    let (_dir, config, base) = configure(
+        backend,
+        &format!("[[topics]]\nname = \"{topic}\"\npartitions = 4\n[[routes]]\ntopic = \"{topic}\"\nurl = \"http://{hook}/hook\"\nconcurrency = 16\n"),
+    );
+    let mut child = start(&config, &base).await;
     let http = reqwest::Client::new();
     let mut acked = Vec::new();
     for b in 0..40 {
@@ -266,10 +243,9 @@ async fn a_clean_stop_under_a_delayed_mixed_load(backend: &str, topic: &str) {
     assert_eq!(acked.len(), 4000);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = received.total();
-    terminate(&mut child, Duration::from_secs(40)).await;
+    terminate(&mut child, "-TERM", Duration::from_secs(40)).await;
     drop(child);
-    let _child = start_dev(&config);
-    wait_ok(&base, "/readyz", Duration::from_secs(60)).await;
+    let _child = start(&config, &base).await;
     wait_for(
         Duration::from_secs(90),
         "every job after the restart",
@@ -296,20 +272,9 @@ async fn a_clean_stop_under_a_delayed_mixed_load(backend: &str, topic: &str) {
 /// signals did nothing).
 async fn half_requests_do_not_hold_the_stop(backend: &str, topic: &str) {
     use tokio::io::AsyncWriteExt;
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("conveyor.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"{}\"\n{backend}\n[api]\nlisten = \"127.0.0.1:{port}\"\n[[topics]]\nname = \"{topic}\"\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut child = start_dev(&config);
-    wait_ok(&base, "/readyz", Duration::from_secs(60)).await;
+    let (_dir, config, base) = configure(backend, &format!("[[topics]]\nname = \"{topic}\"\n"));
+    let port = base.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let mut child = start(&config, &base).await;
     let mut open = Vec::new();
     for half in [
         format!("POST /v1/topics/{topic}/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: app"),
@@ -323,7 +288,7 @@ async fn half_requests_do_not_hold_the_stop(backend: &str, topic: &str) {
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let took = terminate(&mut child, Duration::from_secs(30)).await;
+    let took = terminate(&mut child, "-TERM", Duration::from_secs(30)).await;
     eprintln!(
         "stopped {:.1} s after SIGTERM with {} half requests open",
         took.as_secs_f64(),
