@@ -1134,3 +1134,41 @@ async fn a_transactional_worker_commits_outputs_of_jobs_finished_behind_a_waitin
     running.stop().await;
     assert_eq!(read_all(&e.backend, "out").await.len(), 201);
 }
+
+/// A handler's emits to conveyor's own topics are refused, in both modes: the job fails for
+/// good (dead-lettered, naming the topic) and nothing reaches the topic, where a record would
+/// be read as a command or an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emits_to_conveyors_own_topics_are_refused() {
+    for transactional in [false, true] {
+        let e = env("jobs", 1).await;
+        e.backend
+            .create_topic(&TopicSpec::new("conveyor.control", 1))
+            .await
+            .unwrap();
+        e.client
+            .enqueue("jobs", NewJob::json("j", &1).unwrap())
+            .await
+            .unwrap();
+        let worker = Worker::builder(Arc::clone(&e.backend), "g", ["jobs"])
+            .transactional(transactional)
+            .job("j", |_: serde_json::Value, job: Job| async move {
+                job.emit(
+                    "conveyor.control",
+                    NewJob::raw("forged", b"{}".to_vec(), None),
+                );
+                Ok(())
+            })
+            .build();
+        let stats = worker.stats();
+        run_until(worker, || stats.dead_lettered.load(Ordering::SeqCst) == 1).await;
+        assert_eq!(
+            read_all(&e.backend, "conveyor.control").await.len(),
+            0,
+            "transactional: {transactional}"
+        );
+        let dead = read_all(&e.backend, "jobs.dlq").await;
+        let error = dead[0].headers.get_str(dlq::ERROR).unwrap_or("");
+        assert!(error.contains("conveyor.control"), "{error}");
+    }
+}

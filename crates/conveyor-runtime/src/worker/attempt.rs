@@ -82,7 +82,16 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
                 shared.stats.done.fetch_add(1, Ordering::Relaxed);
                 return TaskResult::Finished;
             }
-            if shared.options.transactional {
+            // conveyor's own topics take nothing a handler emits (a record there would be read
+            // as a command or an answer); reply topics take the replies
+            let reserved = out.iter().find_map(|(t, _)| {
+                conveyor_core::topic::validate_reply_topic(t)
+                    .err()
+                    .filter(|_| conveyor_core::topic::is_reserved(t))
+            });
+            if let Some(e) = reserved {
+                Outcome::fail(format!("cannot publish the job's outputs: {e}"))
+            } else if shared.options.transactional {
                 match shared.check_outputs(&out).await {
                     Ok(()) => {
                         shared.stats.done.fetch_add(1, Ordering::Relaxed);

@@ -169,7 +169,7 @@ impl Scheduler {
     /// bounds them), unless they reach their bound: then it is full.
     pub(super) fn load(&self) -> usize {
         if self.held_output_bytes() >= HELD_OUTPUT_BYTES
-            || self.due.bytes() >= self.shared.options.max_delayed_bytes
+            || self.due.bytes() >= self.shared.options.max_delayed_bytes.max(1)
         {
             return usize::MAX / 2;
         }

@@ -294,7 +294,9 @@ impl Table {
     /// Forgets the live answer of `scope`, when it is still `entry` (one that failed its check).
     fn forget(&mut self, scope: &Scope, entry: &Entry) {
         if self.entries.get(scope).is_some_and(|e| e.same(entry)) {
-            self.entries.remove(scope);
+            if let Some(old) = self.entries.remove(scope) {
+                self.bytes = self.bytes.saturating_sub(old.bytes());
+            }
         }
     }
 
@@ -760,6 +762,12 @@ mod tests {
         assert_eq!(t.forgotten_early, 2);
         let counted: u64 = t.entries.values().map(Entry::bytes).sum();
         assert_eq!(t.bytes, counted);
+        // an answer that failed its check gives its bytes back (they once leaked, and the
+        // table then forgot every answer at once)
+        let e = t.entries.get(&scope("e")).unwrap().clone();
+        t.forget(&scope("e"), &e);
+        let counted: u64 = t.entries.values().map(Entry::bytes).sum();
+        assert_eq!((t.entries.len(), t.bytes), (2, counted));
         t.trim(100_000, &opts);
         assert_eq!((t.entries.len(), t.bytes), (0, 0));
     }

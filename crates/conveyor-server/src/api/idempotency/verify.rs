@@ -15,10 +15,12 @@
 //!   the record at that partition and offset carrying that message id. One read per partition
 //!   the answer names (a batch's jobs of one partition are read in one go), once per answer and
 //!   process: a repeat is rare, and an answer checked once is not checked again. An offset the
-//!   topic no longer retains (below its low watermark) passes: the job was there, and
-//!   retention removed it. A topic or partition that does not exist, an offset never written,
-//!   or another record (or none) at the offset fails: the answer is forgotten with a warning and
-//!   the request runs as a first one, storing its job with its usual message id.
+//!   topic no longer retains (below its low watermark) cannot be checked and fails too: a
+//!   forged answer could name one, and storing the job again (with the same message id, a
+//!   duplicate an inbox drops) is the safe side. A topic or partition that does not exist, an
+//!   offset never written, or another record (or none) at the offset fails: the answer is
+//!   forgotten with a warning and the request runs as a first one, storing its job with its
+//!   usual message id.
 
 use std::collections::BTreeMap;
 
@@ -122,7 +124,8 @@ pub(super) async fn stored(
             };
             if records.first().is_none_or(|r| r.offset > first) {
                 // the read did not start at `first`: below the low watermark (retention
-                // removed it: the job was there), past the end (never written), or a gap
+                // removed it, or a forged answer names it: it cannot be checked), past the end
+                // (never written), or a gap
                 let Some(w) = backend
                     .describe_topic(topic)
                     .await?
@@ -137,8 +140,10 @@ pub(super) async fn stored(
                     )));
                 }
                 if first < w.low {
-                    offsets.retain(|o, _| *o >= w.low);
-                    continue;
+                    return Ok(Err(format!(
+                        "{topic}/{partition}/{first} is no longer retained (the partition starts at {}): it cannot be checked",
+                        w.low
+                    )));
                 }
                 if records.is_empty() {
                     return Err(Error::Broker(format!(
