@@ -294,10 +294,7 @@ impl KafkaBackend {
         blocking(move || {
             let partitions = (0..n)
                 .map(|p| {
-                    let (low, high) = producer
-                        .client()
-                        .fetch_watermarks(&name, p, timeout)
-                        .map_err(broker)?;
+                    let (low, high) = watermarks(producer.client(), &name, p, timeout)?;
                     Ok(PartitionInfo {
                         partition: p,
                         low,
@@ -641,9 +638,7 @@ impl Backend for KafkaBackend {
             .map_err(broker)?;
         let (topic, timeout) = (topic.to_owned(), self.inner.config.request_timeout);
         blocking(move || {
-            let (low, high) = reader
-                .fetch_watermarks(&topic, partition, timeout)
-                .map_err(broker)?;
+            let (low, high) = watermarks(reader.client(), &topic, partition, timeout)?;
             let from = offset.max(low);
             let want = (high - from).clamp(0, max as i64) as usize;
             if want == 0 {
@@ -745,5 +740,29 @@ fn partly(stored: usize, total: usize, cause: Error) -> Error {
             total,
             cause: Box::new(cause),
         },
+    }
+}
+
+/// The watermarks of `topic`/`partition` through `client`. A partition the client's metadata
+/// does not know yet (a topic created a moment ago, by this process or another: seen on a fresh
+/// three-node cluster, where a start failed with `UnknownPartition`) is asked again for up to
+/// 2 s, the metadata refreshed in between, before it is an error.
+fn watermarks<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(i64, i64)> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match client.fetch_watermarks(topic, partition, timeout) {
+            Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownPartition))
+                if Instant::now() < deadline =>
+            {
+                let _ = client.fetch_metadata(Some(topic), timeout);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other.map_err(broker),
+        }
     }
 }
