@@ -210,7 +210,10 @@ async fn each_tick_runs_once_across_a_failover_and_downtime_follows_the_policy()
         let before: Vec<i64> = ticks.iter().copied().filter(|t| *t <= stopped_at).collect();
         assert_contiguous(&format!("{name}, before the downtime"), &before);
         assert!(
-            before.first().unwrap() < &killed_at && before.last().unwrap() > &(killed_at + 2000),
+            // a tick after the kill shows the takeover (the one due 3 s after the kill falls
+            // within milliseconds of the stop, so it is not required: a loaded run missed it by
+            // 3 ms); the contiguity above shows none was lost
+            before.first().unwrap() < &killed_at && before.last().unwrap() > &(killed_at + 1000),
             "{name}: ticks on both sides of the failover: {before:?} (killed at {killed_at})"
         );
         // the downtime's ticks: (last before, restart]
