@@ -200,15 +200,26 @@ impl ConsumerContext for GroupContext {
                 Some(_) => tracing::warn!("a current-thread runtime: this revocation does not wait for running jobs (use the multi-thread runtime to keep one key on one member at a time)"),
                 None => {}
             }
-            match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) => tracing::debug!(
-                    partitions = list.count(),
-                    "committed stored offsets before revocation"
-                ),
-                Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot commit stored offsets before revocation; the next owner repeats that work")
+            // a commit that fails (a loaded coordinator, a request timing out) is tried twice
+            // more within a second: the next owner repeats whatever it leaves out
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            loop {
+                match consumer.commit_consumer_state(CommitMode::Sync) {
+                    Ok(()) => tracing::debug!(
+                        partitions = list.count(),
+                        "committed stored offsets before revocation"
+                    ),
+                    Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        tracing::info!(error = %e, "cannot commit stored offsets before revocation; trying again");
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot commit stored offsets before revocation; the next owner repeats that work")
+                    }
                 }
+                break;
             }
         }
     }
