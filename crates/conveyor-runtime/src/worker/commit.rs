@@ -61,7 +61,11 @@ impl Scheduler {
                         t.offsets.committed(c.next_offset);
                         t.attempts.persisted();
                         t.done_changed = false;
-                        t.committed_outputs(outputs_to(&c));
+                        // only a transactional worker keeps outputs: no metadata to read back
+                        // on every commit of the others
+                        if !t.outputs.is_empty() {
+                            t.committed_outputs(outputs_to(&c));
+                        }
                     }
                 }
                 self.dirty = false;

@@ -198,10 +198,8 @@ impl Scheduler {
         let tp = task.record.tp();
         if let Some(track) = self.tracks.get_mut(&tp) {
             if track.epoch == task.epoch {
-                track.offsets.finished(task.record.offset);
+                track.finished(task.record.offset);
                 track.attempts.finish(task.record.offset);
-                // a job behind an unfinished one: the commit names it as finished
-                track.done_changed |= track.offsets.in_flight() > 0;
                 self.commit_now |= task.counted;
                 self.buffered -= 1;
                 self.dirty = true;
@@ -212,11 +210,7 @@ impl Scheduler {
 
     /// Lets the delayed jobs that are due now go, in due order.
     pub(super) fn release_due(&mut self) {
-        if self
-            .due
-            .next_due()
-            .is_none_or(|d| d > millis(SystemTime::now()))
-        {
+        if self.due.next_due().is_none() {
             return;
         }
         for task in self.due.pop_due(millis(SystemTime::now())) {
@@ -770,8 +764,7 @@ impl Scheduler {
                                 let _ = self.seen.is_copy(k, &tp, record.offset);
                             }
                         }
-                        track.offsets.finished(record.offset);
-                        track.done_changed |= track.offsets.in_flight() > 0;
+                        track.finished(record.offset);
                         self.dirty = true;
                         self.unstored = true;
                         self.shared

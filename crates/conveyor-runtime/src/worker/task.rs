@@ -62,6 +62,14 @@ impl Track {
         }
     }
 
+    /// The job at `offset` finished (done, dead-lettered, moved, or named finished by a previous
+    /// owner): its offset may be committed, and when an unfinished one stays before it, the
+    /// finished ranges the next commit names changed.
+    pub(super) fn finished(&mut self, offset: i64) {
+        self.offsets.finished(offset);
+        self.done_changed |= self.offsets.in_flight() > 0;
+    }
+
     /// The jobs finished past the commit point, `[from, to)` in order: this owner's, then the
     /// ones a previous owner named that this one has not fetched yet.
     pub(super) fn done_ranges(&self) -> Vec<(i64, i64)> {
