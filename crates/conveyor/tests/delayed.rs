@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
-use util::{conveyor, start_dev_on_a_free_port, wait_for};
+use util::{conveyor, post_batch, start_dev_on_a_free_port, wait_for};
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -77,21 +77,7 @@ async fn enqueue_delayed(base: &str, topic: &str, n: usize, max_delay_ms: u64) -
                 serde_json::json!({"type": "t", "key": format!("k{}", i % 50), "payload": {"i": i}, "delay_ms": x % max_delay_ms})
             })
             .collect();
-        let r = http
-            .post(format!("{base}/v1/topics/{topic}/jobs/batch"))
-            .json(&serde_json::json!({ "jobs": jobs }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), reqwest::StatusCode::CREATED);
-        let v: serde_json::Value = r.json().await.unwrap();
-        ids.extend(
-            v["jobs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|j| j["id"].as_str().unwrap().to_owned()),
-        );
+        ids.extend(post_batch(&http, base, topic, jobs).await);
     }
     ids
 }

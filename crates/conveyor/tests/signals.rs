@@ -11,7 +11,9 @@ mod util;
 use std::process::Command;
 use std::time::Duration;
 
-use util::{free_port, post_jobs, receiver, start_dev, wait_for, wait_ok, Dev};
+use util::{
+    free_port, post_batch, post_jobs, receiver, start_dev, wait_for, wait_ok, Dev, Received,
+};
 
 /// A `conveyor dev` configuration in a temporary folder: the `backend` lines, the API on a free
 /// port, then `rest` (topics and routes); returns the folder, the file and the API's base URL.
@@ -38,6 +40,26 @@ async fn start(config: &std::path::Path, base: &str) -> Dev {
     child
 }
 
+/// Starts `conveyor dev` on `config` again and waits until every job of `acked` was delivered
+/// (at most `timeout`), then 3 s more, when a repeat would arrive; returns the process and the
+/// deliveries per message id.
+async fn restart_until_delivered(
+    config: &std::path::Path,
+    base: &str,
+    received: &Received,
+    acked: &[String],
+    timeout: Duration,
+) -> (Dev, std::collections::HashMap<String, usize>) {
+    let child = start(config, base).await;
+    wait_for(timeout, "every job delivered after the restart", || {
+        let ids = received.ids();
+        acked.iter().all(|id| ids.contains_key(id))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // a repeat would arrive now
+    (child, received.ids())
+}
+
 /// `backend`: the configuration lines choosing the backend (empty: embedded).
 async fn drains_on(signal: &str, backend: &str, topic: &str) {
     // each delivery takes 2 s; 8 run at once
@@ -56,18 +78,8 @@ async fn drains_on(signal: &str, backend: &str, topic: &str) {
     let took = terminate(&mut child, signal, Duration::from_secs(40)).await;
     let before_restart = received.ids();
 
-    let _child = start(&config, &base).await;
-    wait_for(
-        Duration::from_secs(60),
-        "every job delivered after the restart",
-        || {
-            let ids = received.ids();
-            acked.iter().all(|id| ids.contains_key(id))
-        },
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(3)).await; // a repeat would arrive now
-    let ids = received.ids();
+    let (_child, ids) =
+        restart_until_delivered(&config, &base, &received, &acked, Duration::from_secs(60)).await;
     let twice: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
         twice.is_empty(),
@@ -224,39 +236,15 @@ async fn a_clean_stop_under_a_delayed_mixed_load(backend: &str, topic: &str) {
                 job
             })
             .collect();
-        let r = http
-            .post(format!("{base}/v1/topics/{topic}/jobs/batch"))
-            .json(&serde_json::json!({ "jobs": jobs }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), reqwest::StatusCode::CREATED);
-        let v: serde_json::Value = r.json().await.unwrap();
-        acked.extend(
-            v["jobs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|j| j["id"].as_str().unwrap().to_owned()),
-        );
+        acked.extend(post_batch(&http, &base, topic, jobs).await);
     }
     assert_eq!(acked.len(), 4000);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = received.total();
     terminate(&mut child, "-TERM", Duration::from_secs(40)).await;
     drop(child);
-    let _child = start(&config, &base).await;
-    wait_for(
-        Duration::from_secs(90),
-        "every job after the restart",
-        || {
-            let ids = received.ids();
-            acked.iter().all(|id| ids.contains_key(id))
-        },
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(3)).await; // a repeat would arrive now
-    let ids = received.ids();
+    let (_child, ids) =
+        restart_until_delivered(&config, &base, &received, &acked, Duration::from_secs(90)).await;
     let again = ids.values().filter(|n| **n > 1).count();
     eprintln!("{before} of 4000 delivered before SIGTERM; {again} delivered twice");
     assert!(

@@ -148,6 +148,30 @@ pub async fn post_jobs(
     all
 }
 
+/// Posts `jobs` (request bodies) as one batch to `topic`; returns their ids (anything but a
+/// `201` fails the test).
+pub async fn post_batch(
+    http: &reqwest::Client,
+    base: &str,
+    topic: &str,
+    jobs: Vec<serde_json::Value>,
+) -> Vec<String> {
+    let r = http
+        .post(format!("{base}/v1/topics/{topic}/jobs/batch"))
+        .json(&serde_json::json!({ "jobs": jobs }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// `GET url` with `http`, its body decoded as JSON (a transport or decoding error fails the test).
 pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
     http.get(url).send().await.unwrap().json().await.unwrap()
