@@ -8,7 +8,7 @@
 //! | `GET /v1/topics/{topic}/records?partition=&offset=&limit=` | read records (for `conveyor tail`) |
 //! | `POST /v1/topics:apply` | plan (`dry_run`) or apply topic specs: create, add partitions, change retention |
 //! | `POST /v1/topics/{topic}/dlq:replay` | dead letters of the dead-letter topic `{topic}` back to their topic as fresh jobs, once each (`conveyor_runtime::replay`) |
-//! | `GET /v1/groups/{group}/lag[?topic=]` | committed offsets and lag per partition |
+//! | `GET /v1/groups/{group}/lag[?topic=]` | committed offsets and lag per partition (`404 unknown_group` for a group that is neither a route's nor has committed offsets) |
 //! | `POST /v1/topics/{topic}/requests`, `GET /v1/requests/stats` | request/reply: publish a job and wait for its reply (504 `request_timeout` after the bound); this process's request counts (`api/requests.rs`) |
 //! | `GET /v1/schedules`, `GET/PUT/DELETE /v1/schedules/{name}` | cron schedules: list, read, create or replace, delete (those of the configuration file are read-only) |
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness (the backend answers) |
@@ -76,6 +76,13 @@ pub struct AppState {
     /// How many schedules, of how many bytes and ticks, `PUT /v1/schedules` lets the processes
     /// keep (`[scheduler]`'s `max_*`). Default: [`conveyor_runtime::schedule::ScheduleLimits::default`].
     pub schedule_limits: conveyor_runtime::schedule::ScheduleLimits,
+    /// The consumer groups this process runs (its routes'): pause and lag accept them before
+    /// they commit anything; any other group must have committed offsets.
+    pub known_groups: Arc<Vec<String>>,
+    /// The API tokens (`[[api.tokens]]`); none: the API is open.
+    pub tokens: crate::auth::Tokens,
+    /// What this process runs (`conveyor serve --role`), shown by `/readyz`. Default: `all`.
+    pub role: &'static str,
 }
 
 impl AppState {
@@ -94,6 +101,9 @@ impl AppState {
             max_reply_timeout: std::time::Duration::from_millis(requests::MAX_REPLY_TIMEOUT_MS),
             waiting_requests: requests::WaitingLimit::default(),
             schedule_limits: Default::default(),
+            known_groups: Arc::default(),
+            tokens: Default::default(),
+            role: "all",
         }
     }
 
@@ -120,7 +130,8 @@ impl AppState {
 /// The router.
 pub fn app(state: AppState) -> Router {
     let limit = state.max_body_bytes;
-    Router::new()
+    let tokens = state.tokens.clone();
+    let routes = Router::new()
         .route("/v1/topics/{topic}/jobs", post(enqueue))
         .route("/v1/topics/{topic}/jobs/batch", post(enqueue_batch))
         .route("/v1/topics", get(list_topics).post(create_topic))
@@ -152,10 +163,34 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
-        )
+        );
+    // every route above needs what `auth` says once a token is configured
+    let routes = match tokens.is_empty() {
+        true => routes,
+        false => routes.route_layer(axum::middleware::from_fn_with_state(
+            tokens,
+            crate::auth::authorize,
+        )),
+    };
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// The router of a process that serves no API (`conveyor serve --role workers|scheduler`): the
+/// probes only, for its orchestrator.
+pub fn probes(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(ready))
+        .fallback(|method: Method, uri: Uri| async move {
+            ApiError::NotFound(format!(
+                "{method} {}: this process serves no API (its role is workers or scheduler; run one with --role api or all)",
+                uri.path()
+            ))
+        })
         .with_state(state)
 }
 
@@ -357,6 +392,7 @@ impl JobRequest {
                 )
             })
         };
+        let mut due = None;
         match (self.delay_ms, self.run_at.as_deref()) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::invalid(
@@ -370,14 +406,33 @@ impl JobRequest {
                     format!("`delay_ms` must be 0 to {MAX_DELAY_MS} (366 days)"),
                 ))
             }
-            (Some(ms), None) => job = job.process_in(std::time::Duration::from_millis(ms as u64)),
+            (Some(ms), None) => {
+                let at = std::time::SystemTime::now() + std::time::Duration::from_millis(ms as u64);
+                due = Some(at);
+                job = job.process_at(at);
+            }
             (None, Some(at)) => {
-                job = job.process_at(time("run_at", at)?);
+                let at = time("run_at", at)?;
+                due = Some(at);
+                job = job.process_at(at);
             }
             (None, None) => {}
         }
         if let Some(d) = self.deadline.as_deref() {
-            job = job.deadline(time("deadline", d)?);
+            let deadline = time("deadline", d)?;
+            // a job whose deadline has passed (or passes before it is due) could only be
+            // dead-lettered: refused, so the caller learns it now rather than from a dead letter
+            let earliest = due.unwrap_or_else(std::time::SystemTime::now);
+            if deadline <= earliest.max(std::time::SystemTime::now()) {
+                return Err(ApiError::invalid(
+                    field("deadline"),
+                    match due {
+                        Some(_) => format!("`deadline` {d} is not after the time the job is due: it could never run; give a later deadline or an earlier `run_at`/`delay_ms`"),
+                        None => format!("`deadline` {d} is in the past: the job could never run; give a later deadline (RFC 3339 with an offset)"),
+                    },
+                ));
+            }
+            job = job.deadline(deadline);
         }
         match (self.unique_key, self.unique_for_ms) {
             (None, Some(_)) => {
@@ -676,6 +731,13 @@ async fn group_lag(
     query: Result<Query<LagQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    if let Some(topic) = &q.topic {
+        // an unknown topic says so before the group is looked for on it
+        if s.backend.describe_topic(topic).await?.is_none() {
+            return Err(conveyor_core::Error::UnknownTopic(topic.clone()).into());
+        }
+    }
+    control::known_group(&s, &group, q.topic.as_deref()).await?;
     let lags = match &q.topic {
         Some(topic) => vec![conveyor_runtime::group_lag(s.backend.as_ref(), &group, topic).await?],
         None => conveyor_runtime::lag::group_lag_all(s.backend.as_ref(), &group).await?,
@@ -773,7 +835,8 @@ async fn ready(State(s): State<AppState>) -> Response {
         return ApiError::BackendUnavailable(e.to_string()).into_response();
     }
     match s.backend.list_topics().await {
-        Ok(_) => Json(json!({"status": "ready", "backend": s.backend.name()})).into_response(),
+        Ok(_) => Json(json!({"status": "ready", "backend": s.backend.name(), "role": s.role}))
+            .into_response(),
         Err(e) => ApiError::BackendUnavailable(format!("the backend does not answer: {e}"))
             .into_response(),
     }

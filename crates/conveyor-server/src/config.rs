@@ -188,9 +188,35 @@ pub struct ApiConfig {
     /// Most `POST /v1/topics/{t}/requests` waiting for their reply at once in this process;
     /// beyond it a request is refused with `507 limit_reached`. Default: 10000.
     pub max_waiting_requests: usize,
+    /// The API tokens (`[[api.tokens]]`, see [`crate::auth`]). None: the API is open, which
+    /// `conveyor serve` allows only on loopback unless [`ApiConfig::allow_unauthenticated`].
+    pub tokens: Vec<crate::auth::TokenConfig>,
+    /// Lets `conveyor serve` listen beyond loopback without tokens (logged as a warning at
+    /// start). Default: false.
+    pub allow_unauthenticated: bool,
+    /// How long a client has to send a request's headers, from the connection's start or the
+    /// end of its previous answer (a kept-alive connection idle that long is closed), in
+    /// milliseconds. Default: 10000; 100 to 600000.
+    pub header_read_timeout_ms: u64,
+    /// Most open connections; a connection beyond it is answered `503` with `Retry-After: 1`
+    /// and closed. Default: 4096; 1 to 1000000 (each takes a file descriptor).
+    pub max_connections: usize,
+    /// Most requests handled at once; beyond it a request is answered `503 overloaded` with
+    /// `Retry-After: 1` at once, never queued. Requests waiting for a reply count too.
+    /// Default: 1024; 1 to 1000000.
+    pub max_requests_in_flight: usize,
 }
 
 impl ApiConfig {
+    /// The HTTP limits these settings give.
+    pub fn http_limits(&self) -> crate::http::HttpLimits {
+        crate::http::HttpLimits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            max_connections: self.max_connections,
+            max_requests_in_flight: self.max_requests_in_flight,
+        }
+    }
+
     /// The idempotency options these settings give.
     pub fn idempotency(&self) -> crate::api::idempotency::IdempotencyOptions {
         crate::api::idempotency::IdempotencyOptions {
@@ -213,6 +239,11 @@ impl Default for ApiConfig {
             idempotency_max_keys: crate::api::idempotency::DEFAULT_MAX_KEYS,
             idempotency_max_bytes: crate::api::idempotency::DEFAULT_MAX_BYTES,
             max_waiting_requests: crate::api::requests::DEFAULT_MAX_WAITING,
+            tokens: Vec::new(),
+            allow_unauthenticated: false,
+            header_read_timeout_ms: 10_000,
+            max_connections: 4096,
+            max_requests_in_flight: 1024,
         }
     }
 }
@@ -422,10 +453,24 @@ impl Config {
             None => {}
         }
         let fig = fig.merge(EnvList { vars: env.to_vec() });
-        let config: Config = fig
+        let mut config: Config = fig
             .extract()
             .map_err(|e| ConfigError::Parse(format_figment(e)))?;
         config.validate()?;
+        // tokens read from the environment are kept only as their hash from here on
+        let lookup = |var: &str| env.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone());
+        crate::auth::Tokens::new(&config.api.tokens, lookup).map_err(|(i, key, e)| {
+            ConfigError::Invalid {
+                key: format!("api.tokens[{i}].{key}"),
+                message: e.0,
+            }
+        })?;
+        for t in &mut config.api.tokens {
+            if let Some(token) = t.env.as_deref().and_then(lookup) {
+                t.sha256 = Some(crate::auth::hash_hex(&token));
+                t.env = None;
+            }
+        }
         Ok(config)
     }
 

@@ -7,7 +7,9 @@
 //! | code | status |
 //! |---|---|
 //! | `malformed_json`, `invalid_idempotency_key` | 400 |
-//! | `not_found`, `unknown_topic`, `unknown_schedule` | 404 |
+//! | `unauthenticated` (no token, or one that is not configured; with `WWW-Authenticate: Bearer`) | 401 |
+//! | `forbidden` (the token's roles or topics do not cover the operation) | 403 |
+//! | `not_found`, `unknown_topic`, `unknown_schedule`, `unknown_group` | 404 |
 //! | `method_not_allowed` | 405 |
 //! | `topic_conflict`, `plan_refused`, `schedule_in_config` | 409 |
 //! | `payload_too_large` | 413 |
@@ -16,7 +18,7 @@
 //! | `internal` | 500 |
 //! | `unsupported` | 501 |
 //! | `request_failed` | 502 |
-//! | `backend_unavailable` | 503 |
+//! | `backend_unavailable`, `overloaded` (with `Retry-After`: too many requests in flight) | 503 |
 //! | `limit_reached` | 507 |
 //! | `request_timeout` | 504 |
 
@@ -45,6 +47,19 @@ pub enum ApiError {
     /// No schedule of that name.
     #[error("{0}")]
     UnknownSchedule(String),
+    /// No consumer group of that name (none configured, none with committed offsets).
+    #[error("{0}")]
+    UnknownGroup(String),
+    /// No bearer token, or one that is not configured.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The token does not allow the operation.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many requests in flight (`api.max_requests_in_flight`): answered at once with
+    /// `Retry-After`, never queued.
+    #[error("{0}")]
+    Overloaded(String),
     /// The schedule is defined in the configuration file, which the API does not change.
     #[error("{0}")]
     ScheduleInConfig(String),
@@ -134,6 +149,10 @@ impl ApiError {
             ApiError::UnknownTopic(_) => ApiError::UnknownTopic(message),
             ApiError::UnknownPartition(_) => ApiError::UnknownPartition(message),
             ApiError::UnknownSchedule(_) => ApiError::UnknownSchedule(message),
+            ApiError::UnknownGroup(_) => ApiError::UnknownGroup(message),
+            ApiError::Unauthenticated(_) => ApiError::Unauthenticated(message),
+            ApiError::Forbidden(_) => ApiError::Forbidden(message),
+            ApiError::Overloaded(_) => ApiError::Overloaded(message),
             ApiError::ScheduleInConfig(_) => ApiError::ScheduleInConfig(message),
             ApiError::MethodNotAllowed => ApiError::MethodNotAllowed,
             ApiError::TopicConflict(_) => ApiError::TopicConflict(message),
@@ -162,6 +181,10 @@ impl ApiError {
             ApiError::UnknownTopic(_) => "unknown_topic",
             ApiError::UnknownPartition(_) => "unknown_partition",
             ApiError::UnknownSchedule(_) => "unknown_schedule",
+            ApiError::UnknownGroup(_) => "unknown_group",
+            ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Overloaded(_) => "overloaded",
             ApiError::ScheduleInConfig(_) => "schedule_in_config",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::TopicConflict(_) => "topic_conflict",
@@ -191,7 +214,10 @@ impl ApiError {
             ApiError::NotFound(_)
             | ApiError::UnknownTopic(_)
             | ApiError::UnknownPartition(_)
-            | ApiError::UnknownSchedule(_) => StatusCode::NOT_FOUND,
+            | ApiError::UnknownSchedule(_)
+            | ApiError::UnknownGroup(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TopicConflict(_)
             | ApiError::DuplicateJob(_)
@@ -203,7 +229,7 @@ impl ApiError {
             ApiError::InvalidField { .. } | ApiError::IdempotencyKeyReused(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            ApiError::BackendUnavailable(_) | ApiError::RouteDown(_) => {
+            ApiError::BackendUnavailable(_) | ApiError::RouteDown(_) | ApiError::Overloaded(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -258,11 +284,30 @@ impl IntoResponse for ApiError {
             ApiError::LimitReached { limit, .. } => {
                 tracing::warn!(limit, message = %self, "request refused: a bound is reached")
             }
+            // counted, not logged one line each: a flood would flood the log too
+            ApiError::Overloaded(_) => {}
             _ if self.status().is_server_error() => {
                 tracing::error!(code = self.code(), message = %self, "request failed")
             }
             _ => {}
         }
-        (self.status(), Json(json!({ "error": body }))).into_response()
+        let mut response = (self.status(), Json(json!({ "error": body }))).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Unauthenticated(_) => {
+                headers.insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer realm=\"conveyor\""),
+                );
+            }
+            ApiError::Overloaded(_) => {
+                headers.insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from_static("1"),
+                );
+            }
+            _ => {}
+        }
+        response
     }
 }

@@ -12,7 +12,7 @@ pub use replay::ReplayOptions;
 #[non_exhaustive]
 pub enum RemoteError {
     /// The server could not be reached.
-    #[error("cannot reach conveyor at {url}: {source}; is `conveyor dev` running? (set --url or CONVEYOR_URL)")]
+    #[error("cannot reach conveyor at {url}: {source}; is `conveyor dev` or `conveyor serve` running? (set --url or CONVEYOR_URL)")]
     Unreachable {
         /// The base URL.
         url: String,
@@ -48,6 +48,26 @@ impl ApiClient {
             base: base.into().trim_end_matches('/').to_owned(),
             http: reqwest::Client::new(),
         }
+    }
+
+    /// Sends `token` as `Authorization: Bearer` with every request (none: no header). The
+    /// header is marked sensitive, so it is never logged.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        let Some(token) = token else { return self };
+        let mut value =
+            match reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim())) {
+                Ok(v) => v,
+                // not a header value (a control character): sent as is it would be refused
+                // anyway; without it the server answers 401 and says what to send
+                Err(_) => return self,
+            };
+        value.set_sensitive(true);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        if let Ok(http) = reqwest::Client::builder().default_headers(headers).build() {
+            self.http = http;
+        }
+        self
     }
 
     async fn call<T: DeserializeOwned>(

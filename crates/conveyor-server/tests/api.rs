@@ -19,6 +19,10 @@ struct Api {
 }
 
 async fn api() -> Api {
+    api_with(|_| {}).await
+}
+
+async fn api_with(f: impl FnOnce(&mut AppState)) -> Api {
     let dir = tempfile::tempdir().unwrap();
     let backend: Arc<dyn Backend> =
         Arc::new(EmbeddedBackend::open(EmbeddedConfig::new(dir.path())).unwrap());
@@ -29,6 +33,7 @@ async fn api() -> Api {
     let mut state = AppState::new(Arc::clone(&backend));
     state.max_body_bytes = 64 * 1024;
     state.max_batch = 10;
+    f(&mut state);
     Api {
         _dir: dir,
         routes: Arc::clone(&state.routes),
@@ -374,9 +379,13 @@ async fn topics_health_readiness_records_and_openapi() {
             "{bad}"
         );
     }
+    // a group that is neither configured nor has committed offsets names nothing real
     let (s, v) = send(&a, "GET", "/v1/groups/g/lag?topic=orders", None, "").await;
-    assert_eq!(s, StatusCode::OK);
-    assert_eq!(v["lag"], 1);
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::NOT_FOUND, "unknown_group"),
+        "{v}"
+    );
 
     let (s, v) = send(&a, "GET", "/healthz", None, "").await;
     assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("ok")));
@@ -532,11 +541,11 @@ async fn lag_per_partition_and_for_every_committed_topic() {
         .map(|i| Record::new("x").with_partition(i % 3))
         .collect();
     a.backend.publish("emails", records).await.unwrap();
-    let (_, v) = send(&a, "GET", "/v1/groups/g/lag", None, "").await;
+    let (s, v) = send(&a, "GET", "/v1/groups/g/lag", None, "").await;
     assert_eq!(
-        v["topics"],
-        json!([]),
-        "a group with no commits has no topics"
+        (s, code(&v)),
+        (StatusCode::NOT_FOUND, "unknown_group"),
+        "a group with no commits that no route runs: {v}"
     );
 
     let mut sub = a
@@ -827,22 +836,23 @@ async fn times_with_offsets_mean_the_instant_they_name() {
         ("2030-12-06T23:30:16.5-05:00", "2030-12-07T04:30:16.500Z"),
         ("2030-12-07 04:30:16Z", "2030-12-07T04:30:16.000Z"),
     ] {
-        let (s, v) = post(
-            &api,
-            "/v1/topics/emails/jobs",
-            json!({"type": "t", "payload": {}, "run_at": form, "deadline": form}),
-        )
-        .await;
-        assert_eq!(s, StatusCode::CREATED, "{form}: {v}");
-        let p = v["partition"].as_i64().unwrap() as i32;
-        let r = api
-            .backend
-            .fetch("emails", p, v["offset"].as_i64().unwrap(), 1)
-            .await
-            .unwrap();
-        let h = &r[0].headers;
-        assert_eq!(h.get_str("due_at"), Some(utc), "run_at {form}");
-        assert_eq!(h.get_str("deadline"), Some(utc), "deadline {form}");
+        // one job each: a deadline at the time the job is due is refused (it could never run)
+        for (field, header) in [("run_at", "due_at"), ("deadline", "deadline")] {
+            let (s, v) = post(
+                &api,
+                "/v1/topics/emails/jobs",
+                json!({"type": "t", "payload": {}, field: form}),
+            )
+            .await;
+            assert_eq!(s, StatusCode::CREATED, "{field} {form}: {v}");
+            let p = v["partition"].as_i64().unwrap() as i32;
+            let r = api
+                .backend
+                .fetch("emails", p, v["offset"].as_i64().unwrap(), 1)
+                .await
+                .unwrap();
+            assert_eq!(r[0].headers.get_str(header), Some(utc), "{field} {form}");
+        }
     }
     for field in ["run_at", "deadline"] {
         let (s, v) = post(
@@ -858,10 +868,40 @@ async fn times_with_offsets_mean_the_instant_they_name() {
 
 #[tokio::test]
 async fn cancel_pause_and_resume_go_to_the_control_log() {
-    let api = api().await;
-    let (s, v) = send(&api, "DELETE", "/v1/jobs/0193-abc", None, Body::empty()).await;
+    let api = api_with(|s| s.known_groups = Arc::new(vec!["g1".into()])).await;
+    // not an id: refused, nothing written (it was once "cancelled", exit 0)
+    let (s, v) = send(&api, "DELETE", "/v1/jobs/hello", None, Body::empty()).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+        "{v}"
+    );
+    assert_eq!(v["error"]["field"], "id");
+    let id = "0193a3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b";
+    let (s, v) = send(
+        &api,
+        "DELETE",
+        &format!("/v1/jobs/{id}"),
+        None,
+        Body::empty(),
+    )
+    .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     assert_eq!(v["cancelled"], true);
+    // a misspelled group is refused: no route runs it and it never committed
+    let (s, v) = send(
+        &api,
+        "POST",
+        "/v1/groups/g1-typo/topics/emails:pause",
+        None,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::NOT_FOUND, "unknown_group"),
+        "{v}"
+    );
     let (s, v) = send(
         &api,
         "POST",

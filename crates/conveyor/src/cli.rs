@@ -27,6 +27,25 @@ pub(crate) enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Run conveyor in production: the API, the route workers and the scheduler, or one of
+    /// them (`--role`), from an explicit configuration file.
+    Serve {
+        /// Configuration file (required: production runs name theirs).
+        #[arg(long, short, env = "CONVEYOR_CONFIG")]
+        config: PathBuf,
+        /// What this process runs: api, workers, scheduler or all.
+        #[arg(long, default_value = "all")]
+        role: conveyor_server::serve::Role,
+        /// Address for the API or, for the workers and scheduler roles, the probes (overrides
+        /// `api.listen`).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// API tokens: create one, or hash one for `[[api.tokens]]`.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
     /// Enqueue one job through the HTTP API.
     Enqueue {
         /// The topic.
@@ -343,11 +362,34 @@ pub(crate) enum TopicsCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokensCommand {
+    /// Print a new random token and its `[[api.tokens]]` entry (the server keeps only the
+    /// hash; the token is shown once).
+    Create {
+        /// A name for the token (shown in logs and errors, never the token).
+        #[arg(long)]
+        name: String,
+        /// Its roles: read, enqueue, admin (repeat or separate with commas).
+        #[arg(long = "role", value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+        /// For enqueue: the topics it may enqueue to (exact, or a prefix ending in `*`).
+        #[arg(long = "topic", value_delimiter = ',')]
+        topics: Vec<String>,
+    },
+    /// Print the SHA-256 of a token read from standard input, for `sha256` in `[[api.tokens]]`.
+    Hash,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct Server {
     /// The conveyor API.
     #[arg(long, env = "CONVEYOR_URL", default_value = "http://127.0.0.1:8080")]
     pub(crate) url: String,
+    /// The API token (sent as `Authorization: Bearer`); from the environment only, so it never
+    /// shows in a process list.
+    #[arg(skip = std::env::var("CONVEYOR_TOKEN").ok().filter(|t| !t.trim().is_empty()))]
+    pub(crate) token: Option<String>,
 }
 
 #[derive(Debug, Args)]

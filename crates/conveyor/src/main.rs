@@ -14,10 +14,11 @@ use conveyor_embedded::{Durability, EmbeddedBackend, EmbeddedConfig};
 use conveyor_kafka::KafkaBackend;
 use conveyor_runtime::bench::{self, BenchOptions};
 use conveyor_server::remote::ApiClient;
+use conveyor_server::serve::{Exposure, Role};
 use conveyor_server::Config;
 use serde_json::{json, Value};
 
-use cli::{BenchArgs, Cli, Command, DlqCommand, SchedulesCommand, TopicsCommand};
+use cli::{BenchArgs, Cli, Command, DlqCommand, SchedulesCommand, TokensCommand, TopicsCommand};
 
 #[tokio::main]
 async fn main() {
@@ -43,6 +44,50 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             data_dir,
         } => dev(config, listen, data_dir).await,
+        Command::Serve {
+            config,
+            role,
+            listen,
+        } => serve(config, role, listen).await,
+        Command::Tokens {
+            command:
+                TokensCommand::Create {
+                    name,
+                    roles,
+                    topics,
+                },
+        } => {
+            let token = conveyor_server::auth::generate();
+            let roles: Vec<String> = roles.iter().map(|r| format!("{r:?}")).collect();
+            for r in &roles {
+                if !["\"read\"", "\"enqueue\"", "\"admin\""].contains(&r.as_str()) {
+                    bail!("--role {r} is not a role: use read, enqueue or admin");
+                }
+            }
+            eprintln!("the token (shown once; give it to the client as CONVEYOR_TOKEN or `Authorization: Bearer`):");
+            println!("{token}");
+            eprintln!("\nits entry for conveyor.toml (the server keeps only the hash):\n");
+            eprintln!(
+                "[[api.tokens]]\nname = {name:?}\nroles = [{}]",
+                roles.join(", ")
+            );
+            if !topics.is_empty() {
+                let topics: Vec<String> = topics.iter().map(|t| format!("{t:?}")).collect();
+                eprintln!("topics = [{}]", topics.join(", "));
+            }
+            eprintln!("sha256 = {:?}", conveyor_server::auth::hash_hex(&token));
+            Ok(())
+        }
+        Command::Tokens {
+            command: TokensCommand::Hash,
+        } => {
+            let token = std::io::read_to_string(std::io::stdin())?;
+            if token.trim().is_empty() {
+                bail!("no token on standard input: `echo -n \"$TOKEN\" | conveyor tokens hash`");
+            }
+            println!("{}", conveyor_server::auth::hash_hex(&token));
+            Ok(())
+        }
         Command::Enqueue {
             topic,
             job_type,
@@ -92,7 +137,7 @@ async fn run(cli: Cli) -> Result<()> {
             if let Some(d) = unique_for {
                 body["unique_for_ms"] = json!(std::time::Duration::from(d).as_millis() as u64);
             }
-            let api = ApiClient::new(server.url);
+            let api = ApiClient::new(server.url).with_token(server.token);
             let at = match idempotency_key {
                 Some(k) => api.enqueue_idempotent(&topic, &body, &k).await?,
                 None => api.enqueue(&topic, &body).await?,
@@ -101,7 +146,10 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Cancel { id, server } => {
-            ApiClient::new(server.url).cancel(&id).await?;
+            ApiClient::new(server.url)
+                .with_token(server.token)
+                .cancel(&id)
+                .await?;
             println!("cancelled {id}: it will not run if it has not started");
             Ok(())
         }
@@ -111,6 +159,7 @@ async fn run(cli: Cli) -> Result<()> {
             server,
         } => {
             ApiClient::new(server.url)
+                .with_token(server.token)
                 .pause(&group, &topic, true)
                 .await?;
             println!("paused {topic} for group {group}: running jobs finish, no new ones start until `conveyor resume {group} {topic}`");
@@ -122,6 +171,7 @@ async fn run(cli: Cli) -> Result<()> {
             server,
         } => {
             ApiClient::new(server.url)
+                .with_token(server.token)
                 .pause(&group, &topic, false)
                 .await?;
             println!("resumed {topic} for group {group}");
@@ -130,7 +180,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Topics {
             command: TopicsCommand::List { server },
         } => {
-            let answer = ApiClient::new(server.url).list_topics().await?;
+            let answer = ApiClient::new(server.url)
+                .with_token(server.token)
+                .list_topics()
+                .await?;
             let topics: Vec<conveyor_core::TopicInfo> =
                 serde_json::from_value(answer["topics"].clone())
                     .context("unexpected topic list from the API")?;
@@ -145,7 +198,15 @@ async fn run(cli: Cli) -> Result<()> {
                     yes,
                     server,
                 },
-        } => apply_topics(ApiClient::new(server.url), &file, dry_run, yes).await,
+        } => {
+            apply_topics(
+                ApiClient::new(server.url).with_token(server.token),
+                &file,
+                dry_run,
+                yes,
+            )
+            .await
+        }
         Command::Lag {
             group,
             topic,
@@ -153,6 +214,7 @@ async fn run(cli: Cli) -> Result<()> {
             server,
         } => {
             let lag = ApiClient::new(server.url)
+                .with_token(server.token)
                 .lag(&group, topic.as_deref())
                 .await?;
             match json {
@@ -176,6 +238,7 @@ async fn run(cli: Cli) -> Result<()> {
                 },
         } => {
             let t = ApiClient::new(server.url)
+                .with_token(server.token)
                 .create_topic(&name, partitions, retention_ms)
                 .await?;
             println!(
@@ -192,7 +255,7 @@ async fn run(cli: Cli) -> Result<()> {
             server,
         } => {
             tail(
-                ApiClient::new(server.url),
+                ApiClient::new(server.url).with_token(server.token),
                 &topic,
                 from_beginning,
                 !no_follow,
@@ -218,11 +281,18 @@ async fn run(cli: Cli) -> Result<()> {
                 dry_run,
                 ..Default::default()
             };
-            replay_dead_letters(ApiClient::new(server.url), &topic, &opts).await
+            replay_dead_letters(
+                ApiClient::new(server.url).with_token(server.token),
+                &topic,
+                &opts,
+            )
+            .await
         }
         Command::Schedules { command } => schedules(command).await,
         Command::Bench(args) => run_bench(args).await,
-        Command::Postgres { command } => postgres::run(command, stop_signal()?).await,
+        Command::Postgres { command } => {
+            postgres::run(command, stop_signal("conveyor postgres".into())?).await
+        }
     }
 }
 
@@ -230,7 +300,10 @@ async fn run(cli: Cli) -> Result<()> {
 async fn schedules(command: SchedulesCommand) -> Result<()> {
     match command {
         SchedulesCommand::List { json, server } => {
-            let answer = ApiClient::new(server.url).list_schedules().await?;
+            let answer = ApiClient::new(server.url)
+                .with_token(server.token)
+                .list_schedules()
+                .await?;
             let list = answer["schedules"].as_array().cloned().unwrap_or_default();
             match json {
                 true => println!("{}", serde_json::to_string_pretty(&list)?),
@@ -255,6 +328,7 @@ async fn schedules(command: SchedulesCommand) -> Result<()> {
             let body = json!({ "cron": cron, "topic": topic, "type": job_type, "payload": payload,
                 "key": key, "timezone": timezone, "missed": missed });
             let s = ApiClient::new(server.url)
+                .with_token(server.token)
                 .put_schedule(&name, &body)
                 .await?;
             println!(
@@ -268,7 +342,10 @@ async fn schedules(command: SchedulesCommand) -> Result<()> {
             );
         }
         SchedulesCommand::Delete { name, server } => {
-            ApiClient::new(server.url).delete_schedule(&name).await?;
+            ApiClient::new(server.url)
+                .with_token(server.token)
+                .delete_schedule(&name)
+                .await?;
             println!("deleted schedule {name}: it fires no more ticks");
         }
     }
@@ -282,11 +359,31 @@ async fn dev(
 ) -> Result<()> {
     let env: Vec<(String, String)> = std::env::vars().collect();
     let mut config = Config::load(config.as_deref(), &env)?;
-    if let Some(l) = listen {
-        config.api.listen = l.to_string();
-    }
     if let Some(d) = data_dir {
         config.data_dir = d;
+    }
+    run_server("conveyor dev", config, Role::All, listen).await
+}
+
+async fn serve(
+    config: std::path::PathBuf,
+    role: Role,
+    listen: Option<std::net::SocketAddr>,
+) -> Result<()> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let config = Config::load(Some(&config), &env)?;
+    run_server("conveyor serve", config, role, listen).await
+}
+
+/// Listens, checks the exposure, prints what runs, runs until a stop signal.
+async fn run_server(
+    name: &str,
+    mut config: Config,
+    role: Role,
+    listen: Option<std::net::SocketAddr>,
+) -> Result<()> {
+    if let Some(l) = listen {
+        config.api.listen = l.to_string();
     }
     let listener = tokio::net::TcpListener::bind(&config.api.listen)
         .await
@@ -297,59 +394,89 @@ async fn dev(
             )
         })?;
     let addr = listener.local_addr()?;
+    let serves_api = matches!(role, Role::Api | Role::All);
+    if serves_api {
+        match conveyor_server::serve::check_exposure(&config, addr) {
+            Exposure::Guarded => {}
+            Exposure::OpenAllowed => tracing::warn!(
+                "{} (allowed by api.allow_unauthenticated)",
+                conveyor_server::serve::exposure_message(addr)
+            ),
+            // dev is for a laptop: it says so and goes on
+            Exposure::Open if name == "conveyor dev" => {
+                tracing::warn!("{}", conveyor_server::serve::exposure_message(addr))
+            }
+            Exposure::Open => bail!("{}", conveyor_server::serve::exposure_message(addr)),
+        }
+    }
     match config.backend.as_str() {
-        "kafka" => eprintln!("conveyor dev: kafka backend at {}", config.kafka.brokers),
+        "kafka" => eprintln!("{name}: kafka backend at {}", config.kafka.brokers),
         _ => eprintln!(
-            "conveyor dev: embedded backend in {}",
+            "{name}: embedded backend in {}",
             config.embedded_config().path.display()
         ),
     }
-    eprintln!("  API      http://{addr}/v1/topics/{{topic}}/jobs");
-    eprintln!("  OpenAPI  http://{addr}/openapi.json");
+    eprintln!("  role     {}", role.as_str());
+    if serves_api {
+        eprintln!("  API      http://{addr}/v1/topics/{{topic}}/jobs");
+        eprintln!("  OpenAPI  http://{addr}/openapi.json");
+        match config.api.tokens.len() {
+            0 => eprintln!(
+                "  auth     none: the API is open (configure [[api.tokens]] to require tokens)"
+            ),
+            n => eprintln!(
+                "  auth     {n} token(s): every route but the probes needs `Authorization: Bearer`"
+            ),
+        }
+    }
     eprintln!("  health   http://{addr}/healthz  ready: http://{addr}/readyz");
     for t in config.all_topics() {
         eprintln!("  topic    {} ({} partitions)", t.name, t.partitions);
     }
-    for r in &config.routes {
-        eprintln!(
-            "  route    {} -> {} (group {}, concurrency {})",
-            r.topic,
-            r.url,
-            r.group(),
-            r.concurrency
-        );
+    if matches!(role, Role::Workers | Role::All) {
+        for r in &config.routes {
+            eprintln!(
+                "  route    {} -> {} (group {}, concurrency {})",
+                r.topic,
+                r.url,
+                r.group(),
+                r.concurrency
+            );
+        }
     }
-    for s in &config.schedules {
-        eprintln!(
-            "  schedule {} `{}` ({}) -> {} type {} (missed: {})",
-            s.name,
-            s.cron,
-            s.timezone,
-            s.topic,
-            s.job_type,
-            s.missed.as_str()
-        );
+    if matches!(role, Role::Scheduler | Role::All) {
+        for s in &config.schedules {
+            eprintln!(
+                "  schedule {} `{}` ({}) -> {} type {} (missed: {})",
+                s.name,
+                s.cron,
+                s.timezone,
+                s.topic,
+                s.job_type,
+                s.missed.as_str()
+            );
+        }
     }
     eprintln!("  Ctrl-C or SIGTERM to stop (running deliveries get 25 s to finish)");
-    let shutdown = stop_signal()?;
-    conveyor_server::dev::run(config, listener, shutdown).await?;
-    eprintln!("conveyor dev: stopped");
+    let shutdown = stop_signal(name.to_owned())?;
+    conveyor_server::serve::run(config, role, listener, shutdown).await?;
+    eprintln!("{name}: stopped");
     Ok(())
 }
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM, what systemd, Docker and Kubernetes send: both drain
 /// the same way.
-fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
+fn stop_signal(name: String) -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     Ok(async move {
-        let name = tokio::select! {
+        let signal = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
         eprintln!(
-            "conveyor dev: {name}: draining (requests in flight get 5 s, running deliveries 25 s)"
+            "{name}: {signal}: draining (requests in flight get 5 s, running deliveries 25 s)"
         );
     })
 }

@@ -214,10 +214,22 @@ async fn cli_delays_cancels_pauses_and_resumes() {
         "--at",
         &in_india(SystemTime::now() + Duration::from_secs(2)),
     ]);
-    let expired = enqueue(&[
+    // a deadline already past (+05:30) is refused at enqueue: the job could never run
+    let past = in_india(SystemTime::now() - Duration::from_secs(60));
+    let (ok, out, err) = conveyor(&[
+        "enqueue",
+        "jobs",
+        "--type",
+        "t",
+        "--url",
+        &base,
         "--deadline",
-        &in_india(SystemTime::now() - Duration::from_secs(60)),
+        &past,
     ]);
+    assert!(
+        !ok && err.contains("invalid_field") && err.contains("deadline"),
+        "a --deadline in the past was accepted: {out} {err}"
+    );
     wait_for(
         Duration::from_secs(30),
         "the kept, the scheduled and the --at +05:30 job",
@@ -231,10 +243,6 @@ async fn cli_delays_cancels_pauses_and_resumes() {
     {
         let s = seen.lock().unwrap();
         assert!(!s.contains_key(&doomed), "the cancelled job was delivered");
-        assert!(
-            !s.contains_key(&expired),
-            "a job enqueued past its --deadline (+05:30) was delivered"
-        );
         assert!(
             s[&kept][0] >= 0 && s[&scheduled][0] >= 0 && s[&offset_at][0] >= 0,
             "a job ran early: {s:?}"
@@ -268,4 +276,19 @@ async fn cli_delays_cancels_pauses_and_resumes() {
         !ok && err.contains("unknown_topic"),
         "pausing a missing topic: {err}"
     );
+    // inputs that name nothing real are errors (each was once accepted, exit 0)
+    for (args, code) in [
+        (&["cancel", "hello"][..], "invalid_field"),
+        (&["pause", "webhook.jbos", "jobs"][..], "unknown_group"),
+        (&["lag", "webhook.jbos"][..], "unknown_group"),
+    ] {
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["--url", &base]);
+        let (ok, out, err) = conveyor(&a);
+        assert!(
+            !ok && err.contains(code),
+            "`conveyor {}` was accepted: {out} {err}",
+            args.join(" ")
+        );
+    }
 }

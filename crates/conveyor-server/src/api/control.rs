@@ -9,8 +9,11 @@
 //! | `GET /v1/groups/{group}/paused` | `200`: the topics the group is paused on |
 //!
 //! The log cannot say whether a job exists or already ran (on Kafka that would take reading
-//! every topic), so a cancellation is accepted for any well-formed id, and cancelling twice is
-//! the same as once.
+//! every topic), so a cancellation is accepted for any well-formed id (a UUID, the form of
+//! every message id conveyor writes; anything else is `422 invalid_field` naming `id`), and
+//! cancelling twice is the same as once. A pause names a group this process runs (a route's) or
+//! one with committed offsets; any other is `404 unknown_group` (a misspelled group would
+//! otherwise be paused for nobody, silently).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -37,6 +40,12 @@ pub(super) async fn cancel_job(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     check_name("id", &id)?;
+    if uuid::Uuid::parse_str(&id).is_err() {
+        return Err(ApiError::invalid(
+            "id",
+            format!("`{id}` is not a job id: ids are UUIDs such as 0193a3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b, as the enqueue answered in `id`"),
+        ));
+    }
     let at = s
         .control()
         .await?
@@ -70,6 +79,7 @@ pub(super) async fn pause_or_resume(
     if s.backend.describe_topic(topic).await?.is_none() {
         return Err(conveyor_core::Error::UnknownTopic(topic.to_owned()).into());
     }
+    known_group(&s, &group, Some(topic)).await?;
     let (group, topic) = (group.clone(), topic.to_owned());
     let entry = match pause {
         true => ControlEntry::Pause {
@@ -98,4 +108,36 @@ pub(super) async fn paused_topics(
     Ok(Json(
         json!({ "group": group, "paused": control.paused_topics(&group) }),
     ))
+}
+
+/// `Ok` when `group` is a group this process runs (a configured route's) or has committed
+/// offsets on `topic` (on any topic when `None`); else `404 unknown_group`.
+pub(super) async fn known_group(
+    s: &AppState,
+    group: &str,
+    topic: Option<&str>,
+) -> Result<(), ApiError> {
+    if s.known_groups.iter().any(|g| g == group) {
+        return Ok(());
+    }
+    let topics = match topic {
+        Some(t) => vec![t.to_owned()],
+        None => s
+            .backend
+            .list_topics()
+            .await?
+            .into_iter()
+            .map(|t| t.name)
+            .collect(),
+    };
+    for t in topics {
+        let committed = s.backend.committed_offsets(group, &t).await?;
+        if committed.iter().any(|(_, c)| c.is_some()) {
+            return Ok(());
+        }
+    }
+    Err(ApiError::UnknownGroup(match topic {
+        Some(t) => format!("no group `{group}` runs here or has committed offsets on `{t}`; check the name (`conveyor lag GROUP` lists a group's topics)"),
+        None => format!("no group `{group}` runs here or has committed offsets on any topic; check the name (a route's group is `webhook.<topic>` unless it sets `group`)"),
+    }))
 }

@@ -88,6 +88,9 @@ fn ranges(c: &Config) -> Vec<Range> {
             "bytes of answers kept in memory (at least 1 MiB, one batch's answer)",
         ),
         range("api.max_waiting_requests", api.max_waiting_requests, 1, 1_000_000, "requests waiting for their reply at once"),
+        range("api.header_read_timeout_ms", api.header_read_timeout_ms, 100, 600_000, "a client that sends no headers holds a connection this long"),
+        range("api.max_connections", api.max_connections, 1, 1_000_000, "each connection takes a file descriptor"),
+        range("api.max_requests_in_flight", api.max_requests_in_flight, 1, 1_000_000, "requests handled at once"),
         range("embedded.max_record_bytes", c.embedded.max_record_bytes, 0, MAX_BYTES, "a record is held in memory whole"),
         range(
             "embedded.retention_interval_secs",
@@ -259,6 +262,17 @@ mod tests {
                 "api.idempotency_max_bytes",
             ),
             ("[api]", "max_waiting_requests", "api.max_waiting_requests"),
+            (
+                "[api]",
+                "header_read_timeout_ms",
+                "api.header_read_timeout_ms",
+            ),
+            ("[api]", "max_connections", "api.max_connections"),
+            (
+                "[api]",
+                "max_requests_in_flight",
+                "api.max_requests_in_flight",
+            ),
             (
                 "[embedded]",
                 "max_record_bytes",
