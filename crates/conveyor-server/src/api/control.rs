@@ -6,7 +6,7 @@
 //! | `DELETE /v1/jobs/{id}` | `202`: the cancellation is stored; a job with that message id that has not started yet will not run (`cancelled` counts it), in every process, within about a refresh interval (250 ms) |
 //! | `POST /v1/groups/{group}/topics/{topic}:pause` | `200`: the group starts no more jobs of the topic, across its processes and restarts, until resumed (running jobs finish) |
 //! | `POST /v1/groups/{group}/topics/{topic}:resume` | `200`: it starts them again |
-//! | `GET /v1/groups/{group}/paused` | `200`: the topics the group is paused on |
+//! | `GET /v1/groups/{group}/paused` | `200`: the topics the group is paused on (`404 unknown_group` as for a pause) |
 //!
 //! The log cannot say whether a job exists or already ran (on Kafka that would take reading
 //! every topic), so a cancellation is accepted for any well-formed id (a UUID, the form of
@@ -103,6 +103,7 @@ pub(super) async fn paused_topics(
     Path(group): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     check_name("group", &group)?;
+    known_group(&s, &group, None).await?;
     let control = s.control().await?;
     control.refresh().await?;
     Ok(Json(
