@@ -196,24 +196,16 @@ impl Client {
     /// [`Error::ReservedTopic`]: conveyor_core::Error::ReservedTopic
     pub async fn enqueue_batch(&self, topic: &str, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         conveyor_core::topic::refuse_reserved(topic)?;
-        let (ids, records): (Vec<String>, Vec<Record>) =
+        let (ids, mut records): (Vec<String>, Vec<Record>) =
             jobs.into_iter().map(|j| self.to_record(j)).unzip();
-        let unique = records
-            .iter()
-            .any(|r| r.headers.get(headers::UNIQUE_KEY).is_some());
-        let positions: Vec<Position> = match unique && self.backend.unique_claims().is_some() {
-            false => self.backend.publish(topic, records).await?,
-            // claimed and written in a task of their own: a caller that gives up (an HTTP
-            // client disconnecting) cannot leave a claim without its job
-            true => {
-                let (client, topic, ids) = (self.clone(), topic.to_owned(), ids.clone());
-                tokio::spawn(async move { client.claim_and_publish(&topic, &ids, records).await })
-                    .await
-                    .map_err(|e| {
-                        conveyor_core::Error::Storage(format!("the enqueue failed: {e}"))
-                    })??
-            }
-        };
+        let span = crate::trace::enabled()
+            .then(|| publish_span(topic, &ids, &mut records))
+            .flatten();
+        let positions = self.publish_records(topic, &ids, records).await;
+        if let Some(span) = span {
+            span.end(positions.as_ref().err().map(|e| e.to_string()).as_deref());
+        }
+        let positions = positions?;
         Ok(ids
             .into_iter()
             .zip(positions)
@@ -225,6 +217,59 @@ impl Client {
             })
             .collect())
     }
+
+    async fn publish_records(
+        &self,
+        topic: &str,
+        ids: &[String],
+        records: Vec<Record>,
+    ) -> Result<Vec<Position>> {
+        let unique = records
+            .iter()
+            .any(|r| r.headers.get(headers::UNIQUE_KEY).is_some());
+        let positions: Vec<Position> = match unique && self.backend.unique_claims().is_some() {
+            false => self.backend.publish(topic, records).await?,
+            // claimed and written in a task of their own: a caller that gives up (an HTTP
+            // client disconnecting) cannot leave a claim without its job
+            true => {
+                let (client, topic, ids) = (self.clone(), topic.to_owned(), ids.to_vec());
+                tokio::spawn(async move { client.claim_and_publish(&topic, &ids, records).await })
+                    .await
+                    .map_err(|e| {
+                        conveyor_core::Error::Storage(format!("the enqueue failed: {e}"))
+                    })??
+            }
+        };
+        Ok(positions)
+    }
+}
+
+/// A `publish {topic}` span under the first record's `traceparent`; every record that carried
+/// that context (or none) carries the span's instead, so their handlers are its children.
+fn publish_span(topic: &str, ids: &[String], records: &mut [Record]) -> Option<crate::trace::Span> {
+    let parent = records
+        .first()
+        .and_then(|r| r.headers.get_str(headers::TRACEPARENT))
+        .map(str::to_owned);
+    let mut span = crate::trace::start(
+        format!("publish {topic}"),
+        crate::trace::SpanKind::Producer,
+        parent.as_deref(),
+    )?;
+    span.set("messaging.system", "kafka");
+    span.set("messaging.operation.type", "send");
+    span.set("messaging.destination.name", topic.to_owned());
+    span.set("messaging.batch.message_count", records.len() as u64);
+    if let [id] = ids {
+        span.set("messaging.message.id", id.clone());
+    }
+    let context = span.context().to_traceparent();
+    for r in records.iter_mut() {
+        if r.headers.get_str(headers::TRACEPARENT) == parent.as_deref() {
+            r.headers.insert(headers::TRACEPARENT, context.clone());
+        }
+    }
+    Some(span)
 }
 
 /// A claimed unique key: (key, job id).

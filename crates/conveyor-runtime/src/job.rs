@@ -29,6 +29,8 @@ pub struct Job {
     pub attempt: u32,
     /// What the attempt emits and replies, shared with the worker.
     pub(crate) outputs: Arc<Mutex<Outputs>>,
+    /// The trace context this attempt hands on ([`Job::traceparent`]).
+    pub(crate) trace: Option<String>,
 }
 
 impl Job {
@@ -39,7 +41,17 @@ impl Job {
             meta,
             attempt,
             outputs: Arc::default(),
+            trace: None,
         }
+    }
+
+    /// The W3C `traceparent` this attempt hands on: its own span's when tracing is on
+    /// ([`crate::trace`]), else the record's as it came. Jobs the handler emits carry it, a
+    /// webhook call sends it; a handler calling other services can send it too.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.trace
+            .as_deref()
+            .or_else(|| self.record.headers.get_str(headers::TRACEPARENT))
     }
 
     /// Enqueues `job` on `topic` as part of this attempt's outcome: published only if the attempt
@@ -57,6 +69,13 @@ impl Job {
                 let n = self.outputs.lock().expect("outputs lock").records.len();
                 let name = format!("{id}/emit/{n}");
                 job.with_id(uuid::Uuid::new_v5(&EMIT_NAMESPACE, name.as_bytes()).to_string())
+            }
+            _ => job,
+        };
+        let job = match (job.headers.get(headers::TRACEPARENT), self.traceparent()) {
+            (None, Some(tp)) => {
+                let tp = tp.to_owned();
+                job.with_header(headers::TRACEPARENT, tp)
             }
             _ => job,
         };

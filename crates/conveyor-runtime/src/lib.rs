@@ -20,6 +20,7 @@
 //! - [`schedule`]: [`schedule::Schedule`], cron schedules: validation, ticks, missed-tick policy.
 //! - [`scheduler`]: [`Scheduler`], the one process that fires the ticks, elected through the
 //!   backend (a consumer group on a one-partition topic).
+//! - [`trace`]: spans from an enqueue through every handler it leads to, exported with OTLP.
 //! - [`bench`]: the measurements behind `conveyor bench`.
 
 pub mod attempts;
@@ -41,6 +42,7 @@ mod running;
 pub mod schedule;
 pub mod scheduler;
 pub mod tiers;
+pub mod trace;
 pub mod tracker;
 pub mod unique;
 pub mod webhook;

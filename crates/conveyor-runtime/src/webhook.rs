@@ -162,9 +162,9 @@ impl Handler for WebhookHandler {
                 req = req.header(header, v);
             }
         }
-        if let Some(v) = r
-            .headers
-            .get_str(headers::TRACEPARENT)
+        // the attempt's span when tracing is on, so the receiver's spans are its children
+        if let Some(v) = job
+            .traceparent()
             .and_then(|tp| HeaderValue::from_str(tp).ok())
         {
             req = req.header("traceparent", v);

@@ -194,6 +194,22 @@ pub fn probes(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The HTTP request's W3C `traceparent` as the job's, unless the job names its own in
+/// `headers`: its handler joins the caller's trace. A malformed header is ignored.
+pub(crate) fn with_http_trace(job: NewJob, http: &axum::http::HeaderMap) -> NewJob {
+    if job.headers.get(headers::TRACEPARENT).is_some() {
+        return job;
+    }
+    match http
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(conveyor_runtime::trace::SpanContext::parse)
+    {
+        Some(parent) => job.with_header(headers::TRACEPARENT, parent.to_traceparent()),
+        None => job,
+    }
+}
+
 async fn not_found(method: Method, uri: Uri) -> ApiError {
     ApiError::NotFound(format!("{method} {}", uri.path()))
 }
@@ -519,7 +535,7 @@ async fn enqueue(
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let idempotent = enqueue_preamble("jobs", &topic, &headers, &body)?;
-    let job = from_json::<JobRequest>(body)?.into_job("")?;
+    let job = with_http_trace(from_json::<JobRequest>(body)?.into_job("")?, &headers);
     let Some((key, fingerprint)) = idempotent else {
         let at: Enqueued = s.client.enqueue(&topic, job).await?;
         return Ok((StatusCode::CREATED, Json(at)).into_response());
@@ -573,8 +589,13 @@ async fn enqueue_batch(
         .jobs
         .into_iter()
         .enumerate()
-        .map(|(i, j)| j.into_job(&format!("jobs[{i}].")))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|(i, j)| {
+            Ok(with_http_trace(
+                j.into_job(&format!("jobs[{i}]."))?,
+                &headers,
+            ))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
     let Some((key, fingerprint)) = idempotent else {
         let at = s.client.enqueue_batch(&topic, jobs).await?;
         return Ok((StatusCode::CREATED, Json(json!({ "jobs": at }))).into_response());

@@ -58,6 +58,55 @@ pub struct Config {
     pub schedules: Vec<conveyor_runtime::schedule::Schedule>,
     /// The scheduler that fires the schedules' ticks.
     pub scheduler: SchedulerSettings,
+    /// Traces exported with OTLP (`[tracing]`).
+    pub tracing: TracingSettings,
+}
+
+/// `[tracing]`: spans from each enqueue through every handler it leads to
+/// ([`conveyor_runtime::trace`]), exported as OTLP/HTTP JSON. Off unless `otlp_endpoint` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingSettings {
+    /// The OTLP/HTTP receiver's base URL, e.g. `http://127.0.0.1:4318` (an OpenTelemetry
+    /// Collector; `/v1/traces` is added). Default: none, tracing off (the `traceparent` of jobs
+    /// still passes through).
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces recorded, 0.0 to 1.0; a job whose `traceparent` says sampled is
+    /// always recorded. Default: 1.0.
+    pub sample_ratio: f64,
+    /// `service.name` of the spans. Default: `conveyor`.
+    pub service_name: String,
+}
+
+impl Default for TracingSettings {
+    fn default() -> Self {
+        TracingSettings {
+            otlp_endpoint: None,
+            sample_ratio: 1.0,
+            service_name: "conveyor".into(),
+        }
+    }
+}
+
+impl PartialEq for TracingSettings {
+    fn eq(&self, o: &Self) -> bool {
+        self.otlp_endpoint == o.otlp_endpoint
+            && self.sample_ratio.to_bits() == o.sample_ratio.to_bits()
+            && self.service_name == o.service_name
+    }
+}
+
+impl Eq for TracingSettings {}
+
+impl TracingSettings {
+    /// The tracer's settings, when tracing is on.
+    pub fn to_config(&self) -> Option<conveyor_runtime::trace::TraceConfig> {
+        Some(conveyor_runtime::trace::TraceConfig {
+            endpoint: self.otlp_endpoint.clone()?,
+            sample_ratio: self.sample_ratio,
+            service_name: self.service_name.clone(),
+        })
+    }
 }
 
 /// `[scheduler]`
@@ -151,6 +200,7 @@ impl Default for Config {
             delay: DelaySettings::default(),
             schedules: Vec::new(),
             scheduler: SchedulerSettings::default(),
+            tracing: TracingSettings::default(),
         }
     }
 }
@@ -505,6 +555,23 @@ impl Config {
                 "embedded.retention_interval_secs".into(),
                 "must be at least 1".into(),
             );
+        }
+        if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {
+            return invalid(
+                "tracing.sample_ratio".into(),
+                format!(
+                    "{} is not a share: use 0.0 to 1.0",
+                    self.tracing.sample_ratio
+                ),
+            );
+        }
+        if let Some(e) = &self.tracing.otlp_endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return invalid(
+                    "tracing.otlp_endpoint".into(),
+                    "must be an http:// or https:// URL of an OTLP/HTTP receiver, e.g. \"http://127.0.0.1:4318\"".into(),
+                );
+            }
         }
         match self.backend.as_str() {
             "embedded" => {}

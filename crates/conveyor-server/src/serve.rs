@@ -127,6 +127,15 @@ pub async fn run(
             role.as_str()
         )));
     }
+    if let Some(t) = config.tracing.to_config() {
+        if conveyor_runtime::trace::init(t) {
+            tracing::info!(
+                endpoint = config.tracing.otlp_endpoint.as_deref().unwrap_or(""),
+                sample_ratio = config.tracing.sample_ratio,
+                "exporting traces (OTLP/HTTP JSON)"
+            );
+        }
+    }
     let backend = open_backend(&config).await?;
     let control = Control::open(Arc::clone(&backend)).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -253,6 +262,8 @@ pub async fn run(
     for w in workers {
         let _ = w.await;
     }
+    // the last spans (the drained deliveries') reach the collector before the process ends
+    conveyor_runtime::trace::flush(std::time::Duration::from_secs(2)).await;
     let closed = backend.close().await;
     let broken = broken.lock().unwrap_or_else(|p| p.into_inner()).take();
     match broken {

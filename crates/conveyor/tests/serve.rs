@@ -207,11 +207,10 @@ async fn tokens_from_the_cli_reach_the_api() {
 
     let admin = "cvt_an-admin-token-read-from-the-environment-0000";
     let port = free_port();
+    // the printed entry as it is, after [api]; an admin token from the environment
     let extra = format!(
-        "{}\n[[api.tokens]]\nname = \"ops\"\nroles = [\"admin\"]\nenv = \"OPS_TOKEN\"\n",
-        entry.replace("[[api.tokens]]", "[[api.tokens]]")
+        "{entry}\n[[api.tokens]]\nname = \"ops\"\nroles = [\"admin\"]\nenv = \"OPS_TOKEN\"\n"
     );
-    // the tokens go under [api]: the entry is an array of tables of `api`
     let config = write_config(dir.path(), &format!("0.0.0.0:{port}"), &extra);
     let server = Proc::start(
         &["serve", "--config", config.to_str().unwrap()],

@@ -12,9 +12,35 @@ pub(super) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 
 /// Runs one attempt and applies the retry policy; dead-letters what must not run again.
 pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
-    let job = Job::new(task.record.clone(), task.attempt);
+    let mut job = Job::new(task.record.clone(), task.attempt);
     let outputs = Arc::clone(&job.outputs);
     let job_type = job.job_type().to_owned();
+    let mut span = crate::trace::start(
+        format!("process {}", task.record.topic),
+        crate::trace::SpanKind::Consumer,
+        task.record.headers.get_str(headers::TRACEPARENT),
+    );
+    if let Some(span) = &mut span {
+        job.trace = Some(span.context().to_traceparent());
+        let r = &task.record;
+        span.set("messaging.system", "kafka");
+        span.set("messaging.operation.type", "process");
+        span.set("messaging.destination.name", r.topic.clone());
+        span.set(
+            "messaging.destination.partition.id",
+            r.partition.to_string(),
+        );
+        span.set("messaging.kafka.offset", r.offset);
+        span.set(
+            "messaging.consumer.group.name",
+            shared.options.group.clone(),
+        );
+        span.set("conveyor.job.type", job_type.clone());
+        span.set("conveyor.job.attempt", task.attempt);
+        if let Some(id) = job.id() {
+            span.set("messaging.message.id", id.to_owned());
+        }
+    }
     let policy = shared.policy(&job_type);
     if task.attempt > policy.max_attempts {
         // every allowed attempt started under an earlier owner or process and none finished
@@ -75,6 +101,14 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
             }
         }
     };
+    if let Some(span) = span {
+        span.end(match &outcome {
+            Outcome::Done => None,
+            Outcome::Retry { error }
+            | Outcome::RetryAfter { error, .. }
+            | Outcome::Fail { error } => Some(error.as_str()),
+        });
+    }
     let outcome = match outcome {
         Outcome::Done => {
             let out = std::mem::take(&mut *outputs.lock().expect("outputs lock")).finish(r);

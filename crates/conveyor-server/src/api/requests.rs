@@ -92,6 +92,7 @@ fn reply_timeout(v: Option<Value>) -> Result<u64, ApiError> {
 pub(super) async fn request(
     State(s): State<AppState>,
     Path(topic): Path<String>,
+    http: axum::http::HeaderMap,
     JsonBody(mut body): JsonBody<Map<String, Value>>,
 ) -> Result<Json<Value>, ApiError> {
     super::refuse_reserved(&topic)?;
@@ -100,7 +101,7 @@ pub(super) async fn request(
     let timeout_ms = reply_timeout(body.remove("reply_timeout_ms"))?;
     let req: JobRequest = serde_json::from_value(Value::Object(body))
         .map_err(|e| ApiError::invalid(field_of(&e), e.to_string()))?;
-    let job = req.into_job("")?;
+    let job = super::with_http_trace(req.into_job("")?, &http);
     let wait = Duration::from_millis(timeout_ms).min(s.max_reply_timeout);
     let reply = s.client.request(&topic, job, wait).await?;
     let json_value = match reply.content_type() {
