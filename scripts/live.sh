@@ -7,7 +7,8 @@
 #      processes killed in turn while members join and leave), and cron schedules on two
 #      processes (each tick once; downtime with `missed = skip` and `once`), request/reply
 #      (1,000 concurrent requests, timeouts, late replies counted, a shared reply topic), a
-#      schedule changed just before its tick, forged idempotency answers refused;
+#      schedule changed just before its tick, forged idempotency answers refused, `serve --role`
+#      api, workers and scheduler as three processes;
 #   2. three nodes (replication 3, min.insync.replicas 2): a partition leader killed with
 #      kill -9, then two of three brokers down;
 #   3. one node with SASL_SSL (SCRAM-SHA-512) and mutual-TLS listeners: the handshakes.
@@ -27,7 +28,7 @@ if [ "${1:-}" = "--single-node-tests" ]; then
   cargo test -p conveyor-kafka --features live "$@" \
     --test conformance_live --test transactions_live --test latest_live --test java_interop_live --test group_churn_live --test poison_live --test time_live --test request_live --test schedule_change_live \
     -- --nocapture
-  cargo test -p conveyor --features live "$@" --test kafka_topics_live --test kafka_failover --test signals --test reserved_topics_live -- --nocapture
+  cargo test -p conveyor --features live "$@" --test kafka_topics_live --test kafka_failover --test signals --test reserved_topics_live --test serve_roles_live --test readme_production_live -- --nocapture
   cargo test -p conveyor --features live "$@" --test chaos -- chaos_kafka_live --nocapture
   cargo test -p conveyor --features live "$@" --test delayed -- live_kafka --nocapture
   cargo test -p conveyor --features live "$@" --test schedules_live -- --nocapture

@@ -64,9 +64,10 @@ async fn run(cli: Cli) -> Result<()> {
                     bail!("--role {r} is not a role: use read, enqueue or admin");
                 }
             }
-            eprintln!("the token (shown once; give it to the client as CONVEYOR_TOKEN or `Authorization: Bearer`):");
+            // standard error is a valid `[[api.tokens]]` entry (comments and keys), so
+            // `2>>conveyor.toml` adds it; the token alone is on standard output
             println!("{token}");
-            eprintln!("\nits entry for conveyor.toml (the server keeps only the hash):\n");
+            eprintln!("# token `{name}` is on standard output, shown once: give it to its client as CONVEYOR_TOKEN or `Authorization: Bearer`; the server keeps only this hash");
             eprintln!(
                 "[[api.tokens]]\nname = {name:?}\nroles = [{}]",
                 roles.join(", ")

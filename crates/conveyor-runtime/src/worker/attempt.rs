@@ -15,11 +15,16 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
     let mut job = Job::new(task.record.clone(), task.attempt);
     let outputs = Arc::clone(&job.outputs);
     let job_type = job.job_type().to_owned();
-    let mut span = crate::trace::start(
-        format!("process {}", task.record.topic),
-        crate::trace::SpanKind::Consumer,
-        task.record.headers.get_str(headers::TRACEPARENT),
-    );
+    // nothing is formatted or allocated for traces while tracing is off (the no-op path)
+    let mut span = crate::trace::enabled()
+        .then(|| {
+            crate::trace::start(
+                format!("process {}", task.record.topic),
+                crate::trace::SpanKind::Consumer,
+                task.record.headers.get_str(headers::TRACEPARENT),
+            )
+        })
+        .flatten();
     if let Some(span) = &mut span {
         job.trace = Some(span.context().to_traceparent());
         let r = &task.record;
