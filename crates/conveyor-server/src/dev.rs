@@ -14,7 +14,7 @@ use conveyor_core::{Backend, Error};
 use conveyor_embedded::EmbeddedBackend;
 use conveyor_kafka::KafkaBackend;
 use conveyor_runtime::control::Control;
-use conveyor_runtime::{Scheduler, WebhookHandler, Worker, WorkerOptions};
+use conveyor_runtime::{Scheduler, Worker, WorkerOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -80,7 +80,7 @@ pub fn route_worker(
     Worker::builder(backend, route.group(), route.topics())
         .options(options)
         .control(control)
-        .fallback(WebhookHandler::new(route.url.clone(), route.timeout()))
+        .fallback(route.webhook_handler())
         .build()
 }
 
@@ -96,7 +96,7 @@ pub async fn run(
     let health = Arc::new(RouteHealth::default());
     let mut workers = Vec::new();
     for route in &config.routes {
-        let name = format!("{} -> {}", route.topic, route.url);
+        let name = format!("{} -> {}", route.topic, route.shown_url());
         let (config, route, backend) = (config.clone(), route.clone(), Arc::clone(&backend));
         let control = control.clone();
         workers.push(tokio::spawn(supervise(

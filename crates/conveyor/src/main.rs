@@ -2,6 +2,7 @@
 //! calls them. No logic lives here.
 
 mod cli;
+mod logging;
 mod output;
 mod postgres;
 
@@ -21,17 +22,13 @@ use cli::{BenchArgs, Cli, Command, DlqCommand, SchedulesCommand, TopicsCommand};
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CONVEYOR_LOG")
-                .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        // colour codes only for a terminal: logs collected from a pipe or file stay plain text
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    if let Err(e) = run(Cli::parse()).await {
-        eprintln!("error: {e:#}");
+    let cli = Cli::parse();
+    logging::init(match &cli.command {
+        Command::Dev { config, .. } => config.as_deref(),
+        _ => None,
+    });
+    if let Err(e) = run(cli).await {
+        logging::say_line(format!("error: {e:#}"));
         std::process::exit(1);
     }
 }
@@ -298,29 +295,29 @@ async fn dev(
         })?;
     let addr = listener.local_addr()?;
     match config.backend.as_str() {
-        "kafka" => eprintln!("conveyor dev: kafka backend at {}", config.kafka.brokers),
-        _ => eprintln!(
+        "kafka" => logging::say!("conveyor dev: kafka backend at {}", config.kafka.brokers),
+        _ => logging::say!(
             "conveyor dev: embedded backend in {}",
             config.embedded_config().path.display()
         ),
     }
-    eprintln!("  API      http://{addr}/v1/topics/{{topic}}/jobs");
-    eprintln!("  OpenAPI  http://{addr}/openapi.json");
-    eprintln!("  health   http://{addr}/healthz  ready: http://{addr}/readyz");
+    logging::say!("  API      http://{addr}/v1/topics/{{topic}}/jobs");
+    logging::say!("  OpenAPI  http://{addr}/openapi.json");
+    logging::say!("  health   http://{addr}/healthz  ready: http://{addr}/readyz");
     for t in config.all_topics() {
-        eprintln!("  topic    {} ({} partitions)", t.name, t.partitions);
+        logging::say!("  topic    {} ({} partitions)", t.name, t.partitions);
     }
     for r in &config.routes {
-        eprintln!(
+        logging::say!(
             "  route    {} -> {} (group {}, concurrency {})",
             r.topic,
-            r.url,
+            r.shown_url(),
             r.group(),
             r.concurrency
         );
     }
     for s in &config.schedules {
-        eprintln!(
+        logging::say!(
             "  schedule {} `{}` ({}) -> {} type {} (missed: {})",
             s.name,
             s.cron,
@@ -330,10 +327,10 @@ async fn dev(
             s.missed.as_str()
         );
     }
-    eprintln!("  Ctrl-C or SIGTERM to stop (running deliveries get 25 s to finish)");
+    logging::say!("  Ctrl-C or SIGTERM to stop (running deliveries get 25 s to finish)");
     let shutdown = stop_signal()?;
     conveyor_server::dev::run(config, listener, shutdown).await?;
-    eprintln!("conveyor dev: stopped");
+    logging::say!("conveyor dev: stopped");
     Ok(())
 }
 
@@ -348,7 +345,7 @@ fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        eprintln!(
+        logging::say!(
             "conveyor dev: {name}: draining (requests in flight get 5 s, running deliveries 25 s)"
         );
     })
