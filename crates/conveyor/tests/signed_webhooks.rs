@@ -392,6 +392,8 @@ retry = {{ max_attempts = 2, initial_delay_ms = 10, multiplier = 1.0, max_delay_
         error.contains("answered 400") && error.contains("you_sent"),
         "{error}"
     );
+    assert!(error.contains(r#""x-api-key": "***""#), "{error}");
+    assert!(error.contains(r#""x-env-key": "***""#), "{error}");
     let error = dead[1]["records"][0]["headers"]["dlq_error"]
         .as_str()
         .unwrap();

@@ -6,7 +6,8 @@ alone (a receiver holding only that secret), now and as a replay 6 minutes later
 library's 5-minute tolerance). Paths:
   POST /hook    204 when every secret verifies it, else 401
   POST /hook?flaky  503 the first time a webhook-id comes, then as /hook
-  POST /reject  400 (whatever the query), echoing the request's headers in the body (as a careless receiver might)
+  POST /reject  400 (whatever the query), echoing the request's other headers (not Conveyor-*,
+                webhook-*, ...) in the body, as a careless receiver might
   GET  /calls   what was received, as JSON
 Prints "listening <port>" once it listens on 127.0.0.1 (port 0: any free one).
 """
@@ -59,7 +60,10 @@ class Handler(BaseHTTPRequestHandler):
             CALLS.append({"path": self.path, "headers": headers, "body": body.decode("utf-8", "replace"),
                           "verified": results, "replayed_6_min_later": replayed})
         if self.path.split("?")[0] == "/reject":
-            out = json.dumps({"refused": True, "you_sent": headers}).encode()
+            # the headers that are not conveyor's own, as a receiver's error might show them
+            own = ("conveyor-", "webhook-", "content-", "accept", "host", "authorization")
+            mine = {k: v for k, v in headers.items() if not k.startswith(own)}
+            out = json.dumps({"refused": True, "you_sent": mine}).encode()
             self.send_response(400)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(out)))
