@@ -350,8 +350,8 @@ pub struct RouteConfig {
     pub strict_priority: bool,
     /// Standard Webhooks signing secrets, `whsec_<base64>`: every call carries `webhook-id`,
     /// `webhook-timestamp` and one `webhook-signature` per secret (two during a rotation).
-    /// Default: none (calls go unsigned).
-    #[serde(default)]
+    /// Default: none (calls go unsigned). Never serialized, as `headers`.
+    #[serde(default, skip_serializing)]
     pub signing_secrets: Vec<String>,
     /// An environment variable holding more signing secrets (space-separated), read at load.
     /// Default: none.
@@ -359,7 +359,7 @@ pub struct RouteConfig {
     pub signing_secret_env: Option<String>,
     /// Headers sent with every call, e.g. `{ Authorization = "Bearer ..." }`; their values are
     /// secret (never printed). Default: none.
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub headers: std::collections::BTreeMap<String, String>,
     /// Headers whose values come from environment variables, read at load:
     /// `{ Authorization = "RECEIVER_AUTHORIZATION" }`. Default: none.

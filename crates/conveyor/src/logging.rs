@@ -11,11 +11,13 @@ use conveyor_server::config::LogFormat;
 static JSON: AtomicBool = AtomicBool::new(false);
 
 /// Starts logging to stderr in the format `CONVEYOR_LOG_FORMAT` or the configuration at
-/// `config` asks for; lines are filtered by `CONVEYOR_LOG`. A format that cannot be read falls
-/// back to text (loading the configuration then reports the error).
-pub(crate) fn init(config: Option<&Path>) {
+/// `config` asks for; lines are filtered by `CONVEYOR_LOG`. A format that cannot be read starts
+/// text logging and is returned as the error (a server command stops on it; a client command
+/// goes on: its log format does not matter).
+pub(crate) fn init(config: Option<&Path>) -> Result<(), conveyor_server::config::ConfigError> {
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let format = conveyor_server::config::log_format(config, &env).unwrap_or_default();
+    let read = conveyor_server::config::log_format(config, &env);
+    let format = read.as_ref().copied().unwrap_or_default();
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONVEYOR_LOG")
         .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into());
     let builder = tracing_subscriber::fmt()
@@ -36,6 +38,7 @@ pub(crate) fn init(config: Option<&Path>) {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
     }
+    read.map(|_| ())
 }
 
 /// Writes one line for people: as it is to stderr, or as a JSON log line's message.

@@ -23,10 +23,14 @@ use cli::{BenchArgs, Cli, Command, DlqCommand, SchedulesCommand, TopicsCommand};
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    logging::init(match &cli.command {
-        Command::Dev { config, .. } => config.as_deref(),
-        _ => None,
-    });
+    let (config, server) = match &cli.command {
+        Command::Dev { config, .. } => (config.as_deref(), true),
+        _ => (None, false),
+    };
+    if let (Err(e), true) = (logging::init(config), server) {
+        logging::say_line(format!("error: {e}"));
+        std::process::exit(1);
+    }
     if let Err(e) = run(cli).await {
         logging::say_line(format!("error: {e:#}"));
         std::process::exit(1);

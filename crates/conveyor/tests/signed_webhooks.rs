@@ -4,7 +4,8 @@
 //!   with either secret of a rotation, and refuses forged and replayed ones;
 //! - planted credentials (a URL password, static header values, a signing secret) appear in no
 //!   log line, dead letter or API answer; JSON logs are one object per line;
-//! - 2,000 dead letters write a bounded number of warning lines whose counts add up.
+//! - 2,000 dead letters write a bounded number of warning lines whose counts add up; a log
+//!   format conveyor cannot read stops the start.
 
 mod util;
 
@@ -515,5 +516,25 @@ async fn two_thousand_dead_letters_write_a_bounded_number_of_counted_warning_lin
         stderr.lines().count() < 200,
         "{} lines",
         stderr.lines().count()
+    );
+}
+
+#[test]
+fn a_log_format_conveyor_cannot_read_stops_the_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("conveyor.toml");
+    std::fs::write(&config, "[api]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args(["dev", "--config"])
+        .arg(&config)
+        .env("CONVEYOR_LOG_FORMAT", "xml")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("CONVEYOR_LOG_FORMAT") && stderr.contains("use `text` or `json`"),
+        "{stderr}"
     );
 }
