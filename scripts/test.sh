@@ -5,10 +5,14 @@
 # (scripts/live.sh: a one-node and a three-node KRaft cluster and TLS/SASL listeners, started
 # and stopped by scripts/kafka.sh; CONVEYOR_TEST_BROKERS=host:port runs the one-node part on
 # your broker). CONVEYOR_SKIP_LIVE=1 skips the live tests for a quick local loop; CI never sets
-# it. Extra arguments go to `cargo test` (e.g. --locked).
+# it. Extra arguments go to `cargo test` (e.g. --locked). scripts/python-tools.sh installs the
+# Python packages tests use as peers (a venv under ~/.cache/conveyor) before anything runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
+# the Python peers some tests verify against (standardwebhooks): installed first, path handed on
+CONVEYOR_TEST_PYTHON=$(scripts/python-tools.sh)
+export CONVEYOR_TEST_PYTHON
 cargo test --workspace --all-targets "$@"
 cargo test --workspace --doc "$@"
 scripts/api-contract.sh "$@"

@@ -12,6 +12,7 @@
 //! - [`retry`]: [`RetryPolicy`], exponential backoff with jitter and a maximum number of attempts.
 //! - [`outcome`]: [`Outcome`], what a handler decided: done, retry, retry after, fail.
 //! - [`topic`]: topic names, [`TopicSpec`] and [`TopicInfo`].
+//! - [`redact`]: what of a URL, an error text or a secret may be printed or stored.
 //! - [`error`]: the crate's [`Error`] and [`Result`].
 
 pub mod backend;
@@ -20,6 +21,7 @@ pub mod headers;
 pub mod outcome;
 pub mod partitioner;
 pub mod record;
+pub mod redact;
 pub mod retry;
 pub mod topic;
 

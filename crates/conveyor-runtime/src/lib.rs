@@ -10,6 +10,8 @@
 //!   workers: with its offset, atomically).
 //! - `running`: attempts running per partition, which a revocation waits for.
 //! - [`dead_letter`]: the dead-letter record format.
+//! - [`warn_limit`]: at most a burst of per-job warnings per kind and topic, then counted
+//!   summaries.
 //! - [`client`]: [`Client`], enqueueing jobs.
 //! - [`request`]: [`Client::request`], request/reply: one reply topic per client, replies
 //!   handed to their waiting callers, late ones dropped and counted.
@@ -45,6 +47,7 @@ pub mod tiers;
 pub mod trace;
 pub mod tracker;
 pub mod unique;
+pub mod warn_limit;
 pub mod webhook;
 pub mod worker;
 

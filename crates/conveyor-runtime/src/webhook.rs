@@ -11,14 +11,24 @@
 //! | any other status, 3xx included (redirects are not followed: a 302 would turn the POST into a bodiless GET) | permanent failure: dead-letter |
 //!
 //! At most [`MAX_ERROR_BODY`] bytes of an error answer are read (for the dead letter's error).
+//!
+//! Calls are signed in the Standard Webhooks scheme when the handler has secrets
+//! ([`WebhookHandler::with_signing_secrets`], see [`signing`]), and carry the route's static
+//! headers ([`WebhookHandler::with_headers`]), whose values are secret: they are marked
+//! sensitive, never printed by `Debug`, and cut out of error texts, as are the secrets. Error
+//! texts (retries' and dead letters') name the URL without its user info
+//! ([`conveyor_core::redact::url`]).
+
+pub mod signing;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
 use conveyor_core::headers;
+use conveyor_core::redact;
 use conveyor_core::Outcome;
-use reqwest::header::HeaderValue;
+use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::StatusCode;
 
 use crate::handler::Handler;
@@ -31,12 +41,72 @@ use crate::job::Job;
 /// worker, `pid-<process id>` by default), `Conveyor-Due-At` and `Conveyor-Deadline` (a delayed
 /// job's due time and a job's deadline, RFC 3339), `Conveyor-Schedule` and
 /// `Conveyor-Scheduled-At` (a cron schedule's job: its name and tick), `traceparent` (when
-/// present).
-#[derive(Debug, Clone)]
+/// present); with signing secrets `webhook-id` (the message id, or
+/// `<topic>/<partition>/<offset>` for a record without one), `webhook-timestamp` and
+/// `webhook-signature` ([`signing`]); and the static headers given to
+/// [`with_headers`](Self::with_headers).
+///
+/// `Debug` shows the URL without user info, the number of secrets and the static headers'
+/// names only.
+#[derive(Clone)]
 pub struct WebhookHandler {
     client: reqwest::Client,
     url: String,
+    /// `url` as it may be printed.
+    shown_url: String,
     worker: String,
+    secrets: Vec<signing::SigningSecret>,
+    static_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Secret values cut out of every error text.
+    scrub: Vec<String>,
+}
+
+impl std::fmt::Debug for WebhookHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookHandler")
+            .field("url", &self.shown_url)
+            .field("worker", &self.worker)
+            .field("signing_secrets", &self.secrets.len())
+            .field(
+                "headers",
+                &self
+                    .static_headers
+                    .iter()
+                    .map(|(n, _)| format!("{n}: {}", redact::MASK))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// A static header that cannot be sent; the message names the header, never its value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeaderError {
+    /// Not a valid header name.
+    #[error("`{0}` is not a valid HTTP header name")]
+    Name(String),
+    /// A name conveyor sets itself.
+    #[error("`{0}` is set by conveyor on every call (Content-Type, Conveyor-*, webhook-*, traceparent, Host, Content-Length)")]
+    Reserved(String),
+    /// The value has characters a header cannot carry (control characters, line breaks).
+    #[error("the value of header `{0}` has characters a header cannot carry (control characters or line breaks)")]
+    Value(String),
+}
+
+/// Whether conveyor sets header `name` itself on every call.
+pub fn reserved_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.starts_with("conveyor-")
+        || n.starts_with("webhook-")
+        || [
+            "content-type",
+            "content-length",
+            "host",
+            "traceparent",
+            "transfer-encoding",
+        ]
+        .contains(&n.as_str())
 }
 
 impl WebhookHandler {
@@ -49,11 +119,57 @@ impl WebhookHandler {
             .pool_max_idle_per_host(64)
             .build()
             .expect("the HTTP client builds with static settings");
+        let url = url.into();
         WebhookHandler {
             client,
-            url: url.into(),
+            shown_url: redact::url(&url),
+            url,
             worker: format!("pid-{}", std::process::id()),
+            secrets: Vec::new(),
+            static_headers: Vec::new(),
+            scrub: Vec::new(),
         }
+    }
+
+    /// Signs every call with each of `secrets` (Standard Webhooks; more than one during a
+    /// rotation). None: calls go unsigned.
+    pub fn with_signing_secrets(mut self, secrets: Vec<signing::SigningSecret>) -> Self {
+        self.scrub.extend(secrets.iter().map(|s| s.written()));
+        self.secrets = secrets;
+        self
+    }
+
+    /// Sends `headers` (name, value) with every call. Their values are secret: marked
+    /// sensitive, never printed, cut out of error texts. Names conveyor sets itself are refused.
+    pub fn with_headers(
+        mut self,
+        headers: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, HeaderError> {
+        for (name, value) in headers {
+            if reserved_header(&name) {
+                return Err(HeaderError::Reserved(name));
+            }
+            let n = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| HeaderError::Name(name.clone()))?;
+            let mut v = HeaderValue::from_str(&value).map_err(|_| HeaderError::Value(name))?;
+            v.set_sensitive(true);
+            self.static_headers.push((n, v));
+            // the value, and its last word (the token of `Bearer <token>`)
+            if let Some(word) = value.split_whitespace().last() {
+                if word.len() >= 4 && word != value {
+                    self.scrub.push(word.to_owned());
+                }
+            }
+            self.scrub.push(value);
+        }
+        // longest first, so a value is cut whole before its last word
+        self.scrub.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Ok(self)
+    }
+
+    /// `error` as it may be printed and stored: URLs without user info, secrets cut out.
+    fn shown(&self, error: String) -> String {
+        redact::scrub(&redact::text(&error), self.scrub.iter().map(String::as_str))
     }
 
     /// Names the delivering worker in `Conveyor-Worker` (default: `pid-<process id>`).
@@ -61,6 +177,19 @@ impl WebhookHandler {
         self.worker = id.into();
         self
     }
+}
+
+/// `e` and its sources, `: `-separated (reqwest's own message says little: "error sending
+/// request").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
 }
 
 /// The most bytes of an error answer read.
@@ -133,6 +262,26 @@ impl Handler for WebhookHandler {
         if let Some(id) = job.id() {
             req = req.header("Conveyor-Message-Id", id);
         }
+        for (name, value) in &self.static_headers {
+            req = req.header(name, value.clone());
+        }
+        if !self.secrets.is_empty() {
+            // stable across attempts, so receivers dedupe on it
+            let id = job
+                .id()
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("{}/{}/{}", r.topic, r.partition, r.offset));
+            let timestamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let signature = signing::signature_header(&self.secrets, &id, timestamp, &r.value);
+            if let Ok(id) = HeaderValue::from_str(&id) {
+                req = req
+                    .header("webhook-id", id)
+                    .header("webhook-timestamp", timestamp.to_string())
+                    .header("webhook-signature", signature);
+            }
+        }
         // values another producer wrote may not be valid header values (control characters):
         // such a header is left out (the key then goes base64-encoded) rather than failing
         // every attempt; UTF-8 beyond ASCII is sent as its bytes
@@ -172,9 +321,16 @@ impl Handler for WebhookHandler {
         let resp = match req.body(r.value.clone()).send().await {
             Ok(resp) => resp,
             Err(e) if e.is_timeout() => {
-                return Outcome::retry(format!("webhook {} timed out", self.url))
+                return Outcome::retry(format!("webhook {} timed out", self.shown_url))
             }
-            Err(e) => return Outcome::retry(format!("webhook {} unreachable: {e}", self.url)),
+            // reqwest's error names the URL, user info included: left out
+            Err(e) => {
+                return Outcome::retry(self.shown(format!(
+                    "webhook {} unreachable: {}",
+                    self.shown_url,
+                    error_chain(&e.without_url())
+                )))
+            }
         };
         let status = resp.status();
         if status.is_success() {
@@ -196,7 +352,10 @@ impl Handler for WebhookHandler {
         let after = retry_after(&resp);
         let body = bounded_body(resp).await;
         let snippet: String = body.chars().take(300).collect();
-        let error = format!("webhook {} answered {status}: {snippet}", self.url);
+        let error = self.shown(format!(
+            "webhook {} answered {status}: {snippet}",
+            self.shown_url
+        ));
         let retryable = status == StatusCode::REQUEST_TIMEOUT
             || status == StatusCode::TOO_MANY_REQUESTS
             || status.is_server_error();

@@ -381,6 +381,7 @@ impl WorkerBuilder {
             control: self.control,
             shared: Arc::new(Shared {
                 known_topics: Default::default(),
+                warnings: Default::default(),
                 unique: tokio::sync::OnceCell::new(),
                 backend: self.backend,
                 options: self.options,
@@ -403,6 +404,8 @@ struct Shared {
     /// Topics outputs were emitted to that exist, with their partition counts (a transactional
     /// worker checks each output before its transaction: see [`Shared::check_outputs`]).
     known_topics: std::sync::Mutex<HashMap<String, i32>>,
+    /// Per-job warnings (dead letters, retries) beyond a burst are counted, not written.
+    warnings: crate::warn_limit::WarnLimit,
 }
 
 impl Shared {

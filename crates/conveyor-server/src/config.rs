@@ -60,6 +60,8 @@ pub struct Config {
     pub scheduler: SchedulerSettings,
     /// Traces exported with OTLP (`[tracing]`).
     pub tracing: TracingSettings,
+    /// Log lines: `text` or `json` (`log::LogSettings`).
+    pub log: LogSettings,
 }
 
 /// `[tracing]`: spans from each enqueue through every handler it leads to
@@ -201,6 +203,7 @@ impl Default for Config {
             schedules: Vec::new(),
             scheduler: SchedulerSettings::default(),
             tracing: TracingSettings::default(),
+            log: LogSettings::default(),
         }
     }
 }
@@ -389,8 +392,9 @@ impl KafkaSettings {
     }
 }
 
-/// `[[routes]]`: deliver every job of `topic` to `url`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `[[routes]]`: deliver every job of `topic` to `url`. `Debug` shows no secret
+/// (`route_secrets`).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// The topic (created with defaults when not in `[[topics]]`); not one of conveyor's own
@@ -425,6 +429,23 @@ pub struct RouteConfig {
     /// With `priorities`: always the highest weight first instead of weighted shares.
     #[serde(default)]
     pub strict_priority: bool,
+    /// Standard Webhooks signing secrets, `whsec_<base64>`: every call carries `webhook-id`,
+    /// `webhook-timestamp` and one `webhook-signature` per secret (two during a rotation).
+    /// Default: none (calls go unsigned). Never serialized, as `headers`.
+    #[serde(default, skip_serializing)]
+    pub signing_secrets: Vec<String>,
+    /// An environment variable holding more signing secrets (space-separated), read at load.
+    /// Default: none.
+    #[serde(default)]
+    pub signing_secret_env: Option<String>,
+    /// Headers sent with every call, e.g. `{ Authorization = "Bearer ..." }`; their values are
+    /// secret (never printed). Default: none.
+    #[serde(default, skip_serializing)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Headers whose values come from environment variables, read at load:
+    /// `{ Authorization = "RECEIVER_AUTHORIZATION" }`. Default: none.
+    #[serde(default)]
+    pub headers_env: std::collections::BTreeMap<String, String>,
 }
 
 fn default_true() -> bool {
@@ -479,10 +500,13 @@ impl RouteConfig {
 }
 
 mod bounds;
+pub mod log;
+mod route_secrets;
+pub use log::{log_format, LogFormat, LogSettings};
 
 /// Environment variables with the prefix that are not configuration keys (and `CONVEYOR_TEST_*`,
 /// read by the tests).
-const NOT_CONFIG: &[&str] = &["config", "log", "url", "skip_live", "cache"];
+const NOT_CONFIG: &[&str] = &["config", "log", "log_format", "url", "skip_live", "cache"];
 
 impl Config {
     /// Loads `path` (when given; a missing file is an error) or `./conveyor.toml` (when it exists),
@@ -506,6 +530,7 @@ impl Config {
         let mut config: Config = fig
             .extract()
             .map_err(|e| ConfigError::Parse(format_figment(e)))?;
+        route_secrets::resolve(&mut config, env)?;
         config.validate()?;
         // tokens read from the environment are kept only as their hash from here on
         let lookup = |var: &str| env.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone());
@@ -774,7 +799,7 @@ impl Config {
             if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
                 return invalid(
                     format!("routes[{i}].url"),
-                    format!("`{}` must start with http:// or https://", r.url),
+                    format!("`{}` must start with http:// or https://", r.shown_url()),
                 );
             }
             // parsed as the webhook client will: a URL it cannot send to would dead-letter
@@ -786,13 +811,13 @@ impl Config {
                 Ok(_) => {
                     return invalid(
                         format!("routes[{i}].url"),
-                        format!("`{}` has no host, or contains whitespace", r.url),
+                        format!("`{}` has no host, or contains whitespace", r.shown_url()),
                     )
                 }
                 Err(e) => {
                     return invalid(
                         format!("routes[{i}].url"),
-                        format!("`{}` is not a valid URL: {e}", r.url),
+                        format!("`{}` is not a valid URL: {e}", r.shown_url()),
                     )
                 }
             }
@@ -817,6 +842,7 @@ impl Config {
             if let Some(Err(m)) = r.retry.as_ref().map(RetryPolicy::validate) {
                 return invalid(format!("routes[{i}].retry"), m);
             }
+            route_secrets::check(r, i)?;
         }
         self.validate_schedules()
     }

@@ -16,7 +16,7 @@ use conveyor_core::{Backend, Error};
 use conveyor_embedded::EmbeddedBackend;
 use conveyor_kafka::KafkaBackend;
 use conveyor_runtime::control::Control;
-use conveyor_runtime::{WebhookHandler, Worker, WorkerOptions};
+use conveyor_runtime::{Worker, WorkerOptions};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -79,7 +79,7 @@ pub fn route_worker(
     Worker::builder(backend, route.group(), route.topics())
         .options(options)
         .control(control)
-        .fallback(WebhookHandler::new(route.url.clone(), route.timeout()))
+        .fallback(route.webhook_handler())
         .build()
 }
 

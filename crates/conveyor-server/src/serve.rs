@@ -147,7 +147,7 @@ pub async fn run(
         &[]
     };
     for route in routes {
-        let name = format!("{} -> {}", route.topic, route.url);
+        let name = format!("{} -> {}", route.topic, route.shown_url());
         let (config, route, backend) = (config.clone(), route.clone(), Arc::clone(&backend));
         let control = control.clone();
         workers.push(tokio::spawn(supervise(

@@ -2,6 +2,7 @@
 //! calls them. No logic lives here.
 
 mod cli;
+mod logging;
 mod output;
 mod postgres;
 
@@ -22,17 +23,18 @@ use cli::{BenchArgs, Cli, Command, DlqCommand, SchedulesCommand, TokensCommand, 
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CONVEYOR_LOG")
-                .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        // colour codes only for a terminal: logs collected from a pipe or file stay plain text
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    if let Err(e) = run(Cli::parse()).await {
-        eprintln!("error: {e:#}");
+    let cli = Cli::parse();
+    let (config, server) = match &cli.command {
+        Command::Dev { config, .. } => (config.as_deref(), true),
+        Command::Serve { config, .. } => (Some(config.as_path()), true),
+        _ => (None, false),
+    };
+    if let (Err(e), true) = (logging::init(config), server) {
+        logging::say_line(format!("error: {e}"));
+        std::process::exit(1);
+    }
+    if let Err(e) = run(cli).await {
+        logging::say_line(format!("error: {e:#}"));
         std::process::exit(1);
     }
 }
@@ -411,35 +413,35 @@ async fn run_server(
         }
     }
     match config.backend.as_str() {
-        "kafka" => eprintln!("{name}: kafka backend at {}", config.kafka.brokers),
-        _ => eprintln!(
+        "kafka" => logging::say!("{name}: kafka backend at {}", config.kafka.brokers),
+        _ => logging::say!(
             "{name}: embedded backend in {}",
             config.embedded_config().path.display()
         ),
     }
-    eprintln!("  role     {}", role.as_str());
+    logging::say!("  role     {}", role.as_str());
     if serves_api {
-        eprintln!("  API      http://{addr}/v1/topics/{{topic}}/jobs");
-        eprintln!("  OpenAPI  http://{addr}/openapi.json");
+        logging::say!("  API      http://{addr}/v1/topics/{{topic}}/jobs");
+        logging::say!("  OpenAPI  http://{addr}/openapi.json");
         match config.api.tokens.len() {
-            0 => eprintln!(
+            0 => logging::say!(
                 "  auth     none: the API is open (configure [[api.tokens]] to require tokens)"
             ),
-            n => eprintln!(
+            n => logging::say!(
                 "  auth     {n} token(s): every route but the probes needs `Authorization: Bearer`"
             ),
         }
     }
-    eprintln!("  health   http://{addr}/healthz  ready: http://{addr}/readyz");
+    logging::say!("  health   http://{addr}/healthz  ready: http://{addr}/readyz");
     for t in config.all_topics() {
-        eprintln!("  topic    {} ({} partitions)", t.name, t.partitions);
+        logging::say!("  topic    {} ({} partitions)", t.name, t.partitions);
     }
     if matches!(role, Role::Workers | Role::All) {
         for r in &config.routes {
-            eprintln!(
+            logging::say!(
                 "  route    {} -> {} (group {}, concurrency {})",
                 r.topic,
-                r.url,
+                r.shown_url(),
                 r.group(),
                 r.concurrency
             );
@@ -447,7 +449,7 @@ async fn run_server(
     }
     if matches!(role, Role::Scheduler | Role::All) {
         for s in &config.schedules {
-            eprintln!(
+            logging::say!(
                 "  schedule {} `{}` ({}) -> {} type {} (missed: {})",
                 s.name,
                 s.cron,
@@ -458,10 +460,10 @@ async fn run_server(
             );
         }
     }
-    eprintln!("  Ctrl-C or SIGTERM to stop (running deliveries get 25 s to finish)");
+    logging::say!("  Ctrl-C or SIGTERM to stop (running deliveries get 25 s to finish)");
     let shutdown = stop_signal(name.to_owned())?;
     conveyor_server::serve::run(config, role, listener, shutdown).await?;
-    eprintln!("{name}: stopped");
+    logging::say!("{name}: stopped");
     Ok(())
 }
 
@@ -476,7 +478,7 @@ fn stop_signal(name: String) -> Result<impl std::future::Future<Output = ()>> {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        eprintln!(
+        logging::say!(
             "{name}: {signal}: draining (requests in flight get 5 s, running deliveries 25 s)"
         );
     })

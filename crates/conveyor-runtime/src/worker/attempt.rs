@@ -2,6 +2,7 @@
 //! policy, and moves the job to a delay tier or dead-letters it.
 
 use super::*;
+use crate::warn_limit::Kind;
 
 pub(super) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
@@ -166,11 +167,21 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
             (DeadLetterReason::Exhausted, error)
         }
         Outcome::Retry { error } => {
-            tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, job_type, attempt = task.attempt, %error, "job failed; will retry");
+            if shared
+                .warnings
+                .admit(Kind::Retry, &r.topic, &shared.options.group)
+            {
+                tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, message_id = message_id(r), job_type, attempt = task.attempt, %error, "job failed; will retry");
+            }
             return retry(shared, task, policy.delay(task.attempt), &error, deadline).await;
         }
         Outcome::RetryAfter { delay, error } => {
-            tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, job_type, attempt = task.attempt, %error, ?delay, "job failed; will retry");
+            if shared
+                .warnings
+                .admit(Kind::Retry, &r.topic, &shared.options.group)
+            {
+                tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, message_id = message_id(r), job_type, attempt = task.attempt, %error, ?delay, "job failed; will retry");
+            }
             // the job's own delay has its own bound, which may exceed the policy's backoff cap
             let delay = delay.min(Duration::from_millis(policy.max_retry_after_ms));
             return retry(shared, task, delay, &error, deadline).await;
@@ -320,7 +331,12 @@ pub(super) async fn dead_letter(
     let job_type = job_type_of(r);
     let dlq = dead_letter_topic(&r.topic, &shared.options.dlq_suffix);
     let record = dead_letter_record(r, &shared.options.group, task.attempt, reason, error);
-    tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, job_type, attempt = task.attempt, %error, dlq, reason = reason.as_str(), "job dead-lettered");
+    if shared
+        .warnings
+        .admit(Kind::DeadLetter, &r.topic, &shared.options.group)
+    {
+        tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, message_id = message_id(r), job_type, attempt = task.attempt, %error, dlq, reason = reason.as_str(), "job dead-lettered");
+    }
     let mut backoff = Duration::from_millis(100);
     let mut record = record;
     loop {
@@ -353,6 +369,11 @@ pub(super) async fn dead_letter(
         }
     }
     TaskResult::Finished
+}
+
+/// The message id of a record, for log lines (`""` when it has none).
+fn message_id(r: &ConsumedRecord) -> &str {
+    r.headers.get_str(headers::MESSAGE_ID).unwrap_or("")
 }
 
 /// The job type of a record, read from its headers (`""` when it has none).

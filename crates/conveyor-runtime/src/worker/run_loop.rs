@@ -92,6 +92,7 @@ impl Scheduler {
                 self.last_pause_sync = Instant::now();
                 self.sync_pauses();
                 self.expire_parked();
+                self.shared.warnings.flush(&opts.group, false);
             }
             self.release_due();
             self.dispatch();
@@ -147,6 +148,7 @@ impl Scheduler {
             }
         }
         self.drain(opts.shutdown_timeout).await;
+        self.shared.warnings.flush(&opts.group, true);
         Ok(())
     }
 
