@@ -20,6 +20,8 @@
 //! - [`schedule`]: [`schedule::Schedule`], cron schedules: validation, ticks, missed-tick policy.
 //! - [`scheduler`]: [`Scheduler`], the one process that fires the ticks, elected through the
 //!   backend (a consumer group on a one-partition topic).
+//! - [`metrics`]: the runtime's Prometheus metrics (per-job series, lag read at scrape time,
+//!   enqueues, ticks, webhook answers), in `conveyor_metrics::global`.
 //! - [`bench`]: the measurements behind `conveyor bench`.
 
 pub mod attempts;
@@ -33,6 +35,7 @@ pub mod forwarder;
 pub mod handler;
 pub mod job;
 pub mod lag;
+pub mod metrics;
 mod outputs;
 pub mod ready;
 pub mod replay;
