@@ -58,6 +58,8 @@ pub struct Config {
     pub schedules: Vec<conveyor_runtime::schedule::Schedule>,
     /// The scheduler that fires the schedules' ticks.
     pub scheduler: SchedulerSettings,
+    /// Prometheus metrics (`docs/metrics.md`).
+    pub metrics: metrics::MetricsSettings,
 }
 
 /// `[scheduler]`
@@ -151,6 +153,7 @@ impl Default for Config {
             delay: DelaySettings::default(),
             schedules: Vec::new(),
             scheduler: SchedulerSettings::default(),
+            metrics: Default::default(),
         }
     }
 }
@@ -398,6 +401,7 @@ impl RouteConfig {
 }
 
 mod bounds;
+pub mod metrics;
 
 /// Environment variables with the prefix that are not configuration keys (and `CONVEYOR_TEST_*`,
 /// read by the tests).
@@ -543,6 +547,9 @@ impl Config {
                     self.api.listen
                 ),
             );
+        }
+        if let Err((key, message)) = self.metrics.check() {
+            return invalid(key, message);
         }
         if self.api.max_body_bytes < 1024 {
             return invalid("api.max_body_bytes".into(), "must be at least 1024".into());
@@ -1152,6 +1159,7 @@ mod walk {
             ("backend = \"redis\"".into(), "backend"),
             ("[api]\nlisten = \"localhost\"".into(), "api.listen"),
             ("[api]\nlisten = \"127.0.0.1:99999\"".into(), "api.listen"),
+            ("[metrics]\nlisten = \"nowhere\"".into(), "metrics.listen"),
             ("[api]\nmax_body_bytes = -1".into(), "api.max_body_bytes"),
             ("[api]\nmax_body_bytes = 10".into(), "api.max_body_bytes"),
             ("[api]\nmax_batch = 0".into(), "api.max_batch"),

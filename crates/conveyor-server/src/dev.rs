@@ -180,6 +180,11 @@ pub async fn run(
             stopping.notify_one();
         }
     };
+    crate::api::metrics::init();
+    let _metrics = match &config.metrics.listen {
+        Some(addr) => Some(crate::metrics_listener::spawn(addr).await?),
+        None => None,
+    };
     let serve = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .into_future();

@@ -6,6 +6,8 @@
 //! - [`api`]: [`app`], the axum router (enqueue, topics, records, dead-letter replay, health,
 //!   OpenAPI).
 //! - [`dev`]: [`dev::run`], the embedded backend, the webhook routes and the API in one process.
+//! - [`metrics_listener`]: `GET /metrics` on `metrics.listen`, a port of its own
+//!   (`api::metrics` serves it on the API port and counts the API's requests).
 //! - [`remote`]: [`remote::ApiClient`], the HTTP API from Rust (used by the CLI), and dead-letter
 //!   replay in steps ([`remote::ReplayOptions`]).
 //! - [`topics`]: topics files (`conveyor topics apply -f topics.toml`).
@@ -16,6 +18,7 @@ pub mod api;
 pub mod config;
 pub mod dev;
 pub mod error;
+pub mod metrics_listener;
 pub mod remote;
 pub mod supervise;
 pub mod topics;
