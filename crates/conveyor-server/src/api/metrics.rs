@@ -3,8 +3,9 @@
 //! [`scrape`] refreshes the gauges read from the backend (lag, delayed jobs, dead letters:
 //! `conveyor_runtime::metrics::refresh`) and answers the exposition of
 //! [`conveyor_metrics::global`]. [`track`], a middleware around every route, counts requests by
-//! method, route (axum's [`MatchedPath`], the route's template: never the raw path, whose
-//! topic names and ids would make the series unbounded), status and error code, times them,
+//! method, route (axum's [`MatchedPath`], the route's template such as
+//! `/v1/topics/:topic/jobs`: never the raw path, whose topic names and ids would make the
+//! series unbounded), status and error code, times them,
 //! and counts answers replayed for an `Idempotency-Key`.
 //!
 //! [`router`] is `/metrics` alone, for `metrics.listen` (a port of its own).
@@ -72,12 +73,19 @@ pub fn router() -> Router {
     Router::new().route("/metrics", get(scrape))
 }
 
+/// A route template as a label: `/v1/topics/{topic}/jobs` becomes `/v1/topics/:topic/jobs`, so
+/// a PromQL regex matcher on it needs no escaping (`{` is an operator in a regex) and every
+/// exposition parser reads it (some stop a label set at the first `}`).
+fn route_label(template: &str) -> String {
+    template.replace('{', ":").replace('}', "")
+}
+
 /// Counts and times a request of the API.
 pub async fn track(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
+        .map(|p| route_label(p.as_str()));
     let route = route.as_deref().unwrap_or("unmatched");
     let method = req.method().clone();
     let began = std::time::Instant::now();
