@@ -103,9 +103,7 @@ pub(crate) fn record(s: &Statistics, client: &str, group: &str) {
                 // partitions this consumer does not fetch report -1 and stay out
                 if part.fetch_state == "active" {
                     let p = p.to_string();
-                    f.fetch_lag
-                        .with(&[group, topic, &p])
-                        .set(part.consumer_lag);
+                    f.fetch_lag.with(&[group, topic, &p]).set(part.consumer_lag);
                 }
             }
         }

@@ -17,8 +17,8 @@ pub const FAST_DURATION_BUCKETS: &[f64] = &[
 
 /// Buckets for waits that may be long (queueing delay), in seconds: 1 ms to 1 day.
 pub const LONG_DURATION_BUCKETS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
-    21600.0, 86400.0,
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0,
+    86400.0,
 ];
 
 /// Buckets for sizes in bytes: 64 B to 16 MiB.
@@ -64,7 +64,11 @@ impl Histogram {
 
     #[inline]
     fn observe_nanos(&self, n: u64) {
-        let i = self.bounds.iter().position(|b| n <= *b).unwrap_or(self.bounds.len());
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| n <= *b)
+            .unwrap_or(self.bounds.len());
         self.counts[i].fetch_add(1, Ordering::Relaxed);
         self.sum.fetch_add(n, Ordering::Relaxed);
     }

@@ -26,7 +26,9 @@ impl std::fmt::Debug for Registry {
             .iter()
             .map(|c| c.name())
             .collect();
-        f.debug_struct("Registry").field("families", &names).finish()
+        f.debug_struct("Registry")
+            .field("families", &names)
+            .finish()
     }
 }
 
@@ -124,18 +126,36 @@ mod tests {
     #[test]
     fn the_exposition_parses_with_its_values() {
         let r = Registry::default();
-        let jobs = r.counter("t_jobs_total", "Jobs \\ by \"outcome\".", &["topic", "outcome"]);
+        let jobs = r.counter(
+            "t_jobs_total",
+            "Jobs \\ by \"outcome\".",
+            &["topic", "outcome"],
+        );
         jobs.with(&["a.b", "succeeded"]).add(3);
         jobs.with(&["q\"b\\c\nd", "succeeded"]).inc();
         jobs.with(&["x", "failed"]).inc();
-        let h = r.histogram("t_handler_seconds", "Handler time.", &["topic"], &[0.1, 1.0]);
+        let h = r.histogram(
+            "t_handler_seconds",
+            "Handler time.",
+            &["topic"],
+            &[0.1, 1.0],
+        );
         h.with(&["x"]).observe(0.5);
         r.gauge("t_in_flight", "Running.", &[]).with(&[]).set(-2);
-        r.float_gauge("t_rtt_seconds", "Rtt.", &["broker"]).with(&["b1"]).set(0.25);
+        r.float_gauge("t_rtt_seconds", "Rtt.", &["broker"])
+            .with(&["b1"])
+            .set(0.25);
         let text = r.render();
         // label values are escaped (prometheus-parse does not unescape, so checked as text)
-        assert!(text.contains(r#"t_jobs_total{topic="q\"b\\c\nd",outcome="succeeded"} 1"#), "{text}");
-        let text: String = text.lines().filter(|l| !l.contains("q\\")).map(|l| format!("{l}\n")).collect();
+        assert!(
+            text.contains(r#"t_jobs_total{topic="q\"b\\c\nd",outcome="succeeded"} 1"#),
+            "{text}"
+        );
+        let text: String = text
+            .lines()
+            .filter(|l| !l.contains("q\\"))
+            .map(|l| format!("{l}\n"))
+            .collect();
         let lines = text.lines().map(|l| Ok(l.to_owned()));
         let scrape = prometheus_parse::Scrape::parse(lines).expect("the exposition parses");
         let value = |name: &str, label: Option<(&str, &str)>| {
@@ -147,8 +167,14 @@ mod tests {
                 .unwrap_or_else(|| panic!("no {name} {label:?} in\n{text}"))
         };
         use prometheus_parse::Value;
-        assert_eq!(value("t_jobs_total", Some(("topic", "a.b"))), Value::Counter(3.0));
-        assert_eq!(value("t_jobs_total", Some(("outcome", "failed"))), Value::Counter(1.0));
+        assert_eq!(
+            value("t_jobs_total", Some(("topic", "a.b"))),
+            Value::Counter(3.0)
+        );
+        assert_eq!(
+            value("t_jobs_total", Some(("outcome", "failed"))),
+            Value::Counter(1.0)
+        );
         assert_eq!(value("t_in_flight", None), Value::Gauge(-2.0));
         assert_eq!(value("t_rtt_seconds", None), Value::Gauge(0.25));
         match value("t_handler_seconds", None) {
@@ -159,6 +185,11 @@ mod tests {
             other => panic!("not a histogram: {other:?}\n{text}"),
         }
         // the same name again is the same family
-        assert_eq!(r.counter("t_jobs_total", "", &["topic", "outcome"]).with(&["x", "failed"]).get(), 1);
+        assert_eq!(
+            r.counter("t_jobs_total", "", &["topic", "outcome"])
+                .with(&["x", "failed"])
+                .get(),
+            1
+        );
     }
 }

@@ -530,7 +530,7 @@ impl Client {
         match reply.error() {
             Some(error) => {
                 bump(&shared.stats.failed);
-            crate::metrics::events::request("failed");
+                crate::metrics::events::request("failed");
                 Err(Error::RequestFailed {
                     topic: topic.to_owned(),
                     correlation_id: id,
@@ -539,7 +539,7 @@ impl Client {
             }
             None => {
                 bump(&shared.stats.replied);
-            crate::metrics::events::request("replied");
+                crate::metrics::events::request("replied");
                 Ok(reply)
             }
         }

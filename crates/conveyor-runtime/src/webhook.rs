@@ -176,7 +176,11 @@ impl Handler for WebhookHandler {
                 return Outcome::retry(format!("webhook {} timed out", self.url));
             }
             Err(e) => {
-                let class = if e.is_connect() { "connect_error" } else { "other_error" };
+                let class = if e.is_connect() {
+                    "connect_error"
+                } else {
+                    "other_error"
+                };
                 crate::metrics::events::webhook(class);
                 return Outcome::retry(format!("webhook {} unreachable: {e}", self.url));
             }

@@ -198,14 +198,22 @@ async fn known_workload(backend: &str, topic: &str) {
     })
     .await;
     assert_eq!(jobs_of(&m, "succeeded"), succeeded, "succeeded");
-    assert_eq!(jobs_of(&m, "failed"), 4.0 + 3.0, "failed attempts: 2 x 2 flaky, 3 bad");
+    assert_eq!(
+        jobs_of(&m, "failed"),
+        4.0 + 3.0,
+        "failed attempts: 2 x 2 flaky, 3 bad"
+    );
     assert_eq!(jobs_of(&m, "retried"), 4.0, "retried");
     assert_eq!(jobs_of(&m, "dead_lettered"), 3.0, "dead-lettered");
     assert_eq!(jobs_of(&m, "deadline"), 0.0);
     assert_eq!(jobs_of(&m, "cancelled"), 0.0);
     let l = [("group", group.as_str()), ("topic", topic)];
     let started = m.sum("conveyor_job_attempts_started_total", &l);
-    assert_eq!(started, succeeded + 4.0 + 3.0, "attempts: every success and failure");
+    assert_eq!(
+        started,
+        succeeded + 4.0 + 3.0,
+        "attempts: every success and failure"
+    );
     assert_eq!(m.sum("conveyor_job_handler_seconds", &l), started);
     assert_eq!(
         m.sum("conveyor_job_queue_delay_seconds", &l),
@@ -241,7 +249,10 @@ async fn known_workload(backend: &str, topic: &str) {
         "jobs stored"
     );
     assert_eq!(
-        m.sum("conveyor_enqueue_errors_total", &[("code", "unknown_topic")]),
+        m.sum(
+            "conveyor_enqueue_errors_total",
+            &[("code", "unknown_topic")]
+        ),
         1.0
     );
     let enqueue_route = [("route", "/v1/topics/:topic/jobs")];
@@ -256,7 +267,11 @@ async fn known_workload(backend: &str, topic: &str) {
     assert_eq!(
         m.sum(
             "conveyor_http_requests_total",
-            &[enqueue_route[0], ("status", "404"), ("code", "unknown_topic")]
+            &[
+                enqueue_route[0],
+                ("status", "404"),
+                ("code", "unknown_topic")
+            ]
         ),
         1.0
     );
@@ -275,7 +290,10 @@ async fn known_workload(backend: &str, topic: &str) {
     match duplicate_refused {
         true => {
             assert_eq!(
-                m.sum("conveyor_enqueue_errors_total", &[("code", "duplicate_job")]),
+                m.sum(
+                    "conveyor_enqueue_errors_total",
+                    &[("code", "duplicate_job")]
+                ),
                 1.0
             );
             assert_eq!(jobs_of(&m, "duplicate"), 0.0);
@@ -308,10 +326,12 @@ async fn known_workload(backend: &str, topic: &str) {
     for _ in 0..4 {
         let r = enqueue("ok", json!({"key": "paused"})).await;
         assert_eq!(r.status(), 201);
-        ids.push(r.json::<serde_json::Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_owned());
+        ids.push(
+            r.json::<serde_json::Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     let r = http
         .delete(format!("{base}/v1/jobs/{}", ids[3]))
@@ -325,7 +345,12 @@ async fn known_workload(backend: &str, topic: &str) {
             &[("group", &group), ("topic", topic)],
         )
     };
-    let lag = |m: &Metrics| m.sum("conveyor_consumer_lag", &[("group", &group), ("topic", topic)]);
+    let lag = |m: &Metrics| {
+        m.sum(
+            "conveyor_consumer_lag",
+            &[("group", &group), ("topic", topic)],
+        )
+    };
     let m = Metrics::get(&http, &url).await;
     assert_eq!(lag(&m), 4.0, "lag while paused");
     assert_eq!(committed(&m), stored as f64);
@@ -378,7 +403,10 @@ async fn the_dashboard_and_alert_rules_query_only_metrics_that_exist() {
     for panel in dashboard["panels"].as_array().expect("panels") {
         for t in panel["targets"].as_array().into_iter().flatten() {
             let title = panel["title"].as_str().unwrap_or("?").to_owned();
-            queries.push((format!("panel `{title}`"), t["expr"].as_str().unwrap().to_owned()));
+            queries.push((
+                format!("panel `{title}`"),
+                t["expr"].as_str().unwrap().to_owned(),
+            ));
         }
     }
     let rules: serde_yaml::Value = serde_yaml::from_str(
@@ -388,7 +416,10 @@ async fn the_dashboard_and_alert_rules_query_only_metrics_that_exist() {
     for group in rules["groups"].as_sequence().expect("groups") {
         for rule in group["rules"].as_sequence().expect("rules") {
             let name = rule["alert"].as_str().expect("alert name");
-            queries.push((format!("alert {name}"), rule["expr"].as_str().unwrap().to_owned()));
+            queries.push((
+                format!("alert {name}"),
+                rule["expr"].as_str().unwrap().to_owned(),
+            ));
         }
     }
     assert!(queries.len() >= 8, "{queries:?}");

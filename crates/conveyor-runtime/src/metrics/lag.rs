@@ -118,10 +118,7 @@ type Row = (fn(&Families) -> &Arc<Family<Gauge>>, Vec<String>, i64);
 /// the gauges (series of partitions and groups that are gone are dropped). Errors are logged
 /// at debug level: the last figures stay.
 pub async fn refresh() {
-    let watches: Vec<Arc<Watch>> = WATCHES
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let watches: Vec<Arc<Watch>> = WATCHES.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut rows: Vec<Row> = Vec::new();
     let read = async {
         for w in &watches {
@@ -157,11 +154,12 @@ async fn read_watch(w: &Watch, rows: &mut Vec<Row>) {
                     rows.push((|f| &f.high, vec![topic.clone(), part], p.high_watermark));
                 }
             }
-            Err(e) => tracing::debug!(error = %e, group = w.group, topic, "cannot read lag for /metrics"),
+            Err(e) => {
+                tracing::debug!(error = %e, group = w.group, topic, "cannot read lag for /metrics")
+            }
         }
         for (tier_topic, tier) in w.tiers.topics(topic) {
-            if let Ok(lag) = crate::lag::group_lag(b, &forwarder_group(topic), &tier_topic).await
-            {
+            if let Ok(lag) = crate::lag::group_lag(b, &forwarder_group(topic), &tier_topic).await {
                 rows.push((|f| &f.delayed, vec![topic.clone(), label(tier)], lag.lag));
             }
         }

@@ -184,7 +184,11 @@ pub(super) async fn unique_duplicate(shared: &Shared, task: &Task) -> Option<Tas
         Ok(crate::unique::Verdict::Run) => None,
         Ok(crate::unique::Verdict::Duplicate { holder, until }) => {
             shared.stats.unique_dropped.fetch_add(1, Ordering::Relaxed);
-            shared.metrics.of(&r.topic, &meta.job_type.clone().unwrap_or_default()).duplicate.inc();
+            shared
+                .metrics
+                .of(&r.topic, &meta.job_type.clone().unwrap_or_default())
+                .duplicate
+                .inc();
             let until = headers::format_time(
                 SystemTime::UNIX_EPOCH + Duration::from_millis(until.max(0) as u64),
             );
@@ -217,7 +221,11 @@ pub(super) async fn retry(
         return dead_letter(shared, task, DeadLetterReason::Deadline, &error).await;
     }
     shared.stats.retried.fetch_add(1, Ordering::Relaxed);
-    shared.metrics.of(&task.record.topic, &job_type_of(&task.record)).retried.inc();
+    shared
+        .metrics
+        .of(&task.record.topic, &job_type_of(&task.record))
+        .retried
+        .inc();
     let o = &shared.options;
     if delay > o.retry_in_place_max
         && o.tiers.choose(delay).is_some()
