@@ -109,7 +109,7 @@ async fn known_workload(backend: &str, topic: &str) {
         std::fs::write(
             &path,
             format!(
-                "{backend}data_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[[topics]]\nname = \"{topic}\"\npartitions = 2\n[[routes]]\ntopic = \"{topic}\"\nurl = \"http://{hook}/hook\"\nretry = {{ max_attempts = 4, initial_delay_ms = 10, max_delay_ms = 50 }}\n",
+                "data_dir = \"{}\"\n{backend}[api]\nlisten = \"127.0.0.1:{port}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[[topics]]\nname = \"{topic}\"\npartitions = 2\n[[routes]]\ntopic = \"{topic}\"\nurl = \"http://{hook}/hook\"\nretry = {{ max_attempts = 4, initial_delay_ms = 10, max_delay_ms = 50 }}\n",
                 dir.path().join("data").display()
             ),
         )
@@ -370,6 +370,30 @@ async fn known_workload(backend: &str, topic: &str) {
     .await;
     assert_eq!(jobs_of(&m, "cancelled"), 1.0);
     assert_eq!(committed(&m), stored as f64 + 4.0);
+    if backend.contains("kafka") {
+        // librdkafka's statistics (every 500 ms here): traffic both ways, a round trip per
+        // broker, and the route's consumer fetching both partitions, caught up
+        let fetch_lag =
+            format!("conveyor_kafka_consumer_fetch_lag{{group=\"{group}\",topic=\"{topic}\"");
+        let m = scrape_until(&http, &own, "librdkafka's statistics", |m| {
+            m.sum("conveyor_kafka_tx_bytes_total", &[("client", "producer")]) > 0.0
+                && m.sum(
+                    "conveyor_kafka_rx_bytes_total",
+                    &[("client", "consumer"), ("group", &group)],
+                ) > 0.0
+                && m.sum(
+                    "conveyor_kafka_broker_rtt_seconds",
+                    &[("client", "producer")],
+                ) > 0.0
+                && m.text.matches(&fetch_lag).count() == 2
+                && m.sum(
+                    "conveyor_kafka_consumer_fetch_lag",
+                    &[("group", &group), ("topic", topic)],
+                ) == 0.0
+        })
+        .await;
+        assert!(m.sum("conveyor_rebalances_total", &[("group", &group)]) >= 1.0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
