@@ -43,6 +43,8 @@ pub(crate) struct GroupContext {
     /// as of the assignment (looked up within this bound), not wherever librdkafka's lazy
     /// `auto.offset.reset` finds it later.
     latest: Option<Duration>,
+    /// The group, for the statistics' metrics.
+    pub(crate) group: String,
 }
 
 impl GroupContext {
@@ -135,7 +137,11 @@ fn tps(list: &TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        crate::metrics::record(&statistics, "consumer", &self.group);
+    }
+}
 
 impl ConsumerContext for GroupContext {
     /// rdkafka's own handling (`pre_rebalance`, the assignment, `post_rebalance`), with the

@@ -36,6 +36,10 @@ impl ErrorWatch {
 }
 
 impl ClientContext for ErrorWatch {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        crate::metrics::record(&statistics, "producer", "");
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         // a broker refusing a client certificate answers with a TLS alert after the handshake,
         // which librdkafka reports as a transport failure

@@ -17,6 +17,7 @@
 //! - `consumer`: the group member.
 //! - `transaction`: exactly-once consume-and-emit (a member's transactional producer).
 //! - `errors`: the client context that keeps librdkafka's last connection error (TLS, SASL).
+//! - [`metrics`]: librdkafka's statistics (broker rtt, queues, bytes, fetch lag) as Prometheus metrics.
 //! - [`mock`]: [`mock::MockBroker`], librdkafka's in-process mock cluster for tests and fault injection.
 //! - [`raw_bench`]: the bare-rdkafka baseline for `conveyor bench --raw`.
 
@@ -24,6 +25,7 @@ pub mod admin;
 pub mod config;
 mod consumer;
 mod errors;
+pub mod metrics;
 pub mod mock;
 pub mod raw_bench;
 mod transaction;
@@ -58,6 +60,10 @@ use errors::ErrorWatch;
 struct EofQuiet;
 
 impl rdkafka::ClientContext for EofQuiet {
+    /// A reader lives for one fetch: its statistics (when the properties ask for them) are
+    /// dropped, not logged.
+    fn stats(&self, _: rdkafka::Statistics) {}
+
     fn error(&self, error: KafkaError, reason: &str) {
         if !matches!(
             error,
@@ -150,6 +156,7 @@ impl KafkaBackend {
     pub fn with_admin(config: KafkaConfig, admin: Arc<dyn TopicAdmin>) -> Result<Self> {
         let mut pc = config.producer();
         pc.set("allow.auto.create.topics", "false");
+        metrics::enable_stats(&mut pc);
         let errors = ErrorWatch::default();
         let producer: FutureProducer<ErrorWatch> =
             pc.create_with_context(errors.clone()).map_err(broker)?;
@@ -578,15 +585,15 @@ impl Backend for KafkaBackend {
             StartFrom::Earliest => "earliest",
             StartFrom::Latest => "latest",
         };
-        let consumer: StreamConsumer<GroupContext> = self
-            .inner
-            .config
-            .consumer(&options.group, reset)
-            .create_with_context(GroupContext::new(
-                options.on_revoke.clone(),
-                (options.start == StartFrom::Latest).then_some(self.inner.config.request_timeout),
-            ))
-            .map_err(broker)?;
+        let mut cc = self.inner.config.consumer(&options.group, reset);
+        metrics::enable_stats(&mut cc);
+        let mut context = GroupContext::new(
+            options.on_revoke.clone(),
+            (options.start == StartFrom::Latest).then_some(self.inner.config.request_timeout),
+        );
+        context.group = options.group.clone();
+        let consumer: StreamConsumer<GroupContext> =
+            cc.create_with_context(context).map_err(broker)?;
         let topics: Vec<&str> = options.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(broker)?;
         Ok(Box::new(KafkaSubscription {

@@ -195,6 +195,14 @@ impl Client {
     ///
     /// [`Error::ReservedTopic`]: conveyor_core::Error::ReservedTopic
     pub async fn enqueue_batch(&self, topic: &str, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        let (n, start) = (jobs.len(), std::time::Instant::now());
+        let result = self.store_batch(topic, jobs).await;
+        let backend = self.backend.name();
+        crate::metrics::events::enqueue_result(topic, backend, n, start.elapsed(), &result);
+        result
+    }
+
+    async fn store_batch(&self, topic: &str, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         conveyor_core::topic::refuse_reserved(topic)?;
         let (ids, mut records): (Vec<String>, Vec<Record>) =
             jobs.into_iter().map(|j| self.to_record(j)).unzip();

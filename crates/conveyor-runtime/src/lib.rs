@@ -23,6 +23,8 @@
 //! - [`scheduler`]: [`Scheduler`], the one process that fires the ticks, elected through the
 //!   backend (a consumer group on a one-partition topic).
 //! - [`trace`]: spans from an enqueue through every handler it leads to, exported with OTLP.
+//! - [`metrics`]: the runtime's Prometheus metrics (per-job series, lag read at scrape time,
+//!   enqueues, ticks, webhook answers), in `conveyor_metrics::global`.
 //! - [`bench`]: the measurements behind `conveyor bench`.
 
 pub mod attempts;
@@ -36,6 +38,7 @@ pub mod forwarder;
 pub mod handler;
 pub mod job;
 pub mod lag;
+pub mod metrics;
 mod outputs;
 pub mod ready;
 pub mod replay;

@@ -480,6 +480,7 @@ impl Client {
         let id = job.id.clone().unwrap_or_else(headers::new_message_id);
         let timed_out = |shared: &Shared| {
             bump(&shared.stats.timed_out);
+            crate::metrics::events::request("timeout");
             shared.end(&id, Ended::Gone);
             Error::RequestTimeout {
                 topic: topic.to_owned(),
@@ -529,6 +530,7 @@ impl Client {
         match reply.error() {
             Some(error) => {
                 bump(&shared.stats.failed);
+                crate::metrics::events::request("failed");
                 Err(Error::RequestFailed {
                     topic: topic.to_owned(),
                     correlation_id: id,
@@ -537,6 +539,7 @@ impl Client {
             }
             None => {
                 bump(&shared.stats.replied);
+                crate::metrics::events::request("replied");
                 Ok(reply)
             }
         }

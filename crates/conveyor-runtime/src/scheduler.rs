@@ -474,6 +474,9 @@ impl Run<'_> {
                     .stats
                     .missed
                     .fetch_add(due.missed as u64, Ordering::Relaxed);
+                if due.missed > 0 {
+                    crate::metrics::events::ticks(&schedule.name, "missed", due.missed as u64);
+                }
             }
             let next = c.next_after(now);
             if before.fire.is_empty() && after.fire.is_empty() {
@@ -533,6 +536,7 @@ impl Run<'_> {
                         let late = (done - tick).max(0) as u64;
                         self.s.stats.max_late_ms.fetch_max(late, Ordering::Relaxed);
                         self.s.stats.fired.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::events::ticks(&name, "fired", 1);
                         tracing::debug!(schedule = %name, tick, late_ms = late, "fired");
                     }
                 }

@@ -72,6 +72,7 @@ use crate::dedup::RecentKeys;
 use crate::forwarder::{due_of, millis, Forwarder};
 use crate::handler::{json_handler, Handler};
 use crate::job::{IntoOutcome, Job};
+use crate::metrics::jobs::{GroupSeries, JobMetrics, JobSeries};
 use crate::ready::{Priorities, ReadyQueue, Topical};
 use crate::running::{Running, RunningCounts};
 use crate::tiers::DelayTiers;
@@ -377,6 +378,9 @@ impl WorkerBuilder {
     }
     /// Builds the worker.
     pub fn build(self) -> Worker {
+        let o = &self.options;
+        let metrics = JobMetrics::new(&o.group, &o.topics, self.handlers.keys());
+        let group_metrics = GroupSeries::new(&o.group);
         Worker {
             control: self.control,
             shared: Arc::new(Shared {
@@ -388,6 +392,8 @@ impl WorkerBuilder {
                 handlers: self.handlers,
                 fallback: self.fallback,
                 stats: Arc::new(WorkerStats::default()),
+                metrics,
+                group_metrics,
             }),
         }
     }
@@ -401,6 +407,10 @@ struct Shared {
     handlers: HashMap<String, Arc<dyn Handler>>,
     fallback: Option<Arc<dyn Handler>>,
     stats: Arc<WorkerStats>,
+    /// The Prometheus series of its jobs, by topic and job type.
+    metrics: JobMetrics,
+    /// Its commits, transactions and rebalances.
+    group_metrics: GroupSeries,
     /// Topics outputs were emitted to that exist, with their partition counts (a transactional
     /// worker checks each output before its transaction: see [`Shared::check_outputs`]).
     known_topics: std::sync::Mutex<HashMap<String, i32>>,
@@ -620,6 +630,13 @@ impl Worker {
             }
         }
         sched.control = Some(control);
+        let _watched = crate::metrics::watch(
+            Arc::clone(&s.backend),
+            &s.options.group,
+            &s.options.topics,
+            s.options.tiers.clone(),
+            &s.options.dlq_suffix,
+        );
         tracing::info!(group = %s.options.group, topics = ?s.options.topics, "worker started");
         // the forwarders stop (and leave their group) while the worker drains, not after it
         let stop_forwarders = Arc::new(stop_forwarders);

@@ -13,6 +13,7 @@
 //! | `GET /v1/schedules`, `GET/PUT/DELETE /v1/schedules/{name}` | cron schedules: list, read, create or replace, delete (those of the configuration file are read-only) |
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness (the backend answers) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document |
+//! | `GET /metrics` | Prometheus metrics (`api/metrics.rs`, `docs/metrics.md`) |
 //!
 //! A `201` means the job is durably stored (see the backend contract). conveyor's own topics
 //! (`conveyor.*`) take no jobs, requests or schedules (`422 invalid_field` naming `topic`), and
@@ -40,6 +41,7 @@ use crate::error::ApiError;
 mod control;
 mod dlq;
 pub mod idempotency;
+pub mod metrics;
 pub mod requests;
 mod schedules;
 
@@ -160,6 +162,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics::scrape))
         .route(
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
@@ -176,15 +179,27 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
 }
 
 /// The router of a process that serves no API (`conveyor serve --role workers|scheduler`): the
 /// probes only, for its orchestrator.
 pub fn probes(state: AppState) -> Router {
-    Router::new()
+    let tokens = state.tokens.clone();
+    let routes = Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics::scrape));
+    // /metrics needs a `read` token once tokens are configured, as on the API port
+    let routes = match tokens.is_empty() {
+        true => routes,
+        false => routes.route_layer(axum::middleware::from_fn_with_state(
+            tokens,
+            crate::auth::authorize,
+        )),
+    };
+    routes
         .fallback(|method: Method, uri: Uri| async move {
             ApiError::NotFound(format!(
                 "{method} {}: this process serves no API (its role is workers or scheduler; run one with --role api or all)",

@@ -62,6 +62,8 @@ pub struct Config {
     pub tracing: TracingSettings,
     /// Log lines: `text` or `json` (`log::LogSettings`).
     pub log: LogSettings,
+    /// Prometheus metrics (`docs/metrics.md`).
+    pub metrics: metrics::MetricsSettings,
 }
 
 /// `[tracing]`: spans from each enqueue through every handler it leads to
@@ -204,6 +206,7 @@ impl Default for Config {
             scheduler: SchedulerSettings::default(),
             tracing: TracingSettings::default(),
             log: LogSettings::default(),
+            metrics: Default::default(),
         }
     }
 }
@@ -503,6 +506,7 @@ mod bounds;
 pub mod log;
 mod route_secrets;
 pub use log::{log_format, LogFormat, LogSettings};
+pub mod metrics;
 
 /// Environment variables with the prefix that are not configuration keys (and `CONVEYOR_TEST_*`,
 /// read by the tests).
@@ -680,6 +684,9 @@ impl Config {
                     self.api.listen
                 ),
             );
+        }
+        if let Err((key, message)) = self.metrics.check() {
+            return invalid(key, message);
         }
         if self.api.max_body_bytes < 1024 {
             return invalid("api.max_body_bytes".into(), "must be at least 1024".into());
@@ -1290,6 +1297,7 @@ mod walk {
             ("backend = \"redis\"".into(), "backend"),
             ("[api]\nlisten = \"localhost\"".into(), "api.listen"),
             ("[api]\nlisten = \"127.0.0.1:99999\"".into(), "api.listen"),
+            ("[metrics]\nlisten = \"nowhere\"".into(), "metrics.listen"),
             ("[api]\nmax_body_bytes = -1".into(), "api.max_body_bytes"),
             ("[api]\nmax_body_bytes = 10".into(), "api.max_body_bytes"),
             ("[api]\nmax_batch = 0".into(), "api.max_batch"),

@@ -308,6 +308,12 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
+        // for the request metrics (`api/metrics.rs`): errors counted by their stable code
+        response.extensions_mut().insert(ErrorCode(self.code()));
         response
     }
 }
+
+/// The stable code of an error answer, kept in the response's extensions for the metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);

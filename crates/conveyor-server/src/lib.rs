@@ -11,6 +11,8 @@
 //! - [`serve`]: [`serve::run`], the production assembly by role (`api`, `workers`, `scheduler`,
 //!   `all`), and the refusal to expose an API without tokens.
 //! - [`http`]: the API's listener (header-read timeout, connection and in-flight caps).
+//! - [`metrics_listener`]: `GET /metrics` on `metrics.listen`, a port of its own
+//!   (`api::metrics` serves it on the API port and counts the API's requests).
 //! - [`remote`]: [`remote::ApiClient`], the HTTP API from Rust (used by the CLI), and dead-letter
 //!   replay in steps ([`remote::ReplayOptions`]).
 //! - [`topics`]: topics files (`conveyor topics apply -f topics.toml`).
@@ -23,6 +25,7 @@ pub mod config;
 pub mod dev;
 pub mod error;
 pub mod http;
+pub mod metrics_listener;
 pub mod remote;
 pub mod serve;
 pub mod supervise;

@@ -242,6 +242,29 @@ pub async fn run(
             stopping.notify_one();
         }
     };
+    crate::api::metrics::init();
+    // a process without the route workers still reports their lag on its /metrics (the API
+    // role's scrape shows the backlog it is feeding)
+    let _lag: Vec<_> = match role.workers() {
+        true => Vec::new(),
+        false => config
+            .routes
+            .iter()
+            .map(|r| {
+                conveyor_runtime::metrics::watch(
+                    Arc::clone(&backend),
+                    &r.group(),
+                    &r.topics(),
+                    config.delay.tiers(),
+                    ".dlq",
+                )
+            })
+            .collect(),
+    };
+    let _metrics = match &config.metrics.listen {
+        Some(addr) => Some(crate::metrics_listener::spawn(addr).await?),
+        None => None,
+    };
     let serve =
         crate::http::serve(listener, router, config.api.http_limits(), shutdown).into_future();
     tokio::select! {

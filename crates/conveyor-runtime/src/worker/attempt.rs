@@ -64,6 +64,19 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
         return result;
     }
     shared.stats.started.fetch_add(1, Ordering::Relaxed);
+    let m = shared.metrics.of(&task.record.topic, &job_type);
+    m.started.inc();
+    if task.attempt == 1 {
+        // from enqueued, or due for a delayed job, to this first start
+        let from = due_of(&task.record)
+            .into_iter()
+            .chain(job.meta.produced_at.map(millis))
+            .max();
+        if let Some(from) = from {
+            let waited = (millis(SystemTime::now()) - from).max(0) as u64;
+            m.queued.observe_duration(Duration::from_millis(waited));
+        }
+    }
     let handler = shared
         .handlers
         .get(&job_type)
@@ -88,8 +101,12 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
     let outcome = match handler {
         None => Outcome::fail(format!("no handler registered for job type `{job_type}`")),
         Some(h) => {
-            match tokio::time::timeout(limit, AssertUnwindSafe(h.handle(job)).catch_unwind()).await
-            {
+            // counted down when the attempt ends, aborted (a drain past its grace) included
+            let running = m.running();
+            let ran =
+                tokio::time::timeout(limit, AssertUnwindSafe(h.handle(job)).catch_unwind()).await;
+            drop(running);
+            match ran {
                 Ok(Ok(outcome)) => outcome,
                 Ok(Err(p)) => {
                     shared.stats.panicked.fetch_add(1, Ordering::Relaxed);
@@ -120,6 +137,7 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
             let out = std::mem::take(&mut *outputs.lock().expect("outputs lock")).finish(r);
             if out.is_empty() {
                 shared.stats.done.fetch_add(1, Ordering::Relaxed);
+                m.succeeded.inc();
                 return TaskResult::Finished;
             }
             // conveyor's own topics take nothing a handler emits (a record there would be read
@@ -135,6 +153,7 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
                 match shared.check_outputs(&out).await {
                     Ok(()) => {
                         shared.stats.done.fetch_add(1, Ordering::Relaxed);
+                        m.succeeded.inc();
                         return TaskResult::Emitted(out);
                     }
                     Err(failed) => failed,
@@ -144,6 +163,7 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
                 match crate::outputs::publish_all(&*shared.backend, out).await {
                     Ok(()) => {
                         shared.stats.done.fetch_add(1, Ordering::Relaxed);
+                        m.succeeded.inc();
                         shared.stats.emitted.fetch_add(n, Ordering::Relaxed);
                         return TaskResult::Finished;
                     }
@@ -159,6 +179,7 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
         }
         other => other,
     };
+    m.failed.inc();
     let (reason, error) = match outcome {
         Outcome::Done => unreachable!("handled above"),
         Outcome::Retry { error } | Outcome::RetryAfter { error, .. }
@@ -213,6 +234,11 @@ pub(super) async fn unique_duplicate(shared: &Shared, task: &Task) -> Option<Tas
         Ok(crate::unique::Verdict::Run) => None,
         Ok(crate::unique::Verdict::Duplicate { holder, until }) => {
             shared.stats.unique_dropped.fetch_add(1, Ordering::Relaxed);
+            shared
+                .metrics
+                .of(&r.topic, &meta.job_type.clone().unwrap_or_default())
+                .duplicate
+                .inc();
             let until = headers::format_time(
                 SystemTime::UNIX_EPOCH + Duration::from_millis(until.max(0) as u64),
             );
@@ -245,6 +271,11 @@ pub(super) async fn retry(
         return dead_letter(shared, task, DeadLetterReason::Deadline, &error).await;
     }
     shared.stats.retried.fetch_add(1, Ordering::Relaxed);
+    shared
+        .metrics
+        .of(&task.record.topic, &job_type_of(&task.record))
+        .retried
+        .inc();
     let o = &shared.options;
     if delay > o.retry_in_place_max
         && o.tiers.choose(delay).is_some()
@@ -361,6 +392,11 @@ pub(super) async fn dead_letter(
         }
     }
     shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    let m = shared.metrics.of(&r.topic, &job_type);
+    m.dead_lettered.inc();
+    if matches!(reason, DeadLetterReason::Deadline) {
+        m.deadline.inc();
+    }
     // a request learns now, not at its timeout (at least once, outside any transaction, like
     // the dead letter itself)
     if let Some((to, reply)) = crate::outputs::reply_record(r, Bytes::new(), Some(error)) {

@@ -50,10 +50,25 @@ impl Scheduler {
             self.dirty = false;
             return true;
         }
+        let began = std::time::Instant::now();
         let committed = match self.shared.options.transactional {
             true => self.commit_transaction(&offsets).await,
             false => self.sub.commit(&offsets).await.map(|()| offsets),
         };
+        let g = &self.shared.group_metrics;
+        g.commit_seconds.observe_duration(began.elapsed());
+        match (&committed, self.shared.options.transactional) {
+            (Ok(_), false) => g.commits_ok.inc(),
+            (Ok(_), true) => {
+                g.commits_ok.inc();
+                g.tx_committed.inc();
+            }
+            (Err(_), false) => g.commits_failed.inc(),
+            (Err(_), true) => {
+                g.commits_failed.inc();
+                g.tx_aborted.inc();
+            }
+        }
         match committed {
             Ok(offsets) => {
                 for c in offsets {

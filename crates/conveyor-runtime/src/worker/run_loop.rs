@@ -266,8 +266,12 @@ impl Scheduler {
             };
             match self.gate(&task) {
                 Gate::Run => {}
-                Gate::Drop(counter) => {
+                Gate::Drop(counter, series) => {
                     counter(&self.shared.stats).fetch_add(1, Ordering::Relaxed);
+                    if let Some(series) = series {
+                        let r = &task.record;
+                        series(self.shared.metrics.of(&r.topic, &job_type_of(r))).inc();
+                    }
                     self.mark_finished(&task);
                     self.release_lane(&task);
                     continue;
@@ -354,14 +358,14 @@ impl Scheduler {
             .get_str(headers::RETRY_GROUP)
             .is_some_and(|g| g != group)
         {
-            return Gate::Drop(|s| &s.other_group);
+            return Gate::Drop(|s| &s.other_group, None);
         }
         if task.copy {
-            return Gate::Drop(|s| &s.duplicates);
+            return Gate::Drop(|s| &s.duplicates, Some(|m| &m.duplicate));
         }
         if let (Some(c), Some(id)) = (&self.control, r.headers.get_str(headers::MESSAGE_ID)) {
             if c.is_cancelled(id) {
-                return Gate::Drop(|s| &s.cancelled);
+                return Gate::Drop(|s| &s.cancelled, Some(|m| &m.cancelled));
             }
         }
         let now = millis(SystemTime::now());
@@ -706,6 +710,8 @@ impl Scheduler {
     pub(super) fn on_escaped_panic(&mut self, task: Task, e: &tokio::task::JoinError) {
         self.shared.stats.panicked.fetch_add(1, Ordering::Relaxed);
         let r = &task.record;
+        let series = self.shared.metrics.of(&r.topic, &job_type_of(r));
+        series.failed.inc();
         let error = format!("the job's task panicked outside the handler: {e}");
         tracing::error!(topic = %r.topic, partition = r.partition, offset = r.offset, attempt = task.attempt, %error, "job failed");
         if !self.is_current(&task) {
@@ -723,6 +729,7 @@ impl Scheduler {
         let policy = self.shared.policy(&job_type).clone();
         if policy.should_retry(task.attempt) {
             self.shared.stats.retried.fetch_add(1, Ordering::Relaxed);
+            series.retried.inc();
             let delay = policy.delay(task.attempt);
             self.returned(&task);
             self.retry_later(task, delay);
@@ -846,6 +853,9 @@ impl Scheduler {
                         .join(",")
                 };
                 tracing::info!(revoked = %names(&revoked), assigned = %names(&assigned), group = %self.shared.options.group, "rebalance");
+                if !assigned.is_empty() {
+                    self.shared.group_metrics.rebalances.inc();
+                }
                 if !revoked.is_empty() {
                     self.commit().await;
                 }

@@ -117,8 +117,12 @@ pub(super) enum TaskResult {
 /// What happens to a job taken from the ready queue.
 pub(super) enum Gate {
     Run,
-    /// Finished without running, counted in this counter.
-    Drop(fn(&WorkerStats) -> &AtomicU64),
+    /// Finished without running, counted in this counter and, for a job of this group, in
+    /// this outcome of its series.
+    Drop(
+        fn(&WorkerStats) -> &AtomicU64,
+        Option<fn(&JobSeries) -> &conveyor_metrics::Counter>,
+    ),
     /// Not due until this time (ms since the epoch), less than the shortest tier away (or it
     /// may not move): waits in memory.
     Hold(i64),
