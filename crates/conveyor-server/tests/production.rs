@@ -419,6 +419,8 @@ async fn beyond_the_caps_clients_get_503_with_retry_after() {
         c.api.header_read_timeout_ms = 3000;
     })
     .await;
+    // the start-up probe's kept-alive connection holds a slot until the server sees it close
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let mut held = Vec::new();
     for _ in 0..4 {
         held.push(TcpStream::connect(server.addr).await.unwrap());
