@@ -85,7 +85,12 @@ pub struct AppState {
     pub tokens: crate::auth::Tokens,
     /// What this process runs (`conveyor serve --role`), shown by `/readyz`. Default: `all`.
     pub role: &'static str,
+    /// `/readyz`'s last check and when it ran (reused for a second).
+    pub ready_cache: ReadyCache,
 }
+
+/// `/readyz`'s last check and when it ran.
+pub type ReadyCache = Arc<std::sync::Mutex<Option<(std::time::Instant, Result<(), ApiError>)>>>;
 
 impl AppState {
     /// State with the default limits (1 MiB bodies, 1000 jobs per batch).
@@ -106,6 +111,7 @@ impl AppState {
             known_groups: Arc::default(),
             tokens: Default::default(),
             role: "all",
+            ready_cache: Arc::default(),
         }
     }
 
@@ -209,6 +215,31 @@ pub fn probes(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// `422 invalid_field` naming `{at}deadline` when the job's deadline has passed (or passes
+/// before it is due): it could only be dead-lettered, so the caller learns it now. Checked when
+/// a job is first stored, not when an idempotent repeat is answered (the first is stored).
+pub(crate) fn refuse_past_deadline(job: &NewJob, at: &str) -> Result<(), ApiError> {
+    let time = |name| {
+        job.headers
+            .get_str(name)
+            .and_then(conveyor_core::headers::parse_time)
+    };
+    let Some(deadline) = time(headers::DEADLINE) else {
+        return Ok(());
+    };
+    let now = std::time::SystemTime::now();
+    if deadline <= time(headers::DUE_AT).unwrap_or(now).max(now) {
+        return Err(ApiError::invalid(
+            format!("{at}deadline"),
+            format!(
+                "`deadline` {} has passed (or passes before the job is due): the job could never run; give a later deadline (RFC 3339 with an offset)",
+                headers::format_time(deadline)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The HTTP request's W3C `traceparent` as the job's, unless the job names its own in
 /// `headers`: its handler joins the caller's trace. A malformed header is ignored.
 pub(crate) fn with_http_trace(job: NewJob, http: &axum::http::HeaderMap) -> NewJob {
@@ -254,7 +285,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 "Content-Type must be application/json, got `{ct}`; to enqueue other payloads, send them as `payload_base64` with a `content_type`"
             )));
         }
-        let body = Bytes::from_request(req, state).await.map_err(|e: BytesRejection| {
+        let limit = req
+            .extensions()
+            .get::<crate::http::BodyTimeout>()
+            .map_or(std::time::Duration::from_secs(30), |t| t.0);
+        let body = tokio::time::timeout(limit, Bytes::from_request(req, state))
+            .await
+            .map_err(|_| {
+                ApiError::BodyTimeout(format!(
+                    "the request body did not arrive whole within {limit:?} (api.stall_timeout_ms); send it at once"
+                ))
+            })?;
+        let body = body.map_err(|e: BytesRejection| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge(format!("the request body exceeds the limit ({e}); split it or raise api.max_body_bytes"))
             } else {
@@ -451,16 +493,11 @@ impl JobRequest {
         }
         if let Some(d) = self.deadline.as_deref() {
             let deadline = time("deadline", d)?;
-            // a job whose deadline has passed (or passes before it is due) could only be
-            // dead-lettered: refused, so the caller learns it now rather than from a dead letter
-            let earliest = due.unwrap_or_else(std::time::SystemTime::now);
-            if deadline <= earliest.max(std::time::SystemTime::now()) {
+            // not after the due time given with it: the job could never run, whenever sent
+            if due.is_some_and(|due| deadline <= due) {
                 return Err(ApiError::invalid(
                     field("deadline"),
-                    match due {
-                        Some(_) => format!("`deadline` {d} is not after the time the job is due: it could never run; give a later deadline or an earlier `run_at`/`delay_ms`"),
-                        None => format!("`deadline` {d} is in the past: the job could never run; give a later deadline (RFC 3339 with an offset)"),
-                    },
+                    format!("`deadline` {d} is not after the time the job is due: it could never run; give a later deadline or an earlier `run_at`/`delay_ms`"),
                 ));
             }
             job = job.deadline(deadline);
@@ -552,12 +589,16 @@ async fn enqueue(
     let idempotent = enqueue_preamble("jobs", &topic, &headers, &body)?;
     let job = with_http_trace(from_json::<JobRequest>(body)?.into_job("")?, &headers);
     let Some((key, fingerprint)) = idempotent else {
+        refuse_past_deadline(&job, "")?;
         let at: Enqueued = s.client.enqueue(&topic, job).await?;
         return Ok((StatusCode::CREATED, Json(at)).into_response());
     };
     let job = job.with_id(idempotency::message_id(&topic, &key, &fingerprint, None));
     let (client, t) = (s.client.clone(), topic.clone());
-    let first = async move { Ok(json!(client.enqueue(&t, job).await?)) };
+    let first = async move {
+        refuse_past_deadline(&job, "")?;
+        Ok(json!(client.enqueue(&t, job).await?))
+    };
     let idem = s.idempotency().await?;
     Ok(idem
         .run(&topic, &key, fingerprint, first)
@@ -611,7 +652,13 @@ async fn enqueue_batch(
             ))
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
+    let past = |jobs: &[NewJob]| {
+        jobs.iter()
+            .enumerate()
+            .try_for_each(|(i, j)| refuse_past_deadline(j, &format!("jobs[{i}].")))
+    };
     let Some((key, fingerprint)) = idempotent else {
+        past(&jobs)?;
         let at = s.client.enqueue_batch(&topic, jobs).await?;
         return Ok((StatusCode::CREATED, Json(json!({ "jobs": at }))).into_response());
     };
@@ -621,7 +668,10 @@ async fn enqueue_batch(
         .map(|(i, j)| j.with_id(idempotency::message_id(&topic, &key, &fingerprint, Some(i))))
         .collect();
     let (client, t) = (s.client.clone(), topic.clone());
-    let first = async move { Ok(json!({ "jobs": client.enqueue_batch(&t, jobs).await? })) };
+    let first = async move {
+        past(&jobs)?;
+        Ok(json!({ "jobs": client.enqueue_batch(&t, jobs).await? }))
+    };
     let idem = s.idempotency().await?;
     Ok(idem
         .run(&topic, &key, fingerprint, first)
@@ -856,24 +906,48 @@ async fn apply_topics(
 }
 
 async fn ready(State(s): State<AppState>) -> Response {
+    // answered from a check at most a second old: probes need no token and are not counted in
+    // flight, so a flood of them must not become a flood of backend calls
+    let cached = {
+        let c = s.ready_cache.lock().unwrap_or_else(|p| p.into_inner());
+        c.as_ref()
+            .filter(|(at, _)| at.elapsed() < std::time::Duration::from_secs(1))
+            .map(|(_, r)| r.clone())
+    };
+    let result = match cached {
+        Some(r) => r,
+        None => {
+            let r = readiness(&s).await;
+            *s.ready_cache.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((std::time::Instant::now(), r.clone()));
+            r
+        }
+    };
+    match result {
+        Ok(()) => Json(json!({"status": "ready", "backend": s.backend.name(), "role": s.role}))
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn readiness(s: &AppState) -> Result<(), ApiError> {
     let down = s.routes.down();
     if !down.is_empty() {
         let routes: Vec<String> = down.iter().map(|(r, why)| format!("{r} ({why})")).collect();
-        return ApiError::RouteDown(format!(
+        return Err(ApiError::RouteDown(format!(
             "route worker down: {}; its jobs are kept and delivered once it runs again",
             routes.join("; ")
-        ))
-        .into_response();
+        )));
     }
     // off the runtime's threads: the embedded probe may wait for a journal sync
     let backend = Arc::clone(&s.backend);
     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || backend.health()).await {
-        return ApiError::BackendUnavailable(e.to_string()).into_response();
+        return Err(ApiError::BackendUnavailable(e.to_string()));
     }
     match s.backend.list_topics().await {
-        Ok(_) => Json(json!({"status": "ready", "backend": s.backend.name(), "role": s.role}))
-            .into_response(),
-        Err(e) => ApiError::BackendUnavailable(format!("the backend does not answer: {e}"))
-            .into_response(),
+        Ok(_) => Ok(()),
+        Err(e) => Err(ApiError::BackendUnavailable(format!(
+            "the backend does not answer: {e}"
+        ))),
     }
 }

@@ -261,6 +261,10 @@ pub struct ApiConfig {
     /// `Retry-After: 1` at once, never queued. Requests waiting for a reply count too.
     /// Default: 1024; 1 to 1000000.
     pub max_requests_in_flight: usize,
+    /// An answer the client does not read for this long closes the connection, and a request
+    /// body must arrive whole within it (`408 body_timeout`), in milliseconds. Default: 30000;
+    /// 100 to 600000.
+    pub stall_timeout_ms: u64,
 }
 
 impl ApiConfig {
@@ -270,6 +274,7 @@ impl ApiConfig {
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
             max_connections: self.max_connections,
             max_requests_in_flight: self.max_requests_in_flight,
+            stall_timeout: Duration::from_millis(self.stall_timeout_ms),
         }
     }
 
@@ -300,6 +305,7 @@ impl Default for ApiConfig {
             header_read_timeout_ms: 10_000,
             max_connections: 4096,
             max_requests_in_flight: 1024,
+            stall_timeout_ms: 30_000,
         }
     }
 }
@@ -510,7 +516,36 @@ pub mod metrics;
 
 /// Environment variables with the prefix that are not configuration keys (and `CONVEYOR_TEST_*`,
 /// read by the tests).
-const NOT_CONFIG: &[&str] = &["config", "log", "log_format", "url", "skip_live", "cache"];
+/// `CONVEYOR_TOKEN` is the CLI's token (a server may run where it is set).
+const NOT_CONFIG: &[&str] = &[
+    "config",
+    "log",
+    "log_format",
+    "url",
+    "skip_live",
+    "cache",
+    "token",
+];
+
+/// The environment variables the file names as holders of secrets (`[[api.tokens]] env`,
+/// `routes.signing_secret_env`, `routes.headers_env`): read as secrets, never as keys, whatever
+/// their names (`CONVEYOR_TOKEN_OPS` would otherwise be read as a key `token_ops`).
+fn secret_variables(file: &Figment) -> Vec<String> {
+    let Ok(v) = file.extract::<serde_json::Value>() else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    for t in v["api"]["tokens"].as_array().into_iter().flatten() {
+        names.extend(t["env"].as_str().map(str::to_owned));
+    }
+    for r in v["routes"].as_array().into_iter().flatten() {
+        names.extend(r["signing_secret_env"].as_str().map(str::to_owned));
+        if let Some(h) = r["headers_env"].as_object() {
+            names.extend(h.values().filter_map(|v| v.as_str().map(str::to_owned)));
+        }
+    }
+    names
+}
 
 impl Config {
     /// Loads `path` (when given; a missing file is an error) or `./conveyor.toml` (when it exists),
@@ -530,7 +565,13 @@ impl Config {
             }
             None => {}
         }
-        let fig = fig.merge(EnvList { vars: env.to_vec() });
+        let secrets = secret_variables(&fig);
+        let vars = env
+            .iter()
+            .filter(|(k, _)| !secrets.contains(k))
+            .cloned()
+            .collect();
+        let fig = fig.merge(EnvList { vars });
         let mut config: Config = fig
             .extract()
             .map_err(|e| ConfigError::Parse(format_figment(e)))?;

@@ -11,6 +11,7 @@
 //! | `forbidden` (the token's roles or topics do not cover the operation) | 403 |
 //! | `not_found`, `unknown_topic`, `unknown_schedule`, `unknown_group` | 404 |
 //! | `method_not_allowed` | 405 |
+//! | `body_timeout` (the body did not arrive within `api.stall_timeout_ms`) | 408 |
 //! | `topic_conflict`, `plan_refused`, `schedule_in_config` | 409 |
 //! | `payload_too_large` | 413 |
 //! | `unsupported_media_type` | 415 |
@@ -56,6 +57,9 @@ pub enum ApiError {
     /// The token does not allow the operation.
     #[error("{0}")]
     Forbidden(String),
+    /// The request body did not arrive in time.
+    #[error("{0}")]
+    BodyTimeout(String),
     /// Too many requests in flight (`api.max_requests_in_flight`): answered at once with
     /// `Retry-After`, never queued.
     #[error("{0}")]
@@ -153,6 +157,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => ApiError::Unauthenticated(message),
             ApiError::Forbidden(_) => ApiError::Forbidden(message),
             ApiError::Overloaded(_) => ApiError::Overloaded(message),
+            ApiError::BodyTimeout(_) => ApiError::BodyTimeout(message),
             ApiError::ScheduleInConfig(_) => ApiError::ScheduleInConfig(message),
             ApiError::MethodNotAllowed => ApiError::MethodNotAllowed,
             ApiError::TopicConflict(_) => ApiError::TopicConflict(message),
@@ -185,6 +190,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => "unauthenticated",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Overloaded(_) => "overloaded",
+            ApiError::BodyTimeout(_) => "body_timeout",
             ApiError::ScheduleInConfig(_) => "schedule_in_config",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::TopicConflict(_) => "topic_conflict",
@@ -218,6 +224,7 @@ impl ApiError {
             | ApiError::UnknownGroup(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TopicConflict(_)
             | ApiError::DuplicateJob(_)

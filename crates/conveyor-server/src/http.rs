@@ -10,9 +10,15 @@
 //!   answered `503 overloaded` with `Retry-After: 1` at once, never queued. `/healthz` and
 //!   `/readyz` are not counted, so probes answer under load.
 //!
+//! - **Stall timeout** (`api.stall_timeout_ms`, default 30 s): an answer the client does not
+//!   read for that long (a full socket buffer: a client that pipelines requests and never
+//!   reads) closes the connection, and a request body must arrive whole within it
+//!   (`408 body_timeout`), so neither holds a connection or an in-flight slot longer.
+//!
 //! [`serve`] stops accepting when its shutdown future completes and then waits for the open
 //! connections to finish their requests (idle ones are closed at once); the caller bounds that
-//! wait (`conveyor dev` and `serve`: 5 s).
+//! wait (`conveyor dev` and `serve`: 5 s). Dropping the future closes every connection still
+//! open (their tasks are aborted), so nothing outlives it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,7 +29,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -38,7 +48,14 @@ pub struct HttpLimits {
     pub max_connections: usize,
     /// Most requests handled at once.
     pub max_requests_in_flight: usize,
+    /// How long a write may stall (the client not reading) and a body may take to arrive.
+    pub stall_timeout: Duration,
 }
+
+/// How long the request's body may take to arrive (a request extension the listener sets; the
+/// API's body extractor reads it).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout(pub Duration);
 
 impl Default for HttpLimits {
     fn default() -> Self {
@@ -46,6 +63,7 @@ impl Default for HttpLimits {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 4096,
             max_requests_in_flight: 1024,
+            stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -54,7 +72,13 @@ impl Default for HttpLimits {
 const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 110\r\n\r\n{\"error\":{\"code\":\"overloaded\",\"message\":\"too many open connections (api.max_connections); retry in a second\"}}";
 
 /// Refuses requests beyond `limit` at once with `503 overloaded`.
-async fn in_flight(limit: Arc<Semaphore>, req: Request, next: Next) -> Response {
+async fn in_flight(
+    limit: Arc<Semaphore>,
+    body: Duration,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    req.extensions_mut().insert(BodyTimeout(body));
     let path = req.uri().path();
     if path == "/healthz" || path == "/readyz" {
         return next.run(req).await;
@@ -81,9 +105,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let requests = Arc::new(Semaphore::new(limits.max_requests_in_flight));
+    let stall = limits.stall_timeout;
     let router = router.layer(axum::middleware::from_fn(
-        move |req: Request, next: Next| in_flight(Arc::clone(&requests), req, next),
+        move |req: Request, next: Next| in_flight(Arc::clone(&requests), stall, req, next),
     ));
+    // answers to connections beyond the cap: a bounded number at once, the rest just closed
+    let refusals = Arc::new(Semaphore::new(256));
+    // the connections' tasks: aborted when this future is dropped
+    let mut open = tokio::task::JoinSet::new();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -104,10 +133,16 @@ pub async fn serve(
                     continue;
                 }
             },
+            Some(_) = open.join_next(), if !open.is_empty() => continue,
             () = &mut shutdown => break,
         };
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-            tokio::spawn(refuse(stream));
+            if let Ok(slot) = Arc::clone(&refusals).try_acquire_owned() {
+                open.spawn(async move {
+                    refuse(stream).await;
+                    drop(slot);
+                });
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -120,8 +155,9 @@ pub async fn serve(
                     router.oneshot(req.map(axum::body::Body::new)).await
                 }
             });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
+        let io = TokioIo::new(WriteDeadline::new(stream, limits.stall_timeout));
+        let conn = graceful.watch(builder.serve_connection(io, service));
+        open.spawn(async move {
             // a client that hangs up, times out or sends garbage ends its connection only
             let _ = conn.await;
             drop(permit);
@@ -132,13 +168,124 @@ pub async fn serve(
     Ok(())
 }
 
-/// Answers a connection beyond the cap and closes it, within a second whatever the client does.
+/// Answers a connection beyond the cap and closes it, within 3 s whatever the client does:
+/// reads its request head first (so the client reads the answer, not a reset), answers, and
+/// drains what else it sent for a moment before closing.
 async fn refuse(mut stream: TcpStream) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         stream.write_all(OVER_CAPACITY).await?;
         stream.shutdown().await
     })
     .await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// A stream whose writes fail once they have made no progress for `timeout` (the client reads
+/// none of its answer), so hyper closes the connection.
+struct WriteDeadline<S> {
+    inner: S,
+    timeout: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    fn new(inner: S, timeout: Duration) -> Self {
+        WriteDeadline {
+            inner,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// A write's result: `Pending` starts (or goes on with) the stall's clock, which fails the
+    /// write once `timeout` has passed; progress stops it.
+    fn progressed<T>(
+        &mut self,
+        p: Poll<io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
+        match p {
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let sleep = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client read none of its answer within api.stall_timeout_ms",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let p = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.progressed(p, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let p = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.progressed(p, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let p = Pin::new(&mut self.inner).poll_flush(cx);
+        self.progressed(p, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let p = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.progressed(p, cx)
+    }
 }
 
 #[cfg(test)]

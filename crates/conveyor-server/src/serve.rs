@@ -130,7 +130,9 @@ pub async fn run(
     if let Some(t) = config.tracing.to_config() {
         if conveyor_runtime::trace::init(t) {
             tracing::info!(
-                endpoint = config.tracing.otlp_endpoint.as_deref().unwrap_or(""),
+                endpoint = %conveyor_core::redact::url(
+                    config.tracing.otlp_endpoint.as_deref().unwrap_or("")
+                ),
                 sample_ratio = config.tracing.sample_ratio,
                 "exporting traces (OTLP/HTTP JSON)"
             );

@@ -519,3 +519,195 @@ fn an_open_api_beyond_loopback_is_named() {
     with_tokens(&mut c);
     assert_eq!(check_exposure(&c, any), Exposure::Guarded);
 }
+
+/// The configuration the Kubernetes file ships loads with its environment: the token from a
+/// `CONVEYOR_*` variable it names (once read as an unknown key `token_ops`, which stopped the
+/// start), with the CLI's `CONVEYOR_TOKEN` set too; the token is kept only as its hash.
+#[test]
+fn the_kubernetes_configuration_loads_with_its_environment() {
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/kubernetes/conveyor.yaml"
+    ))
+    .unwrap();
+    let toml: String = yaml
+        .lines()
+        .skip_while(|l| !l.contains("conveyor.toml: |"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("---"))
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("conveyor.toml");
+    std::fs::write(&path, toml).unwrap();
+    let env = vec![
+        ("CONVEYOR_TOKEN_OPS".to_owned(), ADMIN.to_owned()),
+        ("CONVEYOR_TOKEN".to_owned(), READER.to_owned()),
+        ("CONVEYOR_LOG_FORMAT".to_owned(), "json".to_owned()),
+    ];
+    let c = Config::load(Some(&path), &env).unwrap();
+    assert_eq!(c.backend, "kafka");
+    assert_eq!(
+        c.api.tokens[0].sha256.as_deref(),
+        Some(hash_hex(ADMIN).as_str())
+    );
+    assert!(!format!("{c:?}").contains(ADMIN));
+    // a typo in a real key is still refused
+    let mut typo = env.clone();
+    typo.push(("CONVEYOR_API__LISTN".into(), "0.0.0.0:1".into()));
+    assert!(Config::load(Some(&path), &typo).is_err());
+}
+
+/// A client that pipelines requests and never reads the answers (a small receive buffer, 400
+/// answers of /openapi.json, which needs no token) is closed once its answer has stalled for
+/// `api.stall_timeout_ms`: with room for one connection, a new client is served again. It used
+/// to hold the connection for as long as it liked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_is_closed() {
+    let server = start(|c| {
+        with_tokens(c);
+        c.api.max_connections = 1;
+        c.api.header_read_timeout_ms = 200;
+        c.api.stall_timeout_ms = 1000;
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // the start-up probe's connection closes
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut greedy = sock.connect(server.addr).await.unwrap();
+    let many = "GET /openapi.json HTTP/1.1\r\nhost: x\r\n\r\n".repeat(400);
+    let _ = tokio::time::timeout(Duration::from_secs(3), greedy.write_all(many.as_bytes())).await;
+    let mut answered = String::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let out = read_until_closed(&mut s, Duration::from_secs(2))
+            .await
+            .unwrap_or_default();
+        answered = String::from_utf8_lossy(&out)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        if answered.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        answered.starts_with("HTTP/1.1 200"),
+        "the client that reads nothing still holds the only connection: {answered}"
+    );
+    drop(greedy);
+    server.stop().await;
+}
+
+/// A body that does not arrive is answered `408 body_timeout` after `api.stall_timeout_ms`, and
+/// its in-flight slot is free again: with one slot, the next enqueue is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_does_not_arrive_frees_its_slot() {
+    let server = start(|c| {
+        c.api.max_requests_in_flight = 1;
+        c.api.stall_timeout_ms = 1000;
+    })
+    .await;
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"POST /v1/topics/emails/jobs HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut slow, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(answer.as_deref().unwrap_or_default()).to_string();
+    assert!(
+        text.starts_with("HTTP/1.1 408") && text.contains("body_timeout"),
+        "a stalled body was not refused within 5 s: {text}"
+    );
+    let http = reqwest::Client::new();
+    let (s, v, _) = call(
+        &http,
+        "POST",
+        &format!("{}/v1/topics/emails/jobs", server.base),
+        None,
+        Some(json!({"type": "t", "payload": {}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    server.stop().await;
+}
+
+/// A client beyond the connection cap that has sent its whole request (as every HTTP client
+/// does before reading) reads the `503` with `Retry-After`, not a reset: the refusal reads the
+/// request head first and drains the rest. Before, 41 of 50 such clients saw a transport error
+/// and could not tell whether their job was stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_beyond_the_cap_reads_its_503() {
+    let server = start(|c| {
+        c.api.max_connections = 1;
+        c.api.header_read_timeout_ms = 60_000;
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _held = TcpStream::connect(server.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut answers = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..20 {
+        let http = reqwest::Client::new();
+        let body = json!({"type": "t", "payload": {"pad": "x".repeat(200_000)}});
+        let r = http
+            .post(format!("{}/v1/topics/emails/jobs", server.base))
+            .json(&body)
+            .send()
+            .await;
+        let k = match r {
+            Ok(r) => format!(
+                "{} retry-after={}",
+                r.status().as_u16(),
+                r.headers()
+                    .get("retry-after")
+                    .map_or("none", |v| v.to_str().unwrap())
+            ),
+            Err(_) => "transport error".to_owned(),
+        };
+        *answers.entry(k).or_default() += 1;
+    }
+    let refused = answers.get("503 retry-after=1").copied().unwrap_or(0);
+    assert!(refused >= 18, "{answers:?}");
+    server.stop().await;
+}
+
+/// A repeat of an idempotent enqueue whose deadline has passed since the first answers what the
+/// first did (the job is stored), not a 422 that looks permanent.
+#[tokio::test]
+async fn an_idempotent_repeat_after_the_deadline_answers_as_the_first() {
+    let server = start(|_| {}).await;
+    let http = reqwest::Client::new();
+    let deadline = conveyor_core::headers::format_time(
+        std::time::SystemTime::now() + Duration::from_millis(1500),
+    );
+    let body = json!({"type": "t", "payload": {}, "deadline": deadline});
+    let send = || {
+        http.post(format!("{}/v1/topics/emails/jobs", server.base))
+            .header("idempotency-key", "order-42")
+            .json(&body)
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), 201);
+    let v1: Value = first.json().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let second = send().await.unwrap();
+    let s2 = second.status().as_u16();
+    let v2: Value = second.json().await.unwrap();
+    assert_eq!((s2, &v2["id"]), (201, &v1["id"]), "{v2}");
+    // a new key with that deadline is refused: it has passed
+    let late = http
+        .post(format!("{}/v1/topics/emails/jobs", server.base))
+        .header("idempotency-key", "order-43")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status(), 422);
+    server.stop().await;
+}

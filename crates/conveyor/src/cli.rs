@@ -376,6 +376,9 @@ pub(crate) enum TokensCommand {
         /// For enqueue: the topics it may enqueue to (exact, or a prefix ending in `*`).
         #[arg(long = "topic", value_delimiter = ',')]
         topics: Vec<String>,
+        /// Append the entry to this configuration file (else it is printed on stderr).
+        #[arg(long)]
+        append: Option<PathBuf>,
     },
     /// Print the SHA-256 of a token read from standard input, for `sha256` in `[[api.tokens]]`.
     Hash,

@@ -57,28 +57,42 @@ async fn run(cli: Cli) -> Result<()> {
                     name,
                     roles,
                     topics,
+                    append,
                 },
         } => {
-            let token = conveyor_server::auth::generate();
-            let roles: Vec<String> = roles.iter().map(|r| format!("{r:?}")).collect();
+            let mut known = Vec::new();
             for r in &roles {
-                if !["\"read\"", "\"enqueue\"", "\"admin\""].contains(&r.as_str()) {
-                    bail!("--role {r} is not a role: use read, enqueue or admin");
+                match r.as_str() {
+                    "read" | "enqueue" | "admin" => known.push(format!("{r:?}")),
+                    _ => bail!("--role {r} is not a role: use read, enqueue or admin"),
                 }
             }
-            // standard error is a valid `[[api.tokens]]` entry (comments and keys), so
-            // `2>>conveyor.toml` adds it; the token alone is on standard output
-            println!("{token}");
-            eprintln!("# token `{name}` is on standard output, shown once: give it to its client as CONVEYOR_TOKEN or `Authorization: Bearer`; the server keeps only this hash");
-            eprintln!(
-                "[[api.tokens]]\nname = {name:?}\nroles = [{}]",
-                roles.join(", ")
+            let token = conveyor_server::auth::generate();
+            let mut entry = format!(
+                "# token `{name}`: the server keeps only its hash\n[[api.tokens]]\nname = {name:?}\nroles = [{}]\n",
+                known.join(", ")
             );
             if !topics.is_empty() {
                 let topics: Vec<String> = topics.iter().map(|t| format!("{t:?}")).collect();
-                eprintln!("topics = [{}]", topics.join(", "));
+                entry += &format!("topics = [{}]\n", topics.join(", "));
             }
-            eprintln!("sha256 = {:?}", conveyor_server::auth::hash_hex(&token));
+            entry += &format!("sha256 = {:?}\n", conveyor_server::auth::hash_hex(&token));
+            match append {
+                Some(path) => {
+                    use std::io::Write;
+                    let mut f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .with_context(|| {
+                            format!("cannot open {} to add the token", path.display())
+                        })?;
+                    f.write_all(format!("\n{entry}").as_bytes())?;
+                    eprintln!("token `{name}` added to {} (its hash); the token is on standard output, shown once: give it to its client as CONVEYOR_TOKEN", path.display());
+                }
+                None => eprint!("{entry}"),
+            }
+            println!("{token}");
             Ok(())
         }
         Command::Tokens {

@@ -80,7 +80,7 @@ pub(super) async fn export(mut rx: mpsc::Receiver<Value>, config: TraceConfig) {
             failed += n as u64;
             // one warning a minute, with the count, whatever the rate of spans
             if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                tracing::warn!(endpoint = %config.endpoint, spans_lost = failed, "cannot export spans: {p}; check [tracing] otlp_endpoint (an OTLP/HTTP receiver, e.g. a collector on port 4318)");
+                tracing::warn!(endpoint = %conveyor_core::redact::url(&config.endpoint), spans_lost = failed, "cannot export spans: {p}; check [tracing] otlp_endpoint (an OTLP/HTTP receiver, e.g. a collector on port 4318)");
                 last_warning = Some(tokio::time::Instant::now());
                 failed = 0;
             }

@@ -79,7 +79,11 @@ pub(super) async fn pause_or_resume(
     if s.backend.describe_topic(topic).await?.is_none() {
         return Err(conveyor_core::Error::UnknownTopic(topic.to_owned()).into());
     }
-    known_group(&s, &group, Some(topic)).await?;
+    // a resume is always taken: a group paused long ago may have lost its offsets (Kafka's
+    // offset retention) and must still be resumable
+    if pause {
+        known_group(&s, &group, Some(topic)).await?;
+    }
     let (group, topic) = (group.clone(), topic.to_owned());
     let entry = match pause {
         true => ControlEntry::Pause {
@@ -103,9 +107,11 @@ pub(super) async fn paused_topics(
     Path(group): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     check_name("group", &group)?;
-    known_group(&s, &group, None).await?;
     let control = s.control().await?;
     control.refresh().await?;
+    if control.paused_topics(&group).is_empty() {
+        known_group(&s, &group, None).await?;
+    }
     Ok(Json(
         json!({ "group": group, "paused": control.paused_topics(&group) }),
     ))

@@ -102,6 +102,7 @@ pub(super) async fn request(
     let req: JobRequest = serde_json::from_value(Value::Object(body))
         .map_err(|e| ApiError::invalid(field_of(&e), e.to_string()))?;
     let job = super::with_http_trace(req.into_job("")?, &http);
+    super::refuse_past_deadline(&job, "")?;
     let wait = Duration::from_millis(timeout_ms).min(s.max_reply_timeout);
     let reply = s.client.request(&topic, job, wait).await?;
     let json_value = match reply.content_type() {
