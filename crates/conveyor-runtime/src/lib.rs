@@ -32,6 +32,7 @@ pub mod entry_log;
 pub mod forwarder;
 pub mod handler;
 pub mod job;
+pub mod job_states;
 pub mod lag;
 mod outputs;
 pub mod ready;

@@ -201,6 +201,9 @@ pub struct WorkerOptions {
     /// transaction, seen by `read_committed` readers only once it commits). Default: false (at
     /// least once: emits are published before the offset is committed).
     pub transactional: bool,
+    /// Job lookup: write each job's state changes to `conveyor.jobs` in batches, one publish
+    /// per commit ([`crate::job_states`]). Default: true.
+    pub job_states: bool,
 }
 
 impl WorkerOptions {
@@ -230,6 +233,7 @@ impl WorkerOptions {
             dedup_capacity: 100_000,
             priorities: None,
             transactional: false,
+            job_states: true,
         }
     }
 }
@@ -280,6 +284,11 @@ impl WorkerBuilder {
     /// Sets the concurrency limit.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.options.concurrency = n.max(1);
+        self
+    }
+    /// Turns job lookup's state records on or off ([`WorkerOptions::job_states`]).
+    pub fn job_states(mut self, on: bool) -> Self {
+        self.options.job_states = on;
         self
     }
     /// Sets the buffered-record limit.
@@ -383,10 +392,14 @@ impl WorkerBuilder {
                 known_topics: Default::default(),
                 unique: tokio::sync::OnceCell::new(),
                 backend: self.backend,
-                options: self.options,
                 handlers: self.handlers,
                 fallback: self.fallback,
                 stats: Arc::new(WorkerStats::default()),
+                states: self
+                    .options
+                    .job_states
+                    .then(|| crate::job_states::Recorder::new(self.options.group.clone())),
+                options: self.options,
             }),
         }
     }
@@ -403,6 +416,8 @@ struct Shared {
     /// Topics outputs were emitted to that exist, with their partition counts (a transactional
     /// worker checks each output before its transaction: see [`Shared::check_outputs`]).
     known_topics: std::sync::Mutex<HashMap<String, i32>>,
+    /// Job states waiting for the next commit (none with `job_states` off).
+    states: Option<crate::job_states::Recorder>,
 }
 
 impl Shared {
@@ -548,6 +563,9 @@ impl Worker {
                 Ok(_) | Err(Error::TopicConflict { .. }) => {}
                 Err(e) => return Err(e),
             }
+        }
+        if s.states.is_some() {
+            crate::job_states::ensure_topic(&s.backend).await?;
         }
         let running_by_partition = Arc::new(RunningCounts::default());
         let barrier = {

@@ -77,6 +77,7 @@ pub fn route_worker(
         std::time::Duration::from_millis(config.delay.retry_in_place_max_ms);
     options.ordered_retries = route.ordered_retries;
     options.priorities = route.priorities();
+    options.job_states = route.job_states;
     Worker::builder(backend, route.group(), route.topics())
         .options(options)
         .control(control)
@@ -138,6 +139,19 @@ pub async fn run(
     state.waiting_requests =
         crate::api::requests::WaitingLimit::new(config.api.max_waiting_requests);
     state.schedule_limits = config.scheduler.limits();
+    // job lookup: `waiting` states of the jobs the API enqueues, and the index read at start
+    state.client = state
+        .client
+        .with_job_states(conveyor_runtime::job_states::EnqueueLog::start(
+            Arc::clone(&backend),
+            config.job_states_off(),
+        ));
+    let jobs = conveyor_runtime::job_states::JobIndex::open(
+        Arc::clone(&backend),
+        conveyor_runtime::job_states::DEFAULT_MAX_JOBS,
+    )
+    .await?;
+    state.jobs = Arc::new(tokio::sync::OnceCell::new_with(Some(jobs)));
     if let Some(topic) = &config.api.reply_topic {
         state.client = state.client.with_reply_topic(topic.clone());
     }

@@ -36,6 +36,9 @@ pub enum ApiError {
     /// No such route.
     #[error("no route for {0}; see /openapi.json")]
     NotFound(String),
+    /// No job of that id is known (`not_found`, as an unknown route).
+    #[error("{0}")]
+    UnknownJob(String),
     /// No such topic.
     #[error("{0}")]
     UnknownTopic(String),
@@ -131,6 +134,7 @@ impl ApiError {
         match self {
             ApiError::MalformedJson(_) => ApiError::MalformedJson(message),
             ApiError::NotFound(_) => ApiError::NotFound(message),
+            ApiError::UnknownJob(_) => ApiError::UnknownJob(message),
             ApiError::UnknownTopic(_) => ApiError::UnknownTopic(message),
             ApiError::UnknownPartition(_) => ApiError::UnknownPartition(message),
             ApiError::UnknownSchedule(_) => ApiError::UnknownSchedule(message),
@@ -158,7 +162,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::MalformedJson(_) => "malformed_json",
-            ApiError::NotFound(_) => "not_found",
+            ApiError::NotFound(_) | ApiError::UnknownJob(_) => "not_found",
             ApiError::UnknownTopic(_) => "unknown_topic",
             ApiError::UnknownPartition(_) => "unknown_partition",
             ApiError::UnknownSchedule(_) => "unknown_schedule",
@@ -189,6 +193,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::NotFound(_)
+            | ApiError::UnknownJob(_)
             | ApiError::UnknownTopic(_)
             | ApiError::UnknownPartition(_)
             | ApiError::UnknownSchedule(_) => StatusCode::NOT_FOUND,

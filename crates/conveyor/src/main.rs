@@ -2,6 +2,7 @@
 //! calls them. No logic lives here.
 
 mod cli;
+mod jobs;
 mod output;
 mod postgres;
 
@@ -100,6 +101,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&at)?);
             Ok(())
         }
+        Command::Jobs { command } => jobs::run(command).await,
         Command::Cancel { id, server } => {
             ApiClient::new(server.url).cancel(&id).await?;
             println!("cancelled {id}: it will not run if it has not started");
@@ -470,6 +472,9 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         delayed_window: std::time::Duration::from_secs(args.delayed_window_secs),
         delayed_max_buffered: args.delayed_max_buffered.max(1),
         request_jobs: args.request_jobs,
+        lookup: bench::Lookup::parse(&args.lookup).ok_or_else(|| {
+            anyhow::anyhow!("--lookup `{}`: use `on`, `off` or `both`", args.lookup)
+        })?,
         ..BenchOptions::default()
     };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());

@@ -37,6 +37,7 @@ fn route(topic: &str, url: String) -> RouteConfig {
         ordered_retries: true,
         priorities: Default::default(),
         strict_priority: false,
+        job_states: true,
     }
 }
 

@@ -2,12 +2,26 @@
 //! policy, and moves the job to a delay tier or dead-letters it.
 
 use super::*;
+use crate::job_states::{Detail, Place, StateKind};
 
 pub(super) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-string panic payload".into())
+}
+
+/// Notes a state change of `task`'s job for job lookup (nothing when it is off).
+pub(super) fn note_state(
+    shared: &Shared,
+    task: &Task,
+    state: StateKind,
+    attempts: u32,
+    detail: Detail<'_>,
+) {
+    if let Some(r) = &shared.states {
+        r.note(&task.record, state, attempts, detail);
+    }
 }
 
 /// Runs one attempt and applies the retry policy; dead-letters what must not run again.
@@ -32,6 +46,13 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
         return result;
     }
     shared.stats.started.fetch_add(1, Ordering::Relaxed);
+    note_state(
+        shared,
+        task,
+        StateKind::Running,
+        task.attempt,
+        Detail::default(),
+    );
     let handler = shared
         .handlers
         .get(&job_type)
@@ -80,6 +101,13 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
             let out = std::mem::take(&mut *outputs.lock().expect("outputs lock")).finish(r);
             if out.is_empty() {
                 shared.stats.done.fetch_add(1, Ordering::Relaxed);
+                note_state(
+                    shared,
+                    task,
+                    StateKind::Succeeded,
+                    task.attempt,
+                    Detail::default(),
+                );
                 return TaskResult::Finished;
             }
             // conveyor's own topics take nothing a handler emits (a record there would be read
@@ -95,6 +123,13 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
                 match shared.check_outputs(&out).await {
                     Ok(()) => {
                         shared.stats.done.fetch_add(1, Ordering::Relaxed);
+                        note_state(
+                            shared,
+                            task,
+                            StateKind::Succeeded,
+                            task.attempt,
+                            Detail::default(),
+                        );
                         return TaskResult::Emitted(out);
                     }
                     Err(failed) => failed,
@@ -104,6 +139,13 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
                 match crate::outputs::publish_all(&*shared.backend, out).await {
                     Ok(()) => {
                         shared.stats.done.fetch_add(1, Ordering::Relaxed);
+                        note_state(
+                            shared,
+                            task,
+                            StateKind::Succeeded,
+                            task.attempt,
+                            Detail::default(),
+                        );
                         shared.stats.emitted.fetch_add(n, Ordering::Relaxed);
                         return TaskResult::Finished;
                     }
@@ -167,6 +209,17 @@ pub(super) async fn unique_duplicate(shared: &Shared, task: &Task) -> Option<Tas
                 SystemTime::UNIX_EPOCH + Duration::from_millis(until.max(0) as u64),
             );
             tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, unique_key = key, id, holder, until, "a duplicate of a unique job was dropped without running: the job `holder` holds its key");
+            let reason = format!("unique_key `{key}` held by {holder}");
+            note_state(
+                shared,
+                task,
+                StateKind::Duplicate,
+                task.attempt - 1,
+                Detail {
+                    reason: Some(&reason),
+                    ..Default::default()
+                },
+            );
             Some(TaskResult::Finished)
         }
         Err(e) => {
@@ -195,6 +248,17 @@ pub(super) async fn retry(
         return dead_letter(shared, task, DeadLetterReason::Deadline, &error).await;
     }
     shared.stats.retried.fetch_add(1, Ordering::Relaxed);
+    note_state(
+        shared,
+        task,
+        StateKind::Retrying,
+        task.attempt,
+        Detail {
+            until: Some(next),
+            error: Some(error),
+            ..Default::default()
+        },
+    );
     let o = &shared.options;
     if delay > o.retry_in_place_max
         && o.tiers.choose(delay).is_some()
@@ -284,9 +348,17 @@ pub(super) async fn dead_letter(
     tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, job_type, attempt = task.attempt, %error, dlq, reason = reason.as_str(), "job dead-lettered");
     let mut backoff = Duration::from_millis(100);
     let mut record = record;
+    let mut place = None;
     loop {
         match shared.backend.publish(&dlq, vec![record.clone()]).await {
-            Ok(_) => break,
+            Ok(at) => {
+                place = at.first().map(|p| Place {
+                    topic: dlq.clone(),
+                    partition: p.partition,
+                    offset: p.offset,
+                });
+                break;
+            }
             // permanent: retrying the same record would block the partition forever
             Err(e @ Error::RecordTooLarge { .. })
                 if record.headers.get(dlq_header::TRIMMED).is_none() =>
@@ -306,6 +378,18 @@ pub(super) async fn dead_letter(
         }
     }
     shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    note_state(
+        shared,
+        task,
+        StateKind::Dead,
+        task.attempt,
+        Detail {
+            error: Some(error),
+            reason: Some(reason.as_str()),
+            dead_letter: place,
+            ..Default::default()
+        },
+    );
     // a request learns now, not at its timeout (at least once, outside any transaction, like
     // the dead letter itself)
     if let Some((to, reply)) = crate::outputs::reply_record(r, Bytes::new(), Some(error)) {

@@ -44,6 +44,11 @@ impl Scheduler {
 
     /// Commits what changed; returns whether it was committed.
     pub(super) async fn commit(&mut self) -> bool {
+        // the states of the jobs this commit finishes go first: a state is never behind
+        // the commit (a crash between the two repeats the jobs, which write them again)
+        if let Some(states) = &self.shared.states {
+            states.flush(&*self.shared.backend).await;
+        }
         let offsets = self.commit_points();
         self.last_commit = Instant::now();
         if offsets.is_empty() {

@@ -3,6 +3,7 @@
 //! (see the [worker docs](super)).
 
 use super::*;
+use crate::job_states::{Detail, StateKind};
 
 pub(super) struct Scheduler {
     pub(super) shared: Arc<Shared>,
@@ -101,7 +102,11 @@ impl Scheduler {
             if self.unstored {
                 self.store();
             }
-            if self.dirty && (self.commit_now || self.last_commit.elapsed() >= commit_interval) {
+            // job states wait for a commit too (a retry or a delay in memory changes no offset)
+            let states_due = self.shared.states.as_ref().is_some_and(|s| s.has_pending());
+            if (self.dirty || states_due)
+                && (self.commit_now || self.last_commit.elapsed() >= commit_interval)
+            {
                 self.commit_now = false;
                 self.commit().await;
             }
@@ -141,7 +146,7 @@ impl Scheduler {
                         }
                     }
                 }
-                () = tokio::time::sleep(commit_in), if self.dirty => {}
+                () = tokio::time::sleep(commit_in), if self.dirty || states_due => {}
                 () = tokio::time::sleep_until(self.marking_retry.unwrap_or_else(Instant::now)), if self.marking_retry.is_some() && !self.marking.is_empty() => {}
                 () = tokio::time::sleep(STALL), if room == 0 && !stalled => {}
             }
@@ -264,8 +269,12 @@ impl Scheduler {
             };
             match self.gate(&task) {
                 Gate::Run => {}
-                Gate::Drop(counter) => {
+                Gate::Drop(counter, state) => {
                     counter(&self.shared.stats).fetch_add(1, Ordering::Relaxed);
+                    if let Some(state) = state {
+                        let attempts = task.attempt.saturating_sub(1);
+                        note_state(&self.shared, &task, state, attempts, Detail::default());
+                    }
                     self.mark_finished(&task);
                     self.release_lane(&task);
                     continue;
@@ -278,6 +287,7 @@ impl Scheduler {
                     if unlaned {
                         self.release_lane(&task);
                     }
+                    self.note_waiting(&task, due);
                     let cost = due::cost_of(&task.record);
                     self.due.push(due, cost, Task { unlaned, ..task });
                     continue;
@@ -292,6 +302,12 @@ impl Scheduler {
                             let result = match move_to_tier(&shared, &task, due, None).await {
                                 true => {
                                     shared.stats.delayed.fetch_add(1, Ordering::Relaxed);
+                                    let attempts = task.attempt.saturating_sub(1);
+                                    let until = Detail {
+                                        until: Some(due),
+                                        ..Default::default()
+                                    };
+                                    note_state(&shared, &task, StateKind::Delayed, attempts, until);
                                     TaskResult::Finished
                                 }
                                 false => TaskResult::Unmovable,
@@ -352,14 +368,14 @@ impl Scheduler {
             .get_str(headers::RETRY_GROUP)
             .is_some_and(|g| g != group)
         {
-            return Gate::Drop(|s| &s.other_group);
+            return Gate::Drop(|s| &s.other_group, None);
         }
         if task.copy {
-            return Gate::Drop(|s| &s.duplicates);
+            return Gate::Drop(|s| &s.duplicates, None);
         }
         if let (Some(c), Some(id)) = (&self.control, r.headers.get_str(headers::MESSAGE_ID)) {
             if c.is_cancelled(id) {
-                return Gate::Drop(|s| &s.cancelled);
+                return Gate::Drop(|s| &s.cancelled, Some(StateKind::Cancelled));
             }
         }
         let now = millis(SystemTime::now());
@@ -382,6 +398,21 @@ impl Scheduler {
             self.shared.options.tiers.shortest(),
             movable,
         )
+    }
+
+    /// Notes for lookup that `task`'s job waits in memory until `due`: delayed, or retrying
+    /// when an attempt of it already ran.
+    pub(super) fn note_waiting(&self, task: &Task, due: i64) {
+        let attempts = task.attempt.saturating_sub(1);
+        let state = match attempts {
+            0 => StateKind::Delayed,
+            _ => StateKind::Retrying,
+        };
+        let until = Detail {
+            until: Some(due),
+            ..Default::default()
+        };
+        note_state(&self.shared, task, state, attempts, until);
     }
 
     /// Pauses the owned partitions of topics paused for the group, resumes those of topics no

@@ -117,8 +117,12 @@ pub(super) enum TaskResult {
 /// What happens to a job taken from the ready queue.
 pub(super) enum Gate {
     Run,
-    /// Finished without running, counted in this counter.
-    Drop(fn(&WorkerStats) -> &AtomicU64),
+    /// Finished without running, counted in this counter; with the job's state for lookup
+    /// (none: the job's state is not this copy's, e.g. a second copy of a move).
+    Drop(
+        fn(&WorkerStats) -> &AtomicU64,
+        Option<crate::job_states::StateKind>,
+    ),
     /// Not due until this time (ms since the epoch), less than the shortest tier away (or it
     /// may not move): waits in memory.
     Hold(i64),
