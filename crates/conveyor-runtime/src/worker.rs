@@ -395,10 +395,9 @@ impl WorkerBuilder {
                 handlers: self.handlers,
                 fallback: self.fallback,
                 stats: Arc::new(WorkerStats::default()),
-                states: self
-                    .options
-                    .job_states
-                    .then(|| crate::job_states::Recorder::new(self.options.group.clone())),
+                states: self.options.job_states.then(|| {
+                    Arc::new(crate::job_states::Recorder::new(self.options.group.clone()))
+                }),
                 options: self.options,
             }),
         }
@@ -417,7 +416,7 @@ struct Shared {
     /// worker checks each output before its transaction: see [`Shared::check_outputs`]).
     known_topics: std::sync::Mutex<HashMap<String, i32>>,
     /// Job states waiting for the next commit (none with `job_states` off).
-    states: Option<crate::job_states::Recorder>,
+    states: Option<Arc<crate::job_states::Recorder>>,
 }
 
 impl Shared {
@@ -626,12 +625,14 @@ impl Worker {
         }
         if s.options.forward_delayed {
             for t in &s.options.topics {
-                forwarders.spawn(run_forwarder(
+                let mut f =
                     Forwarder::new(Arc::clone(&s.backend), t.clone(), s.options.tiers.clone())
                         .with_control(control.clone())
-                        .with_dlq_suffix(s.options.dlq_suffix.clone()),
-                    stopped.clone(),
-                ));
+                        .with_dlq_suffix(s.options.dlq_suffix.clone());
+                if let Some(states) = &s.states {
+                    f = f.with_job_states(Arc::clone(states));
+                }
+                forwarders.spawn(run_forwarder(f, stopped.clone()));
             }
         }
         sched.control = Some(control);

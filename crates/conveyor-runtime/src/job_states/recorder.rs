@@ -82,6 +82,24 @@ impl Recorder {
         attempts: u32,
         detail: Detail<'_>,
     ) -> bool {
+        let place = Place {
+            topic: r.topic.clone(),
+            partition: r.partition,
+            offset: r.offset,
+        };
+        self.note_at(r, place, state, attempts, detail)
+    }
+
+    /// Like [`Recorder::note`], with the job's place given (a job in a delay tier is placed
+    /// where it was before its move).
+    pub fn note_at(
+        &self,
+        r: &ConsumedRecord,
+        place: Place,
+        state: StateKind,
+        attempts: u32,
+        detail: Detail<'_>,
+    ) -> bool {
         let Some(id) = r.headers.get_str(headers::MESSAGE_ID) else {
             return false;
         };
@@ -123,11 +141,7 @@ impl Recorder {
         inner.pending.push(JobState {
             id: id.to_owned(),
             state,
-            place: Place {
-                topic: r.topic.clone(),
-                partition: r.partition,
-                offset: r.offset,
-            },
+            place,
             group: Some(self.group.clone()),
             attempts,
             enqueued_at: Some(enqueued_at),
