@@ -386,9 +386,9 @@ impl Run<'_> {
             }
         }
         if !self.uncommitted.is_empty() {
-            // the cancelled jobs' states go before the commit that forgets them
+            // the cancelled jobs' states go to the writer as the commit forgets them
             if let Some(states) = &self.f.states {
-                states.flush(&*self.f.backend).await;
+                states.flush(&self.f.backend);
             }
             let commits: Vec<CommitOffset> = self
                 .uncommitted

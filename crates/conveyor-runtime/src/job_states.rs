@@ -158,6 +158,21 @@ pub struct JobState {
 }
 
 impl JobState {
+    /// How far the job had come: (attempts, step), the step ordering a job's states within
+    /// an attempt (waiting, delayed, running, retrying, then a final state). A state never
+    /// replaces one of a higher rank: a `running` noted late (its attempt finished meanwhile)
+    /// or written again by a job run again after a crash does not undo its end.
+    pub fn rank(&self) -> (u32, u8) {
+        let step = match self.state {
+            StateKind::Waiting => 0,
+            StateKind::Delayed => 1,
+            StateKind::Running => 2,
+            StateKind::Retrying => 3,
+            _ => 4,
+        };
+        (self.attempts, step)
+    }
+
     /// The API's view: times as RFC 3339 text.
     pub fn to_json(&self) -> serde_json::Value {
         let t = |ms: Option<i64>| ms.map(time_text);

@@ -617,6 +617,7 @@ impl Worker {
             held: Vec::new(),
             admin_paused: HashSet::new(),
             last_pause_sync: Instant::now(),
+            states_flushed_at: crate::job_states::now_ms(),
         };
         let (stop_forwarders, stopped) = tokio::sync::watch::channel(false);
         let mut forwarders = JoinSet::new();

@@ -38,6 +38,10 @@ impl State {
             if s.group.is_none() && old.group.is_some() {
                 return;
             }
+            // nor does a state of lower rank (a late `running`, a job run again after a crash)
+            if s.rank() < old.rank() {
+                return;
+            }
             if let Some(set) = self.by_state.get_mut(&old.state) {
                 set.remove(&s.id);
             }

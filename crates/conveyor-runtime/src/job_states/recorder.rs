@@ -1,46 +1,57 @@
 //! The worker's side of job lookup: state changes gathered as jobs move, coalesced per job
 //! and written to [`JOBS_TOPIC`] in one publish per commit ([`Recorder::flush`], called by
-//! the worker just before it commits offsets).
+//! the worker as it commits offsets), by a writer task of their own, so the worker's loop
+//! never waits for the write (on the embedded log that wait, an fsync per commit, halved the
+//! no-op rate).
 //!
-//! Bounded: at most [`MAX_PENDING`] changes wait for a flush (the worker flushes every commit
-//! interval, and at once when this many wait); a flush that fails keeps them for the next one
-//! up to that bound and drops the oldest beyond it, with a warning: lookup is never a reason
-//! for a job to wait. The attempts' start times and errors are remembered only while a job is
+//! Bounded: at most [`IN_FLIGHT`] batches are being written, and at most [`MAX_PENDING`]
+//! changes wait beside them; beyond that the oldest are dropped, with a warning: lookup is
+//! never a reason for a job to wait. The price of not waiting: a crash can lose the states of
+//! the batches in flight (the last commit interval or so) while their offsets committed;
+//! those jobs then show the state before (`running`, `waiting`). The attempts' start times and errors are remembered only while a job is
 //! unfinished in this worker, at most [`MAX_LIVE`] of them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use conveyor_core::{headers, Backend, ConsumedRecord, Record};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{now_ms, JobState, Place, StateKind, ERROR_BYTES, JOBS_TOPIC};
 
 /// The most state changes waiting for a flush.
 pub const MAX_PENDING: usize = 200_000;
 
-/// The most unfinished jobs whose start time and last error a worker remembers.
+/// The most jobs retrying in memory whose last error a worker remembers.
 pub const MAX_LIVE: usize = 200_000;
 
 /// Records per publish call.
 const CHUNK: usize = 5_000;
 
+/// Batches handed to the writer and not yet written, at most.
+pub const IN_FLIGHT: usize = 4;
+
 #[derive(Default)]
 struct Inner {
     pending: Vec<JobState>,
-    /// Per unfinished job: its latest attempt's start and its last error.
-    live: HashMap<String, (Option<i64>, Option<String>)>,
+    /// The last error of each job retrying in memory, until it finishes.
+    errors: HashMap<String, String>,
 }
 
 /// A worker's state changes waiting for the next commit.
-#[derive(Default)]
 pub struct Recorder {
-    group: String,
+    group: Arc<str>,
     inner: Mutex<Inner>,
-    /// States dropped because flushes kept failing.
+    /// How many changes wait (read without the lock by the worker's loop).
+    pending: std::sync::atomic::AtomicUsize,
+    /// The writer task's queue, started at the first flush.
+    writer: OnceLock<mpsc::Sender<Msg>>,
+    /// States dropped because the writer could not keep up.
     pub dropped: AtomicU64,
     /// State records written.
-    pub written: AtomicU64,
+    pub written: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -62,14 +73,20 @@ pub struct Detail<'a> {
     pub reason: Option<&'a str>,
     /// `dead`: where the dead letter is.
     pub dead_letter: Option<Place>,
+    /// When the job's latest attempt started (Unix ms).
+    pub started_at: Option<i64>,
 }
 
 impl Recorder {
     /// A recorder for `group`'s worker.
     pub fn new(group: impl Into<String>) -> Self {
         Recorder {
-            group: group.into(),
-            ..Default::default()
+            group: Arc::from(group.into()),
+            inner: Mutex::default(),
+            pending: Default::default(),
+            writer: OnceLock::new(),
+            dropped: AtomicU64::default(),
+            written: Arc::default(),
         }
     }
 
@@ -104,37 +121,35 @@ impl Recorder {
             return false;
         };
         let now = now_ms();
-        let enqueued_at = r
-            .headers
-            .get_str(headers::PRODUCED_AT)
-            .and_then(headers::parse_time)
-            .map_or(r.timestamp, crate::forwarder::millis);
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // a job back from a delay tier was written again: its `produced_at` says when it was
+        // enqueued (parsed only then: the plain case costs nothing)
+        let enqueued_at = match r.headers.get(headers::RETRY_GROUP) {
+            None => r.timestamp,
+            Some(_) => r
+                .headers
+                .get_str(headers::PRODUCED_AT)
+                .and_then(headers::parse_time)
+                .map_or(r.timestamp, crate::forwarder::millis),
+        };
         let error = detail
             .error
             .map(|e| crate::dead_letter::cut_to(e, ERROR_BYTES));
-        let (started_at, last_error) = match state {
-            StateKind::Running => {
-                if inner.live.len() >= MAX_LIVE && !inner.live.contains_key(id) {
-                    inner.live.clear();
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // the error of an in-memory retry is remembered until the job finishes
+        let last_error = match (state, error) {
+            (StateKind::Retrying, Some(e)) => {
+                if inner.errors.len() >= MAX_LIVE {
+                    inner.errors.clear();
                 }
-                let e = inner.live.entry(id.to_owned()).or_default();
-                e.0 = Some(now);
-                (e.0, e.1.clone())
+                inner.errors.insert(id.to_owned(), e.clone());
+                Some(e)
             }
-            s if s.is_final() => {
-                let (s, e) = inner.live.remove(id).unwrap_or_default();
-                (s, error.or(e))
+            (s, error) if s.is_final() && !inner.errors.is_empty() => {
+                error.or_else(|| inner.errors.remove(id))
             }
-            _ => match inner.live.get_mut(id) {
-                Some(e) => {
-                    if error.is_some() {
-                        e.1.clone_from(&error);
-                    }
-                    (e.0, e.1.clone())
-                }
-                None => (None, error),
-            },
+            (_, Some(e)) => Some(e),
+            (_, None) if !inner.errors.is_empty() => inner.errors.get(id).cloned(),
+            _ => None,
         };
         let last_error =
             last_error.or_else(|| r.headers.get_str(headers::LAST_ERROR).map(str::to_owned));
@@ -142,10 +157,10 @@ impl Recorder {
             id: id.to_owned(),
             state,
             place,
-            group: Some(self.group.clone()),
+            group: None,
             attempts,
             enqueued_at: Some(enqueued_at),
-            started_at,
+            started_at: detail.started_at,
             finished_at: state.is_final().then_some(now),
             until: detail.until,
             last_error,
@@ -153,80 +168,135 @@ impl Recorder {
             dead_letter: detail.dead_letter,
             updated_at: now,
         });
+        self.pending.store(inner.pending.len(), Ordering::Relaxed);
         inner.pending.len() >= MAX_PENDING
     }
 
     /// Whether changes wait for a flush.
     pub fn has_pending(&self) -> bool {
-        !self
-            .inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pending
-            .is_empty()
+        self.pending.load(Ordering::Relaxed) > 0
     }
 
-    /// Writes the waiting changes, the last one per job, in as few publishes as it takes.
-    pub async fn flush(&self, backend: &dyn Backend) {
-        let pending =
-            std::mem::take(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()).pending);
-        if pending.is_empty() {
+    /// Hands the waiting changes to the recorder's writer task (started at the first call),
+    /// which writes the last one per job in as few publishes as it takes, batches in order.
+    /// Never waits for the write: when [`IN_FLIGHT`] batches are still being written the
+    /// changes stay here for the next flush (at most [`MAX_PENDING`]; the oldest beyond it are
+    /// dropped, with a warning).
+    pub fn flush(&self, backend: &Arc<dyn Backend>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.pending.is_empty() {
             return;
         }
-        let states = coalesce(pending);
-        let records: Vec<Record> = states
-            .iter()
-            .map(|s| {
-                Record::new(serde_json::to_vec(s).expect("a job state serializes"))
-                    .with_key(s.id.clone())
-            })
-            .collect();
-        let mut failed_from = None;
-        for (i, chunk) in records.chunks(CHUNK).enumerate() {
-            match backend.publish(JOBS_TOPIC, chunk.to_vec()).await {
-                Ok(_) => {
-                    self.written
-                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        let tx = self.writer.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(IN_FLIGHT);
+            let written = Arc::clone(&self.written);
+            tokio::spawn(write_loop(Arc::clone(backend), rx, written));
+            tx
+        });
+        let batch = std::mem::take(&mut inner.pending);
+        self.pending.store(0, Ordering::Relaxed);
+        let group = Arc::clone(&self.group);
+        match tx.try_send(Msg::Batch(group, batch)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(Msg::Batch(_, mut kept))) => {
+                if kept.len() > MAX_PENDING {
+                    let over = kept.len() - MAX_PENDING;
+                    kept.drain(..over);
+                    if self.dropped.fetch_add(over as u64, Ordering::Relaxed) == 0 {
+                        tracing::warn!(
+                            dropped = over,
+                            "job states dropped: {JOBS_TOPIC} is not written fast enough (lookup shows those jobs' earlier states)"
+                        );
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, topic = JOBS_TOPIC, "cannot write job states; trying again with the next commit");
-                    failed_from = Some(i * CHUNK);
-                    break;
-                }
+                self.pending.store(kept.len(), Ordering::Relaxed);
+                inner.pending = kept;
             }
+            Err(_) => {}
         }
-        let Some(from) = failed_from else {
+    }
+
+    /// Waits until the batches handed to the writer are written (or the writer gave up).
+    pub async fn sync(&self) {
+        let Some(tx) = self.writer.get() else {
             return;
         };
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let mut kept: Vec<JobState> = states.into_iter().skip(from).collect();
-        kept.append(&mut inner.pending);
-        if kept.len() > MAX_PENDING {
-            let over = kept.len() - MAX_PENDING;
-            kept.drain(..over);
-            self.dropped.fetch_add(over as u64, Ordering::Relaxed);
-            tracing::warn!(
-                dropped = over,
-                "job states dropped: {JOBS_TOPIC} could not be written for a while (lookup shows those jobs' earlier states)"
-            );
+        let (done, written) = oneshot::channel();
+        if tx.send(Msg::Sync(done)).await.is_ok() {
+            let _ = written.await;
         }
-        inner.pending = kept;
     }
 }
 
-/// The last change of each job, in the order of those last changes.
-fn coalesce(pending: Vec<JobState>) -> Vec<JobState> {
-    let mut last: HashMap<&str, usize> = HashMap::with_capacity(pending.len());
-    for (i, s) in pending.iter().enumerate() {
-        last.insert(s.id.as_str(), i);
+/// What the writer task is handed.
+enum Msg {
+    /// Changes to write, of this group.
+    Batch(Arc<str>, Vec<JobState>),
+    /// Answered once everything before it is written.
+    Sync(oneshot::Sender<()>),
+}
+
+/// Writes the batches in order; a publish that fails is tried again (backing off up to 5 s)
+/// until the backend is closed.
+async fn write_loop(
+    backend: Arc<dyn Backend>,
+    mut rx: mpsc::Receiver<Msg>,
+    written: Arc<AtomicU64>,
+) {
+    while let Some(msg) = rx.recv().await {
+        let batch = match msg {
+            Msg::Sync(done) => {
+                let _ = done.send(());
+                continue;
+            }
+            Msg::Batch(group, b) => (group, b),
+        };
+        let (group, batch) = batch;
+        let records: Vec<Record> = coalesce(batch)
+            .into_iter()
+            .map(|mut s| {
+                s.group = Some(group.to_string());
+                Record::new(serde_json::to_vec(&s).expect("a job state serializes"))
+                    .with_key(s.id.clone())
+            })
+            .collect();
+        for chunk in records.chunks(CHUNK) {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match backend.publish(JOBS_TOPIC, chunk.to_vec()).await {
+                    Ok(_) => {
+                        written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(conveyor_core::Error::Closed) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, topic = JOBS_TOPIC, "cannot write job states; trying again");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
     }
-    if last.len() == pending.len() {
+}
+
+/// The most advanced change of each job ([`JobState::rank`]; the later one of equal rank),
+/// in the order of the changes kept.
+fn coalesce(pending: Vec<JobState>) -> Vec<JobState> {
+    let mut best: HashMap<&str, usize> = HashMap::with_capacity(pending.len());
+    for (i, s) in pending.iter().enumerate() {
+        let e = best.entry(s.id.as_str()).or_insert(i);
+        if s.rank() >= pending[*e].rank() {
+            *e = i;
+        }
+    }
+    if best.len() == pending.len() {
         return pending;
     }
     let keep: Vec<bool> = pending
         .iter()
         .enumerate()
-        .map(|(i, s)| last[s.id.as_str()] == i)
+        .map(|(i, s)| best[s.id.as_str()] == i)
         .collect();
     pending
         .into_iter()
@@ -254,14 +324,17 @@ mod tests {
         }
     }
 
-    /// A job's changes within one batch come to its last one, which keeps the start time and
-    /// the error of the earlier ones.
+    /// A job's changes within one batch come to its most advanced one, which keeps the error
+    /// of an in-memory retry; a `running` noted after the job's end does not undo it.
     #[test]
-    fn changes_coalesce_per_job_and_keep_start_and_error() {
+    fn changes_coalesce_per_job_by_rank_and_keep_the_retry_error() {
         let r = Recorder::new("g");
         let (a, b) = (record("a", 1), record("b", 2));
-        r.note(&a, StateKind::Running, 1, Detail::default());
-        r.note(&b, StateKind::Running, 1, Detail::default());
+        let started = |at| Detail {
+            started_at: Some(at),
+            ..Default::default()
+        };
+        r.note(&b, StateKind::Running, 1, started(7));
         r.note(
             &a,
             StateKind::Retrying,
@@ -272,8 +345,8 @@ mod tests {
                 ..Default::default()
             },
         );
-        r.note(&a, StateKind::Running, 2, Detail::default());
-        r.note(&a, StateKind::Succeeded, 2, Detail::default());
+        r.note(&a, StateKind::Succeeded, 2, started(8));
+        r.note(&a, StateKind::Running, 2, started(8));
         let pending = std::mem::take(&mut r.inner.lock().unwrap().pending);
         let out = coalesce(pending);
         assert_eq!(out.len(), 2);
@@ -284,10 +357,10 @@ mod tests {
         let a = &out[1];
         assert_eq!((a.state, a.attempts), (StateKind::Succeeded, 2));
         assert_eq!(a.last_error.as_deref(), Some("boom"));
-        assert!(a.started_at.is_some() && a.finished_at.is_some());
-        assert_eq!(a.enqueued_at, Some(5));
+        assert_eq!((a.started_at, a.enqueued_at), (Some(8), Some(5)));
+        assert!(a.finished_at.is_some());
         assert!(
-            r.inner.lock().unwrap().live.get("a").is_none(),
+            r.inner.lock().unwrap().errors.is_empty(),
             "finished: forgotten"
         );
     }

@@ -24,6 +24,14 @@ pub(super) fn note_state(
     }
 }
 
+/// The start of `task`'s current attempt, when it started one.
+fn started(task: &Task) -> Detail<'static> {
+    Detail {
+        started_at: (task.started_at != 0).then_some(task.started_at),
+        ..Default::default()
+    }
+}
+
 /// Runs one attempt and applies the retry policy; dead-letters what must not run again.
 pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
     let job = Job::new(task.record.clone(), task.attempt);
@@ -46,13 +54,6 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
         return result;
     }
     shared.stats.started.fetch_add(1, Ordering::Relaxed);
-    note_state(
-        shared,
-        task,
-        StateKind::Running,
-        task.attempt,
-        Detail::default(),
-    );
     let handler = shared
         .handlers
         .get(&job_type)
@@ -106,7 +107,7 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
                     task,
                     StateKind::Succeeded,
                     task.attempt,
-                    Detail::default(),
+                    started(task),
                 );
                 return TaskResult::Finished;
             }
@@ -128,7 +129,7 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
                             task,
                             StateKind::Succeeded,
                             task.attempt,
-                            Detail::default(),
+                            started(task),
                         );
                         return TaskResult::Emitted(out);
                     }
@@ -144,7 +145,7 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
                             task,
                             StateKind::Succeeded,
                             task.attempt,
-                            Detail::default(),
+                            started(task),
                         );
                         shared.stats.emitted.fetch_add(n, Ordering::Relaxed);
                         return TaskResult::Finished;
@@ -256,7 +257,7 @@ pub(super) async fn retry(
         Detail {
             until: Some(next),
             error: Some(error),
-            ..Default::default()
+            ..started(task)
         },
     );
     let o = &shared.options;
@@ -387,7 +388,7 @@ pub(super) async fn dead_letter(
             error: Some(error),
             reason: Some(reason.as_str()),
             dead_letter: place,
-            ..Default::default()
+            ..started(task)
         },
     );
     // a request learns now, not at its timeout (at least once, outside any transaction, like

@@ -52,6 +52,8 @@ pub(super) struct Scheduler {
     /// Partitions paused because their topic is paused for the group.
     pub(super) admin_paused: HashSet<TopicPartition>,
     pub(super) last_pause_sync: Instant,
+    /// When the job states were last handed to their writer (Unix ms).
+    pub(super) states_flushed_at: i64,
 }
 
 /// Runs a forwarder until `stopped` turns true, starting it again after a failure.
@@ -400,6 +402,26 @@ impl Scheduler {
         )
     }
 
+    /// Notes for lookup the jobs whose attempt has been running since before `since` (Unix
+    /// ms, the previous commit) and not been noted yet: only attempts that run across a
+    /// commit cost a `running` record; a quick job's only record is its end.
+    pub(super) fn note_running(&mut self, since: i64) {
+        let Some(states) = self.shared.states.as_ref() else {
+            return;
+        };
+        for task in self.in_flight.values_mut() {
+            if task.started_at == 0 || task.running_noted || task.started_at > since {
+                continue;
+            }
+            task.running_noted = true;
+            let detail = Detail {
+                started_at: Some(task.started_at),
+                ..Default::default()
+            };
+            states.note(&task.record, StateKind::Running, task.attempt, detail);
+        }
+    }
+
     /// Notes for lookup that `task`'s job waits in memory until `due`: delayed, or retrying
     /// when an attempt of it already ran.
     pub(super) fn note_waiting(&self, task: &Task, due: i64) {
@@ -538,7 +560,11 @@ impl Scheduler {
         if tasks.is_empty() {
             return;
         }
-        for (task, _) in &tasks {
+        let now = crate::job_states::now_ms();
+        let mut tasks = tasks;
+        for (task, _) in &mut tasks {
+            task.started_at = now;
+            task.running_noted = false;
             if let Some(track) = self.track_mut(task) {
                 track.attempts.start(task.record.offset, task.attempt);
                 self.dirty = true;
@@ -835,6 +861,8 @@ impl Scheduler {
                         in_place: false,
                         keeps_key: false,
                         unlaned: false,
+                        started_at: 0,
+                        running_noted: false,
                     };
                     let tp = task.record.tp();
                     // the retrying job its key waited for is back: it goes first

@@ -27,6 +27,10 @@ pub(super) struct Task {
     pub(super) keeps_key: bool,
     /// Waiting for its due time without its key: it queues for the key again when due.
     pub(super) unlaned: bool,
+    /// When its current attempt started (Unix ms; 0: not started).
+    pub(super) started_at: i64,
+    /// Its `running` state was noted for job lookup (it ran across a commit).
+    pub(super) running_noted: bool,
 }
 
 impl Topical for Task {
