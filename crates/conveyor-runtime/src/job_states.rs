@@ -226,6 +226,53 @@ pub async fn ensure_topic(backend: &Arc<dyn Backend>) -> Result<()> {
     }
 }
 
+/// States per record when the topic is not compacted (a record of ~200 KB).
+const PACK: usize = 500;
+
+/// Whether the states topic keeps every record (it does not compact: the embedded log), so
+/// states are packed, [`PACK`] to a record: a write per few hundred jobs instead of one per
+/// job, and the reader keeps the last state per job all the same. A compacted topic gets one
+/// record per state, keyed, for compaction to keep the last.
+pub(crate) async fn packs(backend: &dyn Backend) -> bool {
+    matches!(
+        backend.topic_spec(JOBS_TOPIC).await,
+        Ok(Some(spec)) if spec.cleanup_policy == CleanupPolicy::Delete
+    )
+}
+
+/// `states` as records of [`JOBS_TOPIC`]: packed ([`packs`]) or one per state keyed by its id
+/// and `key_suffix`.
+pub(crate) fn encode(
+    states: &[JobState],
+    packed: bool,
+    key_suffix: &str,
+) -> Vec<conveyor_core::Record> {
+    use conveyor_core::Record;
+    match packed {
+        true => states
+            .chunks(PACK)
+            .map(|c| Record::new(serde_json::to_vec(c).expect("job states serialize")))
+            .collect(),
+        false => states
+            .iter()
+            .map(|s| {
+                Record::new(serde_json::to_vec(s).expect("a job state serializes"))
+                    .with_key(format!("{}{key_suffix}", s.id))
+            })
+            .collect(),
+    }
+}
+
+/// A record of [`JOBS_TOPIC`]: one state, or several packed.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Entry {
+    /// One state (a compacted topic).
+    One(Box<JobState>),
+    /// Several (a topic that is not compacted).
+    Many(Vec<JobState>),
+}
+
 /// Milliseconds since the epoch now.
 pub(crate) fn now_ms() -> i64 {
     crate::forwarder::millis(SystemTime::now())

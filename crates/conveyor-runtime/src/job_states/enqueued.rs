@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use conveyor_core::{Backend, Record};
+use conveyor_core::Backend;
 use tokio::sync::mpsc;
 
 use super::{now_ms, JobState, Place, StateKind, JOBS_TOPIC};
@@ -85,14 +85,14 @@ impl EnqueueLog {
 
 async fn write_loop(backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<JobState>) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut packed = None;
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let records: Vec<Record> = batch
-            .drain(..)
-            .map(|s| {
-                let key = format!("{}/enqueued", s.id);
-                Record::new(serde_json::to_vec(&s).expect("a job state serializes")).with_key(key)
-            })
-            .collect();
+        let packed = *match &packed {
+            Some(p) => p,
+            None => packed.insert(super::packs(&*backend).await),
+        };
+        let records = super::encode(&batch, packed, "/enqueued");
+        batch.clear();
         let mut backoff = std::time::Duration::from_millis(100);
         loop {
             match backend.publish(JOBS_TOPIC, records.clone()).await {

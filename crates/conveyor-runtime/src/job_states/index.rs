@@ -176,7 +176,7 @@ impl JobIndex {
 async fn refresh(inner: &Inner) -> Result<()> {
     let _one = inner.reading.lock().await;
     let next = inner.state.read().unwrap_or_else(|e| e.into_inner()).next;
-    crate::entry_log::read_entries::<JobState>(
+    crate::entry_log::read_entries::<super::Entry>(
         &*inner.backend,
         JOBS_TOPIC,
         next,
@@ -186,7 +186,10 @@ async fn refresh(inner: &Inner) -> Result<()> {
         |entries, next| {
             let mut state = inner.state.write().unwrap_or_else(|e| e.into_inner());
             for entry in entries {
-                state.apply(entry);
+                match entry {
+                    super::Entry::One(s) => state.apply(*s),
+                    super::Entry::Many(v) => v.into_iter().for_each(|s| state.apply(s)),
+                }
             }
             state.next = next;
         },

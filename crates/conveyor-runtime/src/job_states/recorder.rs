@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use conveyor_core::{headers, Backend, ConsumedRecord, Record};
+use conveyor_core::{headers, Backend, ConsumedRecord};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{now_ms, JobState, Place, StateKind, ERROR_BYTES, JOBS_TOPIC};
@@ -243,6 +243,7 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Msg>,
     written: Arc<AtomicU64>,
 ) {
+    let mut packed = None;
     while let Some(msg) = rx.recv().await {
         let batch = match msg {
             Msg::Sync(done) => {
@@ -252,20 +253,21 @@ async fn write_loop(
             Msg::Batch(group, b) => (group, b),
         };
         let (group, batch) = batch;
-        let records: Vec<Record> = coalesce(batch)
-            .into_iter()
-            .map(|mut s| {
-                s.group = Some(group.to_string());
-                Record::new(serde_json::to_vec(&s).expect("a job state serializes"))
-                    .with_key(s.id.clone())
-            })
-            .collect();
+        let mut states = coalesce(batch);
+        for s in &mut states {
+            s.group = Some(group.to_string());
+        }
+        let packed = *match &packed {
+            Some(p) => p,
+            None => packed.insert(super::packs(&*backend).await),
+        };
+        let records = super::encode(&states, packed, "");
         for chunk in records.chunks(CHUNK) {
             let mut backoff = Duration::from_millis(100);
             loop {
                 match backend.publish(JOBS_TOPIC, chunk.to_vec()).await {
                     Ok(_) => {
-                        written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        written.fetch_add(states.len() as u64, Ordering::Relaxed);
                         break;
                     }
                     Err(conveyor_core::Error::Closed) => return,
