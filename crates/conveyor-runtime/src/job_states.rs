@@ -1,20 +1,23 @@
 //! Job lookup: where each job is and what became of it, kept as compact state records.
 //!
-//! Workers append one JSON record per job and state change to `conveyor.jobs`
-//! ([`JOBS_TOPIC`], one partition, keyed by the job's id), batched: the changes of a commit
-//! interval are coalesced per job and written in one publish just before the worker commits
-//! its offsets ([`Recorder`]), so a no-op job that starts and finishes within one interval
-//! costs one record, and a state is never behind the commit that finished its job. The HTTP
-//! API writes a `waiting` record for each job it enqueues, batched in the background
-//! ([`EnqueueLog`]), under the key `<id>/enqueued` so that it never replaces a worker's state
-//! (compaction keeps one record per key; the reader ranks a worker's state above `waiting`
-//! whichever came last). [`JobIndex`] folds the topic into memory and answers lookups and
-//! listings by state; it never scans the job topics.
+//! Workers note each job's state changes in memory and hand them, coalesced per job, to a
+//! writer task of their own at every commit ([`Recorder`]), which appends them to
+//! `conveyor.jobs` ([`JOBS_TOPIC`], one partition): a quick job costs one record (its end;
+//! `running` is noted only for attempts still running at a commit after the one they started
+//! in), and the worker's loop never waits for the write. The HTTP API writes a `waiting` state
+//! (`delayed` for a job due later) for each job it enqueues, batched in the background
+//! ([`EnqueueLog`]). [`JobIndex`] folds the topic into memory and answers lookups and listings
+//! by state; it never scans the job topics.
 //!
-//! Retention: on Kafka the topic is `cleanup.policy=compact,delete` with `retention.ms` of 7
-//! days ([`RETENTION_MS`]): compaction keeps the last state per job, and a job whose last
-//! state is older than 7 days is forgotten (lookup: `404`). The embedded backend does not
-//! compact: it keeps every record for the 7 days and the reader keeps the last per job.
+//! Order: every state has a rank ([`JobState::rank`]: attempts, then waiting < delayed <
+//! running < retrying < final), and a state never replaces one of higher rank, nor does the
+//! API's `waiting` replace a worker's state: whichever is written last, a job's end stays.
+//!
+//! On a compacted topic (Kafka: `cleanup.policy=compact,delete`) each state is one record keyed
+//! by the job's id (the API's by `<id>/enqueued`), so compaction keeps the last per key; on a
+//! topic that is not compacted (the embedded log) states are packed 500 to a record, a write
+//! per few hundred jobs. Either way records older than 7 days ([`RETENTION_MS`]) are deleted:
+//! a job whose last state is older is forgotten (lookup: `404`).
 //!
 //! Ids are the jobs' `message_id`s (UUIDs); a record without one is not tracked.
 

@@ -72,7 +72,8 @@ impl State {
 struct Inner {
     backend: Arc<dyn Backend>,
     state: RwLock<State>,
-    reading: tokio::sync::Mutex<()>,
+    /// One reader at a time; holds when the last read reached the end.
+    reading: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// A page of jobs in one state.
@@ -102,7 +103,7 @@ impl JobIndex {
                     max_jobs: max_jobs.max(1),
                     ..Default::default()
                 }),
-                reading: tokio::sync::Mutex::new(()),
+                reading: tokio::sync::Mutex::new(None),
             }),
         };
         index.refresh().await?;
@@ -112,7 +113,14 @@ impl JobIndex {
 
     /// Reads the states written since the last read.
     pub async fn refresh(&self) -> Result<()> {
-        refresh(&self.inner).await
+        refresh(&self.inner, Duration::ZERO).await
+    }
+
+    /// Reads the states written since the last read, unless a read reached the end less than
+    /// `fresh` ago (lookups arriving together share one read: on Kafka a read to the end is
+    /// a fetch round trip).
+    pub async fn refresh_within(&self, fresh: Duration) -> Result<()> {
+        refresh(&self.inner, fresh).await
     }
 
     /// The job's last state (`None`: no state of it is known).
@@ -173,8 +181,12 @@ impl JobIndex {
     }
 }
 
-async fn refresh(inner: &Inner) -> Result<()> {
-    let _one = inner.reading.lock().await;
+async fn refresh(inner: &Inner, fresh: Duration) -> Result<()> {
+    let mut last = inner.reading.lock().await;
+    if !fresh.is_zero() && last.is_some_and(|at| at.elapsed() < fresh) {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
     let next = inner.state.read().unwrap_or_else(|e| e.into_inner()).next;
     crate::entry_log::read_entries::<super::Entry>(
         &*inner.backend,
@@ -194,8 +206,9 @@ async fn refresh(inner: &Inner) -> Result<()> {
             state.next = next;
         },
     )
-    .await
-    .map(drop)
+    .await?;
+    *last = Some(started);
+    Ok(())
 }
 
 async fn refresh_loop(weak: Weak<Inner>) {
@@ -204,7 +217,7 @@ async fn refresh_loop(weak: Weak<Inner>) {
         let Some(inner) = weak.upgrade() else {
             return;
         };
-        if let Err(e) = refresh(&inner).await {
+        if let Err(e) = refresh(&inner, Duration::ZERO).await {
             if matches!(e, Error::Closed) {
                 return;
             }

@@ -6,8 +6,8 @@
 //! | `GET /v1/jobs/{id}` | `200`: the job's last state (where it is, state, attempts, last error, times); `404 not_found` when no state of it is known; `422 invalid_field` (`id`) when `id` is not a UUID |
 //! | `GET /v1/jobs?state=&topic=&limit=&after=` | `200`: up to `limit` (1-1000, default 100) jobs in `state`, by id, after the id `after`; `next` is the `after` of the next page (`null` on the last) |
 //!
-//! A lookup reads what was written since the last read first, so a job a worker finished
-//! before its last commit shows as finished.
+//! A lookup reads what was written since first (unless a read that started less than 50 ms
+//! before reached the end: lookups arriving together share one read).
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
@@ -17,6 +17,10 @@ use serde_json::{json, Value};
 
 use super::AppState;
 use crate::error::ApiError;
+
+/// A lookup reads the states written since, unless a read that reached the end started less
+/// than this ago (lookups arriving together share one read).
+const FRESH: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The most jobs one listing page holds.
 const MAX_LIMIT: usize = 1000;
@@ -33,7 +37,7 @@ pub(super) async fn show_job(
         ));
     }
     let index = s.jobs().await?;
-    index.refresh().await?;
+    index.refresh_within(FRESH).await?;
     match index.get(&id) {
         Some(state) => Ok(Json(state.to_json())),
         None => Err(ApiError::UnknownJob(format!(
@@ -86,7 +90,7 @@ pub(super) async fn list_jobs(
         ));
     }
     let index = s.jobs().await?;
-    index.refresh().await?;
+    index.refresh_within(FRESH).await?;
     let page = index.list(state, q.topic.as_deref(), limit, q.after.as_deref());
     Ok(Json(json!({
         "state": state.as_str(),
