@@ -438,6 +438,61 @@ async fn embedded_each_jobs_state_matches_what_happened_and_survives_a_restart()
     let (base, _stop_api) = api(&backend, &[]).await;
     check_all(&http, &base, &backend, "lookup", &expected).await;
     check_waiting(&http, &base, &idle).await;
+    check_cli(&base, &expected).await;
+}
+
+/// `conveyor jobs show` and `list` print what the API answers; a malformed id fails with the
+/// API's message.
+async fn check_cli(base: &str, expected: &HashMap<String, Expect>) {
+    let (id, _) = expected.iter().find(|(_, e)| e.kind == "fail").unwrap();
+    let base = base.to_owned();
+    let id = id.clone();
+    let (show, list, bad) = tokio::task::spawn_blocking(move || {
+        (
+            util::conveyor(&["jobs", "show", &id, "--url", &base]),
+            util::conveyor(&[
+                "jobs",
+                "list",
+                "--state",
+                "cancelled",
+                "--topic",
+                "lookup",
+                "--limit",
+                "3",
+                "--url",
+                &base,
+            ]),
+            util::conveyor(&["jobs", "show", "hello", "--url", &base]),
+        )
+    })
+    .await
+    .unwrap();
+    let (ok, out, err) = show;
+    assert!(ok, "{out}{err}");
+    for line in [
+        "  state        dead\n",
+        "  attempts     1\n",
+        "  reason       failed\n",
+        "  last error   no such account\n",
+        "  dead letter  lookup.dlq/",
+    ] {
+        assert!(out.contains(line), "`{line}` in:\n{out}");
+    }
+    let (ok, out, err) = list;
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("  cancelled  lookup/"))
+            .count(),
+        3,
+        "{out}"
+    );
+    assert!(
+        out.lines().last().unwrap().starts_with("more: --after "),
+        "{out}"
+    );
+    let (ok, _, err) = bad;
+    assert!(!ok && err.contains("a job id is a UUID"), "{err}");
 }
 
 /// Enqueues `n` plain jobs one by one; returns their ids with the places the `201`s gave.
