@@ -8,7 +8,8 @@
 #      processes (each tick once; downtime with `missed = skip` and `once`), request/reply
 #      (1,000 concurrent requests, timeouts, late replies counted, a shared reply topic), a
 #      schedule changed just before its tick, forged idempotency answers refused, `serve --role`
-#      api, workers and scheduler as three processes, /metrics after a known workload;
+#      api, workers and scheduler as three processes, /metrics after a known workload, job lookup
+#      (each job's state after retries, dead letters, delays, cancellations; read again);
 #   2. three nodes (replication 3, min.insync.replicas 2): a partition leader killed with
 #      kill -9, then two of three brokers down;
 #   3. one node with SASL_SSL (SCRAM-SHA-512) and mutual-TLS listeners: the handshakes.
@@ -33,6 +34,7 @@ if [ "${1:-}" = "--single-node-tests" ]; then
   cargo test -p conveyor --features live "$@" --test delayed -- live_kafka --nocapture
   cargo test -p conveyor --features live "$@" --test schedules_live -- --nocapture
   cargo test -p conveyor --features live "$@" --test metrics -- live_kafka --nocapture
+  cargo test -p conveyor --features live "$@" --test job_lookup -- live_kafka --nocapture
   cargo test -p conveyor-examples --features live "$@" --test waitlist --test agents --test cv_eval -- live_kafka --nocapture
   # PostgreSQL (CONVEYOR_TEST_POSTGRES, else 127.0.0.1:5432, else a throwaway server): the outbox
   # relay process killed while transactions commit; the orders example with worker processes killed

@@ -53,6 +53,49 @@ pub struct BenchOptions {
     pub delayed_max_buffered: usize,
     /// Requests in the request/reply phase (0 skips it). Default: 2,000.
     pub request_jobs: usize,
+    /// Job lookup's state records in the processing phase: on (the default, as in
+    /// production), off, or both (the phase runs twice over the same jobs, off first).
+    pub lookup: Lookup,
+}
+
+/// Which job-lookup settings the processing phase measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Lookup {
+    /// State records on (the default).
+    #[default]
+    On,
+    /// State records off.
+    Off,
+    /// Both, off first, each by a group of its own over the same jobs.
+    Both,
+}
+
+impl Lookup {
+    /// Parses `on`, `off` or `both`.
+    pub fn parse(s: &str) -> Option<Lookup> {
+        match s {
+            "on" => Some(Lookup::On),
+            "off" => Some(Lookup::Off),
+            "both" => Some(Lookup::Both),
+            _ => None,
+        }
+    }
+
+    fn settings(self) -> Vec<bool> {
+        match self {
+            Lookup::On => vec![true],
+            Lookup::Off => vec![false],
+            Lookup::Both => vec![false, true],
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Lookup::On => "on",
+            Lookup::Off => "off",
+            Lookup::Both => "both",
+        }
+    }
 }
 
 impl Default for BenchOptions {
@@ -67,6 +110,7 @@ impl Default for BenchOptions {
             delayed_window: Duration::from_secs(20),
             delayed_max_buffered: 256,
             request_jobs: 2_000,
+            lookup: Lookup::On,
         }
     }
 }
@@ -96,14 +140,23 @@ pub struct BenchReport {
     pub request_p50_ms: f64,
     /// 99th percentile of the round trip.
     pub request_p99_ms: f64,
+    /// The job-lookup settings the processing phase ran with.
+    pub lookup: Lookup,
+    /// With [`Lookup::Both`]: no-op jobs processed per second with the state records off
+    /// (`process_jobs_s` is then the rate with them on).
+    pub process_lookup_off_jobs_s: Option<f64>,
 }
 
 impl BenchReport {
     /// The machine-readable last line.
     pub fn result_line(&self) -> String {
+        let off = self
+            .process_lookup_off_jobs_s
+            .map(|r| format!(" process_lookup_off_jobs_s={r:.0}"))
+            .unwrap_or_default();
         format!(
-            "RESULT backend={} enqueue_jobs_s={:.0} process_jobs_s={:.0} p50_ms={:.3} p95_ms={:.3} p99_ms={:.3} delayed_p50_ms={:.1} delayed_p99_ms={:.1} delayed_early={} request_p50_ms={:.3} request_p99_ms={:.3}",
-            self.backend, self.enqueue_jobs_s, self.process_jobs_s, self.p50_ms, self.p95_ms, self.p99_ms,
+            "RESULT backend={} lookup={} enqueue_jobs_s={:.0} process_jobs_s={:.0}{off} p50_ms={:.3} p95_ms={:.3} p99_ms={:.3} delayed_p50_ms={:.1} delayed_p99_ms={:.1} delayed_early={} request_p50_ms={:.3} request_p99_ms={:.3}",
+            self.backend, self.lookup.as_str(), self.enqueue_jobs_s, self.process_jobs_s, self.p50_ms, self.p95_ms, self.p99_ms,
             self.delayed_p50_ms, self.delayed_p99_ms, self.delayed_early, self.request_p50_ms, self.request_p99_ms
         )
     }
@@ -112,6 +165,61 @@ impl BenchReport {
 fn payload(i: usize, size: usize) -> serde_json::Value {
     let pad = size.saturating_sub(40);
     serde_json::json!({ "n": i, "user": format!("user-{}", i % 1000), "pad": "x".repeat(pad) })
+}
+
+/// The processing phase: a worker of group `group` with `concurrency` slots and a no-op
+/// handler drains `topic`, with job lookup's state records on or off; returns jobs per second
+/// from the first handler start to the last job done.
+async fn process(
+    backend: &Arc<dyn Backend>,
+    topic: &str,
+    group: &str,
+    opts: &BenchOptions,
+    states: bool,
+    progress: impl Fn(String) + Send + Sync + Clone + 'static,
+) -> Result<f64> {
+    let lookup = if states { "on" } else { "off" };
+    progress(format!(
+        "process: no-op handler, concurrency {}, job lookup {lookup}",
+        opts.concurrency
+    ));
+    let worker = Worker::builder(Arc::clone(backend), group, [topic.to_owned()])
+        .concurrency(opts.concurrency)
+        .max_buffered((opts.concurrency * 40).max(1024))
+        .job_states(states)
+        .handler("noop", handler_fn(|_job: Job| async {}))
+        .build();
+    let stats = worker.stats();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    while stats.started.load(Ordering::Relaxed) == 0 {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let started = Instant::now();
+    let ticker = spawn_ticker(
+        "process",
+        opts.jobs,
+        {
+            let s = Arc::clone(&stats);
+            move || s.done.load(Ordering::Relaxed)
+        },
+        progress.clone(),
+    );
+    while (stats.done.load(Ordering::Relaxed) as usize) < opts.jobs {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let process_secs = started.elapsed().as_secs_f64();
+    stop_ticker(ticker).await;
+    let _ = stop.send(());
+    handle.await.expect("worker task")?;
+    let rate = opts.jobs as f64 / process_secs;
+    progress(format!(
+        "process: {} jobs in {:.2} s = {:.0} jobs/s (job lookup {lookup})",
+        opts.jobs, process_secs, rate
+    ));
+    Ok(rate)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -189,50 +297,28 @@ pub async fn run(
         opts.jobs, enqueue_secs, enqueue_jobs_s
     ));
 
-    // 2. process
-    progress(format!(
-        "process: no-op handler, concurrency {}",
-        opts.concurrency
-    ));
-    let worker = Worker::builder(
-        Arc::clone(&backend),
-        format!("bench.process.{suffix}"),
-        [jobs_topic.clone()],
-    )
-    .concurrency(opts.concurrency)
-    .max_buffered((opts.concurrency * 40).max(1024))
-    .handler("noop", handler_fn(|_job: Job| async {}))
-    .build();
-    let stats = worker.stats();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let handle = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
-    while stats.started.load(Ordering::Relaxed) == 0 {
-        tokio::time::sleep(Duration::from_micros(200)).await;
+    // 2. process: the same jobs, once per job-lookup setting asked for (each by a group of
+    // its own), so the cost of the state records shows in one run
+    let mut process_jobs_s = 0.0;
+    let mut process_lookup_off_jobs_s = None;
+    for (n, states) in opts.lookup.settings().into_iter().enumerate() {
+        let rate = process(
+            &backend,
+            &jobs_topic,
+            &format!("bench.process.{suffix}.{n}"),
+            opts,
+            states,
+            progress.clone(),
+        )
+        .await?;
+        match states {
+            true => process_jobs_s = rate,
+            false => process_lookup_off_jobs_s = Some(rate),
+        }
     }
-    let started = Instant::now();
-    let ticker = spawn_ticker(
-        "process",
-        opts.jobs,
-        {
-            let s = Arc::clone(&stats);
-            move || s.done.load(Ordering::Relaxed)
-        },
-        progress.clone(),
-    );
-    while (stats.done.load(Ordering::Relaxed) as usize) < opts.jobs {
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    if opts.lookup == Lookup::Off {
+        process_jobs_s = process_lookup_off_jobs_s.take().unwrap_or_default();
     }
-    let process_secs = started.elapsed().as_secs_f64();
-    stop_ticker(ticker).await;
-    let _ = stop.send(());
-    handle.await.expect("worker task")?;
-    let process_jobs_s = opts.jobs as f64 / process_secs;
-    progress(format!(
-        "process: {} jobs in {:.2} s = {:.0} jobs/s",
-        opts.jobs, process_secs, process_jobs_s
-    ));
 
     // 3. latency
     progress(format!(
@@ -328,6 +414,8 @@ pub async fn run(
         delayed_p99_ms,
         delayed_early,
         request_p50_ms,
+        lookup: opts.lookup,
+        process_lookup_off_jobs_s,
         request_p99_ms,
     })
 }

@@ -129,6 +129,9 @@ pub struct Client {
     producer: Option<String>,
     /// The reply topic of [`Client::request`] (`request.rs`), shared by the clones.
     pub(crate) replies: Arc<crate::request::Replies>,
+    /// Job lookup: a `waiting` (or `delayed`) state for each job enqueued
+    /// ([`Client::with_job_states`]).
+    states: Option<crate::job_states::EnqueueLog>,
 }
 
 /// A job as a record with its metadata (a fresh message id unless the job has one); returns
@@ -164,7 +167,17 @@ impl Client {
             backend,
             producer: None,
             replies: Arc::new(crate::request::Replies::new(None)),
+            states: None,
         }
+    }
+
+    /// Writes a `waiting` state (`delayed` for a job due later) for each job enqueued, in
+    /// batches in the background, so `GET /v1/jobs/{id}` finds it before a worker takes it
+    /// ([`crate::job_states`]). The HTTP API's client does; without it a job shows up at its
+    /// first worker state.
+    pub fn with_job_states(mut self, log: crate::job_states::EnqueueLog) -> Self {
+        self.states = Some(log);
+        self
     }
 
     /// Names the producer in each job's `producer` header.
@@ -206,6 +219,18 @@ impl Client {
         conveyor_core::topic::refuse_reserved(topic)?;
         let (ids, mut records): (Vec<String>, Vec<Record>) =
             jobs.into_iter().map(|j| self.to_record(j)).unzip();
+        let due: Vec<Option<i64>> = match &self.states {
+            Some(log) if log.tracks(topic) => records
+                .iter()
+                .map(|r| {
+                    r.headers
+                        .get_str(headers::DUE_AT)
+                        .and_then(headers::parse_time)
+                        .map(crate::forwarder::millis)
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         let span = crate::trace::enabled()
             .then(|| publish_span(topic, &ids, &mut records))
             .flatten();
@@ -214,7 +239,7 @@ impl Client {
             span.end(positions.as_ref().err().map(|e| e.to_string()).as_deref());
         }
         let positions = positions?;
-        Ok(ids
+        let enqueued: Vec<Enqueued> = ids
             .into_iter()
             .zip(positions)
             .map(|(id, p)| Enqueued {
@@ -223,7 +248,18 @@ impl Client {
                 partition: p.partition,
                 offset: p.offset,
             })
-            .collect())
+            .collect();
+        if let Some(log) = self.states.as_ref().filter(|_| !due.is_empty()) {
+            for (e, due) in enqueued.iter().zip(due) {
+                let place = crate::job_states::Place {
+                    topic: e.topic.clone(),
+                    partition: e.partition,
+                    offset: e.offset,
+                };
+                log.enqueued(&e.id, place, due);
+            }
+        }
+        Ok(enqueued)
     }
 
     async fn publish_records(

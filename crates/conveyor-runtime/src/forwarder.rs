@@ -56,6 +56,8 @@ pub struct Forwarder {
     stats: Arc<ForwarderStats>,
     /// The dead-letter suffix of the topic's workers (records that cannot be forwarded).
     dlq_suffix: String,
+    /// Job lookup: where the states of the cancelled jobs it drops go (the worker's).
+    states: Option<Arc<crate::job_states::Recorder>>,
 }
 
 /// The consumer group of the forwarders of `topic`.
@@ -77,6 +79,24 @@ pub(crate) fn due_of(r: &ConsumedRecord) -> Option<i64> {
     Some(since.as_nanos().div_ceil(1_000_000).min(i64::MAX as u128) as i64)
 }
 
+/// Where a job in a delay tier was before its move: the `<topic>/<partition>/<offset>` of its
+/// `dedup_key`, or the tier record's own place when it has none.
+fn moved_from(r: &ConsumedRecord) -> crate::job_states::Place {
+    let parsed = r.headers.get_str(headers::DEDUP_KEY).and_then(|k| {
+        let mut parts = k.rsplitn(3, '/');
+        let offset = parts.next()?.parse().ok()?;
+        let partition = parts.next()?.parse().ok()?;
+        Some((parts.next()?.to_owned(), partition, offset))
+    });
+    let (topic, partition, offset) =
+        parsed.unwrap_or_else(|| (r.topic.clone(), r.partition, r.offset));
+    crate::job_states::Place {
+        topic,
+        partition,
+        offset,
+    }
+}
+
 impl Forwarder {
     /// A forwarder of `topic`'s tiers.
     pub fn new(backend: Arc<dyn Backend>, topic: impl Into<String>, tiers: DelayTiers) -> Self {
@@ -87,6 +107,7 @@ impl Forwarder {
             control: None,
             stats: Arc::default(),
             dlq_suffix: ".dlq".into(),
+            states: None,
         }
     }
 
@@ -102,6 +123,13 @@ impl Forwarder {
         self
     }
 
+    /// Writes a `cancelled` state for each cancelled job it drops (job lookup), through
+    /// `recorder`, flushed before its commits.
+    pub fn with_job_states(mut self, recorder: Arc<crate::job_states::Recorder>) -> Self {
+        self.states = Some(recorder);
+        self
+    }
+
     /// The same forwarder again, sharing its counters (to start it again after a failure).
     pub(crate) fn again(&self) -> Forwarder {
         Forwarder {
@@ -111,6 +139,7 @@ impl Forwarder {
             control: self.control.clone(),
             stats: Arc::clone(&self.stats),
             dlq_suffix: self.dlq_suffix.clone(),
+            states: self.states.clone(),
         }
     }
 
@@ -304,6 +333,20 @@ impl Run<'_> {
         }
         for (tp, i) in cancelled {
             self.f.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+            if let Some((states, h)) = self
+                .f
+                .states
+                .as_ref()
+                .zip(self.queues.get(&tp).and_then(|q| q.get(i)))
+            {
+                let attempts = conveyor_core::JobMeta::from_headers(&h.record.headers)
+                    .attempt
+                    .saturating_sub(1);
+                let detail = crate::job_states::Detail::default();
+                let place = moved_from(&h.record);
+                let cancelled = crate::job_states::StateKind::Cancelled;
+                states.note_at(&h.record, place, cancelled, attempts, detail);
+            }
             self.mark_done(&tp, i);
         }
         let mut failed = false;
@@ -343,6 +386,10 @@ impl Run<'_> {
             }
         }
         if !self.uncommitted.is_empty() {
+            // the cancelled jobs' states go to the writer as the commit forgets them
+            if let Some(states) = &self.f.states {
+                states.flush(&self.f.backend);
+            }
             let commits: Vec<CommitOffset> = self
                 .uncommitted
                 .iter()

@@ -37,6 +37,7 @@ pub mod entry_log;
 pub mod forwarder;
 pub mod handler;
 pub mod job;
+pub mod job_states;
 pub mod lag;
 pub mod metrics;
 mod outputs;

@@ -202,6 +202,9 @@ pub struct WorkerOptions {
     /// transaction, seen by `read_committed` readers only once it commits). Default: false (at
     /// least once: emits are published before the offset is committed).
     pub transactional: bool,
+    /// Job lookup: write each job's state changes to `conveyor.jobs` in batches, one publish
+    /// per commit ([`crate::job_states`]). Default: true.
+    pub job_states: bool,
 }
 
 impl WorkerOptions {
@@ -231,6 +234,7 @@ impl WorkerOptions {
             dedup_capacity: 100_000,
             priorities: None,
             transactional: false,
+            job_states: true,
         }
     }
 }
@@ -281,6 +285,11 @@ impl WorkerBuilder {
     /// Sets the concurrency limit.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.options.concurrency = n.max(1);
+        self
+    }
+    /// Turns job lookup's state records on or off ([`WorkerOptions::job_states`]).
+    pub fn job_states(mut self, on: bool) -> Self {
+        self.options.job_states = on;
         self
     }
     /// Sets the buffered-record limit.
@@ -388,12 +397,15 @@ impl WorkerBuilder {
                 warnings: Default::default(),
                 unique: tokio::sync::OnceCell::new(),
                 backend: self.backend,
-                options: self.options,
                 handlers: self.handlers,
                 fallback: self.fallback,
                 stats: Arc::new(WorkerStats::default()),
                 metrics,
                 group_metrics,
+                states: self.options.job_states.then(|| {
+                    Arc::new(crate::job_states::Recorder::new(self.options.group.clone()))
+                }),
+                options: self.options,
             }),
         }
     }
@@ -416,6 +428,8 @@ struct Shared {
     known_topics: std::sync::Mutex<HashMap<String, i32>>,
     /// Per-job warnings (dead letters, retries) beyond a burst are counted, not written.
     warnings: crate::warn_limit::WarnLimit,
+    /// Job states waiting for the next commit (none with `job_states` off).
+    states: Option<Arc<crate::job_states::Recorder>>,
 }
 
 impl Shared {
@@ -562,6 +576,9 @@ impl Worker {
                 Err(e) => return Err(e),
             }
         }
+        if s.states.is_some() {
+            crate::job_states::ensure_topic(&s.backend).await?;
+        }
         let running_by_partition = Arc::new(RunningCounts::default());
         let barrier = {
             let counts = Arc::clone(&running_by_partition);
@@ -613,6 +630,7 @@ impl Worker {
             held: Vec::new(),
             admin_paused: HashSet::new(),
             last_pause_sync: Instant::now(),
+            states_flushed_at: crate::job_states::now_ms(),
         };
         let (stop_forwarders, stopped) = tokio::sync::watch::channel(false);
         let mut forwarders = JoinSet::new();
@@ -621,12 +639,14 @@ impl Worker {
         }
         if s.options.forward_delayed {
             for t in &s.options.topics {
-                forwarders.spawn(run_forwarder(
+                let mut f =
                     Forwarder::new(Arc::clone(&s.backend), t.clone(), s.options.tiers.clone())
                         .with_control(control.clone())
-                        .with_dlq_suffix(s.options.dlq_suffix.clone()),
-                    stopped.clone(),
-                ));
+                        .with_dlq_suffix(s.options.dlq_suffix.clone());
+                if let Some(states) = &s.states {
+                    f = f.with_job_states(Arc::clone(states));
+                }
+                forwarders.spawn(run_forwarder(f, stopped.clone()));
             }
         }
         sched.control = Some(control);

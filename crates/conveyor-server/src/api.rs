@@ -11,6 +11,7 @@
 //! | `GET /v1/groups/{group}/lag[?topic=]` | committed offsets and lag per partition (`404 unknown_group` for a group that is neither a route's nor has committed offsets) |
 //! | `POST /v1/topics/{topic}/requests`, `GET /v1/requests/stats` | request/reply: publish a job and wait for its reply (504 `request_timeout` after the bound); this process's request counts (`api/requests.rs`) |
 //! | `GET /v1/schedules`, `GET/PUT/DELETE /v1/schedules/{name}` | cron schedules: list, read, create or replace, delete (those of the configuration file are read-only) |
+//! | `GET /v1/jobs/{id}`, `GET /v1/jobs?state=&topic=` | job lookup: one job's state, jobs by state (`api/jobs.rs`) |
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness (the backend answers) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document |
 //! | `GET /metrics` | Prometheus metrics (`api/metrics.rs`, `docs/metrics.md`) |
@@ -26,7 +27,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use bytes::Bytes;
@@ -41,6 +42,7 @@ use crate::error::ApiError;
 mod control;
 mod dlq;
 pub mod idempotency;
+mod jobs;
 pub mod metrics;
 pub mod requests;
 mod schedules;
@@ -87,6 +89,8 @@ pub struct AppState {
     pub role: &'static str,
     /// `/readyz`'s last check and when it ran (reused for a second).
     pub ready_cache: ReadyCache,
+    /// Job lookup's index of `conveyor.jobs`, opened at its first use.
+    pub jobs: Arc<tokio::sync::OnceCell<conveyor_runtime::job_states::JobIndex>>,
 }
 
 /// `/readyz`'s last check and when it ran.
@@ -112,7 +116,22 @@ impl AppState {
             tokens: Default::default(),
             role: "all",
             ready_cache: Arc::default(),
+            jobs: Arc::default(),
         }
+    }
+
+    /// Job lookup's index, opened (its topic created and read) at the first call.
+    pub async fn jobs(&self) -> Result<&conveyor_runtime::job_states::JobIndex, ApiError> {
+        let backend = Arc::clone(&self.backend);
+        Ok(self
+            .jobs
+            .get_or_try_init(|| {
+                conveyor_runtime::job_states::JobIndex::open(
+                    backend,
+                    conveyor_runtime::job_states::DEFAULT_MAX_JOBS,
+                )
+            })
+            .await?)
     }
 
     /// The control log, opened (and its topic created) at the first call.
@@ -153,7 +172,11 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/groups/{group}/lag", get(group_lag))
         .route("/v1/topics/{topic}/requests", post(requests::request))
         .route("/v1/requests/stats", get(requests::request_stats))
-        .route("/v1/jobs/{id}", delete(control::cancel_job))
+        .route(
+            "/v1/jobs/{id}",
+            get(jobs::show_job).delete(control::cancel_job),
+        )
+        .route("/v1/jobs", get(jobs::list_jobs))
         .route(
             "/v1/groups/{group}/topics/{action}",
             post(control::pause_or_resume),

@@ -455,6 +455,10 @@ pub struct RouteConfig {
     /// `{ Authorization = "RECEIVER_AUTHORIZATION" }`. Default: none.
     #[serde(default)]
     pub headers_env: std::collections::BTreeMap<String, String>,
+    /// Job lookup (`GET /v1/jobs/{id}`): state records for the route's topics, written by its
+    /// worker with its commits and by the API at enqueue. Default: true.
+    #[serde(default = "default_true")]
+    pub job_states: bool,
 }
 
 fn default_true() -> bool {
@@ -469,6 +473,18 @@ fn default_route_timeout() -> u64 {
 }
 fn default_route_buffer() -> usize {
     256
+}
+
+impl Config {
+    /// The topics whose jobs are not tracked for job lookup: those of routes with
+    /// `job_states = false`.
+    pub fn job_states_off(&self) -> std::collections::HashSet<String> {
+        self.routes
+            .iter()
+            .filter(|r| !r.job_states)
+            .flat_map(RouteConfig::topics)
+            .collect()
+    }
 }
 
 impl RouteConfig {

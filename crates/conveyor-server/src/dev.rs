@@ -76,6 +76,7 @@ pub fn route_worker(
         std::time::Duration::from_millis(config.delay.retry_in_place_max_ms);
     options.ordered_retries = route.ordered_retries;
     options.priorities = route.priorities();
+    options.job_states = route.job_states;
     Worker::builder(backend, route.group(), route.topics())
         .options(options)
         .control(control)

@@ -39,6 +39,9 @@ pub enum ApiError {
     /// No such route.
     #[error("no route for {0}; see /openapi.json")]
     NotFound(String),
+    /// No job of that id is known (`not_found`, as an unknown route).
+    #[error("{0}")]
+    UnknownJob(String),
     /// No such topic.
     #[error("{0}")]
     UnknownTopic(String),
@@ -150,6 +153,7 @@ impl ApiError {
         match self {
             ApiError::MalformedJson(_) => ApiError::MalformedJson(message),
             ApiError::NotFound(_) => ApiError::NotFound(message),
+            ApiError::UnknownJob(_) => ApiError::UnknownJob(message),
             ApiError::UnknownTopic(_) => ApiError::UnknownTopic(message),
             ApiError::UnknownPartition(_) => ApiError::UnknownPartition(message),
             ApiError::UnknownSchedule(_) => ApiError::UnknownSchedule(message),
@@ -182,7 +186,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::MalformedJson(_) => "malformed_json",
-            ApiError::NotFound(_) => "not_found",
+            ApiError::NotFound(_) | ApiError::UnknownJob(_) => "not_found",
             ApiError::UnknownTopic(_) => "unknown_topic",
             ApiError::UnknownPartition(_) => "unknown_partition",
             ApiError::UnknownSchedule(_) => "unknown_schedule",
@@ -218,6 +222,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::NotFound(_)
+            | ApiError::UnknownJob(_)
             | ApiError::UnknownTopic(_)
             | ApiError::UnknownPartition(_)
             | ApiError::UnknownSchedule(_)

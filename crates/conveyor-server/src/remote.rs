@@ -202,11 +202,37 @@ impl ApiClient {
         self.call(req).await
     }
 
+    /// `GET /v1/jobs/{id}`: the job's last state.
+    pub async fn job(&self, id: &str) -> Result<Value, RemoteError> {
+        self.call(self.http.get(format!("{}/v1/jobs/{}", self.base, seg(id))))
+            .await
+    }
+
+    /// `GET /v1/jobs?state=&topic=&limit=&after=`: a page of jobs in a state.
+    pub async fn jobs(
+        &self,
+        state: &str,
+        topic: Option<&str>,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Value, RemoteError> {
+        let mut q = vec![("state", state.to_owned()), ("limit", limit.to_string())];
+        if let Some(t) = topic {
+            q.push(("topic", t.to_owned()));
+        }
+        if let Some(a) = after {
+            q.push(("after", a.to_owned()));
+        }
+        self.call(self.http.get(format!("{}/v1/jobs", self.base)).query(&q))
+            .await
+    }
+
     /// `DELETE /v1/jobs/{id}`: cancels a job that has not started.
-    pub async fn cancel(&self, id: &str) -> Result<Value, RemoteError> {
+    pub async fn cancel(&self, id: &str, force: bool) -> Result<Value, RemoteError> {
+        let force = if force { "?force=true" } else { "" };
         self.call(
             self.http
-                .delete(format!("{}/v1/jobs/{}", self.base, seg(id))),
+                .delete(format!("{}/v1/jobs/{}{force}", self.base, seg(id))),
         )
         .await
     }

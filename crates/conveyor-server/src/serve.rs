@@ -193,6 +193,22 @@ pub async fn run(
         crate::api::requests::WaitingLimit::new(config.api.max_waiting_requests);
     state.schedule_limits = config.scheduler.limits();
     state.known_groups = Arc::new(config.routes.iter().map(|r| r.group()).collect());
+    // job lookup: `waiting` states of the jobs the API enqueues, and the index read at start
+    if role.api() {
+        state.client =
+            state
+                .client
+                .with_job_states(conveyor_runtime::job_states::EnqueueLog::start(
+                    Arc::clone(&backend),
+                    config.job_states_off(),
+                ));
+        let jobs = conveyor_runtime::job_states::JobIndex::open(
+            Arc::clone(&backend),
+            conveyor_runtime::job_states::DEFAULT_MAX_JOBS,
+        )
+        .await?;
+        state.jobs = Arc::new(tokio::sync::OnceCell::new_with(Some(jobs)));
+    }
     state.tokens = crate::auth::Tokens::new(&config.api.tokens, |_| None)
         .map_err(|(i, key, e)| Error::InvalidArgument(format!("api.tokens[{i}].{key}: {e}")))?;
     if let Some(topic) = &config.api.reply_topic {

@@ -87,10 +87,18 @@ pub(crate) enum Command {
         #[command(flatten)]
         server: Server,
     },
+    /// Look up jobs: where one is and what became of it, or the jobs in a state.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
     /// Cancel a job that has not started (a delayed one, or one still waiting), by message id.
     Cancel {
         /// The job's message id (the `id` enqueue printed).
         id: String,
+        /// Cancel an id of a producer's own form that job lookup does not know.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         server: Server,
     },
@@ -384,6 +392,41 @@ pub(crate) enum TokensCommand {
     Hash,
 }
 
+#[derive(Debug, Subcommand)]
+pub(crate) enum JobsCommand {
+    /// Show a job: its topic, partition and offset, its state (waiting, delayed, running,
+    /// retrying, succeeded, dead, cancelled, duplicate), attempts, last error and times.
+    Show {
+        /// The job's message id (the `id` enqueue printed).
+        id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// List the jobs in a state, by id, a page at a time.
+    List {
+        /// The state: waiting, delayed, running, retrying, succeeded, dead, cancelled, duplicate.
+        #[arg(long)]
+        state: String,
+        /// Only jobs of this topic.
+        #[arg(long, short)]
+        topic: Option<String>,
+        /// Jobs per page (1-1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Start after this id (the `next` a page printed).
+        #[arg(long)]
+        after: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct Server {
     /// The conveyor API.
@@ -421,6 +464,10 @@ pub(crate) struct BenchArgs {
     /// Requests for the request/reply phase (round trips, one at a time); 0 skips it.
     #[arg(long, default_value_t = 2_000)]
     pub(crate) request_jobs: usize,
+    /// Job lookup's state records while processing: `on` (the default, as in production),
+    /// `off`, or `both` (the processing phase twice over the same jobs, off then on; two lines).
+    #[arg(long, default_value = "on")]
+    pub(crate) lookup: String,
     /// Backend: `embedded` or `kafka`.
     #[arg(long, default_value = "embedded")]
     pub(crate) backend: String,

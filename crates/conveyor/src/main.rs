@@ -2,6 +2,7 @@
 //! calls them. No logic lives here.
 
 mod cli;
+mod jobs;
 mod logging;
 mod output;
 mod postgres;
@@ -162,10 +163,11 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&at)?);
             Ok(())
         }
-        Command::Cancel { id, server } => {
+        Command::Jobs { command } => jobs::run(command).await,
+        Command::Cancel { id, force, server } => {
             ApiClient::new(server.url)
                 .with_token(server.token)
-                .cancel(&id)
+                .cancel(&id, force)
                 .await?;
             println!("cancelled {id}: it will not run if it has not started");
             Ok(())
@@ -614,6 +616,9 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         delayed_window: std::time::Duration::from_secs(args.delayed_window_secs),
         delayed_max_buffered: args.delayed_max_buffered.max(1),
         request_jobs: args.request_jobs,
+        lookup: bench::Lookup::parse(&args.lookup).ok_or_else(|| {
+            anyhow::anyhow!("--lookup `{}`: use `on`, `off` or `both`", args.lookup)
+        })?,
         ..BenchOptions::default()
     };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());

@@ -278,7 +278,7 @@ async fn cli_delays_cancels_pauses_and_resumes() {
     );
     // inputs that name nothing real are errors (each was once accepted, exit 0)
     for (args, code) in [
-        (&["cancel", "hello"][..], "invalid_field"),
+        (&["cancel", "hello"][..], "not_found"),
         (&["pause", "webhook.jbos", "jobs"][..], "unknown_group"),
         (&["lag", "webhook.jbos"][..], "unknown_group"),
     ] {

@@ -2,6 +2,7 @@
 //! policy, and moves the job to a delay tier or dead-letters it.
 
 use super::*;
+use crate::job_states::{Detail, Place, StateKind};
 use crate::warn_limit::Kind;
 
 pub(super) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -9,6 +10,27 @@ pub(super) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-string panic payload".into())
+}
+
+/// Notes a state change of `task`'s job for job lookup (nothing when it is off).
+pub(super) fn note_state(
+    shared: &Shared,
+    task: &Task,
+    state: StateKind,
+    attempts: u32,
+    detail: Detail<'_>,
+) {
+    if let Some(r) = &shared.states {
+        r.note(&task.record, state, attempts, detail);
+    }
+}
+
+/// The start of `task`'s current attempt, when it started one.
+fn started(task: &Task) -> Detail<'static> {
+    Detail {
+        started_at: (task.started_at != 0).then_some(task.started_at),
+        ..Default::default()
+    }
 }
 
 /// Runs one attempt and applies the retry policy; dead-letters what must not run again.
@@ -138,6 +160,13 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
             if out.is_empty() {
                 shared.stats.done.fetch_add(1, Ordering::Relaxed);
                 m.succeeded.inc();
+                note_state(
+                    shared,
+                    task,
+                    StateKind::Succeeded,
+                    task.attempt,
+                    started(task),
+                );
                 return TaskResult::Finished;
             }
             // conveyor's own topics take nothing a handler emits (a record there would be read
@@ -154,6 +183,13 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
                     Ok(()) => {
                         shared.stats.done.fetch_add(1, Ordering::Relaxed);
                         m.succeeded.inc();
+                        note_state(
+                            shared,
+                            task,
+                            StateKind::Succeeded,
+                            task.attempt,
+                            started(task),
+                        );
                         return TaskResult::Emitted(out);
                     }
                     Err(failed) => failed,
@@ -164,6 +200,13 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
                     Ok(()) => {
                         shared.stats.done.fetch_add(1, Ordering::Relaxed);
                         m.succeeded.inc();
+                        note_state(
+                            shared,
+                            task,
+                            StateKind::Succeeded,
+                            task.attempt,
+                            started(task),
+                        );
                         shared.stats.emitted.fetch_add(n, Ordering::Relaxed);
                         return TaskResult::Finished;
                     }
@@ -243,6 +286,17 @@ pub(super) async fn unique_duplicate(shared: &Shared, task: &Task) -> Option<Tas
                 SystemTime::UNIX_EPOCH + Duration::from_millis(until.max(0) as u64),
             );
             tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, unique_key = key, id, holder, until, "a duplicate of a unique job was dropped without running: the job `holder` holds its key");
+            let reason = format!("unique_key `{key}` held by {holder}");
+            note_state(
+                shared,
+                task,
+                StateKind::Duplicate,
+                task.attempt - 1,
+                Detail {
+                    reason: Some(&reason),
+                    ..Default::default()
+                },
+            );
             Some(TaskResult::Finished)
         }
         Err(e) => {
@@ -276,6 +330,17 @@ pub(super) async fn retry(
         .of(&task.record.topic, &job_type_of(&task.record))
         .retried
         .inc();
+    note_state(
+        shared,
+        task,
+        StateKind::Retrying,
+        task.attempt,
+        Detail {
+            until: Some(next),
+            error: Some(error),
+            ..started(task)
+        },
+    );
     let o = &shared.options;
     if delay > o.retry_in_place_max
         && o.tiers.choose(delay).is_some()
@@ -370,9 +435,17 @@ pub(super) async fn dead_letter(
     }
     let mut backoff = Duration::from_millis(100);
     let mut record = record;
+    let mut place = None;
     loop {
         match shared.backend.publish(&dlq, vec![record.clone()]).await {
-            Ok(_) => break,
+            Ok(at) => {
+                place = at.first().map(|p| Place {
+                    topic: dlq.clone(),
+                    partition: p.partition,
+                    offset: p.offset,
+                });
+                break;
+            }
             // permanent: retrying the same record would block the partition forever
             Err(e @ Error::RecordTooLarge { .. })
                 if record.headers.get(dlq_header::TRIMMED).is_none() =>
@@ -397,6 +470,18 @@ pub(super) async fn dead_letter(
     if matches!(reason, DeadLetterReason::Deadline) {
         m.deadline.inc();
     }
+    note_state(
+        shared,
+        task,
+        StateKind::Dead,
+        task.attempt,
+        Detail {
+            error: Some(error),
+            reason: Some(reason.as_str()),
+            dead_letter: place,
+            ..started(task)
+        },
+    );
     // a request learns now, not at its timeout (at least once, outside any transaction, like
     // the dead letter itself)
     if let Some((to, reply)) = crate::outputs::reply_record(r, Bytes::new(), Some(error)) {

@@ -44,6 +44,15 @@ impl Scheduler {
 
     /// Commits what changed; returns whether it was committed.
     pub(super) async fn commit(&mut self) -> bool {
+        // the states of the jobs this commit finishes go to their writer, in order (it
+        // writes them while the loop goes on)
+        if self.shared.states.is_some() {
+            let since = std::mem::replace(&mut self.states_flushed_at, crate::job_states::now_ms());
+            self.note_running(since);
+            if let Some(states) = &self.shared.states {
+                states.flush(&self.shared.backend);
+            }
+        }
         let offsets = self.commit_points();
         self.last_commit = Instant::now();
         if offsets.is_empty() {
@@ -206,6 +215,10 @@ impl Scheduler {
         // commits the stored offsets, which then include the jobs finished during the drain
         self.store();
         self.commit().await;
+        // a clean stop writes every job state
+        if let Some(states) = &self.shared.states {
+            let _ = tokio::time::timeout(Duration::from_secs(5), states.sync()).await;
+        }
         self.running_by_partition.close();
         // nothing runs any more: the revocation this starts has nothing to wait for
         self.sub.leave(crate::LEAVE_TIMEOUT).await;

@@ -3,6 +3,7 @@
 //! (see the [worker docs](super)).
 
 use super::*;
+use crate::job_states::{Detail, StateKind};
 
 pub(super) struct Scheduler {
     pub(super) shared: Arc<Shared>,
@@ -51,6 +52,8 @@ pub(super) struct Scheduler {
     /// Partitions paused because their topic is paused for the group.
     pub(super) admin_paused: HashSet<TopicPartition>,
     pub(super) last_pause_sync: Instant,
+    /// When the job states were last handed to their writer (Unix ms).
+    pub(super) states_flushed_at: i64,
 }
 
 /// Runs a forwarder until `stopped` turns true, starting it again after a failure.
@@ -102,7 +105,11 @@ impl Scheduler {
             if self.unstored {
                 self.store();
             }
-            if self.dirty && (self.commit_now || self.last_commit.elapsed() >= commit_interval) {
+            // job states wait for a commit too (a retry or a delay in memory changes no offset)
+            let states_due = self.shared.states.as_ref().is_some_and(|s| s.has_pending());
+            if (self.dirty || states_due)
+                && (self.commit_now || self.last_commit.elapsed() >= commit_interval)
+            {
                 self.commit_now = false;
                 self.commit().await;
             }
@@ -142,7 +149,7 @@ impl Scheduler {
                         }
                     }
                 }
-                () = tokio::time::sleep(commit_in), if self.dirty => {}
+                () = tokio::time::sleep(commit_in), if self.dirty || states_due => {}
                 () = tokio::time::sleep_until(self.marking_retry.unwrap_or_else(Instant::now)), if self.marking_retry.is_some() && !self.marking.is_empty() => {}
                 () = tokio::time::sleep(STALL), if room == 0 && !stalled => {}
             }
@@ -266,11 +273,15 @@ impl Scheduler {
             };
             match self.gate(&task) {
                 Gate::Run => {}
-                Gate::Drop(counter, series) => {
+                Gate::Drop(counter, series, state) => {
                     counter(&self.shared.stats).fetch_add(1, Ordering::Relaxed);
                     if let Some(series) = series {
                         let r = &task.record;
                         series(self.shared.metrics.of(&r.topic, &job_type_of(r))).inc();
+                    }
+                    if let Some(state) = state {
+                        let attempts = task.attempt.saturating_sub(1);
+                        note_state(&self.shared, &task, state, attempts, Detail::default());
                     }
                     self.mark_finished(&task);
                     self.release_lane(&task);
@@ -284,6 +295,7 @@ impl Scheduler {
                     if unlaned {
                         self.release_lane(&task);
                     }
+                    self.note_waiting(&task, due);
                     let cost = due::cost_of(&task.record);
                     self.due.push(due, cost, Task { unlaned, ..task });
                     continue;
@@ -298,6 +310,12 @@ impl Scheduler {
                             let result = match move_to_tier(&shared, &task, due, None).await {
                                 true => {
                                     shared.stats.delayed.fetch_add(1, Ordering::Relaxed);
+                                    let attempts = task.attempt.saturating_sub(1);
+                                    let until = Detail {
+                                        until: Some(due),
+                                        ..Default::default()
+                                    };
+                                    note_state(&shared, &task, StateKind::Delayed, attempts, until);
                                     TaskResult::Finished
                                 }
                                 false => TaskResult::Unmovable,
@@ -358,14 +376,18 @@ impl Scheduler {
             .get_str(headers::RETRY_GROUP)
             .is_some_and(|g| g != group)
         {
-            return Gate::Drop(|s| &s.other_group, None);
+            return Gate::Drop(|s| &s.other_group, None, None);
         }
         if task.copy {
-            return Gate::Drop(|s| &s.duplicates, Some(|m| &m.duplicate));
+            return Gate::Drop(|s| &s.duplicates, Some(|m| &m.duplicate), None);
         }
         if let (Some(c), Some(id)) = (&self.control, r.headers.get_str(headers::MESSAGE_ID)) {
             if c.is_cancelled(id) {
-                return Gate::Drop(|s| &s.cancelled, Some(|m| &m.cancelled));
+                return Gate::Drop(
+                    |s| &s.cancelled,
+                    Some(|m| &m.cancelled),
+                    Some(StateKind::Cancelled),
+                );
             }
         }
         let now = millis(SystemTime::now());
@@ -388,6 +410,41 @@ impl Scheduler {
             self.shared.options.tiers.shortest(),
             movable,
         )
+    }
+
+    /// Notes for lookup the jobs whose attempt has been running since before `since` (Unix
+    /// ms, the previous commit) and not been noted yet: only attempts that run across a
+    /// commit cost a `running` record; a quick job's only record is its end.
+    pub(super) fn note_running(&mut self, since: i64) {
+        let Some(states) = self.shared.states.as_ref() else {
+            return;
+        };
+        for task in self.in_flight.values_mut() {
+            if task.started_at == 0 || task.running_noted || task.started_at > since {
+                continue;
+            }
+            task.running_noted = true;
+            let detail = Detail {
+                started_at: Some(task.started_at),
+                ..Default::default()
+            };
+            states.note(&task.record, StateKind::Running, task.attempt, detail);
+        }
+    }
+
+    /// Notes for lookup that `task`'s job waits in memory until `due`: delayed, or retrying
+    /// when an attempt of it already ran.
+    pub(super) fn note_waiting(&self, task: &Task, due: i64) {
+        let attempts = task.attempt.saturating_sub(1);
+        let state = match attempts {
+            0 => StateKind::Delayed,
+            _ => StateKind::Retrying,
+        };
+        let until = Detail {
+            until: Some(due),
+            ..Default::default()
+        };
+        note_state(&self.shared, task, state, attempts, until);
     }
 
     /// Pauses the owned partitions of topics paused for the group, resumes those of topics no
@@ -513,7 +570,11 @@ impl Scheduler {
         if tasks.is_empty() {
             return;
         }
-        for (task, _) in &tasks {
+        let now = crate::job_states::now_ms();
+        let mut tasks = tasks;
+        for (task, _) in &mut tasks {
+            task.started_at = now;
+            task.running_noted = false;
             if let Some(track) = self.track_mut(task) {
                 track.attempts.start(task.record.offset, task.attempt);
                 self.dirty = true;
@@ -813,6 +874,8 @@ impl Scheduler {
                         in_place: false,
                         keeps_key: false,
                         unlaned: false,
+                        started_at: 0,
+                        running_noted: false,
                     };
                     let tp = task.record.tp();
                     // the retrying job its key waited for is back: it goes first

@@ -27,6 +27,10 @@ pub(super) struct Task {
     pub(super) keeps_key: bool,
     /// Waiting for its due time without its key: it queues for the key again when due.
     pub(super) unlaned: bool,
+    /// When its current attempt started (Unix ms; 0: not started).
+    pub(super) started_at: i64,
+    /// Its `running` state was noted for job lookup (it ran across a commit).
+    pub(super) running_noted: bool,
 }
 
 impl Topical for Task {
@@ -118,10 +122,12 @@ pub(super) enum TaskResult {
 pub(super) enum Gate {
     Run,
     /// Finished without running, counted in this counter and, for a job of this group, in
-    /// this outcome of its series.
+    /// this outcome of its series; with the job's state for lookup (none: the job's state is
+    /// not this copy's, e.g. a second copy of a move).
     Drop(
         fn(&WorkerStats) -> &AtomicU64,
         Option<fn(&JobSeries) -> &conveyor_metrics::Counter>,
+        Option<crate::job_states::StateKind>,
     ),
     /// Not due until this time (ms since the epoch), less than the shortest tier away (or it
     /// may not move): waits in memory.

@@ -9,13 +9,14 @@
 //! | `GET /v1/groups/{group}/paused` | `200`: the topics the group is paused on (`404 unknown_group` as for a pause) |
 //!
 //! The log cannot say whether a job exists or already ran (on Kafka that would take reading
-//! every topic), so a cancellation is accepted for any well-formed id (a UUID, the form of
-//! every message id conveyor writes; anything else is `422 invalid_field` naming `id`), and
-//! cancelling twice is the same as once. A pause names a group this process runs (a route's) or
+//! every topic), so a cancellation is accepted for any UUID (the form of every message id
+//! conveyor writes); an id of another form (a producer's own, `NewJob::with_id`) must name a
+//! job that job lookup knows (else `404 not_found`) unless `?force=true`. Cancelling twice is
+//! the same as once. A pause names a group this process runs (a route's) or
 //! one with committed offsets; any other is `404 unknown_group` (a misspelled group would
 //! otherwise be paused for nobody, silently).
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use conveyor_runtime::control::ControlEntry;
@@ -34,17 +35,34 @@ fn check_name(field: &str, v: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `DELETE /v1/jobs/{id}`.
+/// `?force=true`: cancel an id job lookup does not know.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CancelQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// `DELETE /v1/jobs/{id}[?force=true]`.
 pub(super) async fn cancel_job(
     State(s): State<AppState>,
     Path(id): Path<String>,
+    query: Result<Query<CancelQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
     check_name("id", &id)?;
-    if uuid::Uuid::parse_str(&id).is_err() {
-        return Err(ApiError::invalid(
-            "id",
-            format!("`{id}` is not a job id: ids are UUIDs such as 0193a3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b, as the enqueue answered in `id`"),
-        ));
+    // conveyor's ids are UUIDs, taken as they are (a job may not be stored yet as far as job
+    // lookup knows); any other id must name a job lookup knows, unless forced
+    if uuid::Uuid::try_parse(&id).is_err() && !q.force {
+        let index = s.jobs().await?;
+        index
+            .refresh_within(std::time::Duration::from_millis(50))
+            .await?;
+        if index.get(&id).is_none() {
+            return Err(ApiError::UnknownJob(format!(
+                "no job `{id}` is known (conveyor's ids are UUIDs, as the enqueue answered in `id`); a job with an id of its own that job lookup does not know (enqueued outside the API, or where `job_states = false`) is cancelled with ?force=true (`conveyor cancel --force`)"
+            )));
+        }
     }
     let at = s
         .control()

@@ -105,6 +105,7 @@ impl RouteConfig {
             signing_secret_env: None,
             headers: BTreeMap::new(),
             headers_env: BTreeMap::new(),
+            job_states: true,
         }
     }
 
