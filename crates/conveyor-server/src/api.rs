@@ -929,8 +929,17 @@ async fn apply_topics(
 }
 
 async fn ready(State(s): State<AppState>) -> Response {
-    // answered from a check at most a second old: probes need no token and are not counted in
-    // flight, so a flood of them must not become a flood of backend calls
+    let down = s.routes.down();
+    if !down.is_empty() {
+        let routes: Vec<String> = down.iter().map(|(r, why)| format!("{r} ({why})")).collect();
+        return ApiError::RouteDown(format!(
+            "route worker down: {}; its jobs are kept and delivered once it runs again",
+            routes.join("; ")
+        ))
+        .into_response();
+    }
+    // the backend's answer is reused for a second: probes need no token and are not counted
+    // in flight, so a flood of them must not become a flood of backend calls
     let cached = {
         let c = s.ready_cache.lock().unwrap_or_else(|p| p.into_inner());
         c.as_ref()
@@ -940,7 +949,7 @@ async fn ready(State(s): State<AppState>) -> Response {
     let result = match cached {
         Some(r) => r,
         None => {
-            let r = readiness(&s).await;
+            let r = backend_ready(&s).await;
             *s.ready_cache.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((std::time::Instant::now(), r.clone()));
             r
@@ -953,15 +962,7 @@ async fn ready(State(s): State<AppState>) -> Response {
     }
 }
 
-async fn readiness(s: &AppState) -> Result<(), ApiError> {
-    let down = s.routes.down();
-    if !down.is_empty() {
-        let routes: Vec<String> = down.iter().map(|(r, why)| format!("{r} ({why})")).collect();
-        return Err(ApiError::RouteDown(format!(
-            "route worker down: {}; its jobs are kept and delivered once it runs again",
-            routes.join("; ")
-        )));
-    }
+async fn backend_ready(s: &AppState) -> Result<(), ApiError> {
     // off the runtime's threads: the embedded probe may wait for a journal sync
     let backend = Arc::clone(&s.backend);
     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || backend.health()).await {
