@@ -494,7 +494,7 @@ async fn check_cli(base: &str, expected: &HashMap<String, Expect>) {
         "{out}"
     );
     let (ok, _, err) = bad;
-    assert!(!ok && err.contains("a job id is a UUID"), "{err}");
+    assert!(!ok && err.contains("404 not_found"), "{err}");
 }
 
 /// Enqueues `n` plain jobs one by one; returns their ids with the places the `201`s gave.
