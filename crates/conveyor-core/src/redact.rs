@@ -79,6 +79,12 @@ pub fn url(s: &str) -> String {
     out
 }
 
+/// Whether a query parameter's name looks like it holds a credential (`token`, `key`,
+/// `secret`, `sig`, `password`, `auth`, …): its value is masked.
+pub fn is_credential_name(name: &str) -> bool {
+    secret_param(name)
+}
+
 fn secret_param(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
     SECRET_PARAMS.iter().any(|p| n.contains(p))

@@ -119,7 +119,26 @@ impl WebhookHandler {
             .pool_max_idle_per_host(64)
             .build()
             .expect("the HTTP client builds with static settings");
-        let url = url.into();
+        let url: String = url.into();
+        // a URL's user info travels as `Authorization: Basic base64(user:password)`, which a
+        // receiver may echo: its password, and that header value, are cut out of error texts
+        let mut scrub = Vec::new();
+        if let Ok(u) = reqwest::Url::parse(&url) {
+            if let Some(password) = u.password().filter(|p| !p.is_empty()) {
+                let user = percent_decode(u.username());
+                let password = percent_decode(password);
+                scrub.push(
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")),
+                );
+                scrub.push(password);
+            }
+            for (k, v) in u.query_pairs() {
+                if redact::is_credential_name(&k) && v.len() >= 4 {
+                    scrub.push(v.into_owned());
+                }
+            }
+        }
+        scrub.sort_by_key(|s: &String| std::cmp::Reverse(s.len()));
         WebhookHandler {
             client,
             shown_url: redact::url(&url),
@@ -127,7 +146,7 @@ impl WebhookHandler {
             worker: format!("pid-{}", std::process::id()),
             secrets: Vec::new(),
             static_headers: Vec::new(),
-            scrub: Vec::new(),
+            scrub,
         }
     }
 
@@ -359,11 +378,18 @@ impl Handler for WebhookHandler {
         }
         let after = retry_after(&resp);
         let body = bounded_body(resp).await;
-        let snippet: String = body.chars().take(300).collect();
-        let error = self.shown(format!(
-            "webhook {} answered {status}: {snippet}",
-            self.shown_url
-        ));
+        // the whole answer is scrubbed before it is cut (a secret across the cut would leave its
+        // start), and its control characters are escaped (a newline in it would forge log lines)
+        let answer = self.shown(body);
+        let snippet: String = answer
+            .chars()
+            .take(300)
+            .flat_map(|c| match c.is_control() {
+                true => c.escape_default().collect::<Vec<_>>(),
+                false => vec![c],
+            })
+            .collect();
+        let error = format!("webhook {} answered {status}: {snippet}", self.shown_url);
         let retryable = status == StatusCode::REQUEST_TIMEOUT
             || status == StatusCode::TOO_MANY_REQUESTS
             || status.is_server_error();
@@ -373,4 +399,23 @@ impl Handler for WebhookHandler {
             (false, _) => Outcome::fail(error),
         }
     }
+}
+
+/// `s` with its `%XX` escapes decoded (a URL's user info as the client sends it).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -28,7 +28,20 @@ pub async fn spawn(addr: &str) -> Result<MetricsServer, Error> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "metrics at http://{addr}/metrics");
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, crate::api::metrics::router()).await {
+        // the API's listener and its bounds (header timeout, connection and in-flight caps):
+        // this port needs no token, so it is the first a flood would find
+        let limits = crate::http::HttpLimits {
+            max_connections: 256,
+            max_requests_in_flight: 16,
+            ..Default::default()
+        };
+        let serve = crate::http::serve(
+            listener,
+            crate::api::metrics::router(),
+            limits,
+            std::future::pending(),
+        );
+        if let Err(e) = serve.await {
             tracing::warn!(error = %e, "the metrics server stopped");
         }
     });

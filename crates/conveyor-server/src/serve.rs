@@ -202,12 +202,23 @@ pub async fn run(
                     Arc::clone(&backend),
                     config.job_states_off(),
                 ));
-        let jobs = conveyor_runtime::job_states::JobIndex::open(
-            Arc::clone(&backend),
-            conveyor_runtime::job_states::DEFAULT_MAX_JOBS,
-        )
-        .await?;
-        state.jobs = Arc::new(tokio::sync::OnceCell::new_with(Some(jobs)));
+        // read in the background: the API (and its probes) answer at once, lookups wait for
+        // the first read (`AppState::jobs`), however long 7 days of states take to read
+        let cell = Arc::clone(&state.jobs);
+        let b = Arc::clone(&backend);
+        tokio::spawn(async move {
+            let opened = cell
+                .get_or_try_init(|| {
+                    conveyor_runtime::job_states::JobIndex::open(
+                        b,
+                        conveyor_runtime::job_states::DEFAULT_MAX_JOBS,
+                    )
+                })
+                .await;
+            if let Err(e) = opened {
+                tracing::warn!(error = %e, "cannot read the job states yet; the first lookup tries again");
+            }
+        });
     }
     state.tokens = crate::auth::Tokens::new(&config.api.tokens, |_| None)
         .map_err(|(i, key, e)| Error::InvalidArgument(format!("api.tokens[{i}].{key}: {e}")))?;

@@ -711,3 +711,62 @@ async fn an_idempotent_repeat_after_the_deadline_answers_as_the_first() {
     assert_eq!(late.status(), 422);
     server.stop().await;
 }
+
+/// Any token is a valid HTTP method: methods outside the standard ones share the label
+/// `other`, so a client cannot grow `/metrics` without bound (each once made its own series).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_outside_the_standard_ones_share_one_metrics_label() {
+    let server = start(|_| {}).await;
+    for i in 0..5 {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(
+            format!("X-FOO-{i} /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let _ = read_until_closed(&mut s, Duration::from_secs(2)).await;
+    }
+    let text = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("X-FOO"), "a method became a label");
+    assert!(text.contains("method=\"other\""), "no `other` series");
+    server.stop().await;
+}
+
+/// A UUID in a form conveyor never writes (uppercase) would be "cancelled" and still run (the
+/// control log matches ids exactly): it goes through job lookup like any other id.
+#[tokio::test]
+async fn a_uuid_in_another_form_is_not_taken_as_a_cancellation() {
+    let server = start(|_| {}).await;
+    let http = reqwest::Client::new();
+    let upper = "0193A3C4-5D6E-7F80-9A1B-2C3D4E5F6A7B";
+    let (s, v, _) = call(
+        &http,
+        "DELETE",
+        &format!("{}/v1/jobs/{upper}", server.base),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+    let lower = upper.to_ascii_lowercase();
+    let (s, v, _) = call(
+        &http,
+        "DELETE",
+        &format!("{}/v1/jobs/{lower}", server.base),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    server.stop().await;
+}

@@ -324,6 +324,8 @@ async fn planted_secrets_appear_in_no_log_dead_letter_or_api_answer_and_json_log
         FILE_HEADER.to_owned(),
         ENV_HEADER.to_owned(),
         signing.trim_start_matches("whsec_").to_owned(),
+        // the URL's user info as the receiver gets it (`Authorization: Basic`), echoed back
+        base64::engine::general_purpose::STANDARD.encode(format!("alice:{URL_PASSWORD}")),
         "PLANTED".to_owned(),
     ];
     let (_receiver, hook) = python_receiver(&json!({ "planted": signing }));
@@ -394,6 +396,7 @@ retry = {{ max_attempts = 2, initial_delay_ms = 10, multiplier = 1.0, max_delay_
         "{error}"
     );
     assert!(error.contains(r#""x-api-key": "***""#), "{error}");
+    assert!(error.contains(r#""authorization": "Basic ***""#), "{error}");
     assert!(error.contains(r#""x-env-key": "***""#), "{error}");
     let error = dead[1]["records"][0]["headers"]["dlq_error"]
         .as_str()

@@ -188,11 +188,23 @@ async fn refresh(inner: &Inner, fresh: Duration) -> Result<()> {
     }
     let started = std::time::Instant::now();
     let next = inner.state.read().unwrap_or_else(|e| e.into_inner()).next;
+    // up to the end as it is now: workers writing states faster than one reader fetches them
+    // must not keep a refresh (and every lookup waiting on it) going for ever
+    let end = inner
+        .backend
+        .describe_topic(JOBS_TOPIC)
+        .await?
+        .and_then(|t| t.partitions.first().map(|p| p.high))
+        .unwrap_or(next);
+    if end <= next {
+        *last = Some(started);
+        return Ok(());
+    }
     crate::entry_log::read_entries::<super::Entry>(
         &*inner.backend,
         JOBS_TOPIC,
         next,
-        None,
+        Some(end),
         2_000,
         "a job state",
         |entries, next| {

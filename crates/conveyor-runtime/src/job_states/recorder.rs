@@ -216,6 +216,21 @@ impl Recorder {
         }
     }
 
+    /// A clean stop: hands over and waits for everything noted, flushing again while changes
+    /// were kept back (the writer had [`IN_FLIGHT`] batches), until none wait or `limit` passes.
+    pub async fn drain(&self, backend: &Arc<dyn Backend>, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                self.flush(backend);
+                self.sync().await;
+                if !self.has_pending() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
     /// Waits until the batches handed to the writer are written (or the writer gave up).
     pub async fn sync(&self) {
         let Some(tx) = self.writer.get() else {

@@ -118,6 +118,14 @@ type Row = (fn(&Families) -> &Arc<Family<Gauge>>, Vec<String>, i64);
 /// the gauges (series of partitions and groups that are gone are dropped). Errors are logged
 /// at debug level: the last figures stay.
 pub async fn refresh() {
+    // one read at a time, and none within a second of the last: a flood of scrapes (the
+    // probe port needs no token when tokens are off) is not a flood of backend calls
+    static LAST: tokio::sync::Mutex<Option<std::time::Instant>> =
+        tokio::sync::Mutex::const_new(None);
+    let mut last = LAST.lock().await;
+    if last.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(1)) {
+        return;
+    }
     let watches: Vec<Arc<Watch>> = WATCHES.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut rows: Vec<Row> = Vec::new();
     let read = async {
@@ -125,13 +133,16 @@ pub async fn refresh() {
             read_watch(w, &mut rows).await;
         }
     };
-    if tokio::time::timeout(REFRESH_TIMEOUT, read).await.is_err() {
-        tracing::debug!("reading lag for /metrics took over {REFRESH_TIMEOUT:?}; the rest keeps its last figures");
-        return;
-    }
+    let complete = tokio::time::timeout(REFRESH_TIMEOUT, read).await.is_ok();
+    *last = Some(std::time::Instant::now());
     let f = &*FAMILIES;
-    for family in [&f.lag, &f.committed, &f.high, &f.delayed, &f.dead] {
-        family.clear();
+    if complete {
+        for family in [&f.lag, &f.committed, &f.high, &f.delayed, &f.dead] {
+            family.clear();
+        }
+    } else {
+        // what was read is set; the rest keeps its last figures
+        tracing::debug!("reading lag for /metrics took over {REFRESH_TIMEOUT:?}; the rest keeps its last figures");
     }
     for (family, labels, v) in rows {
         let labels: Vec<&str> = labels.iter().map(String::as_str).collect();

@@ -217,7 +217,9 @@ impl Scheduler {
         self.commit().await;
         // a clean stop writes every job state
         if let Some(states) = &self.shared.states {
-            let _ = tokio::time::timeout(Duration::from_secs(5), states.sync()).await;
+            states
+                .drain(&self.shared.backend, Duration::from_secs(5))
+                .await;
         }
         self.running_by_partition.close();
         // nothing runs any more: the revocation this starts has nothing to wait for

@@ -53,7 +53,11 @@ pub(super) async fn cancel_job(
     check_name("id", &id)?;
     // conveyor's ids are UUIDs, taken as they are (a job may not be stored yet as far as job
     // lookup knows); any other id must name a job lookup knows, unless forced
-    if uuid::Uuid::try_parse(&id).is_err() && !q.force {
+    // only the form conveyor writes (lowercase, hyphenated): `is_cancelled` matches exactly,
+    // so an uppercase or braced UUID would be "cancelled" and still run
+    let conveyors =
+        conveyor_runtime::job_states::is_job_id(&id) && !id.bytes().any(|b| b.is_ascii_uppercase());
+    if !conveyors && !q.force {
         let index = s.jobs().await?;
         index
             .refresh_within(std::time::Duration::from_millis(50))

@@ -87,17 +87,28 @@ pub async fn track(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| route_label(p.as_str()));
     let route = route.as_deref().unwrap_or("unmatched");
-    let method = req.method().clone();
+    // any token is a valid method: those outside the standard ones share one label, so a
+    // client cannot grow the series without bound
+    let method = match *req.method() {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::PUT => "PUT",
+        axum::http::Method::DELETE => "DELETE",
+        axum::http::Method::HEAD => "HEAD",
+        axum::http::Method::OPTIONS => "OPTIONS",
+        axum::http::Method::PATCH => "PATCH",
+        _ => "other",
+    };
     let began = std::time::Instant::now();
     let response = next.run(req).await;
     let f = &*FAMILIES;
     let status = response.status();
     let code = response.extensions().get::<ErrorCode>().map_or("", |c| c.0);
     f.requests
-        .with(&[method.as_str(), route, status.as_str(), code])
+        .with(&[method, route, status.as_str(), code])
         .inc();
     f.seconds
-        .with(&[method.as_str(), route])
+        .with(&[method, route])
         .observe_duration(began.elapsed());
     if response
         .headers()

@@ -61,9 +61,11 @@ class Handler(BaseHTTPRequestHandler):
                           "verified": results, "replayed_6_min_later": replayed})
         if self.path.split("?")[0] == "/reject":
             # the headers that are not conveyor's own, as a receiver's error might show them
-            own = ("conveyor-", "webhook-", "content-", "accept", "host", "authorization")
+            # (authorization included: a URL's user info arrives as Basic credentials, and a
+            # receiver that echoes it must not put the password into the dead letter)
+            own = ("conveyor-", "webhook-", "content-", "accept", "host")
             mine = {k: v for k, v in headers.items() if not k.startswith(own)}
-            out = json.dumps({"refused": True, "you_sent": mine}).encode()
+            out = json.dumps({"refused": True, "path": self.path, "you_sent": mine}).encode()
             self.send_response(400)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(out)))
