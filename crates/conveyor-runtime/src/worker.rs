@@ -143,6 +143,10 @@ impl WorkerStats {
     }
 }
 
+/// The longest a worker's start (topics, ledgers, the subscription) may take before it is
+/// given up as an error.
+const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Worker settings. Defaults are given per field.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -549,107 +553,123 @@ impl Worker {
     /// Runs until `shutdown` completes, then drains (see the module docs) and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let s = &self.shared;
-        let control = match self.control.clone() {
-            Some(c) => c,
-            None => Control::open(Arc::clone(&s.backend)).await?,
-        };
-        let ledger = crate::unique::UniqueLedger::open(Arc::clone(&s.backend)).await?;
-        let _ = s.unique.set(ledger);
-        if s.options.topics.is_empty() {
-            return Err(Error::InvalidArgument(
-                "a worker needs at least one topic".into(),
-            ));
-        }
-        for t in &s.options.topics {
-            let info = s
-                .backend
-                .describe_topic(t)
-                .await?
-                .ok_or_else(|| Error::UnknownTopic(t.clone()))?;
-            let mut spec = TopicSpec::new(
-                dead_letter_topic(t, &s.options.dlq_suffix),
-                info.partition_count(),
-            );
-            spec.retention_ms = Some(30 * 24 * 3600 * 1000);
-            match s.backend.create_topic(&spec).await {
-                Ok(_) | Err(Error::TopicConflict { .. }) => {}
-                Err(e) => return Err(e),
+        // every step of the start talks to the backend; a step that hangs (brokers dying
+        // mid-start was seen to leave a route worker never started) ends as an error, which the
+        // route's supervisor answers with a restart
+        let start = async {
+            let control = match self.control.clone() {
+                Some(c) => c,
+                None => Control::open(Arc::clone(&s.backend)).await?,
+            };
+            let ledger = crate::unique::UniqueLedger::open(Arc::clone(&s.backend)).await?;
+            let _ = s.unique.set(ledger);
+            if s.options.topics.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "a worker needs at least one topic".into(),
+                ));
             }
-        }
-        if s.states.is_some() {
-            crate::job_states::ensure_topic(&s.backend).await?;
-        }
-        let running_by_partition = Arc::new(RunningCounts::default());
-        let barrier = {
-            let counts = Arc::clone(&running_by_partition);
-            let (limit, group) = (s.options.shutdown_timeout, s.options.group.clone());
-            RevokeBarrier(Arc::new(move |tps: &[TopicPartition]| {
-                counts.wait_idle(tps, limit, &group)
-            }))
-        };
-        let mut sub = s
-            .backend
-            .subscribe(SubscribeOptions {
-                group: s.options.group.clone(),
-                topics: s.options.topics.clone(),
-                start: s.options.start,
-                on_revoke: Some(barrier),
-            })
-            .await?;
-        if s.options.transactional && sub.transactional().is_none() {
-            return Err(Error::InvalidArgument(format!(
-                "the {} backend cannot commit transactionally; run the worker without `transactional`",
-                s.backend.name()
-            )));
-        }
-        let mut sched = Scheduler {
-            shared: Arc::clone(&self.shared),
-            sub,
-            tracks: HashMap::new(),
-            lanes: KeyLanes::default(),
-            ready: ReadyQueue::new(s.options.priorities.clone()),
-            marking: Vec::new(),
-            marking_retry: None,
-            running: JoinSet::new(),
-            in_flight: HashMap::new(),
-            running_by_partition,
-            timers: JoinSet::new(),
-            due: due::DueQueue::default(),
-            buffered: 0,
-            epoch: 0,
-            dirty: false,
-            unstored: false,
-            commit_now: false,
-            paused: HashSet::new(),
-            waiting: HashMap::new(),
-            full_since: None,
-            last_commit: Instant::now(),
-            control: None,
-            seen: RecentKeys::new(s.options.dedup_capacity),
-            parked: HashMap::new(),
-            held: Vec::new(),
-            admin_paused: HashSet::new(),
-            last_pause_sync: Instant::now(),
-            states_flushed_at: crate::job_states::now_ms(),
-        };
-        let (stop_forwarders, stopped) = tokio::sync::watch::channel(false);
-        let mut forwarders = JoinSet::new();
-        for t in &s.options.topics {
-            s.options.tiers.ensure_topics(&s.backend, t).await?;
-        }
-        if s.options.forward_delayed {
             for t in &s.options.topics {
-                let mut f =
-                    Forwarder::new(Arc::clone(&s.backend), t.clone(), s.options.tiers.clone())
-                        .with_control(control.clone())
-                        .with_dlq_suffix(s.options.dlq_suffix.clone());
-                if let Some(states) = &s.states {
-                    f = f.with_job_states(Arc::clone(states));
+                let info = s
+                    .backend
+                    .describe_topic(t)
+                    .await?
+                    .ok_or_else(|| Error::UnknownTopic(t.clone()))?;
+                let mut spec = TopicSpec::new(
+                    dead_letter_topic(t, &s.options.dlq_suffix),
+                    info.partition_count(),
+                );
+                spec.retention_ms = Some(30 * 24 * 3600 * 1000);
+                match s.backend.create_topic(&spec).await {
+                    Ok(_) | Err(Error::TopicConflict { .. }) => {}
+                    Err(e) => return Err(e),
                 }
-                forwarders.spawn(run_forwarder(f, stopped.clone()));
             }
-        }
-        sched.control = Some(control);
+            if s.states.is_some() {
+                crate::job_states::ensure_topic(&s.backend).await?;
+            }
+            let running_by_partition = Arc::new(RunningCounts::default());
+            let barrier = {
+                let counts = Arc::clone(&running_by_partition);
+                let (limit, group) = (s.options.shutdown_timeout, s.options.group.clone());
+                RevokeBarrier(Arc::new(move |tps: &[TopicPartition]| {
+                    counts.wait_idle(tps, limit, &group)
+                }))
+            };
+            let mut sub = s
+                .backend
+                .subscribe(SubscribeOptions {
+                    group: s.options.group.clone(),
+                    topics: s.options.topics.clone(),
+                    start: s.options.start,
+                    on_revoke: Some(barrier),
+                })
+                .await?;
+            if s.options.transactional && sub.transactional().is_none() {
+                return Err(Error::InvalidArgument(format!(
+                    "the {} backend cannot commit transactionally; run the worker without `transactional`",
+                    s.backend.name()
+                )));
+            }
+            let mut sched = Scheduler {
+                shared: Arc::clone(&self.shared),
+                sub,
+                tracks: HashMap::new(),
+                lanes: KeyLanes::default(),
+                ready: ReadyQueue::new(s.options.priorities.clone()),
+                marking: Vec::new(),
+                marking_retry: None,
+                running: JoinSet::new(),
+                in_flight: HashMap::new(),
+                running_by_partition,
+                timers: JoinSet::new(),
+                due: due::DueQueue::default(),
+                buffered: 0,
+                epoch: 0,
+                dirty: false,
+                unstored: false,
+                commit_now: false,
+                paused: HashSet::new(),
+                waiting: HashMap::new(),
+                full_since: None,
+                last_commit: Instant::now(),
+                control: None,
+                seen: RecentKeys::new(s.options.dedup_capacity),
+                parked: HashMap::new(),
+                held: Vec::new(),
+                admin_paused: HashSet::new(),
+                last_pause_sync: Instant::now(),
+                states_flushed_at: crate::job_states::now_ms(),
+            };
+            let (stop_forwarders, stopped) = tokio::sync::watch::channel(false);
+            let mut forwarders = JoinSet::new();
+            for t in &s.options.topics {
+                s.options.tiers.ensure_topics(&s.backend, t).await?;
+            }
+            if s.options.forward_delayed {
+                for t in &s.options.topics {
+                    let mut f =
+                        Forwarder::new(Arc::clone(&s.backend), t.clone(), s.options.tiers.clone())
+                            .with_control(control.clone())
+                            .with_dlq_suffix(s.options.dlq_suffix.clone());
+                    if let Some(states) = &s.states {
+                        f = f.with_job_states(Arc::clone(states));
+                    }
+                    forwarders.spawn(run_forwarder(f, stopped.clone()));
+                }
+            }
+            sched.control = Some(control);
+            Ok::<_, Error>((sched, forwarders, stop_forwarders))
+        };
+        let (mut sched, mut forwarders, stop_forwarders) =
+            match tokio::time::timeout(START_TIMEOUT, start).await {
+                Ok(started) => started?,
+                Err(_) => {
+                    return Err(Error::Broker(format!(
+                        "the worker of group {} did not start within {START_TIMEOUT:?} (the backend did not answer its start-up calls); it is started again",
+                        s.options.group
+                    )))
+                }
+            };
         let _watched = crate::metrics::watch(
             Arc::clone(&s.backend),
             &s.options.group,
