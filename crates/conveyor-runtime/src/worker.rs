@@ -561,7 +561,10 @@ impl Worker {
                 Some(c) => c,
                 None => Control::open(Arc::clone(&s.backend)).await?,
             };
+            let group = &s.options.group;
+            tracing::debug!(group, "worker start: opening the unique-key ledger");
             let ledger = crate::unique::UniqueLedger::open(Arc::clone(&s.backend)).await?;
+            tracing::debug!(group, "worker start: creating the dead-letter topics");
             let _ = s.unique.set(ledger);
             if s.options.topics.is_empty() {
                 return Err(Error::InvalidArgument(
@@ -585,8 +588,10 @@ impl Worker {
                 }
             }
             if s.states.is_some() {
+                tracing::debug!(group, "worker start: creating the job states' topic");
                 crate::job_states::ensure_topic(&s.backend).await?;
             }
+            tracing::debug!(group, "worker start: subscribing");
             let running_by_partition = Arc::new(RunningCounts::default());
             let barrier = {
                 let counts = Arc::clone(&running_by_partition);
@@ -642,6 +647,7 @@ impl Worker {
             };
             let (stop_forwarders, stopped) = tokio::sync::watch::channel(false);
             let mut forwarders = JoinSet::new();
+            tracing::debug!(group, "worker start: creating the delay tiers");
             for t in &s.options.topics {
                 s.options.tiers.ensure_topics(&s.backend, t).await?;
             }
