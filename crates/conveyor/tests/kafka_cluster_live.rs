@@ -408,14 +408,13 @@ async fn below_min_insync_replicas_an_enqueue_fails_in_bounded_time_and_recovers
     // the route's worker runs (its first 20 jobs delivered) before the brokers go: what is
     // measured here is a running worker and the API below min ISR. (A worker whose brokers die
     // while it starts was seen never to start: a separate, known problem, see DEVELOPERS.md.)
-    {
+    let (acked, placed) = {
         let b = before.lock().unwrap();
-        let (acked, placed) = (b.acked.clone(), b.placed.clone());
-        drop(b);
-        cluster
-            .wait_delivered(&topic, &acked, &placed, &received)
-            .await;
-    }
+        (b.acked.clone(), b.placed.clone())
+    };
+    cluster
+        .wait_delivered(&topic, &acked, &placed, &received)
+        .await;
     // two of three down: one replica left, fewer than min.insync.replicas = 2
     let survivor = cluster.leader(&topic, 0);
     assert!(survivor > 0, "partition 0 has a leader before the kill");
