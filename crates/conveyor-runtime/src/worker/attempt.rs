@@ -154,19 +154,23 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
             | Outcome::Fail { error } => Some(error.as_str()),
         });
     }
+    // a done job's bookkeeping: the count, its series, its state for lookup
+    let succeeded = || {
+        shared.stats.done.fetch_add(1, Ordering::Relaxed);
+        m.succeeded.inc();
+        note_state(
+            shared,
+            task,
+            StateKind::Succeeded,
+            task.attempt,
+            started(task),
+        );
+    };
     let outcome = match outcome {
         Outcome::Done => {
             let out = std::mem::take(&mut *outputs.lock().expect("outputs lock")).finish(r);
             if out.is_empty() {
-                shared.stats.done.fetch_add(1, Ordering::Relaxed);
-                m.succeeded.inc();
-                note_state(
-                    shared,
-                    task,
-                    StateKind::Succeeded,
-                    task.attempt,
-                    started(task),
-                );
+                succeeded();
                 return TaskResult::Finished;
             }
             // conveyor's own topics take nothing a handler emits (a record there would be read
@@ -181,15 +185,7 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
             } else if shared.options.transactional {
                 match shared.check_outputs(&out).await {
                     Ok(()) => {
-                        shared.stats.done.fetch_add(1, Ordering::Relaxed);
-                        m.succeeded.inc();
-                        note_state(
-                            shared,
-                            task,
-                            StateKind::Succeeded,
-                            task.attempt,
-                            started(task),
-                        );
+                        succeeded();
                         return TaskResult::Emitted(out);
                     }
                     Err(failed) => failed,
@@ -198,15 +194,7 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
                 let n = out.len() as u64;
                 match crate::outputs::publish_all(&*shared.backend, out).await {
                     Ok(()) => {
-                        shared.stats.done.fetch_add(1, Ordering::Relaxed);
-                        m.succeeded.inc();
-                        note_state(
-                            shared,
-                            task,
-                            StateKind::Succeeded,
-                            task.attempt,
-                            started(task),
-                        );
+                        succeeded();
                         shared.stats.emitted.fetch_add(n, Ordering::Relaxed);
                         return TaskResult::Finished;
                     }
