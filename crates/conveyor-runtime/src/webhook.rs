@@ -125,8 +125,13 @@ impl WebhookHandler {
         let mut scrub = Vec::new();
         if let Ok(u) = reqwest::Url::parse(&url) {
             if let Some(password) = u.password().filter(|p| !p.is_empty()) {
-                let user = percent_decode(u.username());
-                let password = percent_decode(password);
+                let decode = |s: &str| {
+                    percent_encoding::percent_decode_str(s)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                };
+                let user = decode(u.username());
+                let password = decode(password);
                 scrub.push(
                     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")),
                 );
@@ -399,23 +404,4 @@ impl Handler for WebhookHandler {
             (false, _) => Outcome::fail(error),
         }
     }
-}
-
-/// `s` with its `%XX` escapes decoded (a URL's user info as the client sends it).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
