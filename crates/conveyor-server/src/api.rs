@@ -197,13 +197,7 @@ pub fn app(state: AppState) -> Router {
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         );
     // every route above needs what `auth` says once a token is configured
-    let routes = match tokens.is_empty() {
-        true => routes,
-        false => routes.route_layer(axum::middleware::from_fn_with_state(
-            tokens,
-            crate::auth::authorize,
-        )),
-    };
+    let routes = crate::auth::guard(routes, tokens);
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -221,13 +215,7 @@ pub fn probes(state: AppState) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics::scrape));
     // /metrics needs a `read` token once tokens are configured, as on the API port
-    let routes = match tokens.is_empty() {
-        true => routes,
-        false => routes.route_layer(axum::middleware::from_fn_with_state(
-            tokens,
-            crate::auth::authorize,
-        )),
-    };
+    let routes = crate::auth::guard(routes, tokens);
     routes
         .fallback(|method: Method, uri: Uri| async move {
             ApiError::NotFound(format!(

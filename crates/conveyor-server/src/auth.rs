@@ -283,6 +283,17 @@ fn topic_allowed(patterns: &[String], topic: &str) -> bool {
         })
 }
 
+/// `routes` with [`authorize`] on each once a token is configured (none: the API is open).
+pub fn guard<S: Clone + Send + Sync + 'static>(
+    routes: axum::Router<S>,
+    tokens: Tokens,
+) -> axum::Router<S> {
+    match tokens.is_empty() {
+        true => routes,
+        false => routes.route_layer(axum::middleware::from_fn_with_state(tokens, authorize)),
+    }
+}
+
 /// The middleware (installed with `route_layer`, so it sees the matched route).
 pub async fn authorize(
     State(tokens): State<Tokens>,
