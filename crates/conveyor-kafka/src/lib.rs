@@ -41,6 +41,7 @@ use conveyor_core::{
     Backend, ConsumedRecord, Error, Position, Record, Result, StartFrom, SubscribeOptions,
     Subscription, TopicInfo, TopicSpec,
 };
+use rdkafka::message::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -133,8 +134,15 @@ struct Inner {
     admin: Arc<dyn TopicAdmin>,
     /// Partition counts from metadata, with when they were read.
     partitions: RwLock<HashMap<String, (i32, Instant)>>,
+    /// Readers of [`Backend::fetch`] between calls (at most [`KEPT_READERS`]): a reader made for
+    /// each call cost a connection, a metadata round trip and a close, some 200 ms, which
+    /// serialized every control-log append behind the others.
+    readers: std::sync::Mutex<Vec<BaseConsumer<EofQuiet>>>,
     closed: AtomicBool,
 }
+
+/// How many idle readers a backend keeps.
+const KEPT_READERS: usize = 4;
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -167,6 +175,7 @@ impl KafkaBackend {
                 errors,
                 admin,
                 partitions: RwLock::new(HashMap::new()),
+                readers: std::sync::Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
             }),
         })
@@ -633,41 +642,41 @@ impl Backend for KafkaBackend {
         // told when it reached the end: a partition written by transactions has commit
         // markers, offsets with no record, so counting records to the high watermark would
         // wait for records that never come (and read_committed stops at the last stable one)
-        let reader: BaseConsumer<EofQuiet> = self
+        let kept = self
             .inner
-            .config
-            .reader(&format!(
-                "conveyor.reader.{}",
-                uuid::Uuid::now_v7().simple()
-            ))
-            .set("enable.partition.eof", "true")
-            .create_with_context(EofQuiet)
-            .map_err(broker)?;
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        let reader: BaseConsumer<EofQuiet> = match kept {
+            Some(r) => r,
+            None => self
+                .inner
+                .config
+                .reader(&format!(
+                    "conveyor.reader.{}",
+                    uuid::Uuid::now_v7().simple()
+                ))
+                .set("enable.partition.eof", "true")
+                .create_with_context(EofQuiet)
+                .map_err(broker)?,
+        };
         let (topic, timeout) = (topic.to_owned(), self.inner.config.request_timeout);
-        blocking(move || {
-            let (low, high) = watermarks(reader.client(), &topic, partition, timeout)?;
-            let from = offset.max(low);
-            let want = (high - from).clamp(0, max as i64) as usize;
-            if want == 0 {
-                return Ok(Vec::new());
-            }
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&topic, partition, Offset::Offset(from))
-                .map_err(broker)?;
-            reader.assign(&tpl).map_err(broker)?;
-            let deadline = Instant::now() + timeout;
-            let mut out = Vec::with_capacity(want);
-            while out.len() < want && Instant::now() < deadline {
-                match reader.poll(Duration::from_millis(100)) {
-                    Some(Ok(m)) => out.push(to_record(&m)),
-                    Some(Err(KafkaError::PartitionEOF(_))) => break,
-                    Some(Err(e)) => return Err(broker(e)),
-                    None => {}
-                }
-            }
-            Ok(out)
+        let (reader, read) = tokio::task::spawn_blocking(move || {
+            let read = read_from(&reader, &topic, partition, offset, max, timeout);
+            // an assignment left behind would keep fetching for nobody
+            let reusable = read.is_ok() && reader.unassign().is_ok();
+            (reusable.then_some(reader), read)
         })
         .await
+        .map_err(|e| Error::Broker(format!("blocking task failed: {e}")))?;
+        if let Some(reader) = reader.filter(|_| !self.inner.closed.load(Ordering::Acquire)) {
+            let mut kept = self.inner.readers.lock().unwrap_or_else(|e| e.into_inner());
+            if kept.len() < KEPT_READERS {
+                kept.push(reader);
+            }
+        }
+        read
     }
 
     async fn committed_offsets(&self, group: &str, topic: &str) -> Result<Vec<(i32, Option<i64>)>> {
@@ -705,12 +714,57 @@ impl Backend for KafkaBackend {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        let readers = std::mem::take(&mut *self.inner.readers.lock().unwrap_or_else(|e| e.into_inner()));
         let (producer, timeout) = (
             self.inner.producer.clone(),
             self.inner.config.request_timeout,
         );
-        blocking(move || producer.flush(timeout).map_err(broker)).await
+        blocking(move || {
+            drop(readers);
+            producer.flush(timeout).map_err(broker)
+        })
+        .await
     }
+}
+
+/// Reads up to `max` records of `topic`/`partition` from `offset` (or the log start, if later)
+/// with `reader`, which is assigned that partition alone: a record of any other partition or
+/// offset (one a previous assignment fetched) is skipped.
+fn read_from(
+    reader: &BaseConsumer<EofQuiet>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    max: usize,
+    timeout: Duration,
+) -> Result<Vec<ConsumedRecord>> {
+    let (low, high) = watermarks(reader.client(), topic, partition, timeout)?;
+    let from = offset.max(low);
+    let want = (high - from).clamp(0, max as i64) as usize;
+    if want == 0 {
+        return Ok(Vec::new());
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(from))
+        .map_err(broker)?;
+    reader.assign(&tpl).map_err(broker)?;
+    let deadline = Instant::now() + timeout;
+    let mut out: Vec<ConsumedRecord> = Vec::with_capacity(want);
+    while out.len() < want && Instant::now() < deadline {
+        match reader.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let next = out.last().map_or(from, |r| r.offset + 1);
+                if m.topic() == topic && m.partition() == partition && m.offset() >= next {
+                    out.push(to_record(&m));
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) if p == partition => break,
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => return Err(broker(e)),
+            None => {}
+        }
+    }
+    Ok(out)
 }
 
 /// Waits for every enqueued record of a batch: where it landed, or why it did not.

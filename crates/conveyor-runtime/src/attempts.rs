@@ -69,6 +69,8 @@ pub struct AttemptBook {
     inherited_done: Vec<(i64, i64)>,
     /// Changed since last persisted.
     changed: bool,
+    /// Bumped by every change: what was stored can be told from what changed since.
+    generation: u64,
 }
 
 /// What the book says about a job as it arrives.
@@ -126,6 +128,7 @@ impl AttemptBook {
 
     /// A job at `offset` was fetched.
     pub fn arrive(&mut self, offset: i64) -> Arrival {
+        self.generation += 1;
         let attempts_before = self.started.get(&offset).copied().unwrap_or(0);
         // ranges before this offset are behind the fetch position now: forgotten
         let passed = self.inherited_done.partition_point(|&(_, to)| to <= offset);
@@ -143,6 +146,7 @@ impl AttemptBook {
     /// Extends the lease to cover `offset`; returns whether it moved (and must be persisted
     /// before the job is admitted).
     pub fn cover(&mut self, offset: i64) -> bool {
+        self.generation += 1;
         if offset < self.lease {
             return false;
         }
@@ -153,6 +157,7 @@ impl AttemptBook {
 
     /// Attempt `attempt` of the job at `offset` is starting.
     pub fn start(&mut self, offset: i64, attempt: u32) {
+        self.generation += 1;
         self.started.insert(offset, attempt);
         self.running.insert(offset);
         self.changed = true;
@@ -166,6 +171,7 @@ impl AttemptBook {
     /// Undoes a [`AttemptBook::start`] that could not be persisted: the count goes back to
     /// `previous` and the job is not running.
     pub fn restore(&mut self, offset: i64, previous: Option<u32>) {
+        self.generation += 1;
         self.running.remove(&offset);
         match previous {
             Some(n) => self.started.insert(offset, n),
@@ -175,11 +181,13 @@ impl AttemptBook {
 
     /// The attempt of the job at `offset` failed; the job waits to retry.
     pub fn returned(&mut self, offset: i64) {
+        self.generation += 1;
         self.running.remove(&offset);
     }
 
     /// The job at `offset` finished (done or dead-lettered).
     pub fn finish(&mut self, offset: i64) {
+        self.generation += 1;
         self.running.remove(&offset);
         if self.started.remove(&offset).is_some() {
             self.changed = true;
@@ -189,9 +197,15 @@ impl AttemptBook {
     /// The worker stops cleanly: nothing runs any more that the counts do not name, so the
     /// lease goes back to the commit point.
     pub fn release(&mut self) {
+        self.generation += 1;
         self.lease = 0;
         self.inherited_lease = 0;
         self.changed = true;
+    }
+
+    /// A number every change moves on.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Whether there is something to persist.
@@ -201,6 +215,7 @@ impl AttemptBook {
 
     /// Everything changed so far was committed.
     pub fn persisted(&mut self) {
+        self.generation += 1;
         self.changed = false;
     }
 

@@ -44,6 +44,12 @@ pub struct BenchOptions {
     pub payload_bytes: usize,
     /// Partitions of the benchmark topics. Default: 8.
     pub partitions: i32,
+    /// Distinct keys the jobs are spread over (jobs of one key run one at a time, in order).
+    /// Default: 1,000.
+    pub keys: usize,
+    /// How long the processing phase's handler sleeps per job, in milliseconds (0: a no-op
+    /// handler). Default: 0.
+    pub handler_ms: u64,
     /// Jobs in the delayed phase (0 skips it). Default: 10,000.
     pub delayed_jobs: usize,
     /// The delays of the delayed phase are spread over this window. Default: 20 s.
@@ -106,6 +112,8 @@ impl Default for BenchOptions {
             latency_jobs: 2_000,
             payload_bytes: 100,
             partitions: 8,
+            keys: 1_000,
+            handler_ms: 0,
             delayed_jobs: 10_000,
             delayed_window: Duration::from_secs(20),
             delayed_max_buffered: 256,
@@ -179,15 +187,27 @@ async fn process(
     progress: impl Fn(String) + Send + Sync + Clone + 'static,
 ) -> Result<f64> {
     let lookup = if states { "on" } else { "off" };
+    let handler_ms = opts.handler_ms;
+    let what = match handler_ms {
+        0 => "no-op handler".to_owned(),
+        ms => format!("handler sleeping {ms} ms"),
+    };
     progress(format!(
-        "process: no-op handler, concurrency {}, job lookup {lookup}",
+        "process: {what}, concurrency {}, job lookup {lookup}",
         opts.concurrency
     ));
     let worker = Worker::builder(Arc::clone(backend), group, [topic.to_owned()])
         .concurrency(opts.concurrency)
         .max_buffered((opts.concurrency * 40).max(1024))
         .job_states(states)
-        .handler("noop", handler_fn(|_job: Job| async {}))
+        .handler(
+            "noop",
+            handler_fn(move |_job: Job| async move {
+                if handler_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(handler_ms)).await;
+                }
+            }),
+        )
         .build();
     let stats = worker.stats();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -250,19 +270,20 @@ pub async fn run(
 
     // 1. enqueue
     progress(format!(
-        "enqueue: {} jobs of ~{} B by {} concurrent producers",
-        opts.jobs, opts.payload_bytes, opts.concurrency
+        "enqueue: {} jobs of ~{} B over {} keys and {} partitions by {} concurrent producers",
+        opts.jobs, opts.payload_bytes, opts.keys, opts.partitions, opts.concurrency
     ));
     let started = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut producers = Vec::new();
     for _ in 0..opts.concurrency.max(1) {
-        let (client, next, topic, jobs, size) = (
+        let (client, next, topic, jobs, size, keys) = (
             client.clone(),
             Arc::clone(&next),
             jobs_topic.clone(),
             opts.jobs,
             opts.payload_bytes,
+            opts.keys.max(1),
         );
         producers.push(tokio::spawn(async move {
             loop {
@@ -272,7 +293,7 @@ pub async fn run(
                 }
                 let job = NewJob::json("noop", &payload(i, size))
                     .expect("payload serializes")
-                    .with_key(format!("user-{}", i % 1000));
+                    .with_key(format!("user-{}", i % keys));
                 client.enqueue(&topic, job).await?;
             }
         }));
@@ -301,7 +322,11 @@ pub async fn run(
     // its own), so the cost of the state records shows in one run
     let mut process_jobs_s = 0.0;
     let mut process_lookup_off_jobs_s = None;
-    for (n, states) in opts.lookup.settings().into_iter().enumerate() {
+    let settings = match opts.jobs {
+        0 => Vec::new(),
+        _ => opts.lookup.settings(),
+    };
+    for (n, states) in settings.into_iter().enumerate() {
         let rate = process(
             &backend,
             &jobs_topic,

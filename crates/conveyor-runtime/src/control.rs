@@ -150,7 +150,10 @@ impl Control {
         Ok(control)
     }
 
-    /// Appends a command; returns once it is durable (and applied to this view).
+    /// Appends a command; returns once it is durable (and applied to this view). Appends at
+    /// the same time share their reads: one that waited for another's read finds its command
+    /// already applied (on Kafka a read costs a fetch, so a burst of cancellations would
+    /// otherwise queue one read each behind the others).
     pub async fn append(&self, entry: &ControlEntry) -> Result<Position> {
         let value = serde_json::to_vec(entry).expect("a control entry serializes");
         let at = self
@@ -158,7 +161,7 @@ impl Control {
             .backend
             .publish(CONTROL_TOPIC, vec![Record::new(value)])
             .await?;
-        self.refresh().await?;
+        refresh_past(&self.inner, Some(at[0].offset)).await?;
         Ok(at[0])
     }
 
@@ -219,25 +222,40 @@ impl Control {
 }
 
 async fn refresh(inner: &Inner) -> Result<()> {
+    refresh_past(inner, None).await
+}
+
+/// Reads the records written since the last read; with `past`, only if the view has not read
+/// that offset yet, and then at least up to it.
+async fn refresh_past(inner: &Inner, past: Option<i64>) -> Result<()> {
     let _one = inner.reading.lock().await;
-    let next = inner.state.read().unwrap_or_else(|e| e.into_inner()).next;
-    crate::entry_log::read_entries::<ControlEntry>(
-        &*inner.backend,
-        CONTROL_TOPIC,
-        next,
-        None,
-        500,
-        "a control command",
-        |entries, next| {
-            let mut state = inner.state.write().unwrap_or_else(|e| e.into_inner());
-            for entry in entries {
-                state.apply(entry);
-            }
-            state.next = next;
-        },
-    )
-    .await
-    .map(drop)
+    let next = || inner.state.read().unwrap_or_else(|e| e.into_inner()).next;
+    if past.is_some_and(|o| next() > o) {
+        return Ok(());
+    }
+    // to the end of the log, then (a read that came back short) up to `past` at least
+    for end in [None, past.map(|o| o + 1)] {
+        if end.is_some_and(|end| next() >= end) {
+            break;
+        }
+        crate::entry_log::read_entries::<ControlEntry>(
+            &*inner.backend,
+            CONTROL_TOPIC,
+            next(),
+            end,
+            500,
+            "a control command",
+            |entries, next| {
+                let mut state = inner.state.write().unwrap_or_else(|e| e.into_inner());
+                for entry in entries {
+                    state.apply(entry);
+                }
+                state.next = next;
+            },
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 async fn refresh_loop(weak: Weak<Inner>) {

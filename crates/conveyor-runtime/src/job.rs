@@ -22,7 +22,7 @@ const EMIT_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6a1f3c2e_9b7d_4e21_8f
 #[derive(Debug, Clone)]
 pub struct Job {
     /// The record as stored: topic, partition, offset, key, value, headers.
-    pub record: ConsumedRecord,
+    pub record: Arc<ConsumedRecord>,
     /// Metadata read from the headers.
     pub meta: JobMeta,
     /// This attempt's number, from 1.
@@ -34,7 +34,7 @@ pub struct Job {
 }
 
 impl Job {
-    pub(crate) fn new(record: ConsumedRecord, attempt: u32) -> Self {
+    pub(crate) fn new(record: Arc<ConsumedRecord>, attempt: u32) -> Self {
         let meta = JobMeta::from_headers(&record.headers);
         Job {
             record,

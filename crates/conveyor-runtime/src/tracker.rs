@@ -13,17 +13,21 @@ pub struct OffsetTracker {
     pending: BTreeSet<i64>,
     next_fetched: Option<i64>,
     committed: Option<i64>,
+    /// Bumped by every change.
+    generation: u64,
 }
 
 impl OffsetTracker {
     /// Records that `offset` was fetched and is now unfinished.
     pub fn fetched(&mut self, offset: i64) {
+        self.generation += 1;
         self.pending.insert(offset);
         self.next_fetched = Some(self.next_fetched.map_or(offset + 1, |n| n.max(offset + 1)));
     }
 
     /// Records that `offset` finished (done or dead-lettered).
     pub fn finished(&mut self, offset: i64) {
+        self.generation += 1;
         self.pending.remove(&offset);
     }
 
@@ -45,7 +49,13 @@ impl OffsetTracker {
 
     /// Records a successful commit.
     pub fn committed(&mut self, offset: i64) {
+        self.generation += 1;
         self.committed = Some(offset);
+    }
+
+    /// A number every change moves on.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Unfinished offsets.

@@ -452,6 +452,15 @@ pub(crate) struct BenchArgs {
     /// Approximate payload size in bytes.
     #[arg(long, default_value_t = 100)]
     pub(crate) payload_bytes: usize,
+    /// Partitions of the benchmark topics.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub(crate) partitions: i32,
+    /// Distinct keys the jobs are spread over (a key's jobs run one at a time, in order).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) keys: u64,
+    /// The processing phase's handler sleeps this long per job (0: a no-op handler).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) handler_ms: u64,
     /// Jobs for the delayed phase (lateness of delayed jobs); 0 skips it.
     #[arg(long, default_value_t = 10_000)]
     pub(crate) delayed_jobs: usize,

@@ -612,6 +612,9 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         concurrency: args.concurrency,
         latency_jobs: args.latency_jobs,
         payload_bytes: args.payload_bytes,
+        partitions: args.partitions,
+        keys: args.keys as usize,
+        handler_ms: args.handler_ms,
         delayed_jobs: args.delayed_jobs,
         delayed_window: std::time::Duration::from_secs(args.delayed_window_secs),
         delayed_max_buffered: args.delayed_max_buffered.max(1),
@@ -689,17 +692,20 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
             opts.jobs,
             opts.concurrency,
             opts.payload_bytes,
+            opts.keys,
+            opts.handler_ms,
             |l| eprintln!("{l}"),
         )
         .await?;
         eprintln!(
-            "overhead: conveyor enqueue is {:.2}x the raw produce rate, conveyor processing {:.2}x the raw consume rate",
+            "overhead: conveyor enqueue is {:.2}x the raw produce rate; conveyor processing {:.2}x the raw consume loop and {:.2}x the bare worker",
             report.enqueue_jobs_s / raw.produce_s,
-            report.process_jobs_s / raw.consume_s
+            report.process_jobs_s / raw.consume_s,
+            report.process_jobs_s / raw.worker_s
         );
         line.push_str(&format!(
-            " raw_produce_s={:.0} raw_consume_s={:.0}",
-            raw.produce_s, raw.consume_s
+            " raw_produce_s={:.0} raw_consume_s={:.0} raw_worker_s={:.0}",
+            raw.produce_s, raw.consume_s, raw.worker_s
         ));
     }
     backend.close().await?;

@@ -486,8 +486,6 @@ fn message_id(r: &ConsumedRecord) -> &str {
 }
 
 /// The job type of a record, read from its headers (`""` when it has none).
-pub(super) fn job_type_of(r: &ConsumedRecord) -> String {
-    conveyor_core::JobMeta::from_headers(&r.headers)
-        .job_type
-        .unwrap_or_default()
+pub(super) fn job_type_of(r: &ConsumedRecord) -> &str {
+    r.headers.get_str(headers::JOB_TYPE).unwrap_or_default()
 }

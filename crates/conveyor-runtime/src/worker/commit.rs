@@ -8,8 +8,14 @@ impl Scheduler {
     /// Offsets that may be committed now, per owned partition.
     /// Each with its attempt counts (the partitions whose commit point or counts changed).
     pub(super) fn commit_points(&self) -> Vec<CommitOffset> {
+        self.commit_points_of(|_| true)
+    }
+
+    /// [`Scheduler::commit_points`] of the partitions `which` takes.
+    fn commit_points_of(&self, which: impl Fn(&Track) -> bool) -> Vec<CommitOffset> {
         self.tracks
             .iter()
+            .filter(|(_, t)| which(t))
             .filter_map(|(tp, t)| {
                 let point = t.offsets.commit_point().or_else(|| {
                     (t.attempts.changed() || t.done_changed)
@@ -36,9 +42,23 @@ impl Scheduler {
             // only through its transactions
             return;
         }
-        let offsets = self.commit_points();
-        if let Err(e) = self.sub.store(&offsets) {
-            tracing::debug!(error = %e, "cannot store offsets; the next commit covers them");
+        // only the partitions that changed since they were last stored: a store is a write
+        // on the embedded backend, and the loop stores as often as it starts attempts
+        let offsets = self.commit_points_of(|t| t.stored != Some(t.signature()));
+        if offsets.is_empty() {
+            return;
+        }
+        match self.sub.store(&offsets) {
+            Ok(()) => {
+                for c in &offsets {
+                    if let Some(t) = self.tracks.get_mut(&c.tp) {
+                        t.stored = Some(t.signature());
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot store offsets; the next commit covers them")
+            }
         }
     }
 

@@ -865,7 +865,7 @@ impl Scheduler {
                         dead_lettering: false,
                         // the book counts attempt numbers, which already include the base
                         attempt: base.max(arrival.attempts_before.saturating_add(1)),
-                        record,
+                        record: Arc::new(record),
                         epoch: track.epoch,
                         lane,
                         suspect: arrival.suspect,

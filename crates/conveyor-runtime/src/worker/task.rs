@@ -8,7 +8,8 @@ use super::*;
 pub(super) struct Task {
     /// Set on the task writing a dead letter after an escaped panic: a second one gives up.
     pub(super) dead_lettering: bool,
-    pub(super) record: ConsumedRecord,
+    /// Shared with the attempt's [`Job`]: cloned tasks and jobs copy no payload.
+    pub(super) record: Arc<ConsumedRecord>,
     pub(super) attempt: u32,
     pub(super) epoch: u64,
     pub(super) lane: Option<LaneKey>,
@@ -52,6 +53,8 @@ pub(super) struct Track {
     /// A job finished past the commit point since the last commit: the finished ranges the
     /// commit's metadata names changed.
     pub(super) done_changed: bool,
+    /// The [`Track::signature`] last stored.
+    pub(super) stored: Option<(u64, u64)>,
 }
 
 impl Track {
@@ -63,7 +66,14 @@ impl Track {
             outputs: BTreeMap::new(),
             output_bytes: 0,
             done_changed: false,
+            stored: None,
         }
+    }
+
+    /// What changes with every change of the offsets or the counts (not of the outputs, which
+    /// are never stored).
+    pub(super) fn signature(&self) -> (u64, u64) {
+        (self.offsets.generation(), self.attempts.generation())
     }
 
     /// The job at `offset` finished (done, dead-lettered, moved, or named finished by a previous
