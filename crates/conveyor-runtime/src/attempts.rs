@@ -258,23 +258,23 @@ impl AttemptBook {
     /// Appends ` a=` with the counts at or past `committed` that fit in `limit`: the running
     /// jobs' first.
     fn encode_counts(&self, out: &mut String, committed: i64, limit: usize) {
+        // the running ones (a subset of the started ones) first, then the others
         let running = self
-            .started
+            .running
             .range(committed..)
-            .filter(|(o, _)| self.running.contains(o));
+            .filter_map(|o| self.started.get_key_value(o));
         let waiting = self
             .started
             .range(committed..)
             .filter(|(o, _)| !self.running.contains(o));
-        let mut entry = String::new();
         let mut first = true;
         for (o, n) in running.chain(waiting) {
-            entry.clear();
-            let _ = write!(entry, "{}{o}:{n}", if first { " a=" } else { "," });
-            if out.len() + entry.len() > limit {
+            let mark = out.len();
+            let _ = write!(out, "{}{o}:{n}", if first { " a=" } else { "," });
+            if out.len() > limit {
+                out.truncate(mark);
                 break;
             }
-            out.push_str(&entry);
             first = false;
         }
     }

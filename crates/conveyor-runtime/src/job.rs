@@ -253,7 +253,7 @@ mod tests {
         let mut h = Headers::new();
         h.insert(headers::MESSAGE_ID, id.to_owned());
         Job::new(
-            ConsumedRecord {
+            Arc::new(ConsumedRecord {
                 topic: "t".into(),
                 partition: 0,
                 offset: 0,
@@ -261,7 +261,7 @@ mod tests {
                 key: None,
                 value: Bytes::new(),
                 headers: h,
-            },
+            }),
             attempt,
         )
     }

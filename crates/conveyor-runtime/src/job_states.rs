@@ -254,15 +254,76 @@ pub(crate) fn encode(
     match packed {
         true => states
             .chunks(PACK)
-            .map(|c| Record::new(serde_json::to_vec(c).expect("job states serialize")))
+            .map(|c| {
+                let mut out = Vec::with_capacity(c.len() * 256);
+                out.push(b'[');
+                for (i, s) in c.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    s.write_json(&mut out);
+                }
+                out.push(b']');
+                Record::new(out)
+            })
             .collect(),
         false => states
             .iter()
             .map(|s| {
-                Record::new(serde_json::to_vec(s).expect("a job state serializes"))
-                    .with_key(format!("{}{key_suffix}", s.id))
+                let mut out = Vec::with_capacity(256);
+                s.write_json(&mut out);
+                Record::new(out).with_key(format!("{}{key_suffix}", s.id))
             })
             .collect(),
+    }
+}
+
+impl JobState {
+    /// Appends the state as JSON, the same bytes as `serde_json::to_vec` gives (a test holds
+    /// them equal), written field by field: serde's path through the flattened `place` cost
+    /// about a fifth of a no-op job's instructions, and every finished job writes one.
+    pub(crate) fn write_json(&self, out: &mut Vec<u8>) {
+        fn text(out: &mut Vec<u8>, name: &str, v: &str) {
+            out.extend_from_slice(name.as_bytes());
+            serde_json::to_writer(&mut *out, v).expect("a string serializes");
+        }
+        fn number(out: &mut Vec<u8>, name: &str, v: i64) {
+            out.extend_from_slice(name.as_bytes());
+            serde_json::to_writer(&mut *out, &v).expect("a number serializes");
+        }
+        text(out, "{\"id\":", &self.id);
+        text(out, ",\"state\":", self.state.as_str());
+        text(out, ",\"topic\":", &self.place.topic);
+        number(out, ",\"partition\":", self.place.partition.into());
+        number(out, ",\"offset\":", self.place.offset);
+        if let Some(g) = &self.group {
+            text(out, ",\"group\":", g);
+        }
+        number(out, ",\"attempts\":", self.attempts.into());
+        for (name, v) in [
+            (",\"enqueued_at\":", self.enqueued_at),
+            (",\"started_at\":", self.started_at),
+            (",\"finished_at\":", self.finished_at),
+            (",\"until\":", self.until),
+        ] {
+            if let Some(v) = v {
+                number(out, name, v);
+            }
+        }
+        if let Some(e) = &self.last_error {
+            text(out, ",\"last_error\":", e);
+        }
+        if let Some(r) = &self.reason {
+            text(out, ",\"reason\":", r);
+        }
+        if let Some(d) = &self.dead_letter {
+            text(out, ",\"dead_letter\":{\"topic\":", &d.topic);
+            number(out, ",\"partition\":", d.partition.into());
+            number(out, ",\"offset\":", d.offset);
+            out.push(b'}');
+        }
+        number(out, ",\"updated_at\":", self.updated_at);
+        out.push(b'}');
     }
 }
 
@@ -284,6 +345,57 @@ pub(crate) fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hand-written JSON is serde's, byte for byte, with every optional field present or
+    /// not and text that needs escaping.
+    #[test]
+    fn written_states_are_serdes_bytes() {
+        let place = |t: &str| Place {
+            topic: t.into(),
+            partition: 3,
+            offset: -1,
+        };
+        let full = JobState {
+            id: "0192f0c4-\"quoted\"\n\u{1}é".into(),
+            state: StateKind::Dead,
+            place: place("jobs"),
+            group: Some("g\\1".into()),
+            attempts: 7,
+            enqueued_at: Some(i64::MIN),
+            started_at: Some(0),
+            finished_at: Some(i64::MAX),
+            until: Some(-5),
+            last_error: Some("boom \"x\"\t\u{7f}".into()),
+            reason: Some("exhausted".into()),
+            dead_letter: Some(place("jobs.dlq")),
+            updated_at: 1_767_225_600_000,
+        };
+        let bare = JobState {
+            group: None,
+            enqueued_at: None,
+            started_at: None,
+            finished_at: None,
+            until: None,
+            last_error: None,
+            reason: None,
+            dead_letter: None,
+            state: StateKind::Waiting,
+            ..full.clone()
+        };
+        for s in [&full, &bare] {
+            let mut out = Vec::new();
+            s.write_json(&mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(s).unwrap()
+            );
+        }
+        let two = encode(&[full.clone(), bare.clone()], true, "");
+        assert_eq!(
+            serde_json::from_slice::<Vec<JobState>>(&two[0].value).unwrap(),
+            vec![full, bare]
+        );
+    }
 
     #[test]
     fn ids_are_uuids_and_states_parse_back() {

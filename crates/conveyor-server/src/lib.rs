@@ -21,6 +21,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bench_http;
 pub mod config;
 pub mod dev;
 pub mod error;

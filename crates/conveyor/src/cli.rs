@@ -461,6 +461,13 @@ pub(crate) struct BenchArgs {
     /// The processing phase's handler sleeps this long per job (0: a no-op handler).
     #[arg(long, default_value_t = 0)]
     pub(crate) handler_ms: u64,
+    /// Requests for the HTTP phase: single-job enqueues through the API (as `serve` answers
+    /// them) over `--http-connections` keep-alive connections; 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) http_jobs: usize,
+    /// Connections of the HTTP phase.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) http_connections: usize,
     /// Jobs for the delayed phase (lateness of delayed jobs); 0 skips it.
     #[arg(long, default_value_t = 10_000)]
     pub(crate) delayed_jobs: usize,

@@ -708,6 +708,29 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
             raw.produce_s, raw.consume_s, raw.worker_s
         ));
     }
+    if args.http_jobs > 0 {
+        let topic = format!(
+            "bench.http.{}",
+            conveyor_core::headers::new_message_id().replace('-', "")
+        );
+        backend
+            .create_topic(&TopicSpec::new(topic.clone(), opts.partitions))
+            .await?;
+        eprintln!(
+            "http: {} single-job enqueues through the API over {} connections",
+            args.http_jobs, args.http_connections
+        );
+        let http = conveyor_server::bench_http::run(
+            Arc::clone(&backend),
+            &topic,
+            args.http_jobs,
+            args.http_connections,
+            opts.payload_bytes,
+        )
+        .await?;
+        eprintln!("http: {:.0} requests/s", http.requests_s);
+        line.push_str(&format!(" http_enqueue_s={:.0}", http.requests_s));
+    }
     backend.close().await?;
     println!("{line}");
     Ok(())
