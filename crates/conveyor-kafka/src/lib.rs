@@ -41,9 +41,9 @@ use conveyor_core::{
     Backend, ConsumedRecord, Error, Position, Record, Result, StartFrom, SubscribeOptions,
     Subscription, TopicInfo, TopicSpec,
 };
-use rdkafka::message::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::Message as _;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -714,7 +714,8 @@ impl Backend for KafkaBackend {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let readers = std::mem::take(&mut *self.inner.readers.lock().unwrap_or_else(|e| e.into_inner()));
+        let readers =
+            std::mem::take(&mut *self.inner.readers.lock().unwrap_or_else(|e| e.into_inner()));
         let (producer, timeout) = (
             self.inner.producer.clone(),
             self.inner.config.request_timeout,
