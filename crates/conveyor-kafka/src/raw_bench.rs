@@ -29,18 +29,36 @@ pub struct RawReport {
     pub worker_s: f64,
 }
 
-/// Produces `records` records of `payload_bytes` bytes to `topic` (which must exist) with
-/// `concurrency` concurrent senders, then consumes them all.
+/// What the raw runs do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawOptions {
+    /// Records produced, consumed and processed.
+    pub records: usize,
+    /// Concurrent senders; the bare worker's tasks.
+    pub concurrency: usize,
+    /// Bytes of each record's value.
+    pub payload_bytes: usize,
+    /// Distinct keys.
+    pub keys: usize,
+    /// How long the bare worker's handler sleeps per record (0: nothing).
+    pub handler_ms: u64,
+}
+
+/// Produces the records to `topic` (which must exist), consumes them all, then processes them
+/// all with the bare worker.
 pub async fn run(
     config: &KafkaConfig,
     topic: &str,
-    records: usize,
-    concurrency: usize,
-    payload_bytes: usize,
-    keys: usize,
-    handler_ms: u64,
+    opts: RawOptions,
     progress: impl Fn(String),
 ) -> Result<RawReport> {
+    let RawOptions {
+        records,
+        concurrency,
+        payload_bytes,
+        keys,
+        handler_ms,
+    } = opts;
     let producer: FutureProducer = config.producer().create().map_err(broker)?;
     let payload = Arc::new(vec![b'x'; payload_bytes]);
     let next = Arc::new(AtomicUsize::new(0));

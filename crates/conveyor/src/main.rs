@@ -622,7 +622,6 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         lookup: bench::Lookup::parse(&args.lookup).ok_or_else(|| {
             anyhow::anyhow!("--lookup `{}`: use `on`, `off` or `both`", args.lookup)
         })?,
-        ..BenchOptions::default()
     };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let tmp = tempfile::tempdir()?;
@@ -689,11 +688,13 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         let raw = conveyor_kafka::raw_bench::run(
             &config,
             &topic,
-            opts.jobs,
-            opts.concurrency,
-            opts.payload_bytes,
-            opts.keys,
-            opts.handler_ms,
+            conveyor_kafka::raw_bench::RawOptions {
+                records: opts.jobs,
+                concurrency: opts.concurrency,
+                payload_bytes: opts.payload_bytes,
+                keys: opts.keys,
+                handler_ms: opts.handler_ms,
+            },
             |l| eprintln!("{l}"),
         )
         .await?;

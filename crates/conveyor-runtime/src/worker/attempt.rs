@@ -315,7 +315,7 @@ pub(super) async fn retry(
     shared.stats.retried.fetch_add(1, Ordering::Relaxed);
     shared
         .metrics
-        .of(&task.record.topic, &job_type_of(&task.record))
+        .of(&task.record.topic, job_type_of(&task.record))
         .retried
         .inc();
     note_state(
@@ -453,7 +453,7 @@ pub(super) async fn dead_letter(
         }
     }
     shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-    let m = shared.metrics.of(&r.topic, &job_type);
+    let m = shared.metrics.of(&r.topic, job_type);
     m.dead_lettered.inc();
     if matches!(reason, DeadLetterReason::Deadline) {
         m.deadline.inc();

@@ -277,7 +277,7 @@ impl Scheduler {
                     counter(&self.shared.stats).fetch_add(1, Ordering::Relaxed);
                     if let Some(series) = series {
                         let r = &task.record;
-                        series(self.shared.metrics.of(&r.topic, &job_type_of(r))).inc();
+                        series(self.shared.metrics.of(&r.topic, job_type_of(r))).inc();
                     }
                     if let Some(state) = state {
                         let attempts = task.attempt.saturating_sub(1);
@@ -342,7 +342,7 @@ impl Scheduler {
                     continue;
                 }
             }
-            let max_attempts = self.shared.policy(&job_type_of(&task.record)).max_attempts;
+            let max_attempts = self.shared.policy(job_type_of(&task.record)).max_attempts;
             if task.suspect && task.attempt <= max_attempts {
                 if !self.runnable(&task) {
                     self.release_lane(&task);
@@ -771,7 +771,7 @@ impl Scheduler {
     pub(super) fn on_escaped_panic(&mut self, task: Task, e: &tokio::task::JoinError) {
         self.shared.stats.panicked.fetch_add(1, Ordering::Relaxed);
         let r = &task.record;
-        let series = self.shared.metrics.of(&r.topic, &job_type_of(r));
+        let series = self.shared.metrics.of(&r.topic, job_type_of(r));
         series.failed.inc();
         let error = format!("the job's task panicked outside the handler: {e}");
         tracing::error!(topic = %r.topic, partition = r.partition, offset = r.offset, attempt = task.attempt, %error, "job failed");
@@ -787,7 +787,7 @@ impl Scheduler {
             return;
         }
         let job_type = job_type_of(r);
-        let policy = self.shared.policy(&job_type).clone();
+        let policy = self.shared.policy(job_type).clone();
         if policy.should_retry(task.attempt) {
             self.shared.stats.retried.fetch_add(1, Ordering::Relaxed);
             series.retried.inc();
