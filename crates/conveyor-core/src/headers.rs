@@ -297,7 +297,12 @@ impl JobMeta {
 
 /// A new UUIDv7 message id as text.
 pub fn new_message_id() -> String {
-    Uuid::now_v7().to_string()
+    // a context per thread: `Uuid::now_v7` shares one behind a lock, which producers on every
+    // thread contended for (a futex call per id under load); ids stay time-ordered
+    thread_local! {
+        static CONTEXT: uuid::ContextV7 = const { uuid::ContextV7::new() };
+    }
+    CONTEXT.with(|c| Uuid::new_v7(uuid::Timestamp::now(c)).to_string())
 }
 
 /// A job's own timeout: its `timeout_ms` header, a positive whole number of milliseconds, at

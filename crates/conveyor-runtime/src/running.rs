@@ -3,21 +3,29 @@
 //! worker's [`conveyor_core::RevokeBarrier`], until revoked partitions have none).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use conveyor_core::{ConsumedRecord, TopicPartition};
 
 /// Running attempts per partition, with a condition variable to wait for zero.
+///
+/// An attempt enters and leaves through its partition's atomic counter, which the worker keeps
+/// ([`RunningCounts::counter`]): no lock is taken per job unless a revocation waits (one lock
+/// and one notification per job, taken on two threads, cost a futex call or more per job).
 #[derive(Debug, Default)]
 pub(crate) struct RunningCounts {
     state: Mutex<State>,
     idle: Condvar,
+    /// How many partitions are being revoked (`State::revoking`), read without the lock.
+    revoking: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    counts: HashMap<TopicPartition, usize>,
+    /// Per partition ever counted (a few: the partitions of the worker's topics).
+    counts: HashMap<TopicPartition, Arc<AtomicUsize>>,
     /// Partitions being revoked: no new attempt of theirs may start.
     revoking: HashSet<TopicPartition>,
     /// The worker stopped: a revocation (the subscription closing) has nothing to wait for.
@@ -28,23 +36,28 @@ struct State {
 #[derive(Debug)]
 pub(crate) struct Running {
     counts: Arc<RunningCounts>,
-    tp: TopicPartition,
+    count: Arc<AtomicUsize>,
 }
 
 impl RunningCounts {
+    /// The counter of `tp`'s running attempts, for [`RunningCounts::enter_with`].
+    pub(crate) fn counter(&self, tp: &TopicPartition) -> Arc<AtomicUsize> {
+        let mut state = self.state.lock().expect("running counts");
+        Arc::clone(state.counts.entry(tp.clone()).or_default())
+    }
+
     /// Counts an attempt of `record` in until the returned guard is dropped.
     pub(crate) fn enter(self: &Arc<Self>, record: &ConsumedRecord) -> Running {
-        let tp = record.tp();
-        *self
-            .state
-            .lock()
-            .expect("running counts")
-            .counts
-            .entry(tp.clone())
-            .or_default() += 1;
+        let count = self.counter(&record.tp());
+        self.enter_with(&count)
+    }
+
+    /// Counts an attempt in through its partition's counter, until the guard is dropped.
+    pub(crate) fn enter_with(self: &Arc<Self>, count: &Arc<AtomicUsize>) -> Running {
+        count.fetch_add(1, Ordering::SeqCst);
         Running {
             counts: Arc::clone(self),
-            tp,
+            count: Arc::clone(count),
         }
     }
 
@@ -57,8 +70,14 @@ impl RunningCounts {
 
     /// Whether `tp` is being revoked (its jobs must not start).
     pub(crate) fn is_revoking(&self, tp: &TopicPartition) -> bool {
-        let state = self.state.lock().expect("running counts");
-        !state.revoking.is_empty() && state.revoking.contains(tp)
+        if self.revoking.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        self.state
+            .lock()
+            .expect("running counts")
+            .revoking
+            .contains(tp)
     }
 
     /// The worker learnt of the rebalance: these partitions are no longer being revoked (gone,
@@ -68,6 +87,7 @@ impl RunningCounts {
         for tp in tps {
             state.revoking.remove(tp);
         }
+        self.revoking.store(state.revoking.len(), Ordering::SeqCst);
     }
 
     /// Stops new attempts of `partitions` and blocks until none runs, or `limit` passed (then
@@ -77,10 +97,13 @@ impl RunningCounts {
         let started = Instant::now();
         let mut counts = self.state.lock().expect("running counts");
         counts.revoking.extend(partitions.iter().cloned());
+        // before the counts are read: an attempt ending after this notifies (see `Drop`)
+        self.revoking.store(counts.revoking.len(), Ordering::SeqCst);
         loop {
             let busy: usize = partitions
                 .iter()
                 .filter_map(|tp| counts.counts.get(tp))
+                .map(|c| c.load(Ordering::SeqCst))
                 .sum();
             if counts.closed {
                 // the worker already waited for its attempts (its shutdown timeout) or
@@ -112,14 +135,13 @@ impl RunningCounts {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let mut state = self.counts.state.lock().expect("running counts");
-        if let Some(n) = state.counts.get_mut(&self.tp) {
-            *n -= 1;
-            if *n == 0 {
-                state.counts.remove(&self.tp);
-            }
+        self.count.fetch_sub(1, Ordering::SeqCst);
+        // a revocation marks its partitions (in `revoking`) before it reads the counts and
+        // waits, under the lock: taking the lock here to notify cannot come between the two
+        if self.counts.revoking.load(Ordering::SeqCst) > 0 {
+            let _state = self.counts.state.lock().expect("running counts");
+            self.counts.idle.notify_all();
         }
-        self.counts.idle.notify_all();
     }
 }
 

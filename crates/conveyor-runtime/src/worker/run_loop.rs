@@ -554,7 +554,15 @@ impl Scheduler {
     /// them from the committed offset) and `None` returned. Counted before the check, so a
     /// revocation either waits for it or it sees the revocation.
     pub(super) fn enter(&mut self, task: &Task) -> Option<Running> {
-        let running = self.running_by_partition.enter(&task.record);
+        let tp = task.record.tp();
+        let running = match self.tracks.get_mut(&tp) {
+            Some(track) => {
+                let counts = &self.running_by_partition;
+                let count = track.running.get_or_insert_with(|| counts.counter(&tp));
+                counts.enter_with(count)
+            }
+            None => self.running_by_partition.enter(&task.record),
+        };
         if self.runnable(task) {
             return Some(running);
         }

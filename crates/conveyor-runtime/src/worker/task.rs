@@ -55,6 +55,9 @@ pub(super) struct Track {
     pub(super) done_changed: bool,
     /// The [`Track::signature`] last stored.
     pub(super) stored: Option<(u64, u64)>,
+    /// The partition's count of running attempts (taken from the worker's `RunningCounts` at
+    /// the first attempt), counted through without a lock.
+    pub(super) running: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 impl Track {
@@ -67,6 +70,7 @@ impl Track {
             output_bytes: 0,
             done_changed: false,
             stored: None,
+            running: None,
         }
     }
 
