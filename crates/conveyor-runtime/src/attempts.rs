@@ -37,7 +37,6 @@
 //! that then moves is not counted.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 /// How far past the newest admitted offset a lease reaches: one synchronous commit per this many
 /// jobs of a partition, and at most this many suspects (plus the unfinished ones) after a crash.
@@ -270,7 +269,10 @@ impl AttemptBook {
         let mut first = true;
         for (o, n) in running.chain(waiting) {
             let mark = out.len();
-            let _ = write!(out, "{}{o}:{n}", if first { " a=" } else { "," });
+            out.push_str(if first { " a=" } else { "," });
+            push_int(out, *o);
+            out.push(':');
+            push_int(out, i64::from(*n));
             if out.len() > limit {
                 out.truncate(mark);
                 break;
@@ -278,6 +280,26 @@ impl AttemptBook {
             first = false;
         }
     }
+}
+
+/// Appends `v` in decimal: what `write!` does, without its formatting machinery (the counts of
+/// every running job are written at each start of attempts).
+fn push_int(out: &mut String, v: i64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = v.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        out.push('-');
+    }
+    out.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
 }
 
 /// Appends ` d=` with the finished ranges of `done` that fit in `limit`; returns the end of the
@@ -297,11 +319,15 @@ fn encode_done(out: &mut String, committed: i64, done: &[(i64, i64)], limit: usi
         }
         entry.clear();
         if first {
-            let _ = write!(entry, " d={committed}:");
+            entry.push_str(" d=");
+            push_int(&mut entry, committed);
+            entry.push(':');
         } else {
             entry.push(',');
         }
-        let _ = write!(entry, "{}+{}", from - named_to, to - from);
+        push_int(&mut entry, from - named_to);
+        entry.push('+');
+        push_int(&mut entry, to - from);
         if out.len() + entry.len() > limit {
             break;
         }
@@ -345,6 +371,26 @@ pub fn done_ranges(metadata: &str, committed: i64) -> Vec<(i64, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integers_are_written_as_write_does() {
+        for v in [
+            0,
+            1,
+            9,
+            10,
+            -1,
+            -10,
+            1_234_567,
+            i64::MAX,
+            i64::MIN,
+            i64::from(u32::MAX),
+        ] {
+            let mut s = String::new();
+            push_int(&mut s, v);
+            assert_eq!(s, v.to_string());
+        }
+    }
 
     #[test]
     fn a_new_owner_continues_the_count_and_suspects_the_lease() {
