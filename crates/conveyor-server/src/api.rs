@@ -203,7 +203,7 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(metrics::track))
-        .with_state(state)
+        .with_state(Arc::new(state))
 }
 
 /// The router of a process that serves no API (`conveyor serve --role workers|scheduler`): the
@@ -223,7 +223,7 @@ pub fn probes(state: AppState) -> Router {
                 uri.path()
             ))
         })
-        .with_state(state)
+        .with_state(Arc::new(state))
 }
 
 /// `422 invalid_field` naming `{at}deadline` when the job's deadline has passed (or passes
@@ -592,7 +592,7 @@ fn enqueue_preamble(
 }
 
 async fn enqueue(
-    State(s): State<AppState>,
+    State(s): State<Arc<AppState>>,
     Path(topic): Path<String>,
     headers: axum::http::HeaderMap,
     JsonBody(body): JsonBody<Value>,
@@ -624,7 +624,7 @@ struct BatchRequest {
 }
 
 async fn enqueue_batch(
-    State(s): State<AppState>,
+    State(s): State<Arc<AppState>>,
     Path(topic): Path<String>,
     headers: axum::http::HeaderMap,
     JsonBody(body): JsonBody<Value>,
@@ -690,12 +690,12 @@ async fn enqueue_batch(
         .into_response())
 }
 
-async fn list_topics(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn list_topics(State(s): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "topics": s.backend.list_topics().await? })))
 }
 
 async fn describe_topic(
-    State(s): State<AppState>,
+    State(s): State<Arc<AppState>>,
     Path(topic): Path<String>,
 ) -> Result<Json<TopicInfo>, ApiError> {
     s.backend
@@ -706,7 +706,7 @@ async fn describe_topic(
 }
 
 async fn create_topic(
-    State(s): State<AppState>,
+    State(s): State<Arc<AppState>>,
     JsonBody(spec): JsonBody<TopicSpec>,
 ) -> Result<(StatusCode, Json<TopicInfo>), ApiError> {
     spec.validate()?;
@@ -745,7 +745,7 @@ struct RecordView {
 }
 
 async fn read_records(
-    State(s): State<AppState>,
+    State(s): State<Arc<AppState>>,
     Path(topic): Path<String>,
     query: Result<Query<RecordsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -823,7 +823,7 @@ struct LagQuery {
 
 /// Lag of a group on one topic (`?topic=`), or on every topic where it has committed offsets.
 async fn group_lag(
-    State(s): State<AppState>,
+    State(s): State<Arc<AppState>>,
     Path(group): Path<String>,
     query: Result<Query<LagQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -856,7 +856,7 @@ struct ApplyRequest {
 /// Plans (and unless `dry_run`, applies) topic specs: creates missing topics, updates changed
 /// ones. Nothing is applied when any plan is refused.
 async fn apply_topics(
-    State(s): State<AppState>,
+    State(s): State<Arc<AppState>>,
     JsonBody(req): JsonBody<ApplyRequest>,
 ) -> Result<Json<Value>, ApiError> {
     // the whole request is checked before anything is planned, so a dry run and the apply
@@ -916,7 +916,7 @@ async fn apply_topics(
     Ok(Json(json!({ "plan": plans, "applied": true })))
 }
 
-async fn ready(State(s): State<AppState>) -> Response {
+async fn ready(State(s): State<Arc<AppState>>) -> Response {
     let down = s.routes.down();
     if !down.is_empty() {
         let routes: Vec<String> = down.iter().map(|(r, why)| format!("{r} ({why})")).collect();

@@ -45,7 +45,7 @@ pub(super) struct CancelQuery {
 
 /// `DELETE /v1/jobs/{id}[?force=true]`.
 pub(super) async fn cancel_job(
-    State(s): State<AppState>,
+    State(s): State<std::sync::Arc<AppState>>,
     Path(id): Path<String>,
     query: Result<Query<CancelQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -81,7 +81,7 @@ pub(super) async fn cancel_job(
 
 /// `POST /v1/groups/{group}/topics/{topic}:pause` and `:resume`.
 pub(super) async fn pause_or_resume(
-    State(s): State<AppState>,
+    State(s): State<std::sync::Arc<AppState>>,
     Path((group, action)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let (topic, verb) = action
@@ -125,7 +125,7 @@ pub(super) async fn pause_or_resume(
 
 /// `GET /v1/groups/{group}/paused`.
 pub(super) async fn paused_topics(
-    State(s): State<AppState>,
+    State(s): State<std::sync::Arc<AppState>>,
     Path(group): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     check_name("group", &group)?;

@@ -81,7 +81,7 @@ impl ReplayBody {
 
 /// Replays, or with `dry_run` reports what would be replayed.
 pub(super) async fn replay_dead_letters(
-    State(s): State<AppState>,
+    State(s): State<std::sync::Arc<AppState>>,
     Path(topic): Path<String>,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Json<ReplayReport>, ApiError> {

@@ -27,7 +27,7 @@ const MAX_LIMIT: usize = 1000;
 
 /// `GET /v1/jobs/{id}`.
 pub(super) async fn show_job(
-    State(s): State<AppState>,
+    State(s): State<std::sync::Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     // conveyor's ids are UUIDs; a producer may set its own (`NewJob::with_id`): any 1 to 255
@@ -59,7 +59,7 @@ pub(super) struct ListQuery {
 
 /// `GET /v1/jobs?state=&topic=&limit=&after=`.
 pub(super) async fn list_jobs(
-    State(s): State<AppState>,
+    State(s): State<std::sync::Arc<AppState>>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;

@@ -90,7 +90,7 @@ fn reply_timeout(v: Option<Value>) -> Result<u64, ApiError> {
 
 /// `POST /v1/topics/{topic}/requests`.
 pub(super) async fn request(
-    State(s): State<AppState>,
+    State(s): State<Arc<AppState>>,
     Path(topic): Path<String>,
     http: axum::http::HeaderMap,
     JsonBody(mut body): JsonBody<Map<String, Value>>,
@@ -125,6 +125,6 @@ pub(super) async fn request(
 }
 
 /// `GET /v1/requests/stats`.
-pub(super) async fn request_stats(State(s): State<AppState>) -> Json<Value> {
+pub(super) async fn request_stats(State(s): State<Arc<AppState>>) -> Json<Value> {
     Json(json!(s.client.request_counts()))
 }

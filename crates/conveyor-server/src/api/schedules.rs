@@ -98,7 +98,9 @@ fn unknown(name: &str) -> ApiError {
 }
 
 /// `GET /v1/schedules`.
-pub(super) async fn list_schedules(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn list_schedules(
+    State(s): State<std::sync::Arc<AppState>>,
+) -> Result<Json<Value>, ApiError> {
     let control = s.control().await?;
     control.refresh().await?;
     let mut all: Vec<ScheduleView> = s
@@ -119,7 +121,7 @@ pub(super) async fn list_schedules(State(s): State<AppState>) -> Result<Json<Val
 
 /// `GET /v1/schedules/{name}`.
 pub(super) async fn get_schedule(
-    State(s): State<AppState>,
+    State(s): State<std::sync::Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<ScheduleView>, ApiError> {
     check_name(&name)?;
@@ -136,7 +138,7 @@ pub(super) async fn get_schedule(
 
 /// `PUT /v1/schedules/{name}`: creates (201) or replaces (200) an API schedule.
 pub(super) async fn put_schedule(
-    State(s): State<AppState>,
+    State(s): State<std::sync::Arc<AppState>>,
     Path(name): Path<String>,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<(StatusCode, Json<ScheduleView>), ApiError> {
@@ -189,7 +191,7 @@ pub(super) async fn put_schedule(
 
 /// `DELETE /v1/schedules/{name}`.
 pub(super) async fn delete_schedule(
-    State(s): State<AppState>,
+    State(s): State<std::sync::Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     check_name(&name)?;
