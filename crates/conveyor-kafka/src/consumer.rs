@@ -285,28 +285,24 @@ impl std::fmt::Debug for KafkaSubscription {
     }
 }
 
-/// Copies a borrowed message into an owned record (the borrow must not outlive the poll): its
-/// value, key and header values in one allocation, each a slice of it (a conveyor record has
-/// some ten headers: one allocation each cost more than the copy).
+/// Copies a borrowed message into an owned record (the borrow must not outlive the poll): the
+/// value and the key each in their own allocation (a parked key must not pin its record), the
+/// header values together in one, each a slice of it (a conveyor record has some ten headers:
+/// one allocation each cost more than the copies).
 pub(crate) fn to_record(m: &BorrowedMessage<'_>) -> ConsumedRecord {
-    let (value, key) = (m.payload().unwrap_or_default(), m.key());
     let mut names: Vec<(String, std::ops::Range<usize>)> = Vec::new();
-    let mut buf = bytes::BytesMut::with_capacity(value.len() + key.map_or(0, <[u8]>::len) + 512);
-    buf.extend_from_slice(value);
-    if let Some(k) = key {
-        buf.extend_from_slice(k);
-    }
+    let mut values: Vec<u8> = Vec::new();
     if let Some(h) = m.headers() {
-        names.reserve(h.count());
+        names.reserve_exact(h.count());
         for i in 0..h.count() {
             // rust-rdkafka unwraps the header name as UTF-8 (`BorrowedHeaders::try_get`), so a
             // record another producer wrote with a non-UTF-8 name would panic the poll loop;
             // such a header is skipped and the record delivered with the others
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.try_get(i))) {
                 Ok(Some(header)) => {
-                    let at = buf.len();
-                    buf.extend_from_slice(header.value.unwrap_or_default());
-                    names.push((header.key.to_owned(), at..buf.len()));
+                    let at = values.len();
+                    values.extend_from_slice(header.value.unwrap_or_default());
+                    names.push((header.key.to_owned(), at..values.len()));
                 }
                 Ok(None) => {}
                 Err(_) => tracing::warn!(
@@ -319,19 +315,21 @@ pub(crate) fn to_record(m: &BorrowedMessage<'_>) -> ConsumedRecord {
             }
         }
     }
-    let all = buf.freeze();
+    let values = bytes::Bytes::from(values);
     let mut headers = Headers::new();
     for (name, range) in names {
-        headers.append(name, all.slice(range));
+        headers.append(name, values.slice(range));
     }
-    let key_at = value.len();
     ConsumedRecord {
         topic: m.topic().to_owned(),
         partition: m.partition(),
         offset: m.offset(),
         timestamp: m.timestamp().to_millis().unwrap_or(0),
-        key: key.map(|k| all.slice(key_at..key_at + k.len())),
-        value: all.slice(..value.len()),
+        key: m.key().map(bytes::Bytes::copy_from_slice),
+        value: m
+            .payload()
+            .map(bytes::Bytes::copy_from_slice)
+            .unwrap_or_default(),
         headers,
     }
 }

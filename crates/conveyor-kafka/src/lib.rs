@@ -662,21 +662,22 @@ impl Backend for KafkaBackend {
                 .map_err(broker)?,
         };
         let (topic, timeout) = (topic.to_owned(), self.inner.config.request_timeout);
-        let (reader, read) = tokio::task::spawn_blocking(move || {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
             let read = read_from(&reader, &topic, partition, offset, max, timeout);
-            // an assignment left behind would keep fetching for nobody
-            let reusable = read.is_ok() && reader.unassign().is_ok();
-            (reusable.then_some(reader), read)
+            // an assignment left behind would keep fetching for nobody; a reader not kept is
+            // dropped here, on this thread: closing a consumer blocks until it has closed
+            if read.is_ok() && reader.unassign().is_ok() {
+                let mut kept = inner.readers.lock().unwrap_or_else(|e| e.into_inner());
+                // `close` sets `closed` before it takes the readers, under this lock
+                if !inner.closed.load(Ordering::Acquire) && kept.len() < KEPT_READERS {
+                    kept.push(reader);
+                }
+            }
+            read
         })
         .await
-        .map_err(|e| Error::Broker(format!("blocking task failed: {e}")))?;
-        if let Some(reader) = reader.filter(|_| !self.inner.closed.load(Ordering::Acquire)) {
-            let mut kept = self.inner.readers.lock().unwrap_or_else(|e| e.into_inner());
-            if kept.len() < KEPT_READERS {
-                kept.push(reader);
-            }
-        }
-        read
+        .map_err(|e| Error::Broker(format!("blocking task failed: {e}")))?
     }
 
     async fn committed_offsets(&self, group: &str, topic: &str) -> Result<Vec<(i32, Option<i64>)>> {

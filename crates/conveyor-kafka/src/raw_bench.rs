@@ -170,6 +170,12 @@ async fn bare_worker(
     loop {
         tokio::select! {
             _ = finished.changed() => break,
+            () = tokio::time::sleep(std::time::Duration::from_secs(60)) => {
+                return Err(Error::Broker(format!(
+                    "the bare worker saw nothing for 60 s ({sent} of {records} records received, {} done)",
+                    done.load(Ordering::Relaxed)
+                )));
+            }
             m = consumer.recv(), if sent < records => {
                 let m = m.map_err(broker)?.detach();
                 started.get_or_insert_with(Instant::now);

@@ -225,8 +225,12 @@ pub async fn ensure_topic(backend: &Arc<dyn Backend>) -> Result<()> {
     }
 }
 
-/// States per record when the topic is not compacted (a record of ~200 KB).
+/// Most states per record when the topic is not compacted (a record of ~100 KB).
 const PACK: usize = 500;
+
+/// A packed record is closed once it holds this many bytes (it ends with one state more, a few
+/// kilobytes at most: well under a broker's 1 MB).
+const PACK_BYTES: usize = 256 * 1024;
 
 /// Whether the states topic keeps every record (it does not compact, as [`ensure_topic`]
 /// creates it), so states are packed, [`PACK`] to a record: a write per few hundred jobs
@@ -249,21 +253,28 @@ pub(crate) fn encode(
 ) -> Vec<conveyor_core::Record> {
     use conveyor_core::Record;
     match packed {
-        true => states
-            .chunks(PACK)
-            .map(|c| {
-                let mut out = Vec::with_capacity(c.len() * 256);
-                out.push(b'[');
-                for (i, s) in c.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    s.write_json(&mut out);
+        true => {
+            // at most PACK states and about PACK_BYTES to a record (a state with a long error
+            // escaped is some kilobytes: 500 of them would pass a broker's 1 MB)
+            let mut records = Vec::new();
+            let mut out: Vec<u8> = Vec::new();
+            let mut n = 0;
+            for s in states {
+                out.push(if n == 0 { b'[' } else { b',' });
+                s.write_json(&mut out);
+                n += 1;
+                if n == PACK || out.len() >= PACK_BYTES {
+                    out.push(b']');
+                    records.push(Record::new(std::mem::take(&mut out)));
+                    n = 0;
                 }
+            }
+            if n > 0 {
                 out.push(b']');
-                Record::new(out)
-            })
-            .collect(),
+                records.push(Record::new(out));
+            }
+            records
+        }
         false => states
             .iter()
             .map(|s| {
@@ -392,6 +403,41 @@ mod tests {
             serde_json::from_slice::<Vec<JobState>>(&two[0].value).unwrap(),
             vec![full, bare]
         );
+    }
+
+    /// States as large as they get (a 512-byte error of control characters, escaped six times
+    /// over, long names) stay well under a broker's 1 MB per record, and every one is written.
+    #[test]
+    fn packed_records_stay_under_a_megabyte() {
+        let big = JobState {
+            id: "0192f0c4-5a1e-7000-8000-000000000000".into(),
+            state: StateKind::Dead,
+            place: Place {
+                topic: "t".repeat(249),
+                partition: 1,
+                offset: 1,
+            },
+            group: Some("g".repeat(255)),
+            attempts: 1,
+            enqueued_at: Some(1),
+            started_at: Some(1),
+            finished_at: Some(1),
+            until: None,
+            last_error: Some("\u{1}".repeat(ERROR_BYTES)),
+            reason: Some("failed".into()),
+            dead_letter: None,
+            updated_at: 1,
+        };
+        let states = vec![big; 1_200];
+        let records = encode(&states, true, "");
+        let mut read = 0;
+        for r in &records {
+            assert!(r.value.len() < 400 * 1024, "{} bytes", r.value.len());
+            read += serde_json::from_slice::<Vec<JobState>>(&r.value)
+                .unwrap()
+                .len();
+        }
+        assert_eq!(read, 1_200);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Bookkeeping of the worker's scheduler, free of I/O so it is tested on its own:
 //! [`OffsetTracker`] (what may be committed) and [`KeyLanes`] (per-key ordering).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::Hash;
 
 /// Per partition: which fetched offsets are unfinished, so the commit never passes one.
@@ -11,10 +11,11 @@ use std::hash::Hash;
 #[derive(Debug, Default, Clone)]
 pub struct OffsetTracker {
     pending: BTreeSet<i64>,
-    /// Finished offsets above the lowest pending one: the finished ranges are found from these
-    /// (few: about the jobs running) rather than by walking every pending offset, which a
-    /// store at each start of attempts did thousands of times a second.
-    done: BTreeSet<i64>,
+    /// Finished offsets above the lowest pending one, as ranges `from -> to` (`[from, to)`,
+    /// merged when adjacent, so at most one more than the pending offsets however long the
+    /// lowest one stays): the finished ranges are found from these rather than by walking every
+    /// pending offset, which a store at each start of attempts did thousands of times a second.
+    done: BTreeMap<i64, i64>,
     next_fetched: Option<i64>,
     committed: Option<i64>,
     /// Bumped by every change.
@@ -36,17 +37,37 @@ impl OffsetTracker {
             return;
         }
         match self.pending.first() {
-            Some(&low) if low < offset => {
-                self.done.insert(offset);
-            }
+            Some(&low) if low < offset => self.insert_done(offset),
             Some(&low) => {
-                // the commit point moved up to `low`: what finished below it is committable
-                while self.done.first().is_some_and(|&d| d < low) {
+                // the commit point moved up to `low`: what finished below it is committable (a
+                // range below `low` ends at it at most: `low` is unfinished)
+                while self
+                    .done
+                    .first_key_value()
+                    .is_some_and(|(&from, _)| from < low)
+                {
                     self.done.pop_first();
                 }
             }
             None => self.done.clear(),
         }
+    }
+
+    /// Adds `offset` to the finished ranges, merging it with the ranges it touches.
+    fn insert_done(&mut self, offset: i64) {
+        let (mut from, mut to) = (offset, offset + 1);
+        if let Some((&f, &t)) = self.done.range(..=offset).next_back() {
+            if t >= offset {
+                // touches (or holds) the range before it
+                from = f;
+                to = to.max(t);
+            }
+        }
+        if let Some(&t) = self.done.get(&to) {
+            self.done.remove(&to);
+            to = t;
+        }
+        self.done.insert(from, to);
     }
 
     /// The offset to commit now, if it moved since the last [`OffsetTracker::committed`].
@@ -98,15 +119,14 @@ impl OffsetTracker {
     /// transaction's markers, names nothing worth naming).
     pub fn finished_ranges(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
         let end = self.next_fetched.unwrap_or(0);
-        let mut done = self.done.iter().copied().peekable();
+        let mut cursor = i64::MIN;
         std::iter::from_fn(move || {
-            let d = done.next()?;
-            // the gap around `d`: from past the unfinished offset below it to the next one
+            let (&d, _) = self.done.range(cursor..).next()?;
+            // the gap around `d`: from past the unfinished offset below it to the next one;
+            // the other finished ranges of the gap are jumped over
             let from = self.pending.range(..d).next_back().map_or(d, |p| p + 1);
             let to = self.pending.range(d..).next().copied().unwrap_or(end);
-            while done.peek().is_some_and(|&x| x < to) {
-                done.next();
-            }
+            cursor = to;
             Some((from, to))
         })
     }
@@ -274,6 +294,35 @@ mod tests {
                 assert_eq!(got, gaps(&pending, &finished, o + 1));
             }
         }
+    }
+
+    /// A lowest job that never finishes while a million behind it do: the finished offsets are
+    /// kept as one range, not a million entries (a negative control, one entry per offset,
+    /// held 999,999).
+    #[test]
+    fn finished_offsets_behind_a_stuck_one_stay_one_range() {
+        let mut t = OffsetTracker::default();
+        for o in 0..1_000_000 {
+            t.fetched(o);
+        }
+        for o in 1..1_000_000 {
+            t.finished(o);
+        }
+        assert_eq!(t.done.len(), 1);
+        assert_eq!(
+            t.finished_ranges().collect::<Vec<_>>(),
+            vec![(1, 1_000_000)]
+        );
+        // out of order and across a gap of offsets never fetched, too
+        let mut t = OffsetTracker::default();
+        for o in [0, 1, 2, 3, 5, 6, 7] {
+            t.fetched(o);
+        }
+        for o in [6, 2, 5, 3, 7] {
+            t.finished(o);
+        }
+        assert_eq!(t.done.len(), 2, "{:?}", t.done);
+        assert_eq!(t.finished_ranges().collect::<Vec<_>>(), vec![(2, 8)]);
     }
 
     #[test]
