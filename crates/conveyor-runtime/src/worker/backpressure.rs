@@ -25,6 +25,11 @@ impl Scheduler {
         let relieved = self.load() <= max_buffered / 2
             && self.due.bytes() <= self.shared.options.max_delayed_bytes / 2;
         let over_share = self.over_share(max_buffered);
+        // the rule on jobs waiting behind busy keys keeps one partition from starving the
+        // others; a worker with one partition has none to starve, and pausing it (a refetch on
+        // Kafka each time it resumes) held a one-partition, 1,000-key workload to a fifth of
+        // its rate
+        let others = self.tracks.len() > 1;
         let mut pause = Vec::new();
         let mut resume = Vec::new();
         let mut unpark = Vec::new();
@@ -48,9 +53,9 @@ impl Scheduler {
                 unpark.push(tp.clone());
                 continue;
             }
-            if !paused && (stalled || n >= cap || over_share.contains(&tp.topic)) {
+            if !paused && (stalled || (others && n >= cap) || over_share.contains(&tp.topic)) {
                 pause.push(tp.clone());
-            } else if paused && relieved && n <= cap / 2 {
+            } else if paused && relieved && (!others || n <= cap / 2) {
                 resume.push(tp.clone());
             }
         }
