@@ -80,9 +80,9 @@ check() {
     failed=1
     return
   fi
-  local pct=$(( (now - base) * 1000 / base ))
-  local shown
-  shown=$(printf '%+d.%d%%' $((pct / 10)) $(( (pct < 0 ? -pct : pct) % 10 )))
+  local pct=$(( (now - base) * 1000 / base )) sign=+
+  if [ "$pct" -lt 0 ]; then sign=-; pct=$(( -pct )); fi
+  local shown="$sign$((pct / 10)).$((pct % 10))%"
   if [ $((now * 100)) -gt $((base * (100 + limit_pct))) ]; then
     echo "perf-guard: FAIL $name: $now instructions, baseline $base ($shown, more than ${limit_pct}% worse)" >&2
     failed=1
