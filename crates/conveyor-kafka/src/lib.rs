@@ -663,7 +663,7 @@ impl Backend for KafkaBackend {
         };
         let (topic, timeout) = (topic.to_owned(), self.inner.config.request_timeout);
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let read = read_from(&reader, &topic, partition, offset, max, timeout);
             // an assignment left behind would keep fetching for nobody; a reader not kept is
             // dropped here, on this thread: closing a consumer blocks until it has closed
@@ -677,7 +677,6 @@ impl Backend for KafkaBackend {
             read
         })
         .await
-        .map_err(|e| Error::Broker(format!("blocking task failed: {e}")))?
     }
 
     async fn committed_offsets(&self, group: &str, topic: &str) -> Result<Vec<(i32, Option<i64>)>> {
