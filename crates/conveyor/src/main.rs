@@ -606,6 +606,18 @@ async fn tail(api: ApiClient, topic: &str, from_beginning: bool, follow: bool) -
     }
 }
 
+/// A fresh topic `PREFIX.<id>` of `partitions` partitions for one of the bench's extra phases.
+async fn bench_topic(backend: &Arc<dyn Backend>, prefix: &str, partitions: i32) -> Result<String> {
+    let topic = format!(
+        "{prefix}.{}",
+        conveyor_core::headers::new_message_id().replace('-', "")
+    );
+    backend
+        .create_topic(&TopicSpec::new(topic.clone(), partitions))
+        .await?;
+    Ok(topic)
+}
+
 async fn run_bench(args: BenchArgs) -> Result<()> {
     let opts = BenchOptions {
         jobs: args.jobs,
@@ -678,13 +690,7 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         let Some(config) = kafka else {
             bail!("--raw measures bare rdkafka: use it with --backend kafka")
         };
-        let topic = format!(
-            "bench.raw.{}",
-            conveyor_core::headers::new_message_id().replace('-', "")
-        );
-        backend
-            .create_topic(&TopicSpec::new(topic.clone(), opts.partitions))
-            .await?;
+        let topic = bench_topic(&backend, "bench.raw", opts.partitions).await?;
         let raw = conveyor_kafka::raw_bench::run(
             &config,
             &topic,
@@ -710,13 +716,7 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         ));
     }
     if args.http_jobs > 0 {
-        let topic = format!(
-            "bench.http.{}",
-            conveyor_core::headers::new_message_id().replace('-', "")
-        );
-        backend
-            .create_topic(&TopicSpec::new(topic.clone(), opts.partitions))
-            .await?;
+        let topic = bench_topic(&backend, "bench.http", opts.partitions).await?;
         eprintln!(
             "http: {} single-job enqueues through the API over {} connections",
             args.http_jobs, args.http_connections
