@@ -282,24 +282,10 @@ impl AttemptBook {
     }
 }
 
-/// Appends `v` in decimal: what `write!` does, without its formatting machinery (the counts of
-/// every running job are written at each start of attempts).
+/// Appends `v` in decimal, without `write!`'s formatting machinery (the counts of every running
+/// job are written at each start of attempts).
 fn push_int(out: &mut String, v: i64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = v.unsigned_abs();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    if v < 0 {
-        out.push('-');
-    }
-    out.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
+    out.push_str(itoa::Buffer::new().format(v));
 }
 
 /// Appends ` d=` with the finished ranges of `done` that fit in `limit`; returns the end of the
