@@ -1,7 +1,8 @@
-//! The HTTP phase of `conveyor bench --http-jobs N`: single-job enqueues through the API as a
-//! production process serves it (the same router, job lookup's `waiting` states, the hardened
-//! listener), from `connections` keep-alive connections on 127.0.0.1, each sending its next
-//! request once the answer to the last one is read.
+//! The HTTP phase of `conveyor bench --http-jobs N`: enqueues through the API as a production
+//! process serves it (the same router, job lookup's `waiting` states, the hardened listener),
+//! from keep-alive connections on 127.0.0.1, each sending its next request once the answer to
+//! the last one is read: as fast as the answers come, or at a fixed rate (`--http-rate`, latency
+//! counted from when each request was due); single jobs, or batches (`--http-batch`).
 //!
 //! The client is a few lines over a `TcpStream` (one write per request, answers read to their
 //! `Content-Length`), so the instructions it costs are few next to the server's: the CI guard
@@ -18,22 +19,40 @@ use tokio::net::TcpStream;
 use crate::http::HttpLimits;
 use crate::{app, AppState};
 
+/// What the HTTP phase sends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HttpLoad {
+    /// Requests in all.
+    pub requests: usize,
+    /// Keep-alive connections, each with one request in flight at a time.
+    pub connections: usize,
+    /// Approximate payload size of each job, in bytes.
+    pub payload_bytes: usize,
+    /// Jobs per request: 1 sends single-job enqueues, more the batch endpoint's.
+    pub batch: usize,
+    /// Requests per second in all (each connection its share at fixed intervals), or `None`
+    /// for as fast as the answers come. At a fixed rate a request's latency counts from when
+    /// it was due, not when it was sent, so a stall behind a slow answer is counted in full
+    /// (no coordinated omission).
+    pub rate: Option<f64>,
+}
+
 /// What the HTTP phase measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HttpReport {
     /// Enqueue requests answered `201` per second.
     pub requests_s: f64,
+    /// Jobs enqueued per second (`requests_s` times the jobs per request).
+    pub jobs_s: f64,
+    /// Median latency of a request, in milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile latency of a request, in milliseconds.
+    pub p99_ms: f64,
 }
 
-/// Enqueues `requests` jobs of about `payload_bytes` to `topic` (which must exist) through the
-/// API, over `connections` connections.
-pub async fn run(
-    backend: Arc<dyn Backend>,
-    topic: &str,
-    requests: usize,
-    connections: usize,
-    payload_bytes: usize,
-) -> Result<HttpReport> {
+/// Enqueues `load.requests` requests of `load.batch` jobs to `topic` (which must exist) through
+/// the API, over `load.connections` connections.
+pub async fn run(backend: Arc<dyn Backend>, topic: &str, load: HttpLoad) -> Result<HttpReport> {
     let mut state = AppState::new(Arc::clone(&backend));
     state.client = state
         .client
@@ -52,27 +71,67 @@ pub async fn run(
             let _ = stopped.await;
         },
     ));
+    let connections = load.connections.max(1);
+    let batch = load.batch.max(1);
+    let path = match batch {
+        1 => format!("/v1/topics/{topic}/jobs"),
+        _ => format!("/v1/topics/{topic}/jobs/batch"),
+    };
+    // each connection sends every `connections`-th request, due at its index over the rate
+    let interval = load
+        .rate
+        .filter(|r| *r > 0.0)
+        .map(|r| std::time::Duration::from_secs_f64(1.0 / r));
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut clients = Vec::new();
-    for _ in 0..connections.max(1) {
-        let (next, topic) = (Arc::clone(&next), topic.to_owned());
+    for c in 0..connections {
+        let (next, path) = (Arc::clone(&next), path.clone());
+        let (requests, payload_bytes) = (load.requests, load.payload_bytes);
         clients.push(tokio::spawn(async move {
             let mut stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true).ok();
             let pad = "x".repeat(payload_bytes.saturating_sub(40));
             let mut buf = Vec::with_capacity(4096);
+            let mut latencies = Vec::new();
+            let mut own = c;
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
+                let i = match interval {
+                    Some(_) => {
+                        own += connections;
+                        own - connections
+                    }
+                    None => next.fetch_add(1, Ordering::Relaxed),
+                };
                 if i >= requests {
-                    return Ok::<(), Error>(());
+                    return Ok::<_, Error>(latencies);
                 }
-                let body = format!(
-                    r#"{{"type":"noop","key":"user-{}","payload":{{"n":{i},"pad":"{pad}"}}}}"#,
-                    i % 1000
-                );
+                let due = match interval {
+                    Some(every) => {
+                        let due = started + every * i as u32;
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
+                let job = |n: usize| {
+                    format!(
+                        r#"{{"type":"noop","key":"user-{}","payload":{{"n":{n},"pad":"{pad}"}}}}"#,
+                        n % 1000
+                    )
+                };
+                let body = match batch {
+                    1 => job(i),
+                    _ => format!(
+                        r#"{{"jobs":[{}]}}"#,
+                        (0..batch)
+                            .map(|j| job(i * batch + j))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    ),
+                };
                 let request = format!(
-                    "POST /v1/topics/{topic}/jobs HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    "POST {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
                     body.len()
                 );
                 stream.write_all(request.as_bytes()).await?;
@@ -83,17 +142,27 @@ pub async fn run(
                         String::from_utf8_lossy(&buf)
                     )));
                 }
+                latencies.push(due.elapsed().as_secs_f64() * 1000.0);
             }
         }));
     }
+    let mut latencies = Vec::with_capacity(load.requests);
     for c in clients {
-        c.await.map_err(|e| failed(e.to_string()))??;
+        latencies.extend(c.await.map_err(|e| failed(e.to_string()))??);
     }
-    let secs = started.elapsed().as_secs_f64();
+    let secs = started.elapsed().as_secs_f64().max(f64::MIN_POSITIVE);
     let _ = stop.send(());
     let _ = server.await;
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| match latencies.len() {
+        0 => 0.0,
+        n => latencies[((n as f64 * q) as usize).min(n - 1)],
+    };
     Ok(HttpReport {
-        requests_s: requests as f64 / secs.max(f64::MIN_POSITIVE),
+        requests_s: load.requests as f64 / secs,
+        jobs_s: (load.requests * batch) as f64 / secs,
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
     })
 }
 

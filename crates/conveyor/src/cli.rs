@@ -468,6 +468,14 @@ pub(crate) struct BenchArgs {
     /// Connections of the HTTP phase.
     #[arg(long, default_value_t = 50)]
     pub(crate) http_connections: usize,
+    /// Jobs per request of the HTTP phase: 1 sends single-job enqueues, more (up to the API's
+    /// 1000) the batch endpoint's.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub(crate) http_batch: u64,
+    /// The HTTP phase's requests per second, spread over its connections at fixed intervals
+    /// (latency counted from when each was due); 0: as fast as the answers come.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) http_rate: f64,
     /// Jobs for the delayed phase (lateness of delayed jobs); 0 skips it.
     #[arg(long, default_value_t = 10_000)]
     pub(crate) delayed_jobs: usize,

@@ -9,6 +9,11 @@ mod postgres;
 
 use std::sync::Arc;
 
+/// mimalloc: glibc's malloc and free were a third of the instructions of an HTTP batch enqueue
+/// (`DEVELOPERS.md`, "The allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use conveyor_core::{Backend, TopicSpec};
@@ -717,20 +722,32 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
     }
     if args.http_jobs > 0 {
         let topic = bench_topic(&backend, "bench.http", opts.partitions).await?;
+        let load = conveyor_server::bench_http::HttpLoad {
+            requests: args.http_jobs,
+            connections: args.http_connections,
+            payload_bytes: opts.payload_bytes,
+            batch: args.http_batch as usize,
+            rate: (args.http_rate > 0.0).then_some(args.http_rate),
+        };
         eprintln!(
-            "http: {} single-job enqueues through the API over {} connections",
-            args.http_jobs, args.http_connections
+            "http: {} requests of {} job(s) through the API over {} connections, {}",
+            load.requests,
+            load.batch,
+            load.connections,
+            match load.rate {
+                Some(r) => format!("at {r:.0} requests/s"),
+                None => "as fast as answered".to_owned(),
+            }
         );
-        let http = conveyor_server::bench_http::run(
-            Arc::clone(&backend),
-            &topic,
-            args.http_jobs,
-            args.http_connections,
-            opts.payload_bytes,
-        )
-        .await?;
-        eprintln!("http: {:.0} requests/s", http.requests_s);
-        line.push_str(&format!(" http_enqueue_s={:.0}", http.requests_s));
+        let http = conveyor_server::bench_http::run(Arc::clone(&backend), &topic, load).await?;
+        eprintln!(
+            "http: {:.0} requests/s, {:.0} jobs/s, latency p50 {:.2} ms p99 {:.2} ms",
+            http.requests_s, http.jobs_s, http.p50_ms, http.p99_ms
+        );
+        line.push_str(&format!(
+            " http_enqueue_s={:.0} http_jobs_s={:.0} http_p50_ms={:.2} http_p99_ms={:.2}",
+            http.requests_s, http.jobs_s, http.p50_ms, http.p99_ms
+        ));
     }
     backend.close().await?;
     println!("{line}");
