@@ -153,6 +153,11 @@ pub struct BenchReport {
     /// With [`Lookup::Both`]: no-op jobs processed per second with the state records off
     /// (`process_jobs_s` is then the rate with them on).
     pub process_lookup_off_jobs_s: Option<f64>,
+    /// With a sleeping handler: what `concurrency` tasks doing nothing but that sleep, in a
+    /// loop, reach per second on the same runtime, measured right after the processing phase
+    /// ([`sleep_bound`]). The runtime's timer ends a sleep at its next millisecond tick, so
+    /// this, not `concurrency / handler_ms`, is the most any worker can reach here.
+    pub handler_bound_jobs_s: Option<f64>,
 }
 
 impl BenchReport {
@@ -162,8 +167,17 @@ impl BenchReport {
             .process_lookup_off_jobs_s
             .map(|r| format!(" process_lookup_off_jobs_s={r:.0}"))
             .unwrap_or_default();
+        let bound = self
+            .handler_bound_jobs_s
+            .map(|b| {
+                format!(
+                    " handler_bound_jobs_s={b:.0} process_of_bound={:.3}",
+                    self.process_jobs_s / b.max(f64::MIN_POSITIVE)
+                )
+            })
+            .unwrap_or_default();
         format!(
-            "RESULT backend={} lookup={} enqueue_jobs_s={:.0} process_jobs_s={:.0}{off} p50_ms={:.3} p95_ms={:.3} p99_ms={:.3} delayed_p50_ms={:.1} delayed_p99_ms={:.1} delayed_early={} request_p50_ms={:.3} request_p99_ms={:.3}",
+            "RESULT backend={} lookup={} enqueue_jobs_s={:.0} process_jobs_s={:.0}{off}{bound} p50_ms={:.3} p95_ms={:.3} p99_ms={:.3} delayed_p50_ms={:.1} delayed_p99_ms={:.1} delayed_early={} request_p50_ms={:.3} request_p99_ms={:.3}",
             self.backend, self.lookup.as_str(), self.enqueue_jobs_s, self.process_jobs_s, self.p50_ms, self.p95_ms, self.p99_ms,
             self.delayed_p50_ms, self.delayed_p99_ms, self.delayed_early, self.request_p50_ms, self.request_p99_ms
         )
@@ -344,6 +358,18 @@ pub async fn run(
     if opts.lookup == Lookup::Off {
         process_jobs_s = process_lookup_off_jobs_s.take().unwrap_or_default();
     }
+    let handler_bound_jobs_s = match (opts.jobs, opts.handler_ms) {
+        (0, _) | (_, 0) => None,
+        (_, ms) => {
+            let bound = sleep_bound(opts.concurrency, Duration::from_millis(ms)).await;
+            progress(format!(
+                "process: the bound of {} tasks sleeping {ms} ms in a loop: {bound:.0} per second (processing reached {:.3} of it)",
+                opts.concurrency,
+                process_jobs_s / bound.max(f64::MIN_POSITIVE)
+            ));
+            Some(bound)
+        }
+    };
 
     // 3. latency
     progress(format!(
@@ -441,8 +467,32 @@ pub async fn run(
         request_p50_ms,
         lookup: opts.lookup,
         process_lookup_off_jobs_s,
+        handler_bound_jobs_s,
         request_p99_ms,
     })
+}
+
+/// Sleeps per second that `tasks` tasks reach doing nothing but sleeping `each` in a loop for
+/// three seconds: the ceiling of a worker whose handler sleeps `each` with `tasks` slots.
+async fn sleep_bound(tasks: usize, each: Duration) -> f64 {
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let window = Duration::from_secs(3);
+    let loops: Vec<_> = (0..tasks.max(1))
+        .map(|_| {
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                while started.elapsed() < window {
+                    tokio::time::sleep(each).await;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for l in loops {
+        let _ = l.await;
+    }
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
 /// Phase 4: lateness of `delayed_jobs` delayed jobs; returns p50, p99 (ms) and the early count.

@@ -617,6 +617,12 @@ async fn enqueue(
         .into_response())
 }
 
+/// The answer to a batch: where each job landed, in the order sent.
+#[derive(Serialize)]
+struct BatchAnswer<'a> {
+    jobs: &'a [Enqueued],
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BatchRequest {
@@ -671,7 +677,8 @@ async fn enqueue_batch(
     let Some((key, fingerprint)) = idempotent else {
         past(&jobs)?;
         let at = s.client.enqueue_batch(&topic, jobs).await?;
-        return Ok((StatusCode::CREATED, Json(json!({ "jobs": at }))).into_response());
+        // written straight from the list: through a `Value` tree it cost a tenth of a batch
+        return Ok((StatusCode::CREATED, Json(BatchAnswer { jobs: &at })).into_response());
     };
     let jobs: Vec<NewJob> = jobs
         .into_iter()
