@@ -9,17 +9,17 @@
 //! | `malformed_json`, `invalid_idempotency_key` | 400 |
 //! | `unauthenticated` (no token, or one that is not configured; with `WWW-Authenticate: Bearer`) | 401 |
 //! | `forbidden` (the token's roles or topics do not cover the operation) | 403 |
-//! | `not_found`, `unknown_topic`, `unknown_schedule`, `unknown_group` | 404 |
+//! | `not_found`, `unknown_topic`, `unknown_partition`, `unknown_schedule`, `unknown_group` | 404 |
 //! | `method_not_allowed` | 405 |
 //! | `body_timeout` (the body did not arrive within `api.stall_timeout_ms`) | 408 |
-//! | `topic_conflict`, `plan_refused`, `schedule_in_config` | 409 |
+//! | `topic_conflict`, `plan_refused`, `schedule_in_config`, `duplicate_job` | 409 |
 //! | `payload_too_large` | 413 |
 //! | `unsupported_media_type` | 415 |
 //! | `invalid_field`, `idempotency_key_reused` | 422 |
 //! | `internal` | 500 |
 //! | `unsupported` | 501 |
 //! | `request_failed` | 502 |
-//! | `backend_unavailable`, `overloaded` (with `Retry-After`: too many requests in flight) | 503 |
+//! | `backend_unavailable`, `route_down`, `overloaded` (with `Retry-After`: too many requests in flight) | 503 |
 //! | `limit_reached` | 507 |
 //! | `request_timeout` | 504 |
 

@@ -139,7 +139,12 @@ impl ApiClient {
         partitions: i32,
         retention_ms: Option<i64>,
     ) -> Result<Value, RemoteError> {
-        let body = json!({ "name": name, "partitions": partitions, "retention_ms": retention_ms });
+        // no retention given: none sent, so the server's default (7 days) applies; a `null`
+        // would mean "forever"
+        let mut body = json!({ "name": name, "partitions": partitions });
+        if let Some(ms) = retention_ms {
+            body["retention_ms"] = json!(ms);
+        }
         self.call(
             self.http
                 .post(format!("{}/v1/topics", self.base))

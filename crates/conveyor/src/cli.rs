@@ -15,7 +15,8 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Run the embedded backend, the HTTP API and the webhook routes in one process.
+    /// Run the configured backend (the embedded log, or a client of a Kafka cluster), the HTTP
+    /// API, the webhook routes and the scheduler in one process.
     Dev {
         /// Configuration file. Default: ./conveyor.toml when it exists.
         #[arg(long, short, env = "CONVEYOR_CONFIG")]
@@ -343,7 +344,7 @@ pub(crate) enum TopicsCommand {
     },
     /// Create or update the topics of a topics file: shows the plan, then applies it.
     Apply {
-        /// The topics file (`[defaults]` and `[[topics]]` entries; see the README).
+        /// The topics file (`[defaults]` and `[[topics]]` entries; see docs/topics.md).
         #[arg(long = "file", short = 'f')]
         file: PathBuf,
         /// Show the plan only.

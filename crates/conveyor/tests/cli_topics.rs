@@ -98,6 +98,20 @@ retention = "1y"
     );
     assert!(err.contains("nothing was applied"), "{err}");
 
+    // `topics create` without --retention-ms keeps the default retention (7 days), as a topics
+    // file without one does: the plan finds nothing to change (it used to create it "forever")
+    let (ok, _, err) = conveyor(&[&["topics", "create", "plain"][..], &url].concat());
+    assert!(ok, "{err}");
+    let plain = dir.path().join("plain.toml");
+    std::fs::write(&plain, "[[topics]]\nname = \"plain\"\n").unwrap();
+    let p = plain.to_str().unwrap();
+    let (ok, out, err) = conveyor(&[&["topics", "apply", "-f", p, "--dry-run"][..], &url].concat());
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("plan: 0 to create, 0 to update, 1 unchanged, 0 refused"),
+        "{out}"
+    );
+
     // lag of a group that has not consumed, then of one that has
     for i in 0..3 {
         let payload = format!("{{\"i\":{i}}}");

@@ -1,7 +1,7 @@
 //! Delayed jobs end to end through the real `conveyor dev`: 10,000 jobs enqueued over HTTP with
 //! delays spread over 0-60 s, delivered to a webhook; `kill -9` half way and a restart. Every
 //! acknowledged job is delivered, none before its due time; the lateness is printed (the route
-//! runs with the default `max_buffered`, 256, as the README's figure says). The same
+//! runs with the default `max_buffered`, 256, as docs/delays.md's figure says). The same
 //! with fewer jobs on the live broker (`live_kafka_...`, run by `scripts/live.sh`). Also the CLI:
 //! `enqueue --in`, `cancel`, `pause` and `resume`.
 

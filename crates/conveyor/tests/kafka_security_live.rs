@@ -1,7 +1,7 @@
 //! TLS and SASL handshakes on real listeners: `conveyor dev` connects to Apache Kafka's
-//! `SASL_SSL` listener (SCRAM-SHA-512, the password from the environment as the README shows)
-//! and to its mutual-TLS `SSL` listener with exactly the README's settings, enqueues and delivers
-//! a job through each; a wrong password, an untrusted CA and a client certificate from another
+//! `SASL_SSL` listener (SCRAM-SHA-512, the password from the environment as
+//! docs/kafka-and-redpanda.md shows) and to its mutual-TLS `SSL` listener with exactly that
+//! page's settings, enqueues and delivers a job through each; a wrong password, an untrusted CA and a client certificate from another
 //! CA are refused at start with a clear error that never echoes the secret. Needs the listeners
 //! of `scripts/kafka.sh --security` (the test command starts it). Built only with
 //! `--features live`.
@@ -21,8 +21,8 @@ fn var(name: &str) -> String {
     })
 }
 
-/// The `[kafka.properties]` of the README for SASL_SSL, without the password (it comes from
-/// `CONVEYOR_KAFKA__PROPERTIES__SASL_PASSWORD`).
+/// The `[kafka.properties]` of docs/kafka-and-redpanda.md for SASL_SSL, without the password
+/// (it comes from `CONVEYOR_KAFKA__PROPERTIES__SASL_PASSWORD`).
 fn sasl_properties(ca: &str) -> String {
     format!(
         r#"

@@ -1,9 +1,10 @@
-//! The README's "Running in production" commands, run as written, in order, on a live Kafka
-//! broker: its `conveyor.toml` block, then each line of its shell block (`… &` started in the
-//! background, `curl …/readyz` retried until the process is up). Only addresses and the topic
-//! name are replaced (the broker's, free ports, a webhook receiver here, a topic unique to the
-//! run). The welcome job must reach the webhook through the workers process. Needs
-//! `CONVEYOR_TEST_BROKERS` (`scripts/kafka.sh`); built only with `--features live`.
+//! The "Running in production" commands of `docs/operations.md` (linked from the README), run as
+//! written, in order, on a live Kafka broker: its `conveyor.toml` block, then each line of its
+//! shell block (`… &` started in the background, `curl …/readyz` retried until the process is
+//! up). Only addresses and the topic name are replaced (the broker's, free ports, a webhook
+//! receiver here, a topic unique to the run). The welcome job must reach the webhook through the
+//! workers process. Needs `CONVEYOR_TEST_BROKERS` (`scripts/kafka.sh`); built only with
+//! `--features live`.
 
 #![cfg(feature = "live")]
 
@@ -15,9 +16,8 @@ use std::time::Duration;
 use util::{free_port, receiver, wait_for};
 
 /// The first fenced block of `lang` after `heading`.
-fn block(readme: &str, heading: &str, lang: &str) -> String {
-    readme
-        .lines()
+fn block(page: &str, heading: &str, lang: &str) -> String {
+    page.lines()
         .skip_while(|l| *l != heading)
         .skip_while(|l| *l != format!("```{lang}"))
         .skip(1)
@@ -41,11 +41,14 @@ impl Drop for Background {
 async fn the_readme_production_commands_run_as_written() {
     let brokers = std::env::var("CONVEYOR_TEST_BROKERS")
         .expect("set CONVEYOR_TEST_BROKERS=host:port, or run the tests through scripts/kafka.sh");
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
-    let heading = "## Running in production";
-    let toml = block(&readme, heading, "toml");
-    let sh = block(&readme, heading, "sh");
+    let page = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/operations.md"
+    ))
+    .unwrap();
+    let heading = "# Running in production";
+    let toml = block(&page, heading, "toml");
+    let sh = block(&page, heading, "sh");
     assert!(
         toml.contains("backend = \"kafka\"") && sh.contains("conveyor serve"),
         "{toml}\n{sh}"
@@ -73,7 +76,7 @@ async fn the_readme_production_commands_run_as_written() {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    // the CLI's default server is the API's port, as in the README
+    // the CLI's default server is the API's port, as in docs/operations.md
     let url = format!("http://127.0.0.1:{}", ports[0]);
     let bash = |line: &str| {
         let mut c = Command::new("bash");
@@ -125,7 +128,7 @@ async fn the_readme_production_commands_run_as_written() {
         .iter()
         .find(|(l, _)| l.contains("conveyor enqueue"))
         .map(|(_, out)| serde_json::from_str::<serde_json::Value>(out.trim()).unwrap())
-        .expect("the README enqueues a job");
+        .expect("docs/operations.md enqueues a job");
     let id = enqueued["id"].as_str().unwrap().to_owned();
     wait_for(
         Duration::from_secs(60),
