@@ -3,7 +3,8 @@
 //! faults from any task.
 //!
 //! What the mock does not implement (CreateTopics, DescribeConfigs, ListGroups, timestamp lookups)
-//! and where it differs from Kafka (aborted transactions are visible) is listed in the README.
+//! and where it differs from Kafka (aborted transactions are visible) is listed in
+//! DEVELOPERS.md, "The Kafka-protocol peers".
 
 use std::sync::mpsc;
 use std::sync::Mutex;

@@ -1,7 +1,7 @@
 //! TLS and SASL settings reach librdkafka and are accepted by this build (TLS and SCRAM are
 //! compiled in), and a misspelt setting is refused when the backend is created, not at the first
 //! request. No TLS or SASL broker exists on this machine: the handshakes themselves rest on
-//! librdkafka (README, "What is verified where").
+//! librdkafka (docs/verification.md, "What is verified where").
 
 use conveyor_core::Error;
 use conveyor_kafka::{KafkaBackend, KafkaConfig};

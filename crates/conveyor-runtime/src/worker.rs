@@ -26,7 +26,7 @@
 //! attempt counts in its metadata ([`crate::attempts`]), so a job that keeps killing its process,
 //! or keeps being rebalanced away, is dead-lettered once `max_attempts` attempts started.
 //!
-//! Time (see the README's "Delayed jobs, retries and deadlines"): a record whose `due_at` is
+//! Time (see docs/delays.md, "Delayed jobs, retries and deadlines"): a record whose `due_at` is
 //! ahead waits in memory when less than the shortest delay tier is left, and is otherwise moved
 //! to a delay tier ([`crate::tiers`]), from which the worker's [`Forwarder`] brings it back when
 //! due. The jobs waiting in memory share one queue ordered by due time (`worker/due.rs`); each

@@ -3,7 +3,7 @@
 //!
 //! Environment overrides use the `CONVEYOR_` prefix and join nested keys with `__`:
 //! `CONVEYOR_API__LISTEN=127.0.0.1:9000` sets `[api] listen`. Every default is stated on its field
-//! and in the README's configuration reference.
+//! and in docs/configuration.md, the configuration reference.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

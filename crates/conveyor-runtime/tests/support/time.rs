@@ -752,7 +752,7 @@ fn inversions(started: &[usize]) -> usize {
 }
 
 /// Per key, jobs start in the order they are due, and jobs due at the same time in the order
-/// they were enqueued (the README's per-key order for delayed jobs). Four keys of 50 jobs, each
+/// they were enqueued (the per-key order for delayed jobs of docs/delays.md). Four keys of 50 jobs, each
 /// key's jobs enqueued in one batch, all at once:
 /// - `same`: one delay, below the shortest tier (they wait in the worker's memory);
 /// - `apart`: due 1 ms apart, in enqueue order;
