@@ -13,6 +13,9 @@ started=$(date +%s)
 # the Python peers some tests verify against (standardwebhooks): installed first, path handed on
 CONVEYOR_TEST_PYTHON=$(scripts/python-tools.sh)
 export CONVEYOR_TEST_PYTHON
+# the README's walk-through test runs the receiver example as a program: `--all-targets` builds
+# examples only in test mode, so it is built as the walk-through builds it first
+cargo build -p conveyor --example receiver "$@"
 cargo test --workspace --all-targets "$@"
 cargo test --workspace --doc "$@"
 scripts/api-contract.sh "$@"

@@ -214,7 +214,7 @@ impl TopicSpec {
         }
         if self.retention_ms.is_some_and(|r| r <= 0) {
             return Err(Error::InvalidArgument(format!(
-                "topic `{}`: retention_ms must be positive (leave it out to keep records forever)",
+                "topic `{}`: retention_ms must be positive (leave it out for the default of 7 days; null, or `--retention-ms forever` on the CLI, keeps records forever)",
                 self.name
             )));
         }

@@ -78,10 +78,7 @@ pub async fn run(backend: Arc<dyn Backend>, topic: &str, load: HttpLoad) -> Resu
         _ => format!("/v1/topics/{topic}/jobs/batch"),
     };
     // each connection sends every `connections`-th request, due at its index over the rate
-    let interval = load
-        .rate
-        .filter(|r| *r > 0.0)
-        .map(|r| std::time::Duration::from_secs_f64(1.0 / r));
+    let rate = load.rate.filter(|r| r.is_finite() && *r > 0.0);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut clients = Vec::new();
@@ -96,7 +93,7 @@ pub async fn run(backend: Arc<dyn Backend>, topic: &str, load: HttpLoad) -> Resu
             let mut latencies = Vec::new();
             let mut own = c;
             loop {
-                let i = match interval {
+                let i = match rate {
                     Some(_) => {
                         own += connections;
                         own - connections
@@ -106,13 +103,15 @@ pub async fn run(backend: Arc<dyn Backend>, topic: &str, load: HttpLoad) -> Resu
                 if i >= requests {
                     return Ok::<_, Error>(latencies);
                 }
-                let due = match interval {
-                    Some(every) => {
-                        let due = started + every * i as u32;
+                // tokio wakes a sleep at its next millisecond tick: that lateness is counted
+                // too (it is what a client on this runtime sees), at most ~1 ms
+                let due = match rate {
+                    Some(r) => {
+                        let due = started + std::time::Duration::from_secs_f64(i as f64 / r);
                         tokio::time::sleep_until(due.into()).await;
-                        due
+                        Some(due)
                     }
-                    None => Instant::now(),
+                    None => None,
                 };
                 let job = |n: usize| {
                     format!(
@@ -134,6 +133,8 @@ pub async fn run(backend: Arc<dyn Backend>, topic: &str, load: HttpLoad) -> Resu
                     "POST {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
                     body.len()
                 );
+                // as fast as answered: from the send, after the body was built
+                let due = due.unwrap_or_else(Instant::now);
                 stream.write_all(request.as_bytes()).await?;
                 let status = read_answer(&mut stream, &mut buf).await?;
                 if status != 201 {
@@ -154,9 +155,10 @@ pub async fn run(backend: Arc<dyn Backend>, topic: &str, load: HttpLoad) -> Resu
     let _ = stop.send(());
     let _ = server.await;
     latencies.sort_by(f64::total_cmp);
+    // as the other phases' percentiles (`conveyor_runtime::bench`)
     let at = |q: f64| match latencies.len() {
         0 => 0.0,
-        n => latencies[((n as f64 * q) as usize).min(n - 1)],
+        n => latencies[(((n - 1) as f64 * q).round() as usize).min(n - 1)],
     };
     Ok(HttpReport {
         requests_s: load.requests as f64 / secs,

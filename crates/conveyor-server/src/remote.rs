@@ -7,6 +7,15 @@ mod replay;
 
 pub use replay::ReplayOptions;
 
+/// How long a topic created through the API keeps its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// This many milliseconds.
+    Ms(i64),
+    /// Forever.
+    Forever,
+}
+
 /// An error talking to a conveyor server.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -77,9 +86,11 @@ impl ApiClient {
         let resp = req
             .send()
             .await
+            // the base URL may carry a password: the error names it redacted, and reqwest's
+            // own text (which prints the full URL) without it
             .map_err(|source| RemoteError::Unreachable {
-                url: self.base.clone(),
-                source,
+                url: conveyor_core::redact::url(&self.base),
+                source: source.without_url(),
             })?;
         let status = resp.status();
         let body: Value = resp
@@ -137,13 +148,15 @@ impl ApiClient {
         &self,
         name: &str,
         partitions: i32,
-        retention_ms: Option<i64>,
+        retention: Option<Retention>,
     ) -> Result<Value, RemoteError> {
-        // no retention given: none sent, so the server's default (7 days) applies; a `null`
-        // would mean "forever"
+        // no retention given: none sent, so the server's default (7 days) applies; `null`
+        // means forever
         let mut body = json!({ "name": name, "partitions": partitions });
-        if let Some(ms) = retention_ms {
-            body["retention_ms"] = json!(ms);
+        match retention {
+            None => {}
+            Some(Retention::Forever) => body["retention_ms"] = Value::Null,
+            Some(Retention::Ms(ms)) => body["retention_ms"] = json!(ms),
         }
         self.call(
             self.http
@@ -315,6 +328,21 @@ fn seg(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// A password in the server's URL is not printed when the server cannot be reached
+    /// (reqwest's error text names the whole URL).
+    #[tokio::test]
+    async fn an_unreachable_servers_password_is_not_printed() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let client = super::ApiClient::new(format!("http://user:planted-secret@127.0.0.1:{port}"));
+        let err = client.list_topics().await.expect_err("nothing listens");
+        let text = format!("{err} {err:?}");
+        assert!(text.contains("cannot reach conveyor"), "{text}");
+        assert!(!text.contains("planted-secret"), "{text}");
+    }
+
     #[test]
     fn names_become_single_path_segments() {
         assert_eq!(super::seg("emails.v1_x-y"), "emails.v1_x-y");

@@ -363,9 +363,9 @@ pub(crate) enum TopicsCommand {
         /// Partitions.
         #[arg(long, short, default_value_t = 4)]
         partitions: i32,
-        /// Retention in milliseconds. Default: 7 days.
-        #[arg(long)]
-        retention_ms: Option<i64>,
+        /// Retention in milliseconds, or `forever`. Default: 7 days.
+        #[arg(long, value_parser = parse_retention)]
+        retention_ms: Option<conveyor_server::remote::Retention>,
         #[command(flatten)]
         server: Server,
     },
@@ -462,8 +462,8 @@ pub(crate) struct BenchArgs {
     /// The processing phase's handler sleeps this long per job (0: a no-op handler).
     #[arg(long, default_value_t = 0)]
     pub(crate) handler_ms: u64,
-    /// Requests for the HTTP phase: single-job enqueues through the API (as `serve` answers
-    /// them) over `--http-connections` keep-alive connections; 0 skips it.
+    /// Requests for the HTTP phase: enqueues through the API (as `serve` answers them, of
+    /// `--http-batch` jobs each) over `--http-connections` keep-alive connections; 0 skips it.
     #[arg(long, default_value_t = 0)]
     pub(crate) http_jobs: usize,
     /// Connections of the HTTP phase.
@@ -475,7 +475,7 @@ pub(crate) struct BenchArgs {
     pub(crate) http_batch: u64,
     /// The HTTP phase's requests per second, spread over its connections at fixed intervals
     /// (latency counted from when each was due); 0: as fast as the answers come.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub(crate) http_rate: f64,
     /// Jobs for the delayed phase (lateness of delayed jobs); 0 skips it.
     #[arg(long, default_value_t = 10_000)]
@@ -516,4 +516,25 @@ pub(crate) struct BenchArgs {
     /// Data folder for the embedded log. Default: a temporary folder, removed afterwards.
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,
+}
+
+/// `--http-rate`: 0 (as fast as answered) or a finite rate of at least 0.001 requests/s.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r == 0.0 || (r.is_finite() && r >= 0.001) => Ok(r),
+        _ => Err(format!(
+            "`{s}`: give requests per second (at least 0.001), or 0 for as fast as answered"
+        )),
+    }
+}
+
+/// `--retention-ms`: milliseconds, or `forever`.
+fn parse_retention(s: &str) -> Result<conveyor_server::remote::Retention, String> {
+    use conveyor_server::remote::Retention;
+    match s.trim() {
+        "forever" | "infinite" | "-1" => Ok(Retention::Forever),
+        ms => ms.parse::<i64>().map(Retention::Ms).map_err(|_| {
+            format!("`{s}`: give milliseconds (e.g. 604800000 for 7 days) or `forever`")
+        }),
+    }
 }

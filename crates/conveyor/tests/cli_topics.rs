@@ -111,6 +111,36 @@ retention = "1y"
         out.contains("plan: 0 to create, 0 to update, 1 unchanged, 0 refused"),
         "{out}"
     );
+    // `--retention-ms forever` keeps records forever: a file saying so finds nothing to change
+    let (ok, _, err) = conveyor(
+        &[
+            &["topics", "create", "kept", "--retention-ms", "forever"][..],
+            &url,
+        ]
+        .concat(),
+    );
+    assert!(ok, "{err}");
+    let kept = dir.path().join("kept.toml");
+    std::fs::write(
+        &kept,
+        "[[topics]]\nname = \"kept\"\nretention = \"forever\"\n",
+    )
+    .unwrap();
+    let k = kept.to_str().unwrap();
+    let (ok, out, err) = conveyor(&[&["topics", "apply", "-f", k, "--dry-run"][..], &url].concat());
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("plan: 0 to create, 0 to update, 1 unchanged, 0 refused"),
+        "{out}"
+    );
+    let (ok, _, err) = conveyor(
+        &[
+            &["topics", "create", "bad", "--retention-ms", "soon"][..],
+            &url,
+        ]
+        .concat(),
+    );
+    assert!(!ok && err.contains("`forever`"), "{err}");
 
     // lag of a group that has not consumed, then of one that has
     for i in 0..3 {

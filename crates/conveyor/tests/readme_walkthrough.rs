@@ -127,6 +127,8 @@ fn walkthrough(readme: &str) -> Vec<Step> {
                 });
             } else if lang.trim() == "sh" {
                 shell_block(&body, &mut steps);
+            } else {
+                panic!("README.md:{n}: a ```{lang} block in the walk-through is neither `sh` nor after a `<!-- walkthrough: output of PROGRAM -->` marker: this test would skip it");
             }
             continue;
         }
