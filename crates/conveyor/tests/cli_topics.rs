@@ -98,40 +98,30 @@ retention = "1y"
     );
     assert!(err.contains("nothing was applied"), "{err}");
 
+    // a topic made by `topics create` with `args`, then a topics file with `file` for it: the
+    // plan finds nothing to change
+    let created_as_filed = |name: &str, args: &[&str], file: &str| {
+        let (ok, _, err) = conveyor(&[&["topics", "create", name][..], args, &url].concat());
+        assert!(ok, "{err}");
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, format!("[[topics]]\nname = \"{name}\"\n{file}")).unwrap();
+        let p = path.to_str().unwrap();
+        let (ok, out, err) =
+            conveyor(&[&["topics", "apply", "-f", p, "--dry-run"][..], &url].concat());
+        assert!(ok, "{err}");
+        assert!(
+            out.contains("plan: 0 to create, 0 to update, 1 unchanged, 0 refused"),
+            "{out}"
+        );
+    };
     // `topics create` without --retention-ms keeps the default retention (7 days), as a topics
-    // file without one does: the plan finds nothing to change (it used to create it "forever")
-    let (ok, _, err) = conveyor(&[&["topics", "create", "plain"][..], &url].concat());
-    assert!(ok, "{err}");
-    let plain = dir.path().join("plain.toml");
-    std::fs::write(&plain, "[[topics]]\nname = \"plain\"\n").unwrap();
-    let p = plain.to_str().unwrap();
-    let (ok, out, err) = conveyor(&[&["topics", "apply", "-f", p, "--dry-run"][..], &url].concat());
-    assert!(ok, "{err}");
-    assert!(
-        out.contains("plan: 0 to create, 0 to update, 1 unchanged, 0 refused"),
-        "{out}"
-    );
-    // `--retention-ms forever` keeps records forever: a file saying so finds nothing to change
-    let (ok, _, err) = conveyor(
-        &[
-            &["topics", "create", "kept", "--retention-ms", "forever"][..],
-            &url,
-        ]
-        .concat(),
-    );
-    assert!(ok, "{err}");
-    let kept = dir.path().join("kept.toml");
-    std::fs::write(
-        &kept,
-        "[[topics]]\nname = \"kept\"\nretention = \"forever\"\n",
-    )
-    .unwrap();
-    let k = kept.to_str().unwrap();
-    let (ok, out, err) = conveyor(&[&["topics", "apply", "-f", k, "--dry-run"][..], &url].concat());
-    assert!(ok, "{err}");
-    assert!(
-        out.contains("plan: 0 to create, 0 to update, 1 unchanged, 0 refused"),
-        "{out}"
+    // file without one does (it used to create it "forever")
+    created_as_filed("plain", &[], "");
+    // `--retention-ms forever` keeps records forever, as a file saying so
+    created_as_filed(
+        "kept",
+        &["--retention-ms", "forever"],
+        "retention = \"forever\"\n",
     );
     let (ok, _, err) = conveyor(
         &[
