@@ -7,7 +7,7 @@
 #[non_exhaustive]
 pub enum Error {
     /// The topic does not exist on the backend.
-    #[error("unknown topic `{0}`: create it first (`conveyor topics create {0}`, or a [[topics]] entry in conveyor.toml)")]
+    #[error("unknown topic `{0}`: create it first (`conveyor topics create {0}` or a [[topics]] entry in conveyor.toml; in a program, `conveyor::declare_topics` or `Backend::create_topic`)")]
     UnknownTopic(String),
     /// A topic name breaks Kafka's naming rules.
     #[error("invalid topic name `{name}`: {reason}")]

@@ -1,8 +1,8 @@
 //! Run with: `cargo run -p conveyor-examples --bin emails` (add `--backend kafka --brokers 127.0.0.1:9092` for Kafka).
 //!
-//! The README's "Writing workers in Rust" section, compiled and run (`tests/readme.rs` checks
-//! that the README shows exactly the lines between the `README` markers below): a client
-//! enqueues a welcome email, a worker sends it. This program stops once the email is sent.
+//! A client enqueues a welcome email, a worker sends it, on either backend; this program stops
+//! once the email is sent (`tests/emails.rs` runs it). The README's smaller program, on the
+//! embedded backend with the `conveyor` crate alone, is `crates/conveyor/examples/first_job.rs`.
 
 use std::sync::Arc;
 
@@ -29,28 +29,38 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The README's lines, as they are shown there (so not reformatted).
-#[rustfmt::skip]
+/// Enqueue, then work until the email is sent.
 async fn run(
     backend: Arc<dyn Backend>,
     shutdown_signal: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    // README: begin
     #[derive(serde::Serialize, serde::Deserialize)]
-    struct Welcome { to: String }
+    struct Welcome {
+        to: String,
+    }
 
     let client = Client::new(backend.clone());
-    client.enqueue("emails", NewJob::json("email.welcome", &Welcome { to: "ada@example.com".into() })?.with_key("user-42")).await?;
+    client
+        .enqueue(
+            "emails",
+            NewJob::json(
+                "email.welcome",
+                &Welcome {
+                    to: "ada@example.com".into(),
+                },
+            )?
+            .with_key("user-42"),
+        )
+        .await?;
 
     Worker::builder(backend.clone(), "mailers", ["emails"])
         .concurrency(32)
         .job("email.welcome", |w: Welcome, _job| async move {
-            send(&w.to).await.map_err(JobError::retry)?;          // retried with backoff
-            Ok::<(), JobError>(())                                  // JobError::fail(..) dead-letters now
+            send(&w.to).await.map_err(JobError::retry)?; // retried with backoff
+            Ok::<(), JobError>(()) // JobError::fail(..) dead-letters now
         })
         .build()
         .run(shutdown_signal)
         .await?;
-    // README: end
     Ok(())
 }
