@@ -19,45 +19,90 @@
 #
 # With CONVEYOR_TEST_BROKERS set, run 1 uses that broker (Kafka, Redpanda, any Kafka-protocol
 # broker) instead of starting one; runs 2 and 3 always start their own (they kill brokers and
-# need listeners with known certificates).
+# need listeners with known certificates). Runs 2 and 3 go beside run 1. Tests run under
+# cargo-nextest (.config/nextest.toml: each test its own process, a hung test killed and named).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# One package set and feature set for every run below, so the test binaries are built once (by
+# the first run) and the others find them fresh.
+LIVE=(-p conveyor-kafka -p conveyor -p conveyor-examples
+  --features conveyor-kafka/live,conveyor/live,conveyor-examples/live)
+# The one-node tests: whole binaries, and the live tests of binaries that also hold others.
+SINGLE_NODE='package(conveyor-kafka) & (binary(=conformance_live) | binary(=transactions_live) | binary(=latest_live)
+  | binary(=java_interop_live) | binary(=group_churn_live) | binary(=poison_live) | binary(=time_live)
+  | binary(=request_live) | binary(=schedule_change_live))
+| package(conveyor) & (binary(=kafka_topics_live) | binary(=kafka_failover) | binary(=signals)
+  | binary(=reserved_topics_live) | binary(=serve_roles_live) | binary(=readme_production_live)
+  | binary(=schedules_live)
+  | binary(=chaos) & test(chaos_kafka_live) | binary(=delayed) & test(live_kafka)
+  | binary(=metrics) & test(live_kafka) | binary(=job_lookup) & test(live_kafka)
+  | binary(=outbox) & test(kafka_live))
+| package(conveyor-examples) & ((binary(=waitlist) | binary(=agents) | binary(=cv_eval)) & test(live_kafka)
+  | binary(=orders) & test(kafka_live))'
 
 if [ "${1:-}" = "--single-node-tests" ]; then
   shift
   echo "live.sh: broker ${CONVEYOR_TEST_BROKERS} (Apache Kafka ${CONVEYOR_TEST_KAFKA_VERSION:-version not known: your own broker})" >&2
-  cargo test -p conveyor-kafka --features live "$@" \
-    --test conformance_live --test transactions_live --test latest_live --test java_interop_live --test group_churn_live --test poison_live --test time_live --test request_live --test schedule_change_live \
-    -- --nocapture
-  cargo test -p conveyor --features live "$@" --test kafka_topics_live --test kafka_failover --test signals --test reserved_topics_live --test serve_roles_live --test readme_production_live -- --nocapture
-  cargo test -p conveyor --features live "$@" --test chaos -- chaos_kafka_live --nocapture
-  cargo test -p conveyor --features live "$@" --test delayed -- live_kafka --nocapture
-  cargo test -p conveyor --features live "$@" --test schedules_live -- --nocapture
-  cargo test -p conveyor --features live "$@" --test metrics -- live_kafka --nocapture
-  cargo test -p conveyor --features live "$@" --test job_lookup -- live_kafka --nocapture
-  cargo test -p conveyor-examples --features live "$@" --test waitlist --test agents --test cv_eval -- live_kafka --nocapture
-  # PostgreSQL (CONVEYOR_TEST_POSTGRES, else 127.0.0.1:5432, else a throwaway server): the outbox
-  # relay process killed while transactions commit; the orders example with worker processes killed
-  cargo test -p conveyor --features live "$@" --test outbox -- kafka_live --nocapture
-  cargo test -p conveyor-examples --features live "$@" --test orders -- kafka_live --nocapture
-  exit 0
+  # PostgreSQL (CONVEYOR_TEST_POSTGRES, else 127.0.0.1:5432, else a throwaway server) for the
+  # outbox relay killed while transactions commit and the orders example with workers killed
+  exec cargo nextest run "${LIVE[@]}" "$@" --no-tests fail -E "$SINGLE_NODE"
 fi
 
-step() { echo "=== live.sh: $* ($(date -u +%H:%M:%S))" >&2; }
+step() { echo "=== live.sh: $* ($(date -u +%H:%M:%S), $(( $(date +%s) - started )) s)" >&2; }
+started=$(date +%s)
 
-step "1/3 one node: conformance (classic and KIP-848), transactions, Java client, churn, topics apply, failover"
+step "building the live test binaries"
+cargo test "${LIVE[@]}" "$@" --no-run
+
+# Runs 2 and 3 start their own brokers on free ports, so they run beside run 1 (most of every
+# run is waiting: for brokers, rebalances, timeouts, killed processes); their output is kept in
+# a file and shown when they end.
+logs=$(mktemp -d "${TMPDIR:-/tmp}/conveyor-live.XXXXXX")
+(
+  step "2/3 three nodes: leader kill, below min.insync.replicas (beside run 1; output in $logs/cluster.log)"
+  CONVEYOR_TEST_CHILD_LOG="${CONVEYOR_TEST_CHILD_LOG:-warn,conveyor_runtime=info,conveyor_server=info}" \
+    scripts/kafka.sh --nodes 3 -- cargo nextest run "${LIVE[@]}" "$@" --no-tests fail \
+    -E 'package(conveyor) & binary(=kafka_cluster_live)' >"$logs/cluster.log" 2>&1
+  step "3/3 SASL_SSL and mutual TLS (beside run 1; output in $logs/security.log)"
+  scripts/kafka.sh --security -- cargo nextest run "${LIVE[@]}" "$@" --no-tests fail \
+    -E 'package(conveyor) & binary(=kafka_security_live)' >"$logs/security.log" 2>&1
+) &
+others=$!
+# CONVEYOR_LIVE_BESIDE="COMMAND": run beside the live tests too, its failure theirs (.ci/run puts
+# the slowdown guard here: it counts instructions, which the tests' load does not move, and its
+# release build uses the processors the waiting tests leave idle)
+beside=
+if [ -n "${CONVEYOR_LIVE_BESIDE:-}" ]; then
+  step "beside the live tests: $CONVEYOR_LIVE_BESIDE (output in $logs/beside.log)"
+  bash -c "$CONVEYOR_LIVE_BESIDE" >"$logs/beside.log" 2>&1 &
+  beside=$!
+fi
+
+step "1/3 one node: conformance (classic and KIP-848), transactions, Java client, churn, topics apply, failover, chaos, time, request/reply, metrics, job lookup, examples"
+single=0
 if [ -n "${CONVEYOR_TEST_BROKERS:-}" ]; then
   scripts/kafka.sh --install # the Java client's jars
   CONVEYOR_TEST_KAFKA_LIBS="${CONVEYOR_CACHE:-$HOME/.cache/conveyor}/kafka-$(sed -n 's:.*<kafka.version>\([^<]*\)</kafka.version>.*:\1:p' scripts/kafka/pom.xml)/libs" \
-    "$0" --single-node-tests "$@"
+    "$0" --single-node-tests "$@" || single=$?
 else
-  scripts/kafka.sh -- "$0" --single-node-tests "$@"
+  scripts/kafka.sh -- "$0" --single-node-tests "$@" || single=$?
 fi
-
-step "2/3 three nodes: leader kill, below min.insync.replicas"
-CONVEYOR_TEST_CHILD_LOG="${CONVEYOR_TEST_CHILD_LOG:-warn,conveyor_runtime=info,conveyor_server=info}" \
-  scripts/kafka.sh --nodes 3 -- cargo test -p conveyor --features live "$@" --test kafka_cluster_live -- --nocapture
-
-step "3/3 SASL_SSL and mutual TLS"
-scripts/kafka.sh --security -- cargo test -p conveyor --features live "$@" --test kafka_security_live -- --nocapture
+step "1/3 ended (exit $single); waiting for runs 2 and 3"
+rest=0
+wait "$others" || rest=$?
+if [ -n "$beside" ]; then
+  step "waiting for: $CONVEYOR_LIVE_BESIDE"
+  wait "$beside" || rest=$?
+fi
+for log in "$logs/cluster.log" "$logs/security.log" "$logs/beside.log"; do
+  [ -f "$log" ] || continue
+  echo "=== live.sh: output of $(basename "$log" .log)" >&2
+  cat "$log" >&2
+done
+rm -rf "$logs"
+if [ "$single" -ne 0 ] || [ "$rest" -ne 0 ]; then
+  step "FAILED: run 1 exit $single, runs 2 and 3 (and CONVEYOR_LIVE_BESIDE) exit $rest (their output above)"
+  exit 1
+fi
 step "done"
