@@ -46,7 +46,7 @@ if [ "${1:-}" = "--single-node-tests" ]; then
   echo "live.sh: broker ${CONVEYOR_TEST_BROKERS} (Apache Kafka ${CONVEYOR_TEST_KAFKA_VERSION:-version not known: your own broker})" >&2
   # PostgreSQL (CONVEYOR_TEST_POSTGRES, else 127.0.0.1:5432, else a throwaway server) for the
   # outbox relay killed while transactions commit and the orders example with workers killed
-  exec cargo nextest run "${LIVE[@]}" "$@" --no-tests fail -E "$SINGLE_NODE"
+  exec cargo nextest run --profile live "${LIVE[@]}" "$@" --no-tests fail -E "$SINGLE_NODE"
 fi
 
 step() { echo "=== live.sh: $* ($(date -u +%H:%M:%S), $(( $(date +%s) - started )) s)" >&2; }
@@ -62,10 +62,10 @@ logs=$(mktemp -d "${TMPDIR:-/tmp}/conveyor-live.XXXXXX")
 (
   step "2/3 three nodes: leader kill, below min.insync.replicas (beside run 1; output in $logs/cluster.log)"
   CONVEYOR_TEST_CHILD_LOG="${CONVEYOR_TEST_CHILD_LOG:-warn,conveyor_runtime=info,conveyor_server=info}" \
-    scripts/kafka.sh --nodes 3 -- cargo nextest run "${LIVE[@]}" "$@" --no-tests fail \
+    scripts/kafka.sh --nodes 3 -- cargo nextest run --profile live "${LIVE[@]}" "$@" --no-tests fail \
     -E 'package(conveyor) & binary(=kafka_cluster_live)' >"$logs/cluster.log" 2>&1
   step "3/3 SASL_SSL and mutual TLS (beside run 1; output in $logs/security.log)"
-  scripts/kafka.sh --security -- cargo nextest run "${LIVE[@]}" "$@" --no-tests fail \
+  scripts/kafka.sh --security -- cargo nextest run --profile live "${LIVE[@]}" "$@" --no-tests fail \
     -E 'package(conveyor) & binary(=kafka_security_live)' >"$logs/security.log" 2>&1
 ) &
 others=$!
