@@ -226,7 +226,7 @@ impl Client {
                     r.headers
                         .get_str(headers::DUE_AT)
                         .and_then(headers::parse_time)
-                        .map(crate::forwarder::millis)
+                        .map(crate::time::forwarder::millis)
                 })
                 .collect(),
             _ => Vec::new(),
@@ -378,7 +378,7 @@ impl Client {
         let Some(index) = self.backend.unique_claims() else {
             return Ok(Vec::new());
         };
-        let now = crate::forwarder::millis(SystemTime::now());
+        let now = crate::time::forwarder::millis(SystemTime::now());
         let mut claimed: Vec<Claim> = Vec::new();
         for (id, r) in ids.iter().zip(records) {
             let Some(key) = r.headers.get_str(headers::UNIQUE_KEY) else {
@@ -388,7 +388,7 @@ impl Client {
                 .headers
                 .get_str(headers::UNIQUE_UNTIL)
                 .and_then(headers::parse_time)
-                .map_or(now, crate::forwarder::millis);
+                .map_or(now, crate::time::forwarder::millis);
             match index.claim(topic, key, id, until, now).await {
                 Ok(None) => claimed.push((key.to_owned(), id.clone())),
                 Ok(Some((existing_id, held))) => {

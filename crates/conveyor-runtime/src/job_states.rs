@@ -347,7 +347,7 @@ pub(crate) enum Entry {
 
 /// Milliseconds since the epoch now.
 pub(crate) fn now_ms() -> i64 {
-    crate::forwarder::millis(SystemTime::now())
+    crate::time::forwarder::millis(SystemTime::now())
 }
 
 #[cfg(test)]

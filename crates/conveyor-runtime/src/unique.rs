@@ -271,7 +271,7 @@ impl UniqueLedger {
         let at = self.backend.publish(UNIQUE_TOPIC, vec![record]).await?;
         // every claim up to ours, in the ledger's order, decides
         self.read_to(&mut state, at[0].offset + 1).await?;
-        state.forget_ended(crate::forwarder::millis(std::time::SystemTime::now()));
+        state.forget_ended(crate::time::forwarder::millis(std::time::SystemTime::now()));
         Ok(state.verdict(&k, id).unwrap_or(Verdict::Run))
     }
 

@@ -28,7 +28,7 @@
 //!
 //! Time (see docs/delays.md, "Delayed jobs, retries and deadlines"): a record whose `due_at` is
 //! ahead waits in memory when less than the shortest delay tier is left, and is otherwise moved
-//! to a delay tier ([`crate::tiers`]), from which the worker's [`Forwarder`] brings it back when
+//! to a delay tier ([`crate::time::tiers`]), from which the worker's [`Forwarder`] brings it back when
 //! due. The jobs waiting in memory share one queue ordered by due time (`worker/due.rs`); each
 //! waits without its key and queues for it again when due, so a key's jobs waiting together
 //! start in due order, those due in the same millisecond in offset order. They count against
@@ -40,7 +40,7 @@
 //! `max_buffered` per partition (then the partition pauses). A job past its `deadline` is
 //! dead-lettered (`deadline`) instead of run; one whose handler runs past the job's, its type's or
 //! the worker's timeout is cancelled. Cancelled jobs and paused topics come from the control
-//! log ([`crate::control`]); a second copy of a move ([`crate::dedup`]) is dropped.
+//! log ([`crate::time::control`]); a second copy of a move ([`crate::dedup`]) is dropped.
 //!
 //! Shutdown stops fetching, waits up to `shutdown_timeout` for running handlers, commits what
 //! finished and hands the rest back to the group (uncommitted, so redelivered).
@@ -64,18 +64,18 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::attempts::AttemptBook;
-use crate::control::Control;
 use crate::dead_letter::{
     dead_letter_record, dead_letter_topic, trimmed_dead_letter_record, DeadLetterReason,
 };
 use crate::dedup::RecentKeys;
-use crate::forwarder::{due_of, millis, Forwarder};
 use crate::handler::{json_handler, Handler};
 use crate::job::{IntoOutcome, Job};
 use crate::metrics::jobs::{GroupSeries, JobMetrics, JobSeries};
 use crate::ready::{Priorities, ReadyQueue, Topical};
 use crate::running::{Running, RunningCounts};
-use crate::tiers::DelayTiers;
+use crate::time::control::Control;
+use crate::time::forwarder::{due_of, millis, Forwarder};
+use crate::time::tiers::DelayTiers;
 use crate::tracker::{KeyLanes, OffsetTracker};
 use conveyor_core::headers;
 use conveyor_core::headers::dlq as dlq_header;

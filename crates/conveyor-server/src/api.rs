@@ -64,9 +64,9 @@ pub struct AppState {
     /// The routes whose workers are down (`/readyz` fails while any is).
     pub routes: Arc<crate::supervise::RouteHealth>,
     /// The control log (cancellations, pauses, API schedules), opened at its first use.
-    pub control: Arc<tokio::sync::OnceCell<conveyor_runtime::control::Control>>,
+    pub control: Arc<tokio::sync::OnceCell<conveyor_runtime::time::control::Control>>,
     /// The schedules of the configuration file (read-only through the API).
-    pub configured_schedules: Arc<Vec<conveyor_runtime::schedule::Schedule>>,
+    pub configured_schedules: Arc<Vec<conveyor_runtime::time::schedule::Schedule>>,
     /// The first answers of requests with an `Idempotency-Key`, opened at its first use.
     pub idempotency: Arc<tokio::sync::OnceCell<idempotency::Idempotency>>,
     /// The idempotency window and memory bound (`api.idempotency_*`).
@@ -78,8 +78,8 @@ pub struct AppState {
     /// Default: [`requests::DEFAULT_MAX_WAITING`].
     pub waiting_requests: requests::WaitingLimit,
     /// How many schedules, of how many bytes and ticks, `PUT /v1/schedules` lets the processes
-    /// keep (`[scheduler]`'s `max_*`). Default: [`conveyor_runtime::schedule::ScheduleLimits::default`].
-    pub schedule_limits: conveyor_runtime::schedule::ScheduleLimits,
+    /// keep (`[scheduler]`'s `max_*`). Default: [`conveyor_runtime::time::schedule::ScheduleLimits::default`].
+    pub schedule_limits: conveyor_runtime::time::schedule::ScheduleLimits,
     /// The consumer groups this process runs (its routes'): pause and lag accept them before
     /// they commit anything; any other group must have committed offsets.
     pub known_groups: Arc<Vec<String>>,
@@ -135,11 +135,11 @@ impl AppState {
     }
 
     /// The control log, opened (and its topic created) at the first call.
-    pub async fn control(&self) -> Result<&conveyor_runtime::control::Control, ApiError> {
+    pub async fn control(&self) -> Result<&conveyor_runtime::time::control::Control, ApiError> {
         let backend = Arc::clone(&self.backend);
         Ok(self
             .control
-            .get_or_try_init(|| conveyor_runtime::control::Control::open(backend))
+            .get_or_try_init(|| conveyor_runtime::time::control::Control::open(backend))
             .await?)
     }
 

@@ -55,7 +55,7 @@ pub struct Config {
     /// Delayed jobs and long retries.
     pub delay: DelaySettings,
     /// Cron schedules: each tick enqueues a job (once across every process on the backend).
-    pub schedules: Vec<conveyor_runtime::schedule::Schedule>,
+    pub schedules: Vec<conveyor_runtime::time::schedule::Schedule>,
     /// The scheduler that fires the schedules' ticks.
     pub scheduler: SchedulerSettings,
     /// Traces exported with OTLP (`[tracing]`).
@@ -132,7 +132,7 @@ pub struct SchedulerSettings {
 
 impl Default for SchedulerSettings {
     fn default() -> Self {
-        let limits = conveyor_runtime::schedule::ScheduleLimits::default();
+        let limits = conveyor_runtime::time::schedule::ScheduleLimits::default();
         SchedulerSettings {
             grace_ms: 60_000,
             max_schedules: limits.max_schedules,
@@ -153,8 +153,8 @@ impl SchedulerSettings {
     }
 
     /// The schedules' limits.
-    pub fn limits(&self) -> conveyor_runtime::schedule::ScheduleLimits {
-        conveyor_runtime::schedule::ScheduleLimits {
+    pub fn limits(&self) -> conveyor_runtime::time::schedule::ScheduleLimits {
+        conveyor_runtime::time::schedule::ScheduleLimits {
             max_schedules: self.max_schedules,
             max_bytes: self.max_schedule_bytes,
             max_ticks_per_minute: self.max_ticks_per_minute,
@@ -185,8 +185,8 @@ impl Default for DelaySettings {
 
 impl DelaySettings {
     /// The tiers (validated by [`Config::load`]).
-    pub fn tiers(&self) -> conveyor_runtime::tiers::DelayTiers {
-        conveyor_runtime::tiers::DelayTiers::parse(&self.tiers).unwrap_or_default()
+    pub fn tiers(&self) -> conveyor_runtime::time::tiers::DelayTiers {
+        conveyor_runtime::time::tiers::DelayTiers::parse(&self.tiers).unwrap_or_default()
     }
 }
 
@@ -630,7 +630,7 @@ impl Config {
                 ),
             );
         }
-        if let Err(e) = conveyor_runtime::tiers::DelayTiers::parse(&self.delay.tiers) {
+        if let Err(e) = conveyor_runtime::time::tiers::DelayTiers::parse(&self.delay.tiers) {
             return invalid(
                 "delay.tiers".into(),
                 format!("{e}; write whole seconds such as [\"5s\", \"1m\", \"10m\", \"1h\"]"),
@@ -1277,11 +1277,11 @@ mod tests {
         let c = Config::load(Some(&p), &[]).unwrap();
         let (a, b) = (&c.schedules[0], &c.schedules[1]);
         assert_eq!(a.payload, serde_json::json!({"scope": "all"}));
-        assert_eq!(a.missed, conveyor_runtime::schedule::Missed::Skip);
+        assert_eq!(a.missed, conveyor_runtime::time::schedule::Missed::Skip);
         assert_eq!((a.key.as_deref(), b.key.as_deref()), (None, Some("k")));
         assert_eq!(b.timezone, "UTC");
         assert_eq!(b.payload, serde_json::json!({}));
-        assert_eq!(b.missed, conveyor_runtime::schedule::Missed::Once);
+        assert_eq!(b.missed, conveyor_runtime::time::schedule::Missed::Once);
         assert_eq!(
             c.all_topics()[0].name,
             "reports",

@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use conveyor_core::{Backend, Error};
-use conveyor_runtime::control::Control;
+use conveyor_runtime::time::control::Control;
 use conveyor_runtime::Scheduler;
 use tokio::net::TcpListener;
 use tokio::sync::watch;

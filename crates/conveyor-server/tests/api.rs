@@ -991,7 +991,7 @@ async fn schedules_are_put_listed_replaced_and_deleted() {
         .await
         .unwrap();
     let mut state = AppState::new(Arc::clone(&backend));
-    state.configured_schedules = Arc::new(vec![conveyor_runtime::schedule::Schedule {
+    state.configured_schedules = Arc::new(vec![conveyor_runtime::time::schedule::Schedule {
         name: "nightly".into(),
         cron: "0 3 * * *".into(),
         timezone: "Europe/Berlin".into(),
@@ -999,7 +999,7 @@ async fn schedules_are_put_listed_replaced_and_deleted() {
         job_type: "report.nightly".into(),
         payload: json!({}),
         key: None,
-        missed: conveyor_runtime::schedule::Missed::Once,
+        missed: conveyor_runtime::time::schedule::Missed::Once,
     }]);
     let a = Api {
         _dir: dir,
@@ -1045,7 +1045,7 @@ async fn schedules_are_put_listed_replaced_and_deleted() {
         .collect();
     assert_eq!(names, vec![("nightly", "config"), ("tick", "api")]);
     // stored in the control log: a second view of the backend sees it
-    let control = conveyor_runtime::control::Control::open(Arc::clone(&a.backend))
+    let control = conveyor_runtime::time::control::Control::open(Arc::clone(&a.backend))
         .await
         .unwrap();
     assert_eq!(control.schedule("tick").unwrap().cron, "*/10 * * * * *");

@@ -244,7 +244,7 @@ fn forged_answer(key: &str, body: &Value, id: Option<&str>, partition: i32, offs
 /// The record a schedule on `conveyor.idempotency` wrote at each tick before schedules refused
 /// conveyor's own topics: a job whose payload is `answer`.
 fn as_a_schedule_tick(answer: &Value) -> Record {
-    let schedule = conveyor_runtime::schedule::Schedule {
+    let schedule = conveyor_runtime::time::schedule::Schedule {
         name: "forge".into(),
         cron: "* * * * * *".into(),
         timezone: "UTC".into(),

@@ -129,7 +129,7 @@ impl Recorder {
                 .headers
                 .get_str(headers::PRODUCED_AT)
                 .and_then(headers::parse_time)
-                .map_or(r.timestamp, crate::forwarder::millis),
+                .map_or(r.timestamp, crate::time::forwarder::millis),
         };
         let error = detail
             .error

@@ -13,8 +13,8 @@ use std::time::Duration;
 use conveyor_core::Backend;
 use conveyor_metrics::{global, Family, Gauge};
 
-use crate::forwarder::forwarder_group;
-use crate::tiers::{label, DelayTiers};
+use crate::time::forwarder::forwarder_group;
+use crate::time::tiers::{label, DelayTiers};
 
 struct Families {
     lag: Arc<Family<Gauge>>,

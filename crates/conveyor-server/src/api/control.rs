@@ -1,4 +1,4 @@
-//! Commands through the control log ([`conveyor_runtime::control`]): cancel a job, pause and
+//! Commands through the control log ([`conveyor_runtime::time::control`]): cancel a job, pause and
 //! resume a topic for a group.
 //!
 //! | route | answer |
@@ -19,7 +19,7 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use conveyor_runtime::control::ControlEntry;
+use conveyor_runtime::time::control::ControlEntry;
 use serde_json::{json, Value};
 
 use super::AppState;

@@ -1,4 +1,4 @@
-//! The forwarder: moves records out of a topic's delay tiers ([`crate::tiers`]) when they are due.
+//! The forwarder: moves records out of a topic's delay tiers ([`crate::time::tiers`]) when they are due.
 //!
 //! One consumer group per topic, `conveyor-forwarder.<topic>`, reads all its tier topics; every
 //! worker of the topic runs one, so the tiers are served wherever a worker runs, and several
@@ -7,7 +7,7 @@
 //! partition's head only, and pauses the partition meanwhile (nothing piles up in memory). A
 //! record let go goes to the next tier for what is left of its wait, or, once less than the
 //! shortest tier is left, back to its topic at the partition named by `delay_partition`, where
-//! the worker holds it for the rest. Cancelled jobs ([`crate::control`]) are dropped.
+//! the worker holds it for the rest. Cancelled jobs ([`crate::time::control`]) are dropped.
 //!
 //! Crashes: the forwarder commits a partition right after publishing what it let go, so a crash
 //! between the two publishes that batch again (the *crash window*: at most one batch per
@@ -32,8 +32,8 @@ use conveyor_core::{
     Subscription, TopicPartition,
 };
 
-use crate::control::Control;
-use crate::tiers::DelayTiers;
+use crate::time::control::Control;
+use crate::time::tiers::DelayTiers;
 
 /// Counters of a running forwarder.
 #[derive(Debug, Default)]

@@ -139,7 +139,7 @@ impl ScheduleLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::{Missed, Schedule};
+    use crate::time::schedule::{Missed, Schedule};
 
     fn schedule(cron: &str, payload: serde_json::Value) -> Schedule {
         Schedule {

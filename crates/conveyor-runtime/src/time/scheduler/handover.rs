@@ -1,5 +1,5 @@
 //! The scheduler's progress in its commit metadata: what the elected member commits after firing,
-//! and where a new owner starts each schedule from (see [`crate::scheduler`]).
+//! and where a new owner starts each schedule from (see [`crate::time::scheduler`]).
 
 use std::collections::BTreeMap;
 

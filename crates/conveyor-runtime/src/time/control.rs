@@ -23,7 +23,7 @@ use std::time::Duration;
 use conveyor_core::{Backend, Error, Position, Record, Result, TopicSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::schedule::Schedule;
+use crate::time::schedule::Schedule;
 
 /// The control topic.
 pub const CONTROL_TOPIC: &str = "conveyor.control";
@@ -59,7 +59,7 @@ pub enum ControlEntry {
         /// The schedule.
         schedule: Schedule,
         /// When it was put (Unix ms): a changed expression takes effect from then, whenever the
-        /// scheduler reads it (see [`crate::scheduler`]). Entries without it take effect when
+        /// scheduler reads it (see [`crate::time::scheduler`]). Entries without it take effect when
         /// the scheduler reads them.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         at: Option<i64>,
@@ -76,7 +76,7 @@ impl ControlEntry {
     pub fn put_schedule(schedule: Schedule) -> Self {
         ControlEntry::PutSchedule {
             schedule,
-            at: Some(crate::schedule::unix_ms(std::time::SystemTime::now())),
+            at: Some(crate::time::schedule::unix_ms(std::time::SystemTime::now())),
         }
     }
 }
@@ -276,7 +276,7 @@ async fn refresh_loop(weak: Weak<Inner>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::{Missed, Schedule};
+    use crate::time::schedule::{Missed, Schedule};
 
     /// A command that reached the control log as a job — a schedule's tick, or a replayed dead
     /// letter, as those ways in wrote them before they refused `conveyor.*` — is not obeyed;

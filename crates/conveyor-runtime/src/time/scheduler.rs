@@ -1,4 +1,4 @@
-//! The scheduler: fires the ticks of cron schedules ([`crate::schedule`]), each tick once across
+//! The scheduler: fires the ticks of cron schedules ([`crate::time::schedule`]), each tick once across
 //! every conveyor process sharing a backend.
 //!
 //! **Election.** Every [`Scheduler`] joins the consumer group [`SCHEDULER_GROUP`] on the
@@ -21,7 +21,7 @@
 //! known) and, beyond that, failing schedules' own cursors (they resume from `at`).
 //!
 //! **Limits.** The owner fires only the schedules within [`SchedulerOptions::limits`] (how many,
-//! how many bytes, how many ticks a minute: [`crate::schedule::budget`]), taken in order, the
+//! how many bytes, how many ticks a minute: [`crate::time::schedule::budget`]), taken in order, the
 //! configuration's then the API's by name; one beyond them is skipped, with a warning, until
 //! others make room. The API refuses a `PUT` past them already; this holds when two processes
 //! take a `PUT` each at the same moment.
@@ -45,8 +45,8 @@ use conveyor_core::{
     Subscription, TopicPartition, TopicSpec,
 };
 
-use crate::control::Control;
-use crate::schedule::{effective, unix_ms, Compiled, Due, Schedule, ScheduleLimits, Usage};
+use crate::time::control::Control;
+use crate::time::schedule::{effective, unix_ms, Compiled, Due, Schedule, ScheduleLimits, Usage};
 
 mod change;
 mod handover;
@@ -79,7 +79,7 @@ pub struct SchedulerOptions {
     /// The election topic. Default: [`SCHEDULER_TOPIC`].
     pub topic: String,
     /// How many schedules, of how many bytes and ticks a minute, are fired: those beyond are
-    /// skipped, with a warning (see [`crate::schedule::budget`]). Default:
+    /// skipped, with a warning (see [`crate::time::schedule::budget`]). Default:
     /// [`ScheduleLimits::default`].
     pub limits: ScheduleLimits,
 }

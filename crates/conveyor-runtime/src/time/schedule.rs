@@ -1,6 +1,6 @@
 //! Cron schedules: what a schedule is, which ticks it has, and what happens to ticks missed while
 //! no scheduler ran. Pure functions of the time they are given, so tests use any clock; the
-//! elected loop that fires the ticks is [`crate::scheduler`].
+//! elected loop that fires the ticks is [`crate::time::scheduler`].
 //!
 //! A [`Schedule`] names a cron expression (five fields, or six with seconds first; `@daily` and
 //! the other nicknames), an IANA time zone (`UTC` by default) and the job each tick enqueues:
@@ -24,7 +24,7 @@
 //! follow the schedule's [`Missed`] policy: `skip` fires none of them, `once` fires the latest.
 //!
 //! ```
-//! use conveyor_runtime::schedule::{Missed, Schedule};
+//! use conveyor_runtime::time::schedule::{Missed, Schedule};
 //!
 //! let s = Schedule {
 //!     name: "every-10s".into(),

@@ -4,7 +4,7 @@
 //! `jobs.delay.10m`, `jobs.delay.1h` by default, with as many partitions as `jobs`. Every
 //! record in a tier waits the tier's fixed delay from the moment it was written, so the records
 //! of a tier partition become due in the order they were written: the forwarder
-//! ([`crate::forwarder`]) only ever waits for a partition's head, and pauses the partition until
+//! ([`crate::time::forwarder`]) only ever waits for a partition's head, and pauses the partition until
 //! then. A job with `remaining` time to wait goes to the longest tier not longer than
 //! `remaining`; when the tier lets it go it goes to the next tier for what is left, or back to
 //! its topic once less than the shortest tier is left, where the worker holds it for that last

@@ -14,7 +14,7 @@
 //! firing, not more than the grace ago, not after now), so a put stamped by a skewed clock can
 //! neither replay old ticks nor hold the schedule back.
 
-use crate::schedule::{Compiled, Due};
+use crate::time::schedule::{Compiled, Due};
 
 /// A change seen and not yet fired across (its ticks' publish may fail and be retried).
 #[derive(Debug, Clone)]
@@ -49,7 +49,7 @@ pub(super) fn definition(c: &Compiled) -> (&str, &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::{Missed, Schedule};
+    use crate::time::schedule::{Missed, Schedule};
 
     fn compiled(cron: &str) -> Compiled {
         Schedule {
