@@ -128,7 +128,7 @@ pub struct Client {
     backend: Arc<dyn Backend>,
     producer: Option<String>,
     /// The reply topic of [`Client::request`] (`request.rs`), shared by the clones.
-    pub(crate) replies: Arc<crate::request::Replies>,
+    pub(crate) replies: Arc<crate::effects::request::Replies>,
     /// Job lookup: a `waiting` (or `delayed`) state for each job enqueued
     /// ([`Client::with_job_states`]).
     states: Option<crate::job_states::EnqueueLog>,
@@ -166,7 +166,7 @@ impl Client {
         Client {
             backend,
             producer: None,
-            replies: Arc::new(crate::request::Replies::new(None)),
+            replies: Arc::new(crate::effects::request::Replies::new(None)),
             states: None,
         }
     }

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::client::NewJob;
-use crate::outputs::Outputs;
+use crate::effects::outputs::Outputs;
 
 /// The UUIDv5 namespace of emitted jobs' ids ([`Job::emit`]).
 const EMIT_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6a1f3c2e_9b7d_4e21_8f10_c0de00000001);

@@ -126,7 +126,7 @@ pub struct WorkerStats {
     pub other_group: AtomicU64,
     /// Jobs dead-lettered because their deadline passed.
     pub deadline: AtomicU64,
-    /// Unique jobs dropped before running: another job held their key ([`crate::unique`]).
+    /// Unique jobs dropped before running: another job held their key ([`crate::effects::unique`]).
     pub unique_dropped: AtomicU64,
     /// Jobs a previous owner of their partition finished past its commit point (named in the
     /// commit's metadata), finished here without running again.
@@ -417,7 +417,7 @@ impl WorkerBuilder {
 
 struct Shared {
     /// The unique-key ledger, opened when the worker starts.
-    unique: tokio::sync::OnceCell<crate::unique::UniqueLedger>,
+    unique: tokio::sync::OnceCell<crate::effects::unique::UniqueLedger>,
     backend: Arc<dyn Backend>,
     options: WorkerOptions,
     handlers: HashMap<String, Arc<dyn Handler>>,
@@ -563,7 +563,7 @@ impl Worker {
             };
             let group = &s.options.group;
             tracing::debug!(group, "worker start: opening the unique-key ledger");
-            let ledger = crate::unique::UniqueLedger::open(Arc::clone(&s.backend)).await?;
+            let ledger = crate::effects::unique::UniqueLedger::open(Arc::clone(&s.backend)).await?;
             tracing::debug!(group, "worker start: creating the dead-letter topics");
             let _ = s.unique.set(ledger);
             if s.options.topics.is_empty() {

@@ -192,7 +192,7 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
                 }
             } else {
                 let n = out.len() as u64;
-                match crate::outputs::publish_all(&*shared.backend, out).await {
+                match crate::effects::outputs::publish_all(&*shared.backend, out).await {
                     Ok(()) => {
                         succeeded();
                         shared.stats.emitted.fetch_add(n, Ordering::Relaxed);
@@ -262,8 +262,8 @@ pub(super) async fn unique_duplicate(shared: &Shared, task: &Task) -> Option<Tas
         .admit(group, &r.topic, key, &id, enqueued, until)
         .await
     {
-        Ok(crate::unique::Verdict::Run) => None,
-        Ok(crate::unique::Verdict::Duplicate { holder, until }) => {
+        Ok(crate::effects::unique::Verdict::Run) => None,
+        Ok(crate::effects::unique::Verdict::Duplicate { holder, until }) => {
             shared.stats.unique_dropped.fetch_add(1, Ordering::Relaxed);
             shared
                 .metrics
@@ -472,7 +472,7 @@ pub(super) async fn dead_letter(
     );
     // a request learns now, not at its timeout (at least once, outside any transaction, like
     // the dead letter itself)
-    if let Some((to, reply)) = crate::outputs::reply_record(r, Bytes::new(), Some(error)) {
+    if let Some((to, reply)) = crate::effects::outputs::reply_record(r, Bytes::new(), Some(error)) {
         if let Err(e) = shared.backend.publish(&to, vec![reply]).await {
             tracing::warn!(error = %e, reply_to = to, "cannot send the failed request's error reply; its caller times out instead");
         }

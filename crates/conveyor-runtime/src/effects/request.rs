@@ -440,7 +440,7 @@ impl Drop for Waiter<'_> {
 
 impl Client {
     /// Uses `topic` as this client's reply topic instead of a random
-    /// `conveyor.replies.<random>` one (see the [module docs](crate::request)): processes may
+    /// `conveyor.replies.<random>` one (see the [module docs](crate::effects::request)): processes may
     /// share it, each taking only its own replies. Call it before the first request. A topic
     /// under `conveyor.*` other than `conveyor.replies.*` (conveyor's own) makes every request
     /// fail with `Error::ReservedTopic`.
