@@ -7,7 +7,7 @@
 //! | `GET /v1/topics`, `POST /v1/topics`, `GET /v1/topics/{topic}` | list, create, describe topics |
 //! | `GET /v1/topics/{topic}/records?partition=&offset=&limit=` | read records (for `conveyor tail`) |
 //! | `POST /v1/topics:apply` | plan (`dry_run`) or apply topic specs: create, add partitions, change retention |
-//! | `POST /v1/topics/{topic}/dlq:replay` | dead letters of the dead-letter topic `{topic}` back to their topic as fresh jobs, once each (`conveyor_runtime::replay`) |
+//! | `POST /v1/topics/{topic}/dlq:replay` | dead letters of the dead-letter topic `{topic}` back to their topic as fresh jobs, once each (`conveyor_runtime::operations::replay`) |
 //! | `GET /v1/groups/{group}/lag[?topic=]` | committed offsets and lag per partition (`404 unknown_group` for a group that is neither a route's nor has committed offsets) |
 //! | `POST /v1/topics/{topic}/requests`, `GET /v1/requests/stats` | request/reply: publish a job and wait for its reply (504 `request_timeout` after the bound); this process's request counts (`api/requests.rs`) |
 //! | `GET /v1/schedules`, `GET/PUT/DELETE /v1/schedules/{name}` | cron schedules: list, read, create or replace, delete (those of the configuration file are read-only) |
@@ -844,7 +844,9 @@ async fn group_lag(
     control::known_group(&s, &group, q.topic.as_deref()).await?;
     let lags = match &q.topic {
         Some(topic) => vec![conveyor_runtime::group_lag(s.backend.as_ref(), &group, topic).await?],
-        None => conveyor_runtime::lag::group_lag_all(s.backend.as_ref(), &group).await?,
+        None => {
+            conveyor_runtime::operations::lag::group_lag_all(s.backend.as_ref(), &group).await?
+        }
     };
     let total: i64 = lags.iter().map(|l| l.lag).sum();
     Ok(Json(

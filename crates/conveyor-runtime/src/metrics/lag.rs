@@ -153,7 +153,7 @@ pub async fn refresh() {
 async fn read_watch(w: &Watch, rows: &mut Vec<Row>) {
     let b = &*w.backend;
     for topic in &w.topics {
-        match crate::lag::group_lag(b, &w.group, topic).await {
+        match crate::operations::lag::group_lag(b, &w.group, topic).await {
             Ok(lag) => {
                 for p in &lag.partitions {
                     let part = p.partition.to_string();
@@ -170,7 +170,9 @@ async fn read_watch(w: &Watch, rows: &mut Vec<Row>) {
             }
         }
         for (tier_topic, tier) in w.tiers.topics(topic) {
-            if let Ok(lag) = crate::lag::group_lag(b, &forwarder_group(topic), &tier_topic).await {
+            if let Ok(lag) =
+                crate::operations::lag::group_lag(b, &forwarder_group(topic), &tier_topic).await
+            {
                 rows.push((|f| &f.delayed, vec![topic.clone(), label(tier)], lag.lag));
             }
         }

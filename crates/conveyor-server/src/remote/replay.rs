@@ -4,7 +4,7 @@
 //! starts (up to the high watermark then), as a single call fixes it.
 
 use conveyor_core::topic::PartitionInfo;
-use conveyor_runtime::replay::{PartitionReplay, ReplayReport, MAX_LISTED};
+use conveyor_runtime::operations::replay::{PartitionReplay, ReplayReport, MAX_LISTED};
 use serde_json::json;
 
 use super::{ApiClient, RemoteError};
@@ -67,7 +67,7 @@ impl ApiClient {
             .map_err(|e| RemoteError::Protocol(format!("topic description: {e}")))?;
         let mut report = ReplayReport {
             dlq_topic: dlq_topic.to_owned(),
-            ledger_topic: conveyor_runtime::replay::ledger::ledger_topic(dlq_topic),
+            ledger_topic: conveyor_runtime::operations::replay::ledger::ledger_topic(dlq_topic),
             dry_run: opts.dry_run,
             ..ReplayReport::default()
         };

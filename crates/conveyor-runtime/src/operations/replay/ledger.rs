@@ -19,7 +19,7 @@ use conveyor_core::{Backend, Error, Position, Record, Result, TopicSpec};
 /// The ledger topic of `dlq_topic`: `<dlq_topic>.replayed`.
 ///
 /// ```
-/// assert_eq!(conveyor_runtime::replay::ledger::ledger_topic("orders.dlq"), "orders.dlq.replayed");
+/// assert_eq!(conveyor_runtime::operations::replay::ledger::ledger_topic("orders.dlq"), "orders.dlq.replayed");
 /// ```
 pub fn ledger_topic(dlq_topic: &str) -> String {
     format!("{dlq_topic}.replayed")
@@ -36,7 +36,7 @@ pub fn entry_key(partition: i32, offset: i64) -> String {
 /// Parses an entry key written by [`entry_key`]; `None` for anything else.
 ///
 /// ```
-/// use conveyor_runtime::replay::ledger::parse_key;
+/// use conveyor_runtime::operations::replay::ledger::parse_key;
 /// assert_eq!(parse_key(b"2/41"), Some((2, 41)));
 /// assert_eq!(parse_key(b"2/-1"), None);
 /// assert_eq!(parse_key(b"orders"), None);
