@@ -46,7 +46,7 @@ impl Job {
     }
 
     /// The W3C `traceparent` this attempt hands on: its own span's when tracing is on
-    /// ([`crate::trace`]), else the record's as it came. Jobs the handler emits carry it, a
+    /// ([`crate::observation::trace`]), else the record's as it came. Jobs the handler emits carry it, a
     /// webhook call sends it; a handler calling other services can send it too.
     pub fn traceparent(&self) -> Option<&str> {
         self.trace

@@ -345,7 +345,7 @@ impl Handler for WebhookHandler {
         let resp = match req.body(r.value.clone()).send().await {
             Ok(resp) => resp,
             Err(e) if e.is_timeout() => {
-                crate::metrics::events::webhook("timeout");
+                crate::observation::metrics::events::webhook("timeout");
                 return Outcome::retry(format!("webhook {} timed out", self.shown_url));
             }
             // reqwest's error names the URL, user info included: left out
@@ -355,7 +355,7 @@ impl Handler for WebhookHandler {
                 } else {
                     "other_error"
                 };
-                crate::metrics::events::webhook(class);
+                crate::observation::metrics::events::webhook(class);
                 return Outcome::retry(self.shown(format!(
                     "webhook {} unreachable: {}",
                     self.shown_url,
@@ -364,7 +364,9 @@ impl Handler for WebhookHandler {
             }
         };
         let status = resp.status();
-        crate::metrics::events::webhook(crate::metrics::events::status_class(status.as_u16()));
+        crate::observation::metrics::events::webhook(
+            crate::observation::metrics::events::status_class(status.as_u16()),
+        );
         if status.is_success() {
             if job.reply_to().is_some() {
                 // a request: the receiver's answer is the reply (JSON as it is, anything

@@ -70,7 +70,7 @@ use crate::dead_letter::{
 use crate::dedup::RecentKeys;
 use crate::handler::{json_handler, Handler};
 use crate::job::{IntoOutcome, Job};
-use crate::metrics::jobs::{GroupSeries, JobMetrics, JobSeries};
+use crate::observation::metrics::jobs::{GroupSeries, JobMetrics, JobSeries};
 use crate::ready::{Priorities, ReadyQueue, Topical};
 use crate::running::{Running, RunningCounts};
 use crate::time::control::Control;
@@ -207,7 +207,7 @@ pub struct WorkerOptions {
     /// least once: emits are published before the offset is committed).
     pub transactional: bool,
     /// Job lookup: write each job's state changes to `conveyor.jobs` in batches, one publish
-    /// per commit ([`crate::job_states`]). Default: true.
+    /// per commit ([`crate::observation::job_states`]). Default: true.
     pub job_states: bool,
 }
 
@@ -407,7 +407,9 @@ impl WorkerBuilder {
                 metrics,
                 group_metrics,
                 states: self.options.job_states.then(|| {
-                    Arc::new(crate::job_states::Recorder::new(self.options.group.clone()))
+                    Arc::new(crate::observation::job_states::Recorder::new(
+                        self.options.group.clone(),
+                    ))
                 }),
                 options: self.options,
             }),
@@ -433,7 +435,7 @@ struct Shared {
     /// Per-job warnings (dead letters, retries) beyond a burst are counted, not written.
     warnings: crate::warn_limit::WarnLimit,
     /// Job states waiting for the next commit (none with `job_states` off).
-    states: Option<Arc<crate::job_states::Recorder>>,
+    states: Option<Arc<crate::observation::job_states::Recorder>>,
 }
 
 impl Shared {
@@ -589,7 +591,7 @@ impl Worker {
             }
             if s.states.is_some() {
                 tracing::debug!(group, "worker start: creating the job states' topic");
-                crate::job_states::ensure_topic(&s.backend).await?;
+                crate::observation::job_states::ensure_topic(&s.backend).await?;
             }
             tracing::debug!(group, "worker start: subscribing");
             let running_by_partition = Arc::new(RunningCounts::default());
@@ -643,7 +645,7 @@ impl Worker {
                 held: Vec::new(),
                 admin_paused: HashSet::new(),
                 last_pause_sync: Instant::now(),
-                states_flushed_at: crate::job_states::now_ms(),
+                states_flushed_at: crate::observation::job_states::now_ms(),
             };
             let (stop_forwarders, stopped) = tokio::sync::watch::channel(false);
             let mut forwarders = JoinSet::new();
@@ -676,7 +678,7 @@ impl Worker {
                     )))
                 }
             };
-        let _watched = crate::metrics::watch(
+        let _watched = crate::observation::metrics::watch(
             Arc::clone(&s.backend),
             &s.options.group,
             &s.options.topics,

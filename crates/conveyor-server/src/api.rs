@@ -90,7 +90,7 @@ pub struct AppState {
     /// `/readyz`'s last check and when it ran (reused for a second).
     pub ready_cache: ReadyCache,
     /// Job lookup's index of `conveyor.jobs`, opened at its first use.
-    pub jobs: Arc<tokio::sync::OnceCell<conveyor_runtime::job_states::JobIndex>>,
+    pub jobs: Arc<tokio::sync::OnceCell<conveyor_runtime::observation::job_states::JobIndex>>,
 }
 
 /// `/readyz`'s last check and when it ran.
@@ -121,14 +121,16 @@ impl AppState {
     }
 
     /// Job lookup's index, opened (its topic created and read) at the first call.
-    pub async fn jobs(&self) -> Result<&conveyor_runtime::job_states::JobIndex, ApiError> {
+    pub async fn jobs(
+        &self,
+    ) -> Result<&conveyor_runtime::observation::job_states::JobIndex, ApiError> {
         let backend = Arc::clone(&self.backend);
         Ok(self
             .jobs
             .get_or_try_init(|| {
-                conveyor_runtime::job_states::JobIndex::open(
+                conveyor_runtime::observation::job_states::JobIndex::open(
                     backend,
-                    conveyor_runtime::job_states::DEFAULT_MAX_JOBS,
+                    conveyor_runtime::observation::job_states::DEFAULT_MAX_JOBS,
                 )
             })
             .await?)
@@ -260,7 +262,7 @@ pub(crate) fn with_http_trace(job: NewJob, http: &axum::http::HeaderMap) -> NewJ
     match http
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(conveyor_runtime::trace::SpanContext::parse)
+        .and_then(conveyor_runtime::observation::trace::SpanContext::parse)
     {
         Some(parent) => job.with_header(headers::TRACEPARENT, parent.to_traceparent()),
         None => job,

@@ -54,12 +54,12 @@ pub struct HttpReport {
 /// the API, over `load.connections` connections.
 pub async fn run(backend: Arc<dyn Backend>, topic: &str, load: HttpLoad) -> Result<HttpReport> {
     let mut state = AppState::new(Arc::clone(&backend));
-    state.client = state
-        .client
-        .with_job_states(conveyor_runtime::job_states::EnqueueLog::start(
+    state.client = state.client.with_job_states(
+        conveyor_runtime::observation::job_states::EnqueueLog::start(
             Arc::clone(&backend),
             Default::default(),
-        ));
+        ),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

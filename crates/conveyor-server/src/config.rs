@@ -67,7 +67,7 @@ pub struct Config {
 }
 
 /// `[tracing]`: spans from each enqueue through every handler it leads to
-/// ([`conveyor_runtime::trace`]), exported as OTLP/HTTP JSON. Off unless `otlp_endpoint` is set.
+/// ([`conveyor_runtime::observation::trace`]), exported as OTLP/HTTP JSON. Off unless `otlp_endpoint` is set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TracingSettings {
@@ -104,8 +104,8 @@ impl Eq for TracingSettings {}
 
 impl TracingSettings {
     /// The tracer's settings, when tracing is on.
-    pub fn to_config(&self) -> Option<conveyor_runtime::trace::TraceConfig> {
-        Some(conveyor_runtime::trace::TraceConfig {
+    pub fn to_config(&self) -> Option<conveyor_runtime::observation::trace::TraceConfig> {
+        Some(conveyor_runtime::observation::trace::TraceConfig {
             endpoint: self.otlp_endpoint.clone()?,
             sample_ratio: self.sample_ratio,
             service_name: self.service_name.clone(),

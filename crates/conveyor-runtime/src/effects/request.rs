@@ -480,7 +480,7 @@ impl Client {
         let id = job.id.clone().unwrap_or_else(headers::new_message_id);
         let timed_out = |shared: &Shared| {
             bump(&shared.stats.timed_out);
-            crate::metrics::events::request("timeout");
+            crate::observation::metrics::events::request("timeout");
             shared.end(&id, Ended::Gone);
             Error::RequestTimeout {
                 topic: topic.to_owned(),
@@ -530,7 +530,7 @@ impl Client {
         match reply.error() {
             Some(error) => {
                 bump(&shared.stats.failed);
-                crate::metrics::events::request("failed");
+                crate::observation::metrics::events::request("failed");
                 Err(Error::RequestFailed {
                     topic: topic.to_owned(),
                     correlation_id: id,
@@ -539,7 +539,7 @@ impl Client {
             }
             None => {
                 bump(&shared.stats.replied);
-                crate::metrics::events::request("replied");
+                crate::observation::metrics::events::request("replied");
                 Ok(reply)
             }
         }

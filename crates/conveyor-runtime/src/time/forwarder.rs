@@ -57,7 +57,7 @@ pub struct Forwarder {
     /// The dead-letter suffix of the topic's workers (records that cannot be forwarded).
     dlq_suffix: String,
     /// Job lookup: where the states of the cancelled jobs it drops go (the worker's).
-    states: Option<Arc<crate::job_states::Recorder>>,
+    states: Option<Arc<crate::observation::job_states::Recorder>>,
 }
 
 /// The consumer group of the forwarders of `topic`.
@@ -81,7 +81,7 @@ pub(crate) fn due_of(r: &ConsumedRecord) -> Option<i64> {
 
 /// Where a job in a delay tier was before its move: the `<topic>/<partition>/<offset>` of its
 /// `dedup_key`, or the tier record's own place when it has none.
-fn moved_from(r: &ConsumedRecord) -> crate::job_states::Place {
+fn moved_from(r: &ConsumedRecord) -> crate::observation::job_states::Place {
     let parsed = r.headers.get_str(headers::DEDUP_KEY).and_then(|k| {
         let mut parts = k.rsplitn(3, '/');
         let offset = parts.next()?.parse().ok()?;
@@ -90,7 +90,7 @@ fn moved_from(r: &ConsumedRecord) -> crate::job_states::Place {
     });
     let (topic, partition, offset) =
         parsed.unwrap_or_else(|| (r.topic.clone(), r.partition, r.offset));
-    crate::job_states::Place {
+    crate::observation::job_states::Place {
         topic,
         partition,
         offset,
@@ -125,7 +125,10 @@ impl Forwarder {
 
     /// Writes a `cancelled` state for each cancelled job it drops (job lookup), through
     /// `recorder`, flushed before its commits.
-    pub fn with_job_states(mut self, recorder: Arc<crate::job_states::Recorder>) -> Self {
+    pub fn with_job_states(
+        mut self,
+        recorder: Arc<crate::observation::job_states::Recorder>,
+    ) -> Self {
         self.states = Some(recorder);
         self
     }
@@ -342,9 +345,9 @@ impl Run<'_> {
                 let attempts = conveyor_core::JobMeta::from_headers(&h.record.headers)
                     .attempt
                     .saturating_sub(1);
-                let detail = crate::job_states::Detail::default();
+                let detail = crate::observation::job_states::Detail::default();
                 let place = moved_from(&h.record);
-                let cancelled = crate::job_states::StateKind::Cancelled;
+                let cancelled = crate::observation::job_states::StateKind::Cancelled;
                 states.note_at(&h.record, place, cancelled, attempts, detail);
             }
             self.mark_done(&tp, i);

@@ -475,7 +475,11 @@ impl Run<'_> {
                     .missed
                     .fetch_add(due.missed as u64, Ordering::Relaxed);
                 if due.missed > 0 {
-                    crate::metrics::events::ticks(&schedule.name, "missed", due.missed as u64);
+                    crate::observation::metrics::events::ticks(
+                        &schedule.name,
+                        "missed",
+                        due.missed as u64,
+                    );
                 }
             }
             let next = c.next_after(now);
@@ -536,7 +540,7 @@ impl Run<'_> {
                         let late = (done - tick).max(0) as u64;
                         self.s.stats.max_late_ms.fetch_max(late, Ordering::Relaxed);
                         self.s.stats.fired.fetch_add(1, Ordering::Relaxed);
-                        crate::metrics::events::ticks(&name, "fired", 1);
+                        crate::observation::metrics::events::ticks(&name, "fired", 1);
                         tracing::debug!(schedule = %name, tick, late_ms = late, "fired");
                     }
                 }

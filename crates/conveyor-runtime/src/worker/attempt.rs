@@ -2,7 +2,7 @@
 //! policy, and moves the job to a delay tier or dead-letters it.
 
 use super::*;
-use crate::job_states::{Detail, Place, StateKind};
+use crate::observation::job_states::{Detail, Place, StateKind};
 use crate::warn_limit::Kind;
 
 pub(super) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -39,11 +39,11 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
     let outputs = Arc::clone(&job.outputs);
     let job_type = job.job_type().to_owned();
     // nothing is formatted or allocated for traces while tracing is off (the no-op path)
-    let mut span = crate::trace::enabled()
+    let mut span = crate::observation::trace::enabled()
         .then(|| {
-            crate::trace::start(
+            crate::observation::trace::start(
                 format!("process {}", task.record.topic),
-                crate::trace::SpanKind::Consumer,
+                crate::observation::trace::SpanKind::Consumer,
                 task.record.headers.get_str(headers::TRACEPARENT),
             )
         })

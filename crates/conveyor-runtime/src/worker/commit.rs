@@ -67,7 +67,10 @@ impl Scheduler {
         // the states of the jobs this commit finishes go to their writer, in order (it
         // writes them while the loop goes on)
         if self.shared.states.is_some() {
-            let since = std::mem::replace(&mut self.states_flushed_at, crate::job_states::now_ms());
+            let since = std::mem::replace(
+                &mut self.states_flushed_at,
+                crate::observation::job_states::now_ms(),
+            );
             self.note_running(since);
             if let Some(states) = &self.shared.states {
                 states.flush(&self.shared.backend);

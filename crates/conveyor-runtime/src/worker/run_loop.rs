@@ -3,7 +3,7 @@
 //! (see the [worker docs](super)).
 
 use super::*;
-use crate::job_states::{Detail, StateKind};
+use crate::observation::job_states::{Detail, StateKind};
 
 pub(super) struct Scheduler {
     pub(super) shared: Arc<Shared>,
@@ -578,7 +578,7 @@ impl Scheduler {
         if tasks.is_empty() {
             return;
         }
-        let now = crate::job_states::now_ms();
+        let now = crate::observation::job_states::now_ms();
         let mut tasks = tasks;
         for (task, _) in &mut tasks {
             task.started_at = now;

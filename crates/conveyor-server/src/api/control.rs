@@ -55,8 +55,8 @@ pub(super) async fn cancel_job(
     // lookup knows); any other id must name a job lookup knows, unless forced
     // only the form conveyor writes (lowercase, hyphenated): `is_cancelled` matches exactly,
     // so an uppercase or braced UUID would be "cancelled" and still run
-    let conveyors =
-        conveyor_runtime::job_states::is_job_id(&id) && !id.bytes().any(|b| b.is_ascii_uppercase());
+    let conveyors = conveyor_runtime::observation::job_states::is_job_id(&id)
+        && !id.bytes().any(|b| b.is_ascii_uppercase());
     if !conveyors && !q.force {
         let index = s.jobs().await?;
         index

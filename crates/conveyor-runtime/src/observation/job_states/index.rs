@@ -241,7 +241,7 @@ async fn refresh_loop(weak: Weak<Inner>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job_states::Place;
+    use crate::observation::job_states::Place;
 
     fn state(id: &str, kind: StateKind, at: i64) -> JobState {
         let group = (kind != StateKind::Waiting).then(|| "g".to_owned());
