@@ -27,23 +27,13 @@
 //!   enqueues, ticks, webhook answers), in `conveyor_metrics::global`.
 //! - [`bench`]: the measurements behind `conveyor bench`.
 
-pub mod attempts;
 pub mod bench;
 pub mod client;
-pub mod dead_letter;
-pub mod dedup;
 pub mod effects;
 pub mod entry_log;
-pub mod handler;
-pub mod job;
 pub mod observation;
 pub mod operations;
-pub mod ready;
-mod running;
 pub mod time;
-pub mod tracker;
-pub mod warn_limit;
-pub mod webhook;
 pub mod worker;
 
 /// How long a stopping member (worker, scheduler, forwarder) waits for its partitions to be given
@@ -53,10 +43,10 @@ pub(crate) const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_
 
 pub use client::{Client, Enqueued, NewJob};
 pub use effects::request::{Reply, RequestCounts};
-pub use handler::{handler_fn, json_handler, Handler};
-pub use job::{IntoOutcome, Job, JobError};
 pub use operations::lag::{group_lag, GroupLag, PartitionLag};
-pub use ready::Priorities;
 pub use time::scheduler::{Scheduler, SchedulerOptions, SchedulerStats};
-pub use webhook::WebhookHandler;
+pub use worker::handler::{handler_fn, json_handler, Handler};
+pub use worker::job::{IntoOutcome, Job, JobError};
+pub use worker::ready::Priorities;
+pub use worker::webhook::WebhookHandler;
 pub use worker::{Worker, WorkerBuilder, WorkerOptions, WorkerStats};

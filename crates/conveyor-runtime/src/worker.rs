@@ -23,7 +23,7 @@
 //! offset).
 //!
 //! Attempt counts outlive the process: each commit carries the partition's unfinished jobs'
-//! attempt counts in its metadata ([`crate::attempts`]), so a job that keeps killing its process,
+//! attempt counts in its metadata ([`crate::worker::attempts`]), so a job that keeps killing its process,
 //! or keeps being rebalanced away, is dead-lettered once `max_attempts` attempts started.
 //!
 //! Time (see docs/delays.md, "Delayed jobs, retries and deadlines"): a record whose `due_at` is
@@ -40,10 +40,31 @@
 //! `max_buffered` per partition (then the partition pauses). A job past its `deadline` is
 //! dead-lettered (`deadline`) instead of run; one whose handler runs past the job's, its type's or
 //! the worker's timeout is cancelled. Cancelled jobs and paused topics come from the control
-//! log ([`crate::time::control`]); a second copy of a move ([`crate::dedup`]) is dropped.
+//! log ([`crate::time::control`]); a second copy of a move ([`crate::worker::dedup`]) is dropped.
 //!
 //! Shutdown stops fetching, waits up to `shutdown_timeout` for running handlers, commits what
 //! finished and hands the rest back to the group (uncommitted, so redelivered).
+//!
+//! # Parts
+//! What a worker runs and hands to its handlers:
+//! - [`handler`]: the [`Handler`] trait and adapters for closures and typed JSON payloads;
+//!   [`webhook`]: [`WebhookHandler`](webhook::WebhookHandler), a handler that POSTs each job to
+//!   an HTTP endpoint.
+//! - [`job`]: [`Job`] (what a handler gets) and [`JobError`](job::JobError) (how an attempt
+//!   fails).
+//!
+//! The scheduler's bookkeeping, free of I/O:
+//! - [`tracker`]: offsets safe to commit, per-key lanes.
+//! - [`ready`]: the queue of jobs ready to start, and the order the topics get slots in.
+//! - `running`: attempts running per partition, which a revocation waits for.
+//! - [`attempts`]: attempt counts kept in the commit metadata, across crashes and rebalances.
+//! - [`dedup`]: recent `dedup_key`s, to drop the second copy of a move.
+//!
+//! Where failures go: [`dead_letter`] (the record format) and [`warn_limit`] (at most a burst
+//! of per-job warnings, then counted summaries).
+//!
+//! The scheduler's loop itself, its state and its steps: `run_loop`, `task`, `attempt`,
+//! `commit`, `backpressure` and `due`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -63,30 +84,40 @@ use serde::de::DeserializeOwned;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::attempts::AttemptBook;
-use crate::dead_letter::{
-    dead_letter_record, dead_letter_topic, trimmed_dead_letter_record, DeadLetterReason,
-};
-use crate::dedup::RecentKeys;
-use crate::handler::{json_handler, Handler};
-use crate::job::{IntoOutcome, Job};
 use crate::observation::metrics::jobs::{GroupSeries, JobMetrics, JobSeries};
-use crate::ready::{Priorities, ReadyQueue, Topical};
-use crate::running::{Running, RunningCounts};
 use crate::time::control::Control;
 use crate::time::forwarder::{due_of, millis, Forwarder};
 use crate::time::tiers::DelayTiers;
-use crate::tracker::{KeyLanes, OffsetTracker};
+use crate::worker::attempts::AttemptBook;
+use crate::worker::dead_letter::{
+    dead_letter_record, dead_letter_topic, trimmed_dead_letter_record, DeadLetterReason,
+};
+use crate::worker::dedup::RecentKeys;
+use crate::worker::handler::{json_handler, Handler};
+use crate::worker::job::{IntoOutcome, Job};
+use crate::worker::ready::{Priorities, ReadyQueue, Topical};
+use crate::worker::running::{Running, RunningCounts};
+use crate::worker::tracker::{KeyLanes, OffsetTracker};
 use conveyor_core::headers;
 use conveyor_core::headers::dlq as dlq_header;
 use std::time::SystemTime;
 
 mod attempt;
+pub mod attempts;
 mod backpressure;
 mod commit;
+pub mod dead_letter;
+pub mod dedup;
 mod due;
+pub mod handler;
+pub mod job;
+pub mod ready;
 mod run_loop;
+mod running;
 mod task;
+pub mod tracker;
+pub mod warn_limit;
+pub mod webhook;
 
 use attempt::*;
 use run_loop::*;
@@ -198,7 +229,7 @@ pub struct WorkerOptions {
     pub forward_delayed: bool,
     /// How many recent `dedup_key`s the worker remembers. Default: 100,000.
     pub dedup_capacity: usize,
-    /// How the topics share the handler slots and the buffer ([`crate::ready`]). Default:
+    /// How the topics share the handler slots and the buffer ([`crate::worker::ready`]). Default:
     /// none (first come, first served).
     pub priorities: Option<Priorities>,
     /// Exactly-once consume-and-emit: what a handler emits (and replies) is published in one
@@ -433,7 +464,7 @@ struct Shared {
     /// worker checks each output before its transaction: see [`Shared::check_outputs`]).
     known_topics: std::sync::Mutex<HashMap<String, i32>>,
     /// Per-job warnings (dead letters, retries) beyond a burst are counted, not written.
-    warnings: crate::warn_limit::WarnLimit,
+    warnings: crate::worker::warn_limit::WarnLimit,
     /// Job states waiting for the next commit (none with `job_states` off).
     states: Option<Arc<crate::observation::job_states::Recorder>>,
 }

@@ -102,7 +102,8 @@ impl AppState {
         AppState {
             client: Client::new(Arc::clone(&backend)).with_producer("conveyor-api"),
             backend,
-            max_body_bytes: 1024 * 1024 - conveyor_runtime::dead_letter::DEAD_LETTER_HEADROOM,
+            max_body_bytes: 1024 * 1024
+                - conveyor_runtime::worker::dead_letter::DEAD_LETTER_HEADROOM,
             max_batch: 1000,
             routes: Arc::default(),
             control: Arc::default(),

@@ -292,7 +292,8 @@ impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: "127.0.0.1:8080".into(),
-            max_body_bytes: 1024 * 1024 - conveyor_runtime::dead_letter::DEAD_LETTER_HEADROOM,
+            max_body_bytes: 1024 * 1024
+                - conveyor_runtime::worker::dead_letter::DEAD_LETTER_HEADROOM,
             max_batch: 1000,
             max_reply_timeout_ms: crate::api::requests::MAX_REPLY_TIMEOUT_MS,
             reply_topic: None,
@@ -748,7 +749,7 @@ impl Config {
         if self.api.max_body_bytes < 1024 {
             return invalid("api.max_body_bytes".into(), "must be at least 1024".into());
         }
-        let headroom = conveyor_runtime::dead_letter::DEAD_LETTER_HEADROOM;
+        let headroom = conveyor_runtime::worker::dead_letter::DEAD_LETTER_HEADROOM;
         if self.backend == "embedded"
             && self.api.max_body_bytes + headroom > self.embedded.max_record_bytes
         {
@@ -836,7 +837,7 @@ impl Config {
             }
             // the route's worker creates `<topic>.dlq`: it must be a valid name too, or the
             // route would never start
-            let dlq = conveyor_runtime::dead_letter::dead_letter_topic(&r.topic, ".dlq");
+            let dlq = conveyor_runtime::worker::dead_letter::dead_letter_topic(&r.topic, ".dlq");
             if let Err(e) = conveyor_core::topic::validate_name(&dlq) {
                 return invalid(
                     format!("routes[{i}].topic"),

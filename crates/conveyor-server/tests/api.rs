@@ -633,7 +633,7 @@ async fn readyz_fails_naming_a_route_whose_worker_is_down() {
 /// fresh jobs, once; a dry run writes nothing; a missing topic is 404, bad fields 422.
 #[tokio::test]
 async fn dlq_replay_moves_dead_letters_back_once_and_refuses_bad_requests() {
-    use conveyor_runtime::dead_letter::{dead_letter_record, DeadLetterReason};
+    use conveyor_runtime::worker::dead_letter::{dead_letter_record, DeadLetterReason};
     let a = api().await;
     a.backend
         .create_topic(&TopicSpec::new("emails.dlq", 3))

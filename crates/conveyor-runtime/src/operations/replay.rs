@@ -1,7 +1,7 @@
 //! Dead-letter replay: moves dead letters back to the topic they failed on, as fresh jobs.
 //!
 //! [`replay`] scans a dead-letter topic (`orders.dlq`, written by the worker, see
-//! [`crate::dead_letter`]) partition by partition, from the low to the high watermark it finds
+//! [`crate::worker::dead_letter`]) partition by partition, from the low to the high watermark it finds
 //! when it starts (dead letters written meanwhile, such as replayed jobs failing again, wait for
 //! the next run), selects by job type, partition and offset range, and publishes each selected
 //! dead letter to its `dlq_original_topic` as a new job:
@@ -546,7 +546,7 @@ fn replayed_record(source: &ConsumedRecord, replayed_from: &str) -> Record {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dead_letter::{dead_letter_record, DeadLetterReason};
+    use crate::worker::dead_letter::{dead_letter_record, DeadLetterReason};
 
     #[test]
     fn a_replayed_job_is_the_original_job_with_a_fresh_attempt_and_its_origin() {

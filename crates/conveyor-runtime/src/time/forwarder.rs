@@ -479,13 +479,13 @@ impl Run<'_> {
             "delay_tier_record",
             format!("{}/{}/{}", tier.topic, tier.partition, tier.offset),
         );
-        let dlq = crate::dead_letter::dead_letter_topic(&self.f.topic, &self.f.dlq_suffix);
+        let dlq = crate::worker::dead_letter::dead_letter_topic(&self.f.topic, &self.f.dlq_suffix);
         let error = format!("the delay forwarder cannot write it on: {e}");
-        let mut record = crate::dead_letter::dead_letter_record(
+        let mut record = crate::worker::dead_letter::dead_letter_record(
             &r,
             &forwarder_group(&self.f.topic),
             JobMeta::from_headers(&r.headers).attempt,
-            crate::dead_letter::DeadLetterReason::Failed,
+            crate::worker::dead_letter::DeadLetterReason::Failed,
             &error,
         );
         tracing::error!(topic = %tier.topic, partition = tier.partition, offset = tier.offset, %error, dlq, "dead-lettering a delayed job");
@@ -495,8 +495,10 @@ impl Run<'_> {
                 Err(e @ Error::RecordTooLarge { .. })
                     if record.headers.get(headers::dlq::TRIMMED).is_none() =>
                 {
-                    record =
-                        crate::dead_letter::trimmed_dead_letter_record(&record, &e.to_string());
+                    record = crate::worker::dead_letter::trimmed_dead_letter_record(
+                        &record,
+                        &e.to_string(),
+                    );
                 }
                 Err(e) => {
                     tracing::error!(error = %e, dlq, "cannot dead-letter it either; it stays in its tier");

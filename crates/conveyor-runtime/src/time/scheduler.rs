@@ -31,7 +31,7 @@
 //! the firing loop is between two passes and will fire no more; so two owners never fire at
 //! once. What remains is a crash between publishing a tick and committing: the next owner fires
 //! that tick again, as the same record (same message id, `dedup_key`, partition: see
-//! [`Compiled::record`]), and the worker runs only the copy it saw first ([`crate::dedup`]). A
+//! [`Compiled::record`]), and the worker runs only the copy it saw first ([`crate::worker::dedup`]). A
 //! worker that restarted in between runs it again: at-least-once in that window, as every job.
 
 use std::collections::hash_map::Entry;

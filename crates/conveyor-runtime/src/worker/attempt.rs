@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::observation::job_states::{Detail, Place, StateKind};
-use crate::warn_limit::Kind;
+use crate::worker::warn_limit::Kind;
 
 pub(super) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
@@ -372,7 +372,7 @@ pub(super) async fn move_to_tier(
     h.insert(headers::DEDUP_KEY, move_key(r));
     match error {
         Some(error) => {
-            let error = crate::dead_letter::cut_to(error, ERROR_HEADER_BYTES);
+            let error = crate::worker::dead_letter::cut_to(error, ERROR_HEADER_BYTES);
             h.insert(headers::ATTEMPT, (task.attempt + 1).to_string());
             if h.get(headers::FIRST_ERROR).is_none() {
                 h.insert(headers::FIRST_ERROR, error.clone());

@@ -253,7 +253,7 @@ impl Scheduler {
 /// The end of what a commit says is finished: its offset, or the end of the last finished
 /// range its metadata names.
 fn outputs_to(c: &CommitOffset) -> i64 {
-    crate::attempts::done_ranges(&c.metadata, c.next_offset)
+    crate::worker::attempts::done_ranges(&c.metadata, c.next_offset)
         .last()
         .map_or(c.next_offset, |r| r.1.max(c.next_offset))
 }

@@ -46,7 +46,7 @@ impl ApiClient {
         if topic.ends_with(".dlq") {
             return Ok(topic.to_owned());
         }
-        let dlq = conveyor_runtime::dead_letter::dead_letter_topic(topic, ".dlq");
+        let dlq = conveyor_runtime::worker::dead_letter::dead_letter_topic(topic, ".dlq");
         match self.describe_topic(&dlq).await {
             Ok(_) => Ok(dlq),
             Err(RemoteError::Api { status: 404, .. }) => Ok(topic.to_owned()),

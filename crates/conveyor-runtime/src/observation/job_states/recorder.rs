@@ -133,7 +133,7 @@ impl Recorder {
         };
         let error = detail
             .error
-            .map(|e| crate::dead_letter::cut_to(e, ERROR_BYTES));
+            .map(|e| crate::worker::dead_letter::cut_to(e, ERROR_BYTES));
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         // the error of an in-memory retry is remembered until the job finishes
         let last_error = match (state, error) {

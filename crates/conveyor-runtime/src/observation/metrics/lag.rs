@@ -176,7 +176,7 @@ async fn read_watch(w: &Watch, rows: &mut Vec<Row>) {
                 rows.push((|f| &f.delayed, vec![topic.clone(), label(tier)], lag.lag));
             }
         }
-        let dlq = crate::dead_letter::dead_letter_topic(topic, &w.dlq_suffix);
+        let dlq = crate::worker::dead_letter::dead_letter_topic(topic, &w.dlq_suffix);
         if let Ok(Some(info)) = b.describe_topic(&dlq).await {
             let n = info.partitions.iter().map(|p| p.high - p.low).sum();
             rows.push((|f| &f.dead, vec![topic.clone(), dlq], n));

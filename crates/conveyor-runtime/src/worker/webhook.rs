@@ -31,8 +31,8 @@ use conveyor_core::Outcome;
 use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::StatusCode;
 
-use crate::handler::Handler;
-use crate::job::Job;
+use crate::worker::handler::Handler;
+use crate::worker::job::Job;
 
 /// POSTs jobs to `url`. Request headers: `Content-Type`, `Conveyor-Message-Id`,
 /// `Conveyor-Job-Type`, `Conveyor-Attempt`, `Conveyor-Topic`, `Conveyor-Partition`,

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use conveyor_core::Outcome;
 use serde::de::DeserializeOwned;
 
-use crate::job::{settle, IntoOutcome, Job};
+use crate::worker::job::{settle, IntoOutcome, Job};
 
 /// Runs one attempt of a job.
 #[async_trait]
