@@ -25,9 +25,7 @@
 //! - [`trace`]: spans from an enqueue through every handler it leads to, exported with OTLP.
 //! - [`metrics`]: the runtime's Prometheus metrics (per-job series, lag read at scrape time,
 //!   enqueues, ticks, webhook answers), in `conveyor_metrics::global`.
-//! - [`bench`]: the measurements behind `conveyor bench`.
 
-pub mod bench;
 pub mod client;
 pub mod effects;
 pub mod entry_log;

@@ -155,7 +155,7 @@ pub async fn run(backend: Arc<dyn Backend>, topic: &str, load: HttpLoad) -> Resu
     let _ = stop.send(());
     let _ = server.await;
     latencies.sort_by(f64::total_cmp);
-    // as the other phases' percentiles (`conveyor_runtime::bench`)
+    // as the other phases' percentiles (`conveyor_bench`)
     let at = |q: f64| match latencies.len() {
         0 => 0.0,
         n => latencies[(((n - 1) as f64 * q).round() as usize).min(n - 1)],

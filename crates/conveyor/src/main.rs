@@ -16,10 +16,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use conveyor_bench::{self as bench, BenchOptions};
 use conveyor_core::{Backend, TopicSpec};
 use conveyor_embedded::{Durability, EmbeddedBackend, EmbeddedConfig};
 use conveyor_kafka::KafkaBackend;
-use conveyor_runtime::bench::{self, BenchOptions};
 use conveyor_server::remote::ApiClient;
 use conveyor_server::serve::{Exposure, Role};
 use conveyor_server::Config;

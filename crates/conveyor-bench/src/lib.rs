@@ -1,4 +1,4 @@
-//! The measurements behind `conveyor bench`: enqueue rate, processing rate of no-op jobs,
+//! conveyor-bench: the measurements behind `conveyor bench`: enqueue rate, processing rate of no-op jobs,
 //! enqueue-to-handler-start latency, lateness of delayed jobs and request/reply round trips, on
 //! any backend.
 //!
@@ -18,7 +18,7 @@
 //!    before its due time is counted as early (the figure must be 0).
 //! 5. **Request/reply**: `request_jobs` requests sent one at a time to an idle worker that
 //!    replies with the payload; each round trip is measured from the call to the reply in the
-//!    caller's hands (`bench/request.rs`).
+//!    caller's hands (`request.rs`).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use conveyor_core::{Backend, Result, TopicSpec};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{handler_fn, Client, Job, NewJob, Worker};
+use conveyor_runtime::{handler_fn, Client, Job, NewJob, Worker};
 
 mod request;
 

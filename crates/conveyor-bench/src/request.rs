@@ -10,7 +10,7 @@ use conveyor_core::{Backend, Error, Result, TopicSpec};
 use tokio::sync::oneshot;
 
 use super::{payload, percentile, BenchOptions};
-use crate::{json_handler, Client, Job, JobError, NewJob, Worker};
+use conveyor_runtime::{json_handler, Client, Job, JobError, NewJob, Worker};
 
 /// How long one request of the phase may wait for its reply.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
