@@ -19,6 +19,10 @@
 //! 5. **Request/reply**: `request_jobs` requests sent one at a time to an idle worker that
 //!    replies with the payload; each round trip is measured from the call to the reply in the
 //!    caller's hands (`request.rs`).
+//!
+//! Two more phases run apart from these: [`http`], enqueues through the HTTP API as a production
+//! process serves it (`--http-jobs`); and the bare-rdkafka baseline (`--raw`), which stays in
+//! `conveyor_kafka::raw_bench`, next to the Kafka client it measures.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -29,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use conveyor_runtime::{handler_fn, Client, Job, NewJob, Worker};
 
+pub mod http;
 mod request;
 
 /// What to measure.

@@ -16,8 +16,8 @@ use conveyor_core::{Backend, Error, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::http::HttpLimits;
-use crate::{app, AppState};
+use conveyor_server::http::HttpLimits;
+use conveyor_server::{app, AppState};
 
 /// What the HTTP phase sends.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -63,7 +63,7 @@ pub async fn run(backend: Arc<dyn Backend>, topic: &str, load: HttpLoad) -> Resu
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::http::serve(
+    let server = tokio::spawn(conveyor_server::http::serve(
         listener,
         app(state),
         HttpLimits::default(),
