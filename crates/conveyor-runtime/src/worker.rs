@@ -63,7 +63,7 @@
 //! Where failures go: [`dead_letter`] (the record format) and [`warn_limit`] (at most a burst
 //! of per-job warnings, then counted summaries).
 //!
-//! The scheduler's loop itself, its state and its steps: `run_loop`, `task`, `attempt`,
+//! The scheduler's loop itself, its state and its steps: `run_loop`, `poll`, `task`, `attempt`,
 //! `commit`, `backpressure` and `due`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -111,6 +111,7 @@ pub mod dedup;
 mod due;
 pub mod handler;
 pub mod job;
+mod poll;
 pub mod ready;
 mod run_loop;
 mod running;
