@@ -127,7 +127,7 @@ pub struct Enqueued {
 pub struct Client {
     backend: Arc<dyn Backend>,
     producer: Option<String>,
-    /// The reply topic of [`Client::request`] (`request.rs`), shared by the clones.
+    /// The reply topic of [`Client::request`] (`effects/request.rs`), shared by the clones.
     pub(crate) replies: Arc<crate::effects::request::Replies>,
     /// Job lookup: a `waiting` (or `delayed`) state for each job enqueued
     /// ([`Client::with_job_states`]).
