@@ -8,18 +8,22 @@ use crate::observation::job_states::{Detail, StateKind};
 /// The scheduler's state, owned by its one task. Grouped by the concern that changes each part,
 /// so a change shows which part it touches.
 pub(super) struct Scheduler {
+    // fields drop in declaration order; this order keeps the one from before the grouping for
+    // every field whose drop does something: the subscription, then the queued tasks, then
+    // the running attempts' and the timers' tasks (their `JoinSet`s abort them), then the
+    // control log's handle, then the held tasks
     pub(super) shared: Arc<Shared>,
     pub(super) sub: Box<dyn Subscription>,
-    /// Cancellations and pauses (set before the first poll).
-    pub(super) control: Option<Control>,
     pub(super) partitions: Partitions,
     pub(super) keys: Keys,
     pub(super) ready: ReadyQueue<Task>,
-    pub(super) attempts: Attempts,
     pub(super) suspects: Suspects,
+    pub(super) attempts: Attempts,
     pub(super) timers: Timers,
-    pub(super) pauses: Pauses,
     pub(super) commits: Commits,
+    /// Cancellations and pauses (set before the first poll).
+    pub(super) control: Option<Control>,
+    pub(super) pauses: Pauses,
 }
 
 /// The partitions this member owns and the records polled from them.
@@ -76,10 +80,10 @@ pub(super) struct Pauses {
     pub(super) paused: HashSet<TopicPartition>,
     /// Since when `max_buffered` records have been unfinished.
     pub(super) full_since: Option<Instant>,
-    /// Partitions paused because their topic is paused for the group.
-    pub(super) admin_paused: HashSet<TopicPartition>,
     /// Jobs of topics paused for the group.
     pub(super) held: Vec<Task>,
+    /// Partitions paused because their topic is paused for the group.
+    pub(super) admin_paused: HashSet<TopicPartition>,
     pub(super) last_pause_sync: Instant,
 }
 
