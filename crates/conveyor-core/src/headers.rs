@@ -51,7 +51,7 @@ pub const TRACESTATE: &str = "tracestate";
 /// The time before which the job must not run (RFC 3339, UTC, milliseconds).
 pub const DUE_AT: &str = "due_at";
 /// On a job replayed from a dead-letter topic: the dead letter it came from,
-/// `<dlq topic>/<partition>/<offset>` (written by `conveyor_runtime::replay`).
+/// `<dlq topic>/<partition>/<offset>` (written by `conveyor_runtime::operations::replay`).
 pub const REPLAYED_FROM: &str = "replayed_from";
 /// The time after which the job is dead-lettered with reason `deadline` instead of run.
 pub const DEADLINE: &str = "deadline";

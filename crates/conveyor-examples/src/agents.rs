@@ -129,7 +129,7 @@ pub async fn create_topics(backend: &dyn Backend, names: &Names) -> Result<()> {
             .await?;
     }
     backend
-        .create_topic(&conveyor_runtime::request::reply_topic_spec(
+        .create_topic(&conveyor_runtime::effects::request::reply_topic_spec(
             names.responses(),
         ))
         .await?;

@@ -260,10 +260,10 @@ pub(crate) struct KafkaSubscription {
     pub(crate) paused: BTreeSet<TopicPartition>,
     /// Bounds a read of the committed offsets.
     pub(crate) request_timeout: Duration,
-    /// Makes the transactional producer on first use ([`crate::transaction`]).
-    pub(crate) tx_factory: crate::transaction::TxFactory,
+    /// Makes the transactional producer on first use ([`crate::tx_producer`]).
+    pub(crate) tx_factory: crate::tx_producer::TxFactory,
     /// The transactional producer, once made.
-    pub(crate) tx: Option<crate::transaction::TxProducer>,
+    pub(crate) tx: Option<crate::tx_producer::TxProducer>,
 }
 
 impl KafkaSubscription {

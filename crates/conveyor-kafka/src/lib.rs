@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod mock;
 pub mod raw_bench;
 mod transaction;
+mod tx_producer;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -612,7 +613,7 @@ impl Backend for KafkaBackend {
             held: Vec::new(),
             paused: BTreeSet::new(),
             request_timeout: self.inner.config.request_timeout,
-            tx_factory: transaction::TxFactory {
+            tx_factory: tx_producer::TxFactory {
                 config: self.inner.config.producer(),
                 timeout: self
                     .inner

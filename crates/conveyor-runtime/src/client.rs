@@ -127,11 +127,11 @@ pub struct Enqueued {
 pub struct Client {
     backend: Arc<dyn Backend>,
     producer: Option<String>,
-    /// The reply topic of [`Client::request`] (`request.rs`), shared by the clones.
-    pub(crate) replies: Arc<crate::request::Replies>,
+    /// The reply topic of [`Client::request`] (`effects/request.rs`), shared by the clones.
+    pub(crate) replies: Arc<crate::effects::request::Replies>,
     /// Job lookup: a `waiting` (or `delayed`) state for each job enqueued
     /// ([`Client::with_job_states`]).
-    states: Option<crate::job_states::EnqueueLog>,
+    states: Option<crate::observation::job_states::EnqueueLog>,
 }
 
 /// A job as a record with its metadata (a fresh message id unless the job has one); returns
@@ -166,16 +166,16 @@ impl Client {
         Client {
             backend,
             producer: None,
-            replies: Arc::new(crate::request::Replies::new(None)),
+            replies: Arc::new(crate::effects::request::Replies::new(None)),
             states: None,
         }
     }
 
     /// Writes a `waiting` state (`delayed` for a job due later) for each job enqueued, in
     /// batches in the background, so `GET /v1/jobs/{id}` finds it before a worker takes it
-    /// ([`crate::job_states`]). The HTTP API's client does; without it a job shows up at its
+    /// ([`crate::observation::job_states`]). The HTTP API's client does; without it a job shows up at its
     /// first worker state.
-    pub fn with_job_states(mut self, log: crate::job_states::EnqueueLog) -> Self {
+    pub fn with_job_states(mut self, log: crate::observation::job_states::EnqueueLog) -> Self {
         self.states = Some(log);
         self
     }
@@ -211,7 +211,13 @@ impl Client {
         let (n, start) = (jobs.len(), std::time::Instant::now());
         let result = self.store_batch(topic, jobs).await;
         let backend = self.backend.name();
-        crate::metrics::events::enqueue_result(topic, backend, n, start.elapsed(), &result);
+        crate::observation::metrics::events::enqueue_result(
+            topic,
+            backend,
+            n,
+            start.elapsed(),
+            &result,
+        );
         result
     }
 
@@ -226,12 +232,12 @@ impl Client {
                     r.headers
                         .get_str(headers::DUE_AT)
                         .and_then(headers::parse_time)
-                        .map(crate::forwarder::millis)
+                        .map(crate::time::forwarder::millis)
                 })
                 .collect(),
             _ => Vec::new(),
         };
-        let span = crate::trace::enabled()
+        let span = crate::observation::trace::enabled()
             .then(|| publish_span(topic, &ids, &mut records))
             .flatten();
         let positions = self.publish_records(topic, &ids, records).await;
@@ -251,7 +257,7 @@ impl Client {
             .collect();
         if let Some(log) = self.states.as_ref().filter(|_| !due.is_empty()) {
             for (e, due) in enqueued.iter().zip(due) {
-                let place = crate::job_states::Place {
+                let place = crate::observation::job_states::Place {
                     topic: e.topic.clone(),
                     partition: e.partition,
                     offset: e.offset,
@@ -290,14 +296,18 @@ impl Client {
 
 /// A `publish {topic}` span under the first record's `traceparent`; every record that carried
 /// that context (or none) carries the span's instead, so their handlers are its children.
-fn publish_span(topic: &str, ids: &[String], records: &mut [Record]) -> Option<crate::trace::Span> {
+fn publish_span(
+    topic: &str,
+    ids: &[String],
+    records: &mut [Record],
+) -> Option<crate::observation::trace::Span> {
     let parent = records
         .first()
         .and_then(|r| r.headers.get_str(headers::TRACEPARENT))
         .map(str::to_owned);
-    let mut span = crate::trace::start(
+    let mut span = crate::observation::trace::start(
         format!("publish {topic}"),
-        crate::trace::SpanKind::Producer,
+        crate::observation::trace::SpanKind::Producer,
         parent.as_deref(),
     )?;
     span.set("messaging.system", "kafka");
@@ -378,7 +388,7 @@ impl Client {
         let Some(index) = self.backend.unique_claims() else {
             return Ok(Vec::new());
         };
-        let now = crate::forwarder::millis(SystemTime::now());
+        let now = crate::time::forwarder::millis(SystemTime::now());
         let mut claimed: Vec<Claim> = Vec::new();
         for (id, r) in ids.iter().zip(records) {
             let Some(key) = r.headers.get_str(headers::UNIQUE_KEY) else {
@@ -388,7 +398,7 @@ impl Client {
                 .headers
                 .get_str(headers::UNIQUE_UNTIL)
                 .and_then(headers::parse_time)
-                .map_or(now, crate::forwarder::millis);
+                .map_or(now, crate::time::forwarder::millis);
             match index.claim(topic, key, id, until, now).await {
                 Ok(None) => claimed.push((key.to_owned(), id.clone())),
                 Ok(Some((existing_id, held))) => {

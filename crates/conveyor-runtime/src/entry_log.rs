@@ -1,5 +1,5 @@
 //! A one-partition log of JSON entries, read in order and folded into memory: the control log
-//! ([`crate::control`]), the unique-key ledger ([`crate::unique`]) and the API's idempotency
+//! ([`crate::time::control`]), the unique-key ledger ([`crate::effects::unique`]) and the API's idempotency
 //! answers each are one. One reader serves them: from an offset to the end of the log (or to a
 //! given offset), a batch at a time, a record that is not an entry skipped with a warning.
 //!

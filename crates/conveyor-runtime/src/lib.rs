@@ -1,58 +1,33 @@
 //! conveyor-runtime: workers and the client, on any [`conveyor_core::Backend`].
 //!
 //! # Layout
+//! Grouped by concern, in reading order:
 //! - [`worker`]: [`Worker`], the consumer-group worker: concurrency, per-key order, retries with
-//!   backoff, dead letters, commits of finished work only, graceful shutdown.
-//! - [`handler`]: the [`Handler`] trait and adapters for closures and typed JSON payloads.
-//! - [`job`]: [`Job`] (what a handler gets) and [`JobError`] (how an attempt fails).
-//! - [`tracker`]: the scheduler's bookkeeping: offsets safe to commit, per-key lanes.
-//! - `outputs`: what an attempt emits and replies, published when it is done (transactional
-//!   workers: with its offset, atomically).
-//! - `running`: attempts running per partition, which a revocation waits for.
-//! - [`dead_letter`]: the dead-letter record format.
-//! - [`warn_limit`]: at most a burst of per-job warnings per kind and topic, then counted
-//!   summaries.
+//!   backoff, dead letters, commits of finished work only, graceful shutdown. With it what it
+//!   runs and keeps: handlers ([`Handler`], [`WebhookHandler`]), the [`Job`] a handler gets and
+//!   the [`JobError`] it returns, the scheduler's bookkeeping (offsets, key lanes, the ready
+//!   queue, attempt counts, recent dedup keys), the dead-letter record format and the warning
+//!   limits.
+//! - [`time`]: what waits for a moment: the delay tiers and their forwarder, cron schedules and
+//!   the elected [`Scheduler`] that fires them, and the control log (cancellations, pauses,
+//!   API-managed schedules).
+//! - [`effects`]: what a job does on the log besides finishing: its outputs (emits and replies,
+//!   published when it is done), request/reply ([`Client::request`]) and unique jobs.
+//! - [`operations`]: what an operator runs from outside the workers: dead-letter replay
+//!   ([`operations::replay::replay`]) and consumer lag ([`group_lag`]).
 //! - [`client`]: [`Client`], enqueueing jobs.
-//! - [`request`]: [`Client::request`], request/reply: one reply topic per client, replies
-//!   handed to their waiting callers, late ones dropped and counted.
-//! - [`lag`]: [`lag::group_lag`], consumer lag per group and partition.
-//! - [`replay`]: [`replay::replay`], dead letters back to their topic as fresh jobs, once each
-//!   (a ledger topic per dead-letter topic).
-//! - [`webhook`]: [`WebhookHandler`], delivering jobs to HTTP endpoints.
-//! - [`schedule`]: [`schedule::Schedule`], cron schedules: validation, ticks, missed-tick policy.
-//! - [`scheduler`]: [`Scheduler`], the one process that fires the ticks, elected through the
-//!   backend (a consumer group on a one-partition topic).
-//! - [`trace`]: spans from an enqueue through every handler it leads to, exported with OTLP.
-//! - [`metrics`]: the runtime's Prometheus metrics (per-job series, lag read at scrape time,
-//!   enqueues, ticks, webhook answers), in `conveyor_metrics::global`.
-//! - [`bench`]: the measurements behind `conveyor bench`.
+//! - [`observation`]: job lookup (job states), the runtime's Prometheus metrics and OTLP traces.
+//! - [`entry_log`]: the reader of one-partition JSON logs folded into memory, shared by the
+//!   control log, the unique-key ledger and the API's idempotency answers.
+//!
+//! The measurements behind `conveyor bench` are the `conveyor-bench` crate.
 
-pub mod attempts;
-pub mod bench;
 pub mod client;
-pub mod control;
-pub mod dead_letter;
-pub mod dedup;
+pub mod effects;
 pub mod entry_log;
-pub mod forwarder;
-pub mod handler;
-pub mod job;
-pub mod job_states;
-pub mod lag;
-pub mod metrics;
-mod outputs;
-pub mod ready;
-pub mod replay;
-pub mod request;
-mod running;
-pub mod schedule;
-pub mod scheduler;
-pub mod tiers;
-pub mod trace;
-pub mod tracker;
-pub mod unique;
-pub mod warn_limit;
-pub mod webhook;
+pub mod observation;
+pub mod operations;
+pub mod time;
 pub mod worker;
 
 /// How long a stopping member (worker, scheduler, forwarder) waits for its partitions to be given
@@ -61,11 +36,11 @@ pub mod worker;
 pub(crate) const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub use client::{Client, Enqueued, NewJob};
-pub use handler::{handler_fn, json_handler, Handler};
-pub use job::{IntoOutcome, Job, JobError};
-pub use lag::{group_lag, GroupLag, PartitionLag};
-pub use ready::Priorities;
-pub use request::{Reply, RequestCounts};
-pub use scheduler::{Scheduler, SchedulerOptions, SchedulerStats};
-pub use webhook::WebhookHandler;
+pub use effects::request::{Reply, RequestCounts};
+pub use operations::lag::{group_lag, GroupLag, PartitionLag};
+pub use time::scheduler::{Scheduler, SchedulerOptions, SchedulerStats};
+pub use worker::handler::{handler_fn, json_handler, Handler};
+pub use worker::job::{IntoOutcome, Job, JobError};
+pub use worker::ready::Priorities;
+pub use worker::webhook::WebhookHandler;
 pub use worker::{Worker, WorkerBuilder, WorkerOptions, WorkerStats};

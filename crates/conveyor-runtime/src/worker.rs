@@ -23,12 +23,12 @@
 //! offset).
 //!
 //! Attempt counts outlive the process: each commit carries the partition's unfinished jobs'
-//! attempt counts in its metadata ([`crate::attempts`]), so a job that keeps killing its process,
+//! attempt counts in its metadata ([`crate::worker::attempts`]), so a job that keeps killing its process,
 //! or keeps being rebalanced away, is dead-lettered once `max_attempts` attempts started.
 //!
 //! Time (see docs/delays.md, "Delayed jobs, retries and deadlines"): a record whose `due_at` is
 //! ahead waits in memory when less than the shortest delay tier is left, and is otherwise moved
-//! to a delay tier ([`crate::tiers`]), from which the worker's [`Forwarder`] brings it back when
+//! to a delay tier ([`crate::time::tiers`]), from which the worker's [`Forwarder`] brings it back when
 //! due. The jobs waiting in memory share one queue ordered by due time (`worker/due.rs`); each
 //! waits without its key and queues for it again when due, so a key's jobs waiting together
 //! start in due order, those due in the same millisecond in offset order. They count against
@@ -40,10 +40,31 @@
 //! `max_buffered` per partition (then the partition pauses). A job past its `deadline` is
 //! dead-lettered (`deadline`) instead of run; one whose handler runs past the job's, its type's or
 //! the worker's timeout is cancelled. Cancelled jobs and paused topics come from the control
-//! log ([`crate::control`]); a second copy of a move ([`crate::dedup`]) is dropped.
+//! log ([`crate::time::control`]); a second copy of a move ([`crate::worker::dedup`]) is dropped.
 //!
 //! Shutdown stops fetching, waits up to `shutdown_timeout` for running handlers, commits what
 //! finished and hands the rest back to the group (uncommitted, so redelivered).
+//!
+//! # Parts
+//! What a worker runs and hands to its handlers:
+//! - [`handler`]: the [`Handler`] trait and adapters for closures and typed JSON payloads;
+//!   [`webhook`]: [`WebhookHandler`](webhook::WebhookHandler), a handler that POSTs each job to
+//!   an HTTP endpoint.
+//! - [`job`]: [`Job`] (what a handler gets) and [`JobError`](job::JobError) (how an attempt
+//!   fails).
+//!
+//! The scheduler's bookkeeping, free of I/O:
+//! - [`tracker`]: offsets safe to commit, per-key lanes.
+//! - [`ready`]: the queue of jobs ready to start, and the order the topics get slots in.
+//! - `running`: attempts running per partition, which a revocation waits for.
+//! - [`attempts`]: attempt counts kept in the commit metadata, across crashes and rebalances.
+//! - [`dedup`]: recent `dedup_key`s, to drop the second copy of a move.
+//!
+//! Where failures go: [`dead_letter`] (the record format) and [`warn_limit`] (at most a burst
+//! of per-job warnings, then counted summaries).
+//!
+//! The scheduler's loop itself, its state and its steps: `run_loop`, `poll`, `task`, `attempt`,
+//! `commit`, `backpressure` and `due`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -63,30 +84,41 @@ use serde::de::DeserializeOwned;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::attempts::AttemptBook;
-use crate::control::Control;
-use crate::dead_letter::{
+use crate::observation::metrics::jobs::{GroupSeries, JobMetrics, JobSeries};
+use crate::time::control::Control;
+use crate::time::forwarder::{due_of, millis, Forwarder};
+use crate::time::tiers::DelayTiers;
+use crate::worker::attempts::AttemptBook;
+use crate::worker::dead_letter::{
     dead_letter_record, dead_letter_topic, trimmed_dead_letter_record, DeadLetterReason,
 };
-use crate::dedup::RecentKeys;
-use crate::forwarder::{due_of, millis, Forwarder};
-use crate::handler::{json_handler, Handler};
-use crate::job::{IntoOutcome, Job};
-use crate::metrics::jobs::{GroupSeries, JobMetrics, JobSeries};
-use crate::ready::{Priorities, ReadyQueue, Topical};
-use crate::running::{Running, RunningCounts};
-use crate::tiers::DelayTiers;
-use crate::tracker::{KeyLanes, OffsetTracker};
+use crate::worker::dedup::RecentKeys;
+use crate::worker::handler::{json_handler, Handler};
+use crate::worker::job::{IntoOutcome, Job};
+use crate::worker::ready::{Priorities, ReadyQueue, Topical};
+use crate::worker::running::{Running, RunningCounts};
+use crate::worker::tracker::{KeyLanes, OffsetTracker};
 use conveyor_core::headers;
 use conveyor_core::headers::dlq as dlq_header;
 use std::time::SystemTime;
 
 mod attempt;
+pub mod attempts;
 mod backpressure;
 mod commit;
+pub mod dead_letter;
+pub mod dedup;
 mod due;
+pub mod handler;
+pub mod job;
+mod poll;
+pub mod ready;
 mod run_loop;
+mod running;
 mod task;
+pub mod tracker;
+pub mod warn_limit;
+pub mod webhook;
 
 use attempt::*;
 use run_loop::*;
@@ -126,7 +158,7 @@ pub struct WorkerStats {
     pub other_group: AtomicU64,
     /// Jobs dead-lettered because their deadline passed.
     pub deadline: AtomicU64,
-    /// Unique jobs dropped before running: another job held their key ([`crate::unique`]).
+    /// Unique jobs dropped before running: another job held their key ([`crate::effects::unique`]).
     pub unique_dropped: AtomicU64,
     /// Jobs a previous owner of their partition finished past its commit point (named in the
     /// commit's metadata), finished here without running again.
@@ -198,7 +230,7 @@ pub struct WorkerOptions {
     pub forward_delayed: bool,
     /// How many recent `dedup_key`s the worker remembers. Default: 100,000.
     pub dedup_capacity: usize,
-    /// How the topics share the handler slots and the buffer ([`crate::ready`]). Default:
+    /// How the topics share the handler slots and the buffer ([`crate::worker::ready`]). Default:
     /// none (first come, first served).
     pub priorities: Option<Priorities>,
     /// Exactly-once consume-and-emit: what a handler emits (and replies) is published in one
@@ -207,7 +239,7 @@ pub struct WorkerOptions {
     /// least once: emits are published before the offset is committed).
     pub transactional: bool,
     /// Job lookup: write each job's state changes to `conveyor.jobs` in batches, one publish
-    /// per commit ([`crate::job_states`]). Default: true.
+    /// per commit ([`crate::observation::job_states`]). Default: true.
     pub job_states: bool,
 }
 
@@ -407,7 +439,9 @@ impl WorkerBuilder {
                 metrics,
                 group_metrics,
                 states: self.options.job_states.then(|| {
-                    Arc::new(crate::job_states::Recorder::new(self.options.group.clone()))
+                    Arc::new(crate::observation::job_states::Recorder::new(
+                        self.options.group.clone(),
+                    ))
                 }),
                 options: self.options,
             }),
@@ -417,7 +451,7 @@ impl WorkerBuilder {
 
 struct Shared {
     /// The unique-key ledger, opened when the worker starts.
-    unique: tokio::sync::OnceCell<crate::unique::UniqueLedger>,
+    unique: tokio::sync::OnceCell<crate::effects::unique::UniqueLedger>,
     backend: Arc<dyn Backend>,
     options: WorkerOptions,
     handlers: HashMap<String, Arc<dyn Handler>>,
@@ -431,9 +465,9 @@ struct Shared {
     /// worker checks each output before its transaction: see [`Shared::check_outputs`]).
     known_topics: std::sync::Mutex<HashMap<String, i32>>,
     /// Per-job warnings (dead letters, retries) beyond a burst are counted, not written.
-    warnings: crate::warn_limit::WarnLimit,
+    warnings: crate::worker::warn_limit::WarnLimit,
     /// Job states waiting for the next commit (none with `job_states` off).
-    states: Option<Arc<crate::job_states::Recorder>>,
+    states: Option<Arc<crate::observation::job_states::Recorder>>,
 }
 
 impl Shared {
@@ -563,7 +597,7 @@ impl Worker {
             };
             let group = &s.options.group;
             tracing::debug!(group, "worker start: opening the unique-key ledger");
-            let ledger = crate::unique::UniqueLedger::open(Arc::clone(&s.backend)).await?;
+            let ledger = crate::effects::unique::UniqueLedger::open(Arc::clone(&s.backend)).await?;
             tracing::debug!(group, "worker start: creating the dead-letter topics");
             let _ = s.unique.set(ledger);
             if s.options.topics.is_empty() {
@@ -589,7 +623,7 @@ impl Worker {
             }
             if s.states.is_some() {
                 tracing::debug!(group, "worker start: creating the job states' topic");
-                crate::job_states::ensure_topic(&s.backend).await?;
+                crate::observation::job_states::ensure_topic(&s.backend).await?;
             }
             tracing::debug!(group, "worker start: subscribing");
             let running_by_partition = Arc::new(RunningCounts::default());
@@ -618,32 +652,46 @@ impl Worker {
             let mut sched = Scheduler {
                 shared: Arc::clone(&self.shared),
                 sub,
-                tracks: HashMap::new(),
-                lanes: KeyLanes::default(),
-                ready: ReadyQueue::new(s.options.priorities.clone()),
-                marking: Vec::new(),
-                marking_retry: None,
-                running: JoinSet::new(),
-                in_flight: HashMap::new(),
-                running_by_partition,
-                timers: JoinSet::new(),
-                due: due::DueQueue::default(),
-                buffered: 0,
-                epoch: 0,
-                dirty: false,
-                unstored: false,
-                commit_now: false,
-                paused: HashSet::new(),
-                waiting: HashMap::new(),
-                full_since: None,
-                last_commit: Instant::now(),
                 control: None,
-                seen: RecentKeys::new(s.options.dedup_capacity),
-                parked: HashMap::new(),
-                held: Vec::new(),
-                admin_paused: HashSet::new(),
-                last_pause_sync: Instant::now(),
-                states_flushed_at: crate::job_states::now_ms(),
+                partitions: Partitions {
+                    tracks: HashMap::new(),
+                    epoch: 0,
+                    buffered: 0,
+                    seen: RecentKeys::new(s.options.dedup_capacity),
+                },
+                keys: Keys {
+                    lanes: KeyLanes::default(),
+                    waiting: HashMap::new(),
+                    parked: HashMap::new(),
+                },
+                ready: ReadyQueue::new(s.options.priorities.clone()),
+                attempts: Attempts {
+                    running: JoinSet::new(),
+                    in_flight: HashMap::new(),
+                    running_by_partition,
+                },
+                suspects: Suspects {
+                    marking: Vec::new(),
+                    marking_retry: None,
+                },
+                timers: Timers {
+                    backoff: JoinSet::new(),
+                    due: due::DueQueue::default(),
+                },
+                pauses: Pauses {
+                    paused: HashSet::new(),
+                    full_since: None,
+                    admin_paused: HashSet::new(),
+                    held: Vec::new(),
+                    last_pause_sync: Instant::now(),
+                },
+                commits: Commits {
+                    dirty: false,
+                    unstored: false,
+                    commit_now: false,
+                    last_commit: Instant::now(),
+                    states_flushed_at: crate::observation::job_states::now_ms(),
+                },
             };
             let (stop_forwarders, stopped) = tokio::sync::watch::channel(false);
             let mut forwarders = JoinSet::new();
@@ -676,7 +724,7 @@ impl Worker {
                     )))
                 }
             };
-        let _watched = crate::metrics::watch(
+        let _watched = crate::observation::metrics::watch(
             Arc::clone(&s.backend),
             &s.options.group,
             &s.options.topics,

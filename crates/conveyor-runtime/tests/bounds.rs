@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime};
 
 use conveyor_core::{headers, Backend, TopicSpec};
 use conveyor_embedded::{EmbeddedBackend, EmbeddedConfig};
-use conveyor_runtime::control::{Control, ControlEntry};
-use conveyor_runtime::schedule::{unix_ms, Missed, Schedule, ScheduleLimits};
-use conveyor_runtime::unique::{UniqueLedger, Verdict};
+use conveyor_runtime::effects::unique::{UniqueLedger, Verdict};
+use conveyor_runtime::time::control::{Control, ControlEntry};
+use conveyor_runtime::time::schedule::{unix_ms, Missed, Schedule, ScheduleLimits};
 use conveyor_runtime::{Client, NewJob, Scheduler, SchedulerOptions};
 
 fn open(dir: &std::path::Path) -> (Arc<EmbeddedBackend>, Arc<dyn Backend>) {

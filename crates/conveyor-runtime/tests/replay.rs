@@ -10,8 +10,8 @@ use std::time::Duration;
 use conveyor_core::headers::{self, dlq};
 use conveyor_core::{Backend, ConsumedRecord, Record, TopicSpec};
 use conveyor_embedded::{EmbeddedBackend, EmbeddedConfig};
-use conveyor_runtime::dead_letter::trimmed_dead_letter_record;
-use conveyor_runtime::replay::{replay, ReplayRequest};
+use conveyor_runtime::operations::replay::{replay, ReplayRequest};
+use conveyor_runtime::worker::dead_letter::trimmed_dead_letter_record;
 use conveyor_runtime::{handler_fn, Client, Job, JobError, NewJob, Worker};
 use tokio::sync::oneshot;
 

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use conveyor_core::{headers, Backend, Outcome, TopicSpec};
 use conveyor_embedded::{EmbeddedBackend, EmbeddedConfig};
-use conveyor_runtime::schedule::{unix_ms, Missed, Schedule};
+use conveyor_runtime::time::schedule::{unix_ms, Missed, Schedule};
 use conveyor_runtime::{handler_fn, Job, Scheduler, SchedulerOptions, Worker};
 
 /// One run of a tick's job.

@@ -4,11 +4,11 @@
 //! |---|---|
 //! | `POST /v1/topics/{topic}/jobs` | enqueue one job |
 //! | `POST /v1/topics/{topic}/jobs/batch` | enqueue up to `api.max_batch` jobs atomically |
-//! | `GET /v1/topics`, `POST /v1/topics`, `GET /v1/topics/{topic}` | list, create, describe topics |
-//! | `GET /v1/topics/{topic}/records?partition=&offset=&limit=` | read records (for `conveyor tail`) |
-//! | `POST /v1/topics:apply` | plan (`dry_run`) or apply topic specs: create, add partitions, change retention |
-//! | `POST /v1/topics/{topic}/dlq:replay` | dead letters of the dead-letter topic `{topic}` back to their topic as fresh jobs, once each (`conveyor_runtime::replay`) |
-//! | `GET /v1/groups/{group}/lag[?topic=]` | committed offsets and lag per partition (`404 unknown_group` for a group that is neither a route's nor has committed offsets) |
+//! | `GET /v1/topics`, `POST /v1/topics`, `GET /v1/topics/{topic}` | list, create, describe topics (`api/topics.rs`) |
+//! | `GET /v1/topics/{topic}/records?partition=&offset=&limit=` | read records (for `conveyor tail`; `api/topics.rs`) |
+//! | `POST /v1/topics:apply` | plan (`dry_run`) or apply topic specs: create, add partitions, change retention (`api/topics.rs`) |
+//! | `POST /v1/topics/{topic}/dlq:replay` | dead letters of the dead-letter topic `{topic}` back to their topic as fresh jobs, once each (`conveyor_runtime::operations::replay`) |
+//! | `GET /v1/groups/{group}/lag[?topic=]` | committed offsets and lag per partition (`404 unknown_group` for a group that is neither a route's nor has committed offsets; `api/lag.rs`) |
 //! | `POST /v1/topics/{topic}/requests`, `GET /v1/requests/stats` | request/reply: publish a job and wait for its reply (504 `request_timeout` after the bound); this process's request counts (`api/requests.rs`) |
 //! | `GET /v1/schedules`, `GET/PUT/DELETE /v1/schedules/{name}` | cron schedules: list, read, create or replace, delete (those of the configuration file are read-only) |
 //! | `GET /v1/jobs/{id}`, `GET /v1/jobs?state=&topic=` | job lookup: one job's state, jobs by state (`api/jobs.rs`) |
@@ -43,9 +43,11 @@ mod control;
 mod dlq;
 pub mod idempotency;
 mod jobs;
+mod lag;
 pub mod metrics;
 pub mod requests;
 mod schedules;
+mod topics;
 
 /// The OpenAPI document served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -64,9 +66,9 @@ pub struct AppState {
     /// The routes whose workers are down (`/readyz` fails while any is).
     pub routes: Arc<crate::supervise::RouteHealth>,
     /// The control log (cancellations, pauses, API schedules), opened at its first use.
-    pub control: Arc<tokio::sync::OnceCell<conveyor_runtime::control::Control>>,
+    pub control: Arc<tokio::sync::OnceCell<conveyor_runtime::time::control::Control>>,
     /// The schedules of the configuration file (read-only through the API).
-    pub configured_schedules: Arc<Vec<conveyor_runtime::schedule::Schedule>>,
+    pub configured_schedules: Arc<Vec<conveyor_runtime::time::schedule::Schedule>>,
     /// The first answers of requests with an `Idempotency-Key`, opened at its first use.
     pub idempotency: Arc<tokio::sync::OnceCell<idempotency::Idempotency>>,
     /// The idempotency window and memory bound (`api.idempotency_*`).
@@ -78,8 +80,8 @@ pub struct AppState {
     /// Default: [`requests::DEFAULT_MAX_WAITING`].
     pub waiting_requests: requests::WaitingLimit,
     /// How many schedules, of how many bytes and ticks, `PUT /v1/schedules` lets the processes
-    /// keep (`[scheduler]`'s `max_*`). Default: [`conveyor_runtime::schedule::ScheduleLimits::default`].
-    pub schedule_limits: conveyor_runtime::schedule::ScheduleLimits,
+    /// keep (`[scheduler]`'s `max_*`). Default: [`conveyor_runtime::time::schedule::ScheduleLimits::default`].
+    pub schedule_limits: conveyor_runtime::time::schedule::ScheduleLimits,
     /// The consumer groups this process runs (its routes'): pause and lag accept them before
     /// they commit anything; any other group must have committed offsets.
     pub known_groups: Arc<Vec<String>>,
@@ -90,7 +92,7 @@ pub struct AppState {
     /// `/readyz`'s last check and when it ran (reused for a second).
     pub ready_cache: ReadyCache,
     /// Job lookup's index of `conveyor.jobs`, opened at its first use.
-    pub jobs: Arc<tokio::sync::OnceCell<conveyor_runtime::job_states::JobIndex>>,
+    pub jobs: Arc<tokio::sync::OnceCell<conveyor_runtime::observation::job_states::JobIndex>>,
 }
 
 /// `/readyz`'s last check and when it ran.
@@ -102,7 +104,8 @@ impl AppState {
         AppState {
             client: Client::new(Arc::clone(&backend)).with_producer("conveyor-api"),
             backend,
-            max_body_bytes: 1024 * 1024 - conveyor_runtime::dead_letter::DEAD_LETTER_HEADROOM,
+            max_body_bytes: 1024 * 1024
+                - conveyor_runtime::worker::dead_letter::DEAD_LETTER_HEADROOM,
             max_batch: 1000,
             routes: Arc::default(),
             control: Arc::default(),
@@ -121,25 +124,27 @@ impl AppState {
     }
 
     /// Job lookup's index, opened (its topic created and read) at the first call.
-    pub async fn jobs(&self) -> Result<&conveyor_runtime::job_states::JobIndex, ApiError> {
+    pub async fn jobs(
+        &self,
+    ) -> Result<&conveyor_runtime::observation::job_states::JobIndex, ApiError> {
         let backend = Arc::clone(&self.backend);
         Ok(self
             .jobs
             .get_or_try_init(|| {
-                conveyor_runtime::job_states::JobIndex::open(
+                conveyor_runtime::observation::job_states::JobIndex::open(
                     backend,
-                    conveyor_runtime::job_states::DEFAULT_MAX_JOBS,
+                    conveyor_runtime::observation::job_states::DEFAULT_MAX_JOBS,
                 )
             })
             .await?)
     }
 
     /// The control log, opened (and its topic created) at the first call.
-    pub async fn control(&self) -> Result<&conveyor_runtime::control::Control, ApiError> {
+    pub async fn control(&self) -> Result<&conveyor_runtime::time::control::Control, ApiError> {
         let backend = Arc::clone(&self.backend);
         Ok(self
             .control
-            .get_or_try_init(|| conveyor_runtime::control::Control::open(backend))
+            .get_or_try_init(|| conveyor_runtime::time::control::Control::open(backend))
             .await?)
     }
 
@@ -161,15 +166,18 @@ pub fn app(state: AppState) -> Router {
     let routes = Router::new()
         .route("/v1/topics/{topic}/jobs", post(enqueue))
         .route("/v1/topics/{topic}/jobs/batch", post(enqueue_batch))
-        .route("/v1/topics", get(list_topics).post(create_topic))
-        .route("/v1/topics/{topic}", get(describe_topic))
-        .route("/v1/topics:apply", post(apply_topics))
-        .route("/v1/topics/{topic}/records", get(read_records))
+        .route(
+            "/v1/topics",
+            get(topics::list_topics).post(topics::create_topic),
+        )
+        .route("/v1/topics/{topic}", get(topics::describe_topic))
+        .route("/v1/topics:apply", post(topics::apply_topics))
+        .route("/v1/topics/{topic}/records", get(topics::read_records))
         .route(
             "/v1/topics/{topic}/dlq:replay",
             post(dlq::replay_dead_letters),
         )
-        .route("/v1/groups/{group}/lag", get(group_lag))
+        .route("/v1/groups/{group}/lag", get(lag::group_lag))
         .route("/v1/topics/{topic}/requests", post(requests::request))
         .route("/v1/requests/stats", get(requests::request_stats))
         .route(
@@ -260,7 +268,7 @@ pub(crate) fn with_http_trace(job: NewJob, http: &axum::http::HeaderMap) -> NewJ
     match http
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(conveyor_runtime::trace::SpanContext::parse)
+        .and_then(conveyor_runtime::observation::trace::SpanContext::parse)
     {
         Some(parent) => job.with_header(headers::TRACEPARENT, parent.to_traceparent()),
         None => job,
@@ -695,232 +703,6 @@ async fn enqueue_batch(
         .run(&topic, &key, fingerprint, first)
         .await?
         .into_response())
-}
-
-async fn list_topics(State(s): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "topics": s.backend.list_topics().await? })))
-}
-
-async fn describe_topic(
-    State(s): State<Arc<AppState>>,
-    Path(topic): Path<String>,
-) -> Result<Json<TopicInfo>, ApiError> {
-    s.backend
-        .describe_topic(&topic)
-        .await?
-        .map(Json)
-        .ok_or_else(|| conveyor_core::Error::UnknownTopic(topic).into())
-}
-
-async fn create_topic(
-    State(s): State<Arc<AppState>>,
-    JsonBody(spec): JsonBody<TopicSpec>,
-) -> Result<(StatusCode, Json<TopicInfo>), ApiError> {
-    spec.validate()?;
-    Ok((
-        StatusCode::CREATED,
-        Json(s.backend.create_topic(&spec).await?),
-    ))
-}
-
-#[derive(Debug, Deserialize)]
-struct RecordsQuery {
-    #[serde(default)]
-    partition: i32,
-    #[serde(default)]
-    offset: Option<i64>,
-    #[serde(default = "default_limit")]
-    limit: usize,
-}
-
-fn default_limit() -> usize {
-    100
-}
-
-/// A record as JSON: `value` when it is JSON, `value_base64` otherwise.
-#[derive(Debug, Serialize)]
-struct RecordView {
-    partition: i32,
-    offset: i64,
-    timestamp: i64,
-    key: Option<String>,
-    headers: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value_base64: Option<String>,
-}
-
-async fn read_records(
-    State(s): State<Arc<AppState>>,
-    Path(topic): Path<String>,
-    query: Result<Query<RecordsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
-    if !(1..=1000).contains(&q.limit) {
-        return Err(ApiError::invalid(
-            "limit",
-            "`limit` must be between 1 and 1000",
-        ));
-    }
-    if q.partition < 0 || q.offset.is_some_and(|o| o < 0) {
-        return Err(ApiError::invalid(
-            if q.partition < 0 {
-                "partition"
-            } else {
-                "offset"
-            },
-            "`partition` and `offset` are at least 0",
-        ));
-    }
-    let info = s
-        .backend
-        .describe_topic(&topic)
-        .await?
-        .ok_or_else(|| ApiError::from(conveyor_core::Error::UnknownTopic(topic.clone())))?;
-    let part = info.partitions.get(q.partition as usize).ok_or_else(|| {
-        ApiError::UnknownPartition(format!(
-            "topic `{topic}` has no partition {} (it has {})",
-            q.partition,
-            info.partitions.len()
-        ))
-    })?;
-    let offset = q.offset.unwrap_or(part.low);
-    let records = s
-        .backend
-        .fetch(&topic, q.partition, offset, q.limit)
-        .await?;
-    let next = records
-        .last()
-        .map_or(offset.max(part.low), |r| r.offset + 1);
-    let views: Vec<RecordView> = records
-        .into_iter()
-        .map(|r| {
-            let json: Option<Value> = serde_json::from_slice(&r.value).ok();
-            RecordView {
-                partition: r.partition,
-                offset: r.offset,
-                timestamp: r.timestamp,
-                key: r
-                    .key
-                    .as_ref()
-                    .map(|k| String::from_utf8_lossy(k).into_owned()),
-                headers: r
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.to_owned(), String::from_utf8_lossy(v).into_owned()))
-                    .collect(),
-                value_base64: json
-                    .is_none()
-                    .then(|| base64::engine::general_purpose::STANDARD.encode(&r.value)),
-                value: json,
-            }
-        })
-        .collect();
-    Ok(Json(
-        json!({ "records": views, "next_offset": next, "high_watermark": part.high }),
-    ))
-}
-
-#[derive(Debug, Deserialize)]
-struct LagQuery {
-    #[serde(default)]
-    topic: Option<String>,
-}
-
-/// Lag of a group on one topic (`?topic=`), or on every topic where it has committed offsets.
-async fn group_lag(
-    State(s): State<Arc<AppState>>,
-    Path(group): Path<String>,
-    query: Result<Query<LagQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
-    if let Some(topic) = &q.topic {
-        // an unknown topic says so before the group is looked for on it
-        if s.backend.describe_topic(topic).await?.is_none() {
-            return Err(conveyor_core::Error::UnknownTopic(topic.clone()).into());
-        }
-    }
-    control::known_group(&s, &group, q.topic.as_deref()).await?;
-    let lags = match &q.topic {
-        Some(topic) => vec![conveyor_runtime::group_lag(s.backend.as_ref(), &group, topic).await?],
-        None => conveyor_runtime::lag::group_lag_all(s.backend.as_ref(), &group).await?,
-    };
-    let total: i64 = lags.iter().map(|l| l.lag).sum();
-    Ok(Json(
-        json!({ "group": group, "lag": total, "topics": lags }),
-    ))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ApplyRequest {
-    topics: Vec<TopicSpec>,
-    #[serde(default)]
-    dry_run: bool,
-}
-
-/// Plans (and unless `dry_run`, applies) topic specs: creates missing topics, updates changed
-/// ones. Nothing is applied when any plan is refused.
-async fn apply_topics(
-    State(s): State<Arc<AppState>>,
-    JsonBody(req): JsonBody<ApplyRequest>,
-) -> Result<Json<Value>, ApiError> {
-    // the whole request is checked before anything is planned, so a dry run and the apply
-    // always agree and an apply is all or nothing
-    let mut seen = std::collections::HashMap::new();
-    for (i, spec) in req.topics.iter().enumerate() {
-        if let Err(e) = spec.validate() {
-            return Err(ApiError::invalid(format!("topics[{i}]"), e.to_string()));
-        }
-        if let Some(first) = seen.insert(spec.name.as_str(), i) {
-            return Err(ApiError::invalid(
-                format!("topics[{i}].name"),
-                format!(
-                    "`{}` is listed twice (topics[{first}] and topics[{i}])",
-                    spec.name
-                ),
-            ));
-        }
-    }
-    let mut plans = Vec::with_capacity(req.topics.len());
-    for spec in &req.topics {
-        let current = s.backend.topic_spec(&spec.name).await?;
-        plans.push(conveyor_core::topic::plan(spec, current.as_ref()));
-    }
-    let refused: Vec<String> = plans
-        .iter()
-        .filter_map(|p| p.refused.as_ref().map(|r| format!("{}: {r}", p.name)))
-        .collect();
-    if req.dry_run {
-        return Ok(Json(json!({ "plan": plans, "applied": false })));
-    }
-    if !refused.is_empty() {
-        return Err(ApiError::PlanRefused(format!(
-            "nothing was applied: {}",
-            refused.join("; ")
-        )));
-    }
-    let mut done = Vec::new();
-    for (spec, plan) in req.topics.iter().zip(&plans) {
-        let result = match plan.action {
-            PlanAction::Create => s.backend.create_topic(spec).await.map(|_| ()),
-            PlanAction::Update => s.backend.update_topic(spec).await.map(|_| ()),
-            PlanAction::Unchanged | PlanAction::Refused => Ok(()),
-        };
-        if let Err(e) = result {
-            let applied = match done.is_empty() {
-                true => "nothing was applied".to_owned(),
-                false => format!("applied before this failure: {}", done.join(", ")),
-            };
-            let message = format!("topic `{}`: {e} ({applied})", spec.name);
-            return Err(ApiError::from(e).with_message(message));
-        }
-        if plan.action != PlanAction::Unchanged {
-            done.push(spec.name.clone());
-        }
-    }
-    Ok(Json(json!({ "plan": plans, "applied": true })))
 }
 
 async fn ready(State(s): State<Arc<AppState>>) -> Response {

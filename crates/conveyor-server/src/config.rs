@@ -4,6 +4,11 @@
 //! Environment overrides use the `CONVEYOR_` prefix and join nested keys with `__`:
 //! `CONVEYOR_API__LISTEN=127.0.0.1:9000` sets `[api] listen`. Every default is stated on its field
 //! and in docs/configuration.md, the configuration reference.
+//!
+//! This file holds the sections' types and their defaults. Beside it: `load` (the file, then
+//! the environment, into a [`Config`]), `validate` (values that parse but cannot work),
+//! `bounds`, `route_secrets`, [`log`] and [`metrics`]; the key-by-key walk of bad values is the
+//! `walk` test module.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -55,7 +60,7 @@ pub struct Config {
     /// Delayed jobs and long retries.
     pub delay: DelaySettings,
     /// Cron schedules: each tick enqueues a job (once across every process on the backend).
-    pub schedules: Vec<conveyor_runtime::schedule::Schedule>,
+    pub schedules: Vec<conveyor_runtime::time::schedule::Schedule>,
     /// The scheduler that fires the schedules' ticks.
     pub scheduler: SchedulerSettings,
     /// Traces exported with OTLP (`[tracing]`).
@@ -67,7 +72,7 @@ pub struct Config {
 }
 
 /// `[tracing]`: spans from each enqueue through every handler it leads to
-/// ([`conveyor_runtime::trace`]), exported as OTLP/HTTP JSON. Off unless `otlp_endpoint` is set.
+/// ([`conveyor_runtime::observation::trace`]), exported as OTLP/HTTP JSON. Off unless `otlp_endpoint` is set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TracingSettings {
@@ -104,8 +109,8 @@ impl Eq for TracingSettings {}
 
 impl TracingSettings {
     /// The tracer's settings, when tracing is on.
-    pub fn to_config(&self) -> Option<conveyor_runtime::trace::TraceConfig> {
-        Some(conveyor_runtime::trace::TraceConfig {
+    pub fn to_config(&self) -> Option<conveyor_runtime::observation::trace::TraceConfig> {
+        Some(conveyor_runtime::observation::trace::TraceConfig {
             endpoint: self.otlp_endpoint.clone()?,
             sample_ratio: self.sample_ratio,
             service_name: self.service_name.clone(),
@@ -132,7 +137,7 @@ pub struct SchedulerSettings {
 
 impl Default for SchedulerSettings {
     fn default() -> Self {
-        let limits = conveyor_runtime::schedule::ScheduleLimits::default();
+        let limits = conveyor_runtime::time::schedule::ScheduleLimits::default();
         SchedulerSettings {
             grace_ms: 60_000,
             max_schedules: limits.max_schedules,
@@ -153,8 +158,8 @@ impl SchedulerSettings {
     }
 
     /// The schedules' limits.
-    pub fn limits(&self) -> conveyor_runtime::schedule::ScheduleLimits {
-        conveyor_runtime::schedule::ScheduleLimits {
+    pub fn limits(&self) -> conveyor_runtime::time::schedule::ScheduleLimits {
+        conveyor_runtime::time::schedule::ScheduleLimits {
             max_schedules: self.max_schedules,
             max_bytes: self.max_schedule_bytes,
             max_ticks_per_minute: self.max_ticks_per_minute,
@@ -185,8 +190,8 @@ impl Default for DelaySettings {
 
 impl DelaySettings {
     /// The tiers (validated by [`Config::load`]).
-    pub fn tiers(&self) -> conveyor_runtime::tiers::DelayTiers {
-        conveyor_runtime::tiers::DelayTiers::parse(&self.tiers).unwrap_or_default()
+    pub fn tiers(&self) -> conveyor_runtime::time::tiers::DelayTiers {
+        conveyor_runtime::time::tiers::DelayTiers::parse(&self.tiers).unwrap_or_default()
     }
 }
 
@@ -292,7 +297,8 @@ impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: "127.0.0.1:8080".into(),
-            max_body_bytes: 1024 * 1024 - conveyor_runtime::dead_letter::DEAD_LETTER_HEADROOM,
+            max_body_bytes: 1024 * 1024
+                - conveyor_runtime::worker::dead_letter::DEAD_LETTER_HEADROOM,
             max_batch: 1000,
             max_reply_timeout_ms: crate::api::requests::MAX_REPLY_TIMEOUT_MS,
             reply_topic: None,
@@ -525,423 +531,14 @@ impl RouteConfig {
 }
 
 mod bounds;
+pub(crate) mod load;
 pub mod log;
 mod route_secrets;
+mod validate;
 pub use log::{log_format, LogFormat, LogSettings};
 pub mod metrics;
 
-/// Environment variables with the prefix that are not configuration keys (and `CONVEYOR_TEST_*`,
-/// read by the tests).
-/// `CONVEYOR_TOKEN` is the CLI's token (a server may run where it is set).
-const NOT_CONFIG: &[&str] = &[
-    "config",
-    "log",
-    "log_format",
-    "url",
-    "skip_live",
-    "cache",
-    "token",
-];
-
-/// The environment variables the file names as holders of secrets (`[[api.tokens]] env`,
-/// `routes.signing_secret_env`, `routes.headers_env`): read as secrets, never as keys, whatever
-/// their names (`CONVEYOR_TOKEN_OPS` would otherwise be read as a key `token_ops`).
-fn secret_variables(file: &Figment) -> Vec<String> {
-    let Ok(v) = file.extract::<serde_json::Value>() else {
-        return Vec::new();
-    };
-    let mut names = Vec::new();
-    for t in v["api"]["tokens"].as_array().into_iter().flatten() {
-        names.extend(t["env"].as_str().map(str::to_owned));
-    }
-    for r in v["routes"].as_array().into_iter().flatten() {
-        names.extend(r["signing_secret_env"].as_str().map(str::to_owned));
-        if let Some(h) = r["headers_env"].as_object() {
-            names.extend(h.values().filter_map(|v| v.as_str().map(str::to_owned)));
-        }
-    }
-    names
-}
-
 impl Config {
-    /// Loads `path` (when given; a missing file is an error) or `./conveyor.toml` (when it exists),
-    /// then applies `CONVEYOR_*` variables from `env`, then validates.
-    pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
-        let mut fig = Figment::new();
-        match path {
-            Some(p) if !p.exists() => {
-                return Err(ConfigError::Invalid {
-                    key: "--config".into(),
-                    message: format!("{} does not exist", p.display()),
-                })
-            }
-            Some(p) => fig = fig.merge(Toml::file(p)),
-            None if Path::new("conveyor.toml").exists() => {
-                fig = fig.merge(Toml::file("conveyor.toml"))
-            }
-            None => {}
-        }
-        let secrets = secret_variables(&fig);
-        let vars = env
-            .iter()
-            .filter(|(k, _)| !secrets.contains(k))
-            .cloned()
-            .collect();
-        let fig = fig.merge(EnvList { vars });
-        let mut config: Config = fig
-            .extract()
-            .map_err(|e| ConfigError::Parse(format_figment(e)))?;
-        route_secrets::resolve(&mut config, env)?;
-        config.validate()?;
-        // tokens read from the environment are kept only as their hash from here on
-        let lookup = |var: &str| env.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone());
-        crate::auth::Tokens::new(&config.api.tokens, lookup).map_err(|(i, key, e)| {
-            ConfigError::Invalid {
-                key: format!("api.tokens[{i}].{key}"),
-                message: e.0,
-            }
-        })?;
-        for t in &mut config.api.tokens {
-            if let Some(token) = t.env.as_deref().and_then(lookup) {
-                t.sha256 = Some(crate::auth::hash_hex(&token));
-                t.env = None;
-            }
-        }
-        Ok(config)
-    }
-
-    /// Checks values that parse but cannot work.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: String, message: String| Err(ConfigError::Invalid { key, message });
-        // first: the checks below do arithmetic on these values
-        bounds::check(self)?;
-        if self.data_dir.as_os_str().is_empty() {
-            return invalid(
-                "data_dir".into(),
-                "must name a folder, e.g. \".conveyor\"".into(),
-            );
-        }
-        if self.embedded.max_record_bytes < 16 * 1024 {
-            return invalid(
-                "embedded.max_record_bytes".into(),
-                format!(
-                    "{} is too small: use at least 16384",
-                    self.embedded.max_record_bytes
-                ),
-            );
-        }
-        if let Err(e) = conveyor_runtime::tiers::DelayTiers::parse(&self.delay.tiers) {
-            return invalid(
-                "delay.tiers".into(),
-                format!("{e}; write whole seconds such as [\"5s\", \"1m\", \"10m\", \"1h\"]"),
-            );
-        }
-        if self.embedded.retention_interval_secs == 0 {
-            return invalid(
-                "embedded.retention_interval_secs".into(),
-                "must be at least 1".into(),
-            );
-        }
-        if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {
-            return invalid(
-                "tracing.sample_ratio".into(),
-                format!(
-                    "{} is not a share: use 0.0 to 1.0",
-                    self.tracing.sample_ratio
-                ),
-            );
-        }
-        if let Some(e) = &self.tracing.otlp_endpoint {
-            if !(e.starts_with("http://") || e.starts_with("https://")) {
-                return invalid(
-                    "tracing.otlp_endpoint".into(),
-                    "must be an http:// or https:// URL of an OTLP/HTTP receiver, e.g. \"http://127.0.0.1:4318\"".into(),
-                );
-            }
-        }
-        match self.backend.as_str() {
-            "embedded" => {}
-            "kafka" => {
-                if self.kafka.brokers.trim().is_empty() {
-                    return invalid(
-                        "kafka.brokers".into(),
-                        "set the bootstrap brokers, e.g. \"127.0.0.1:9092\" (CONVEYOR_KAFKA__BROKERS)".into(),
-                    );
-                }
-                for b in self.kafka.brokers.split(',') {
-                    let b = b.trim();
-                    let port_ok = b.rsplit_once(':').is_some_and(|(h, p)| {
-                        !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0)
-                    });
-                    if !port_ok {
-                        return invalid(
-                            "kafka.brokers".into(),
-                            format!("`{b}` is not host:port (e.g. kafka-1:9092)"),
-                        );
-                    }
-                }
-                if self.kafka.replication_factor.is_some_and(|r| r < 1) {
-                    return invalid(
-                        "kafka.replication_factor".into(),
-                        "must be at least 1 (leave it out for the broker's default)".into(),
-                    );
-                }
-                if self.kafka.session_timeout_ms < 1000 {
-                    return invalid(
-                        "kafka.session_timeout_ms".into(),
-                        "must be at least 1000 (brokers refuse less than group.min.session.timeout.ms, 6000 by default)".into(),
-                    );
-                }
-                if self.kafka.request_timeout_ms < 100 {
-                    return invalid(
-                        "kafka.request_timeout_ms".into(),
-                        "must be at least 100".into(),
-                    );
-                }
-                if !["low_latency", "throughput"].contains(&self.kafka.profile.as_str()) {
-                    return invalid(
-                        "kafka.profile".into(),
-                        format!(
-                            "`{}`: use `low_latency` or `throughput`",
-                            self.kafka.profile
-                        ),
-                    );
-                }
-                if !["classic", "consumer"].contains(&self.kafka.group_protocol.as_str()) {
-                    return invalid(
-                        "kafka.group_protocol".into(),
-                        format!(
-                            "`{}`: use `classic` or `consumer` (KIP-848, Kafka 4.0+)",
-                            self.kafka.group_protocol
-                        ),
-                    );
-                }
-                if self.kafka.delivery_timeout_ms < 100 {
-                    return invalid(
-                        "kafka.delivery_timeout_ms".into(),
-                        format!(
-                            "{} ms is too short for any broker round trip: use at least 100 (the default is 30000)",
-                            self.kafka.delivery_timeout_ms
-                        ),
-                    );
-                }
-            }
-            other => {
-                return invalid(
-                    "backend".into(),
-                    format!("unknown backend `{other}`: use `embedded` or `kafka`"),
-                )
-            }
-        }
-        if self.api.listen.parse::<SocketAddr>().is_err() {
-            return invalid(
-                "api.listen".into(),
-                format!(
-                    "`{}` is not an address like 127.0.0.1:8080",
-                    self.api.listen
-                ),
-            );
-        }
-        if let Err((key, message)) = self.metrics.check() {
-            return invalid(key, message);
-        }
-        if self.api.max_body_bytes < 1024 {
-            return invalid("api.max_body_bytes".into(), "must be at least 1024".into());
-        }
-        let headroom = conveyor_runtime::dead_letter::DEAD_LETTER_HEADROOM;
-        if self.backend == "embedded"
-            && self.api.max_body_bytes + headroom > self.embedded.max_record_bytes
-        {
-            return invalid(
-                "api.max_body_bytes".into(),
-                format!(
-                    "{} leaves less than {headroom} bytes below embedded.max_record_bytes ({}): the dead letter of the largest job accepted could not be written; lower it or raise embedded.max_record_bytes",
-                    self.api.max_body_bytes, self.embedded.max_record_bytes
-                ),
-            );
-        }
-        if self.api.max_batch == 0 {
-            return invalid("api.max_batch".into(), "must be at least 1".into());
-        }
-        if !(1..=crate::api::requests::MAX_REPLY_TIMEOUT_MS)
-            .contains(&self.api.max_reply_timeout_ms)
-        {
-            return invalid(
-                "api.max_reply_timeout_ms".into(),
-                "must be 1 to 60000 (60 s)".into(),
-            );
-        }
-        if let Some(topic) = &self.api.reply_topic {
-            match conveyor_core::topic::validate_reply_topic(topic) {
-                Ok(()) => {}
-                Err(e @ conveyor_core::Error::ReservedTopic { .. }) => {
-                    return invalid(
-                        "api.reply_topic".into(),
-                        format!("{e} (or a reply topic of its own, `conveyor.replies.<name>`)"),
-                    )
-                }
-                Err(e) => return invalid("api.reply_topic".into(), e.to_string()),
-            }
-        }
-        if !(1000..=366 * 24 * 3600 * 1000).contains(&self.api.idempotency_window_ms) {
-            return invalid(
-                "api.idempotency_window_ms".into(),
-                "must be 1000 (1 s) to 31622400000 (366 days)".into(),
-            );
-        }
-        if self.api.idempotency_max_keys == 0 {
-            return invalid(
-                "api.idempotency_max_keys".into(),
-                "must be at least 1".into(),
-            );
-        }
-        if let Err(m) = self.retry.validate() {
-            return invalid("retry".into(), m);
-        }
-        for (i, t) in self.topics.iter().enumerate() {
-            if let Err(e) = t.validate() {
-                return invalid(format!("topics[{i}]"), e.to_string());
-            }
-        }
-        // two routes in one group on one topic would split its jobs between their URLs
-        let mut groups: std::collections::HashMap<(String, String), usize> = Default::default();
-        for (i, r) in self.routes.iter().enumerate() {
-            for topic in r.topics() {
-                if let Some(first) = groups.insert((r.group(), topic.clone()), i) {
-                    return invalid(
-                        format!("routes[{i}].group"),
-                        format!(
-                            "routes[{first}] and routes[{i}] both consume `{topic}` in group `{}`, so each would get only part of its jobs; give routes[{i}] its own `group` (a new group starts from the oldest retained job)",
-                            r.group()
-                        ),
-                    );
-                }
-            }
-            for (t, w) in &r.priorities {
-                if let Err(e) = conveyor_core::topic::validate_job_topic(t) {
-                    return invalid(format!("routes[{i}].priorities"), e.to_string());
-                }
-                if *w == 0 {
-                    return invalid(
-                        format!("routes[{i}].priorities"),
-                        format!("the weight of `{t}` is 0: weights are at least 1"),
-                    );
-                }
-            }
-        }
-        for (i, r) in self.routes.iter().enumerate() {
-            // a route's worker writes retries, delay tiers and dead letters of its topic
-            if let Err(e) = conveyor_core::topic::validate_job_topic(&r.topic) {
-                return invalid(format!("routes[{i}].topic"), e.to_string());
-            }
-            // the route's worker creates `<topic>.dlq`: it must be a valid name too, or the
-            // route would never start
-            let dlq = conveyor_runtime::dead_letter::dead_letter_topic(&r.topic, ".dlq");
-            if let Err(e) = conveyor_core::topic::validate_name(&dlq) {
-                return invalid(
-                    format!("routes[{i}].topic"),
-                    format!("its dead-letter topic `{dlq}` is not a valid name: {e}"),
-                );
-            }
-            // and its delay tiers `<topic>.delay.<tier>`
-            for topic in r.topics() {
-                for (tier, _) in self.delay.tiers().topics(&topic) {
-                    if let Err(e) = conveyor_core::topic::validate_name(&tier) {
-                        return invalid(
-                            format!("routes[{i}].topic"),
-                            format!("its delay-tier topic `{tier}` is not a valid name: {e}; use a shorter topic name"),
-                        );
-                    }
-                }
-            }
-            if r.max_buffered == 0 {
-                return invalid(
-                    format!("routes[{i}].max_buffered"),
-                    "must be at least 1 (0 would never fetch a job)".into(),
-                );
-            }
-            if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
-                return invalid(
-                    format!("routes[{i}].url"),
-                    format!("`{}` must start with http:// or https://", r.shown_url()),
-                );
-            }
-            // parsed as the webhook client will: a URL it cannot send to would dead-letter
-            // every job as "builder error"
-            match reqwest::Url::parse(&r.url) {
-                Ok(u)
-                    if u.host_str().is_some_and(|h| !h.is_empty())
-                        && !r.url.contains(char::is_whitespace) => {}
-                Ok(_) => {
-                    return invalid(
-                        format!("routes[{i}].url"),
-                        format!("`{}` has no host, or contains whitespace", r.shown_url()),
-                    )
-                }
-                Err(e) => {
-                    return invalid(
-                        format!("routes[{i}].url"),
-                        format!("`{}` is not a valid URL: {e}", r.shown_url()),
-                    )
-                }
-            }
-            if r.group.as_ref().is_some_and(|g| g.trim().is_empty()) {
-                return invalid(
-                    format!("routes[{i}].group"),
-                    "must not be empty (leave it out for webhook.<topic>)".into(),
-                );
-            }
-            if r.concurrency == 0 {
-                return invalid(
-                    format!("routes[{i}].concurrency"),
-                    "must be at least 1".into(),
-                );
-            }
-            if r.timeout_ms == 0 {
-                return invalid(
-                    format!("routes[{i}].timeout_ms"),
-                    "must be at least 1".into(),
-                );
-            }
-            if let Some(Err(m)) = r.retry.as_ref().map(RetryPolicy::validate) {
-                return invalid(format!("routes[{i}].retry"), m);
-            }
-            route_secrets::check(r, i)?;
-        }
-        self.validate_schedules()
-    }
-
-    /// Checks `[[schedules]]` and `[scheduler]`.
-    fn validate_schedules(&self) -> Result<(), ConfigError> {
-        let invalid = |key: String, message: String| Err(ConfigError::Invalid { key, message });
-        // a grace shorter than two heartbeats would count every handover as downtime
-        if self.scheduler.grace_ms < 2000 {
-            return invalid(
-                "scheduler.grace_ms".into(),
-                format!(
-                    "{} is too short: use at least 2000 (the scheduler commits its progress every second; the default is 60000)",
-                    self.scheduler.grace_ms
-                ),
-            );
-        }
-        let mut names = std::collections::HashMap::new();
-        for (i, s) in self.schedules.iter().enumerate() {
-            if let Err(e) = s.compile() {
-                return invalid(format!("schedules[{i}].{}", e.field), e.message);
-            }
-            if let Some(first) = names.insert(s.name.as_str(), i) {
-                return invalid(
-                    format!("schedules[{i}].name"),
-                    format!(
-                        "`{}` is also the name of schedules[{first}]: names are unique",
-                        s.name
-                    ),
-                );
-            }
-        }
-        Ok(())
-    }
-
     /// The embedded backend's settings.
     pub fn embedded_config(&self) -> EmbeddedConfig {
         let mut c = EmbeddedConfig::new(self.data_dir.join("log"));
@@ -967,110 +564,6 @@ impl Config {
             }
         }
         out
-    }
-}
-
-/// Whether a configuration key's value must never appear in a message.
-fn secret_looking(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    ["password", "secret", "token", "ssl.key.pem", "ssl_key"]
-        .iter()
-        .any(|s| k.contains(s))
-}
-
-pub(crate) fn format_figment(e: figment::Error) -> String {
-    e.into_iter()
-        .map(|e| {
-            // `topics.0.name` reads as the documented `topics[0].name`
-            let mut key = String::new();
-            for seg in &e.path {
-                if seg.parse::<usize>().is_ok() {
-                    key.push_str(&format!("[{seg}]"));
-                } else {
-                    if !key.is_empty() {
-                        key.push('.');
-                    }
-                    key.push_str(seg);
-                }
-            }
-            let source = e
-                .metadata
-                .as_ref()
-                .map(|m| m.name.to_string())
-                .unwrap_or_default();
-            if key.is_empty() {
-                format!("{} ({source})", e.kind)
-            } else if secret_looking(&key) {
-                // figment's messages quote the value ("found unsigned int `123456`")
-                format!("`{key}`: not a valid value (the value is not shown: the key names a secret; quote it as a string) ({source})")
-            } else {
-                format!("`{key}`: {} ({source})", e.kind)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// A figment provider reading `CONVEYOR_*` pairs from a given list (the binary passes the process
-/// environment), so tests never touch global state.
-struct EnvList {
-    vars: Vec<(String, String)>,
-}
-
-impl figment::Provider for EnvList {
-    fn metadata(&self) -> figment::Metadata {
-        figment::Metadata::named("environment variable(s)")
-    }
-
-    fn data(
-        &self,
-    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
-        let mut dict = figment::value::Dict::new();
-        for (k, v) in &self.vars {
-            let Some(rest) = k.strip_prefix("CONVEYOR_") else {
-                continue;
-            };
-            let key = rest.to_ascii_lowercase();
-            if NOT_CONFIG.contains(&key.as_str()) || key.starts_with("test_") {
-                continue;
-            }
-            let mut path: Vec<String> = key.split("__").map(str::to_owned).collect();
-            // librdkafka property names use dots, which shells cannot export:
-            // CONVEYOR_KAFKA__PROPERTIES__SASL_PASSWORD sets `sasl.password`.
-            let property = path.len() == 3 && path[0] == "kafka" && path[1] == "properties";
-            if property {
-                path[2] = path[2].replace('_', ".");
-            }
-            // librdkafka property values are strings, whatever they look like: a numeric
-            // password or `linger.ms=5` must not be type-guessed into a number (an error
-            // would then print the value)
-            let value: figment::value::Value = match property {
-                true => figment::value::Value::from(v.clone()),
-                false => v.parse().expect("figment values parse from any string"),
-            };
-            let mut nested = value;
-            for seg in path.iter().skip(1).rev() {
-                let mut d = figment::value::Dict::new();
-                d.insert((*seg).to_owned(), nested);
-                nested = d.into();
-            }
-            merge_into(&mut dict, &path[0], nested);
-        }
-        Ok(figment::Profile::Default.collect(dict))
-    }
-}
-
-fn merge_into(dict: &mut figment::value::Dict, key: &str, value: figment::value::Value) {
-    use figment::value::Value;
-    match (dict.get_mut(key), value) {
-        (Some(Value::Dict(_, existing)), Value::Dict(_, new)) => {
-            for (k, v) in new {
-                merge_into(existing, &k, v);
-            }
-        }
-        (_, value) => {
-            dict.insert(key.to_owned(), value);
-        }
     }
 }
 
@@ -1277,11 +770,11 @@ mod tests {
         let c = Config::load(Some(&p), &[]).unwrap();
         let (a, b) = (&c.schedules[0], &c.schedules[1]);
         assert_eq!(a.payload, serde_json::json!({"scope": "all"}));
-        assert_eq!(a.missed, conveyor_runtime::schedule::Missed::Skip);
+        assert_eq!(a.missed, conveyor_runtime::time::schedule::Missed::Skip);
         assert_eq!((a.key.as_deref(), b.key.as_deref()), (None, Some("k")));
         assert_eq!(b.timezone, "UTC");
         assert_eq!(b.payload, serde_json::json!({}));
-        assert_eq!(b.missed, conveyor_runtime::schedule::Missed::Once);
+        assert_eq!(b.missed, conveyor_runtime::time::schedule::Missed::Once);
         assert_eq!(
             c.all_topics()[0].name,
             "reports",
@@ -1336,172 +829,5 @@ mod tests {
     }
 }
 
-/// Every configuration key, walked with malformed and boundary values: each is refused at load
-/// with an error naming the key (never a panic, never a start that half works).
 #[cfg(test)]
-mod walk {
-    use super::*;
-
-    /// (TOML, the key the error must name)
-    fn bad_values() -> Vec<(String, &'static str)> {
-        let kafka = |rest: &str| format!("backend = \"kafka\"\n[kafka]\n{rest}\n");
-        let route =
-            |rest: &str| format!("[[routes]]\ntopic = \"t\"\nurl = \"http://h/x\"\n{rest}\n");
-        let topic = |rest: &str| format!("[[topics]]\nname = \"t\"\n{rest}\n");
-        let mut v: Vec<(String, &'static str)> = vec![
-            ("data_dir = 5".into(), "data_dir"),
-            ("data_dir = \"\"".into(), "data_dir"),
-            ("backend = \"redis\"".into(), "backend"),
-            ("[api]\nlisten = \"localhost\"".into(), "api.listen"),
-            ("[api]\nlisten = \"127.0.0.1:99999\"".into(), "api.listen"),
-            ("[metrics]\nlisten = \"nowhere\"".into(), "metrics.listen"),
-            ("[api]\nmax_body_bytes = -1".into(), "api.max_body_bytes"),
-            ("[api]\nmax_body_bytes = 10".into(), "api.max_body_bytes"),
-            ("[api]\nmax_batch = 0".into(), "api.max_batch"),
-            (
-                "[api]\nmax_reply_timeout_ms = 0".into(),
-                "api.max_reply_timeout_ms",
-            ),
-            (
-                "[api]\nmax_reply_timeout_ms = 60001".into(),
-                "api.max_reply_timeout_ms",
-            ),
-            ("[api]\nreply_topic = \"\"".into(), "api.reply_topic"),
-            ("[api]\nreply_topic = \"a b\"".into(), "api.reply_topic"),
-            ("[api]\nreply_topic = 5".into(), "api.reply_topic"),
-            (
-                "[api]\nidempotency_window_ms = 999".into(),
-                "api.idempotency_window_ms",
-            ),
-            (
-                "[api]\nidempotency_window_ms = \"1d\"".into(),
-                "api.idempotency_window_ms",
-            ),
-            (
-                "[api]\nidempotency_max_keys = 0".into(),
-                "api.idempotency_max_keys",
-            ),
-            (
-                "[embedded]\ndurability = \"sometimes\"".into(),
-                "embedded.durability",
-            ),
-            (
-                "[embedded]\nmax_record_bytes = 0".into(),
-                "embedded.max_record_bytes",
-            ),
-            (
-                "[embedded]\nretention_interval_secs = 0".into(),
-                "embedded.retention_interval_secs",
-            ),
-            (kafka("brokers = \"\""), "kafka.brokers"),
-            (kafka("brokers = \"host-without-port\""), "kafka.brokers"),
-            (kafka("profile = \"fast\""), "kafka.profile"),
-            (kafka("replication_factor = 0"), "kafka.replication_factor"),
-            (kafka("session_timeout_ms = 0"), "kafka.session_timeout_ms"),
-            (kafka("request_timeout_ms = 0"), "kafka.request_timeout_ms"),
-            (
-                kafka("delivery_timeout_ms = 5"),
-                "kafka.delivery_timeout_ms",
-            ),
-            (kafka("group_protocol = \"range\""), "kafka.group_protocol"),
-            (
-                kafka("[kafka.properties]\n\"linger.ms\" = [1]"),
-                "kafka.properties",
-            ),
-            ("[retry]\nmax_attempts = 0".into(), "retry"),
-            ("[retry]\nmultiplier = 0.5".into(), "retry"),
-            (
-                "[retry]\ninitial_delay_ms = 10\nmax_delay_ms = 5".into(),
-                "retry",
-            ),
-            (
-                "[retry]\nmax_retry_after_ms = \"1h\"".into(),
-                "retry.max_retry_after_ms",
-            ),
-            (topic("partitions = 0"), "topics[0]"),
-            ("[[topics]]\nname = \"bad name\"".into(), "topics[0]"),
-            (topic("retention_ms = 0"), "topics[0]"),
-            (
-                topic("cleanup_policy = \"never\""),
-                "topics[0].cleanup_policy",
-            ),
-            (topic("replication_factor = 0"), "topics[0]"),
-            (topic("min_insync_replicas = 0"), "topics[0]"),
-            (topic("retention_bytes = -5"), "topics[0]"),
-            (
-                "[[routes]]\ntopic = \"t t\"\nurl = \"http://h/x\"".into(),
-                "routes[0].topic",
-            ),
-            (
-                "[[routes]]\ntopic = \"t\"\nurl = \"http://h h/x\"".into(),
-                "routes[0].url",
-            ),
-            (route("group = \"\""), "routes[0].group"),
-            (route("concurrency = 0"), "routes[0].concurrency"),
-            (route("timeout_ms = 0"), "routes[0].timeout_ms"),
-            (route("max_buffered = 0"), "routes[0].max_buffered"),
-            (route("[routes.retry]\nmax_attempts = 0"), "routes[0].retry"),
-        ];
-        let schedule = |rest: &str| {
-            let mut t = String::from("[[schedules]]\n");
-            for (k, v) in [
-                ("name", "\"nightly\""),
-                ("cron", "\"0 3 * * *\""),
-                ("topic", "\"t\""),
-                ("type", "\"report\""),
-            ] {
-                if !rest.contains(&format!("{k} =")) {
-                    t.push_str(&format!("{k} = {v}\n"));
-                }
-            }
-            t + rest
-        };
-        v.extend([
-            (schedule("cron = \"61 * * * *\""), "schedules[0].cron"),
-            (schedule("cron = \"* * *\""), "schedules[0].cron"),
-            (
-                schedule("timezone = \"Mars/Olympus\""),
-                "schedules[0].timezone",
-            ),
-            (schedule("topic = \"bad topic\""), "schedules[0].topic"),
-            (schedule("missed = \"always\""), "schedules[0].missed"),
-            (schedule("name = \"a/b\""), "schedules[0].name"),
-            (schedule("type = \"\""), "schedules[0].type"),
-            (schedule("payloads = 1"), "schedules[0].payloads"),
-            (
-                format!("{}{}", schedule(""), schedule("")),
-                "schedules[1].name",
-            ),
-            ("[scheduler]\ngrace_ms = 500".into(), "scheduler.grace_ms"),
-        ]);
-        v.push(("unknown_key = 1".into(), "unknown_key"));
-        v
-    }
-
-    #[test]
-    fn every_key_refuses_malformed_values_naming_the_key() {
-        let cases = bad_values();
-        let mut accepted = Vec::new();
-        for (toml, key) in &cases {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("c.toml");
-            std::fs::write(&path, toml).unwrap();
-            match Config::load(Some(&path), &[]) {
-                Ok(_) => accepted.push(format!("{key}: accepted {toml:?}")),
-                Err(e) => {
-                    let e = e.to_string();
-                    if !e.contains(&format!("`{key}")) {
-                        accepted.push(format!("{key}: error does not name it: {e}"));
-                    }
-                }
-            }
-        }
-        let keys: std::collections::BTreeSet<&str> = cases.iter().map(|(_, k)| *k).collect();
-        eprintln!(
-            "configuration walk: {} malformed values over {} keys",
-            cases.len(),
-            keys.len()
-        );
-        assert!(accepted.is_empty(), "{:#?}", accepted);
-    }
-}
+mod walk;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use conveyor_core::{Backend, Error};
 use conveyor_embedded::EmbeddedBackend;
 use conveyor_kafka::KafkaBackend;
-use conveyor_runtime::control::Control;
+use conveyor_runtime::time::control::Control;
 use conveyor_runtime::{Worker, WorkerOptions};
 use tokio::net::TcpListener;
 

@@ -21,7 +21,6 @@
 
 pub mod api;
 pub mod auth;
-pub mod bench_http;
 pub mod config;
 pub mod dev;
 pub mod error;

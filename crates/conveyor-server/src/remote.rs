@@ -299,7 +299,7 @@ impl ApiClient {
         &self,
         dlq_topic: &str,
         body: &Value,
-    ) -> Result<conveyor_runtime::replay::ReplayReport, RemoteError> {
+    ) -> Result<conveyor_runtime::operations::replay::ReplayReport, RemoteError> {
         self.call(
             self.http
                 .post(format!(

@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use conveyor_core::{Backend, Error};
-use conveyor_runtime::control::Control;
+use conveyor_runtime::time::control::Control;
 use conveyor_runtime::Scheduler;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -128,7 +128,7 @@ pub async fn run(
         )));
     }
     if let Some(t) = config.tracing.to_config() {
-        if conveyor_runtime::trace::init(t) {
+        if conveyor_runtime::observation::trace::init(t) {
             tracing::info!(
                 endpoint = %conveyor_core::redact::url(
                     config.tracing.otlp_endpoint.as_deref().unwrap_or("")
@@ -195,13 +195,12 @@ pub async fn run(
     state.known_groups = Arc::new(config.routes.iter().map(|r| r.group()).collect());
     // job lookup: `waiting` states of the jobs the API enqueues, and the index read at start
     if role.api() {
-        state.client =
-            state
-                .client
-                .with_job_states(conveyor_runtime::job_states::EnqueueLog::start(
-                    Arc::clone(&backend),
-                    config.job_states_off(),
-                ));
+        state.client = state.client.with_job_states(
+            conveyor_runtime::observation::job_states::EnqueueLog::start(
+                Arc::clone(&backend),
+                config.job_states_off(),
+            ),
+        );
         // read in the background: the API (and its probes) answer at once, lookups wait for
         // the first read (`AppState::jobs`), however long 7 days of states take to read
         let cell = Arc::clone(&state.jobs);
@@ -209,9 +208,9 @@ pub async fn run(
         tokio::spawn(async move {
             let opened = cell
                 .get_or_try_init(|| {
-                    conveyor_runtime::job_states::JobIndex::open(
+                    conveyor_runtime::observation::job_states::JobIndex::open(
                         b,
-                        conveyor_runtime::job_states::DEFAULT_MAX_JOBS,
+                        conveyor_runtime::observation::job_states::DEFAULT_MAX_JOBS,
                     )
                 })
                 .await;
@@ -280,7 +279,7 @@ pub async fn run(
             .routes
             .iter()
             .map(|r| {
-                conveyor_runtime::metrics::watch(
+                conveyor_runtime::observation::metrics::watch(
                     Arc::clone(&backend),
                     &r.group(),
                     &r.topics(),
@@ -315,7 +314,7 @@ pub async fn run(
         let _ = w.await;
     }
     // the last spans (the drained deliveries') reach the collector before the process ends
-    conveyor_runtime::trace::flush(std::time::Duration::from_secs(2)).await;
+    conveyor_runtime::observation::trace::flush(std::time::Duration::from_secs(2)).await;
     let closed = backend.close().await;
     let broken = broken.lock().unwrap_or_else(|p| p.into_inner()).take();
     match broken {

@@ -29,7 +29,8 @@ use figment::providers::{Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
-use crate::config::{format_figment, ConfigError};
+use crate::config::load::format_figment;
+use crate::config::ConfigError;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

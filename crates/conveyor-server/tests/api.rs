@@ -633,7 +633,7 @@ async fn readyz_fails_naming_a_route_whose_worker_is_down() {
 /// fresh jobs, once; a dry run writes nothing; a missing topic is 404, bad fields 422.
 #[tokio::test]
 async fn dlq_replay_moves_dead_letters_back_once_and_refuses_bad_requests() {
-    use conveyor_runtime::dead_letter::{dead_letter_record, DeadLetterReason};
+    use conveyor_runtime::worker::dead_letter::{dead_letter_record, DeadLetterReason};
     let a = api().await;
     a.backend
         .create_topic(&TopicSpec::new("emails.dlq", 3))
@@ -991,7 +991,7 @@ async fn schedules_are_put_listed_replaced_and_deleted() {
         .await
         .unwrap();
     let mut state = AppState::new(Arc::clone(&backend));
-    state.configured_schedules = Arc::new(vec![conveyor_runtime::schedule::Schedule {
+    state.configured_schedules = Arc::new(vec![conveyor_runtime::time::schedule::Schedule {
         name: "nightly".into(),
         cron: "0 3 * * *".into(),
         timezone: "Europe/Berlin".into(),
@@ -999,7 +999,7 @@ async fn schedules_are_put_listed_replaced_and_deleted() {
         job_type: "report.nightly".into(),
         payload: json!({}),
         key: None,
-        missed: conveyor_runtime::schedule::Missed::Once,
+        missed: conveyor_runtime::time::schedule::Missed::Once,
     }]);
     let a = Api {
         _dir: dir,
@@ -1045,7 +1045,7 @@ async fn schedules_are_put_listed_replaced_and_deleted() {
         .collect();
     assert_eq!(names, vec![("nightly", "config"), ("tick", "api")]);
     // stored in the control log: a second view of the backend sees it
-    let control = conveyor_runtime::control::Control::open(Arc::clone(&a.backend))
+    let control = conveyor_runtime::time::control::Control::open(Arc::clone(&a.backend))
         .await
         .unwrap();
     assert_eq!(control.schedule("tick").unwrap().cron, "*/10 * * * * *");

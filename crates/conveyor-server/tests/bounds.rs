@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::http::Request;
 use conveyor_core::{Backend, TopicSpec};
 use conveyor_embedded::{EmbeddedBackend, EmbeddedConfig};
-use conveyor_runtime::schedule::ScheduleLimits;
+use conveyor_runtime::time::schedule::ScheduleLimits;
 use conveyor_server::api::idempotency::IdempotencyOptions;
 use conveyor_server::api::requests::WaitingLimit;
 use conveyor_server::{app, AppState};

@@ -172,11 +172,11 @@ async fn every_way_in_over_http_refuses_conveyors_own_topics() {
     );
     let job_record = a.backend.fetch("emails", p, o, 1).await.unwrap().remove(0);
     for t in RESERVED {
-        let mut dead = conveyor_runtime::dead_letter::dead_letter_record(
+        let mut dead = conveyor_runtime::worker::dead_letter::dead_letter_record(
             &job_record,
             "g",
             1,
-            conveyor_runtime::dead_letter::DeadLetterReason::Failed,
+            conveyor_runtime::worker::dead_letter::DeadLetterReason::Failed,
             "boom",
         );
         dead.headers.insert(headers::dlq::ORIGINAL_TOPIC, t);
@@ -244,7 +244,7 @@ fn forged_answer(key: &str, body: &Value, id: Option<&str>, partition: i32, offs
 /// The record a schedule on `conveyor.idempotency` wrote at each tick before schedules refused
 /// conveyor's own topics: a job whose payload is `answer`.
 fn as_a_schedule_tick(answer: &Value) -> Record {
-    let schedule = conveyor_runtime::schedule::Schedule {
+    let schedule = conveyor_runtime::time::schedule::Schedule {
         name: "forge".into(),
         cron: "* * * * * *".into(),
         timezone: "UTC".into(),

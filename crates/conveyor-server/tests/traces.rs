@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::routing::post;
 use conveyor_core::{Backend, TopicSpec};
 use conveyor_embedded::{EmbeddedBackend, EmbeddedConfig};
-use conveyor_runtime::trace::{SpanContext, TraceConfig};
+use conveyor_runtime::observation::trace::{SpanContext, TraceConfig};
 use conveyor_runtime::{Job, NewJob, WebhookHandler, Worker};
 use conveyor_server::{app, AppState};
 use serde_json::{json, Value};
@@ -56,7 +56,7 @@ fn find<'a>(spans: &'a [Value], name: &str, trace: &str) -> Option<&'a Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_from_the_http_enqueue_to_the_emitted_jobs_webhook() {
     let (otlp, spans) = otlp_receiver().await;
-    assert!(conveyor_runtime::trace::init(TraceConfig {
+    assert!(conveyor_runtime::observation::trace::init(TraceConfig {
         endpoint: format!("http://{otlp}"),
         sample_ratio: 1.0,
         service_name: "conveyor-test".into(),
@@ -141,12 +141,12 @@ async fn one_trace_from_the_http_enqueue_to_the_emitted_jobs_webhook() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    conveyor_runtime::trace::flush(Duration::from_secs(5)).await;
+    conveyor_runtime::observation::trace::flush(Duration::from_secs(5)).await;
     let _ = stop.send(true);
     for w in workers {
         w.await.unwrap().unwrap();
     }
-    conveyor_runtime::trace::flush(Duration::from_secs(5)).await;
+    conveyor_runtime::observation::trace::flush(Duration::from_secs(5)).await;
 
     let spans = spans.lock().unwrap().clone();
     let names: Vec<String> = spans

@@ -16,10 +16,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use conveyor_bench::{self as bench, BenchOptions};
 use conveyor_core::{Backend, TopicSpec};
 use conveyor_embedded::{Durability, EmbeddedBackend, EmbeddedConfig};
 use conveyor_kafka::KafkaBackend;
-use conveyor_runtime::bench::{self, BenchOptions};
 use conveyor_server::remote::ApiClient;
 use conveyor_server::serve::{Exposure, Role};
 use conveyor_server::Config;
@@ -722,7 +722,7 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
     }
     if args.http_jobs > 0 {
         let topic = bench_topic(&backend, "bench.http", opts.partitions).await?;
-        let load = conveyor_server::bench_http::HttpLoad {
+        let load = bench::http::HttpLoad {
             requests: args.http_jobs,
             connections: args.http_connections,
             payload_bytes: opts.payload_bytes,
@@ -739,7 +739,7 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
                 None => "as fast as answered".to_owned(),
             }
         );
-        let http = conveyor_server::bench_http::run(Arc::clone(&backend), &topic, load).await?;
+        let http = bench::http::run(Arc::clone(&backend), &topic, load).await?;
         eprintln!(
             "http: {:.0} requests/s, {:.0} jobs/s, latency p50 {:.2} ms p99 {:.2} ms",
             http.requests_s, http.jobs_s, http.p50_ms, http.p99_ms

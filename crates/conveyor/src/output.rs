@@ -122,7 +122,10 @@ pub(crate) fn lag(group: &str, lags: &[GroupLag]) -> String {
 }
 
 /// One step of `dlq replay`: the partition's running totals.
-pub(crate) fn replay_step(p: &conveyor_runtime::replay::PartitionReplay, dry_run: bool) -> String {
+pub(crate) fn replay_step(
+    p: &conveyor_runtime::operations::replay::PartitionReplay,
+    dry_run: bool,
+) -> String {
     let total = (p.to_offset - p.from_offset + 1).max(0);
     let scanned = (p.next_offset - p.from_offset).clamp(0, total);
     format!(
@@ -137,7 +140,7 @@ pub(crate) fn replay_step(p: &conveyor_runtime::replay::PartitionReplay, dry_run
 
 /// The outcome of `dlq replay`: how many moved, how many were already replayed, and why any
 /// could not be (in a dry run also what would move).
-pub(crate) fn replay_summary(r: &conveyor_runtime::replay::ReplayReport) -> String {
+pub(crate) fn replay_summary(r: &conveyor_runtime::operations::replay::ReplayReport) -> String {
     let mut out = String::new();
     if r.dry_run {
         for m in &r.moved {

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use conveyor_core::{headers, Backend, RetryPolicy, TopicSpec};
 use conveyor_embedded::{Durability, EmbeddedBackend, EmbeddedConfig};
-use conveyor_runtime::job_states::EnqueueLog;
+use conveyor_runtime::observation::job_states::EnqueueLog;
 use conveyor_runtime::{json_handler, Job, JobError, Worker, WorkerStats};
 use conveyor_server::{app, AppState};
 use serde_json::{json, Value};

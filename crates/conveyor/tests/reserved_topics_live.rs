@@ -96,7 +96,7 @@ async fn forged_answers_are_not_given_again_on_kafka() {
         .collect();
     let forged: Vec<Record> = vec![
         {
-            let schedule = conveyor_runtime::schedule::Schedule {
+            let schedule = conveyor_runtime::time::schedule::Schedule {
                 name: "forge".into(),
                 cron: "* * * * * *".into(),
                 timezone: "UTC".into(),

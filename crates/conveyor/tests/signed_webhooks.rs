@@ -512,7 +512,7 @@ async fn two_thousand_dead_letters_write_a_bounded_number_of_counted_warning_lin
         "every dead letter is written or counted:\n{stderr}"
     );
     assert!(
-        written as u64 <= conveyor_runtime::warn_limit::BURST as u64 * windows,
+        written as u64 <= conveyor_runtime::worker::warn_limit::BURST as u64 * windows,
         "{written} dead-letter lines in {windows} windows"
     );
     assert!(

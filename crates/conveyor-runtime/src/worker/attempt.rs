@@ -2,8 +2,8 @@
 //! policy, and moves the job to a delay tier or dead-letters it.
 
 use super::*;
-use crate::job_states::{Detail, Place, StateKind};
-use crate::warn_limit::Kind;
+use crate::observation::job_states::{Detail, Place, StateKind};
+use crate::worker::warn_limit::Kind;
 
 pub(super) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
@@ -39,11 +39,11 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
     let outputs = Arc::clone(&job.outputs);
     let job_type = job.job_type().to_owned();
     // nothing is formatted or allocated for traces while tracing is off (the no-op path)
-    let mut span = crate::trace::enabled()
+    let mut span = crate::observation::trace::enabled()
         .then(|| {
-            crate::trace::start(
+            crate::observation::trace::start(
                 format!("process {}", task.record.topic),
-                crate::trace::SpanKind::Consumer,
+                crate::observation::trace::SpanKind::Consumer,
                 task.record.headers.get_str(headers::TRACEPARENT),
             )
         })
@@ -192,7 +192,7 @@ pub(super) async fn run_attempt(shared: &Shared, task: &Task) -> TaskResult {
                 }
             } else {
                 let n = out.len() as u64;
-                match crate::outputs::publish_all(&*shared.backend, out).await {
+                match crate::effects::outputs::publish_all(&*shared.backend, out).await {
                     Ok(()) => {
                         succeeded();
                         shared.stats.emitted.fetch_add(n, Ordering::Relaxed);
@@ -262,8 +262,8 @@ pub(super) async fn unique_duplicate(shared: &Shared, task: &Task) -> Option<Tas
         .admit(group, &r.topic, key, &id, enqueued, until)
         .await
     {
-        Ok(crate::unique::Verdict::Run) => None,
-        Ok(crate::unique::Verdict::Duplicate { holder, until }) => {
+        Ok(crate::effects::unique::Verdict::Run) => None,
+        Ok(crate::effects::unique::Verdict::Duplicate { holder, until }) => {
             shared.stats.unique_dropped.fetch_add(1, Ordering::Relaxed);
             shared
                 .metrics
@@ -372,7 +372,7 @@ pub(super) async fn move_to_tier(
     h.insert(headers::DEDUP_KEY, move_key(r));
     match error {
         Some(error) => {
-            let error = crate::dead_letter::cut_to(error, ERROR_HEADER_BYTES);
+            let error = crate::worker::dead_letter::cut_to(error, ERROR_HEADER_BYTES);
             h.insert(headers::ATTEMPT, (task.attempt + 1).to_string());
             if h.get(headers::FIRST_ERROR).is_none() {
                 h.insert(headers::FIRST_ERROR, error.clone());
@@ -472,7 +472,7 @@ pub(super) async fn dead_letter(
     );
     // a request learns now, not at its timeout (at least once, outside any transaction, like
     // the dead letter itself)
-    if let Some((to, reply)) = crate::outputs::reply_record(r, Bytes::new(), Some(error)) {
+    if let Some((to, reply)) = crate::effects::outputs::reply_record(r, Bytes::new(), Some(error)) {
         if let Err(e) = shared.backend.publish(&to, vec![reply]).await {
             tracing::warn!(error = %e, reply_to = to, "cannot send the failed request's error reply; its caller times out instead");
         }

@@ -17,35 +17,37 @@ impl Scheduler {
         let full = self.load() >= max_buffered;
         match full {
             true => {
-                self.full_since.get_or_insert_with(Instant::now);
+                self.pauses.full_since.get_or_insert_with(Instant::now);
             }
-            false => self.full_since = None,
+            false => self.pauses.full_since = None,
         }
-        let stalled = self.full_since.is_some_and(|t| t.elapsed() >= STALL);
+        let stalled = self.pauses.full_since.is_some_and(|t| t.elapsed() >= STALL);
         let relieved = self.load() <= max_buffered / 2
-            && self.due.bytes() <= self.shared.options.max_delayed_bytes / 2;
+            && self.timers.due.bytes() <= self.shared.options.max_delayed_bytes / 2;
         let over_share = self.over_share(max_buffered);
         // the rule on jobs waiting behind busy keys keeps one partition from starving the
         // others; a worker with one partition has none to starve, and pausing it (a refetch on
         // Kafka each time it resumes) held a one-partition, 1,000-key workload to a fifth of
         // its rate
-        let others = self.tracks.len() > 1;
+        let others = self.partitions.tracks.len() > 1;
         let mut pause = Vec::new();
         let mut resume = Vec::new();
         let mut unpark = Vec::new();
         for tp in self
+            .partitions
             .tracks
             .keys()
-            .filter(|tp| !self.admin_paused.contains(*tp))
+            .filter(|tp| !self.pauses.admin_paused.contains(*tp))
         {
-            let n = self.waiting.get(tp).copied().unwrap_or(0);
-            let paused = self.paused.contains(tp);
+            let n = self.keys.waiting.get(tp).copied().unwrap_or(0);
+            let paused = self.pauses.paused.contains(tp);
             // jobs waiting behind keys held for retries in the tiers: pausing would keep the
             // retries (new records of this partition) from coming back, so at the bound the
             // keys go instead; so do keys of a partition paused anyway (a full buffer, a topic
             // over its share) whose retry is due: it cannot be fetched until then
             let now = Instant::now();
             let stuck = self
+                .keys
                 .parked
                 .values()
                 .any(|p| p.tp == *tp && (n >= cap || (paused && p.until <= now + PARK_GRACE)));
@@ -61,6 +63,7 @@ impl Scheduler {
         }
         if !unpark.is_empty() {
             let lanes: Vec<LaneKey> = self
+                .keys
                 .parked
                 .iter()
                 .filter(|(_, p)| unpark.contains(&p.tp))
@@ -71,7 +74,7 @@ impl Scheduler {
                 "half the buffer is jobs waiting behind keys whose jobs retry in a delay tier; those keys go on without them (their order is given up)"
             );
             for lane in lanes {
-                self.parked.remove(&lane);
+                self.keys.parked.remove(&lane);
                 self.release_key(Some(&lane));
             }
         }
@@ -80,10 +83,10 @@ impl Scheduler {
                 Ok(()) => {
                     tracing::debug!(
                         partitions = pause.len(),
-                        buffered = self.buffered,
+                        buffered = self.partitions.buffered,
                         "backpressure: paused"
                     );
-                    self.paused.extend(pause);
+                    self.pauses.paused.extend(pause);
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot pause partitions"),
             }
@@ -93,11 +96,11 @@ impl Scheduler {
                 Ok(()) => {
                     tracing::debug!(
                         partitions = resume.len(),
-                        buffered = self.buffered,
+                        buffered = self.partitions.buffered,
                         "backpressure: resumed"
                     );
                     for tp in &resume {
-                        self.paused.remove(tp);
+                        self.pauses.paused.remove(tp);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot resume partitions"),
@@ -114,18 +117,21 @@ impl Scheduler {
             return HashSet::new();
         };
         // delayed jobs waiting in memory for their due time are not the buffer's
-        let buffered = self.buffered.saturating_sub(self.due.len());
+        let buffered = self
+            .partitions
+            .buffered
+            .saturating_sub(self.timers.due.len());
         if buffered * 4 < max_buffered * 3 {
             return HashSet::new();
         }
         let topics = &self.shared.options.topics;
         let total: u64 = topics.iter().map(|t| u64::from(p.weight(t))).sum();
         let mut held: HashMap<&str, usize> = HashMap::new();
-        for (tp, t) in &self.tracks {
+        for (tp, t) in &self.partitions.tracks {
             *held.entry(tp.topic.as_str()).or_default() += t.offsets.in_flight();
         }
         for (topic, n) in held.iter_mut() {
-            *n = n.saturating_sub(self.due.of_topic(topic));
+            *n = n.saturating_sub(self.timers.due.of_topic(topic));
         }
         topics
             .iter()

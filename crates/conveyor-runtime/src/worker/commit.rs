@@ -13,7 +13,8 @@ impl Scheduler {
 
     /// [`Scheduler::commit_points`] of the partitions `which` takes.
     fn commit_points_of(&self, which: impl Fn(&Track) -> bool) -> Vec<CommitOffset> {
-        self.tracks
+        self.partitions
+            .tracks
             .iter()
             .filter(|(_, t)| which(t))
             .filter_map(|(tp, t)| {
@@ -35,7 +36,7 @@ impl Scheduler {
 
     /// Hands finished progress to the subscription (committed by the backend on revocation).
     pub(super) fn store(&mut self) {
-        self.unstored = false;
+        self.commits.unstored = false;
         if self.shared.options.transactional {
             // stored offsets are committed by the backend without the outputs that go with
             // them (Kafka: at revocation; embedded: at once); a transactional worker commits
@@ -51,7 +52,7 @@ impl Scheduler {
         match self.sub.store(&offsets) {
             Ok(()) => {
                 for c in &offsets {
-                    if let Some(t) = self.tracks.get_mut(&c.tp) {
+                    if let Some(t) = self.partitions.tracks.get_mut(&c.tp) {
                         t.stored = Some(t.signature());
                     }
                 }
@@ -67,16 +68,19 @@ impl Scheduler {
         // the states of the jobs this commit finishes go to their writer, in order (it
         // writes them while the loop goes on)
         if self.shared.states.is_some() {
-            let since = std::mem::replace(&mut self.states_flushed_at, crate::job_states::now_ms());
+            let since = std::mem::replace(
+                &mut self.commits.states_flushed_at,
+                crate::observation::job_states::now_ms(),
+            );
             self.note_running(since);
             if let Some(states) = &self.shared.states {
                 states.flush(&self.shared.backend);
             }
         }
         let offsets = self.commit_points();
-        self.last_commit = Instant::now();
+        self.commits.last_commit = Instant::now();
         if offsets.is_empty() {
-            self.dirty = false;
+            self.commits.dirty = false;
             return true;
         }
         let began = std::time::Instant::now();
@@ -101,7 +105,7 @@ impl Scheduler {
         match committed {
             Ok(offsets) => {
                 for c in offsets {
-                    if let Some(t) = self.tracks.get_mut(&c.tp) {
+                    if let Some(t) = self.partitions.tracks.get_mut(&c.tp) {
                         t.offsets.committed(c.next_offset);
                         t.attempts.persisted();
                         t.done_changed = false;
@@ -112,7 +116,7 @@ impl Scheduler {
                         }
                     }
                 }
-                self.dirty = false;
+                self.commits.dirty = false;
                 true
             }
             // the other partitions' offsets were committed (the contract); the revoked one's
@@ -151,7 +155,7 @@ impl Scheduler {
             // finished ranges its metadata names (only finished jobs have outputs)
             let records: Vec<(String, Record)> = offsets
                 .iter()
-                .filter_map(|c| self.tracks.get(&c.tp).map(|t| (c, t)))
+                .filter_map(|c| self.partitions.tracks.get(&c.tp).map(|t| (c, t)))
                 .flat_map(|(c, t)| {
                     t.outputs
                         .range(..outputs_to(c))
@@ -190,19 +194,22 @@ impl Scheduler {
     }
 
     pub(super) async fn drain(&mut self, timeout: Duration) {
-        let waiting = self.ready.len() + self.lanes.waiting() + self.timers.len() + self.due.len();
+        let waiting = self.ready.len()
+            + self.keys.lanes.waiting()
+            + self.timers.backoff.len()
+            + self.timers.due.len();
         tracing::info!(
-            running = self.running.len(),
+            running = self.attempts.running.len(),
             handed_back = waiting,
             "worker stopping"
         );
-        self.timers.abort_all();
+        self.timers.backoff.abort_all();
         self.ready.clear();
-        self.held.clear();
-        self.marking.clear();
+        self.pauses.held.clear();
+        self.suspects.marking.clear();
         let deadline = Instant::now() + timeout;
-        while !self.running.is_empty() {
-            match tokio::time::timeout_at(deadline, self.running.join_next()).await {
+        while !self.attempts.running.is_empty() {
+            match tokio::time::timeout_at(deadline, self.attempts.running.join_next()).await {
                 // a retry moved to its tier is finished here too: its copy is durable
                 Ok(Some(Ok((task, TaskResult::Finished | TaskResult::Parked(_))))) => {
                     self.mark_finished(&task)
@@ -215,20 +222,20 @@ impl Scheduler {
                 Ok(None) => break,
                 Err(_) => {
                     tracing::warn!(
-                        abandoned = self.running.len(),
+                        abandoned = self.attempts.running.len(),
                         "shutdown timeout: abandoning running jobs; they will be redelivered"
                     );
-                    self.running.abort_all();
+                    self.attempts.running.abort_all();
                     // reap the aborted attempts (their running counts drop with them), so the
                     // revocation when the subscription closes does not wait for them again
-                    let reap = async { while self.running.join_next().await.is_some() {} };
+                    let reap = async { while self.attempts.running.join_next().await.is_some() {} };
                     let _ = tokio::time::timeout(Duration::from_secs(1), reap).await;
                     break;
                 }
             }
         }
         // a clean stop: every job that may have run is finished or named by its count
-        for track in self.tracks.values_mut() {
+        for track in self.partitions.tracks.values_mut() {
             track.attempts.release();
         }
         // stored too: should this commit fail, the revocation as the subscription leaves
@@ -241,7 +248,7 @@ impl Scheduler {
                 .drain(&self.shared.backend, Duration::from_secs(5))
                 .await;
         }
-        self.running_by_partition.close();
+        self.attempts.running_by_partition.close();
         // nothing runs any more: the revocation this starts has nothing to wait for
         self.sub.leave(crate::LEAVE_TIMEOUT).await;
     }
@@ -250,7 +257,7 @@ impl Scheduler {
 /// The end of what a commit says is finished: its offset, or the end of the last finished
 /// range its metadata names.
 fn outputs_to(c: &CommitOffset) -> i64 {
-    crate::attempts::done_ranges(&c.metadata, c.next_offset)
+    crate::worker::attempts::done_ranges(&c.metadata, c.next_offset)
         .last()
         .map_or(c.next_offset, |r| r.1.max(c.next_offset))
 }
@@ -259,6 +266,6 @@ impl Drop for Scheduler {
     /// The subscription closes as the scheduler is dropped (on Kafka its revocation runs the
     /// barrier): nothing is left to wait for, also when `run` was cancelled or panicked.
     fn drop(&mut self) {
-        self.running_by_partition.close();
+        self.attempts.running_by_partition.close();
     }
 }

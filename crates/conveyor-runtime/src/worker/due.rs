@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use conveyor_core::ConsumedRecord;
 
-use crate::ready::Topical;
+use crate::worker::ready::Topical;
 
 /// What a waiting job costs beyond its record's bytes: the task, its lane key, the queue entry.
 pub(super) const JOB_OVERHEAD: usize = 512;

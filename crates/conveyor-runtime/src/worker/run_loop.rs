@@ -3,20 +3,49 @@
 //! (see the [worker docs](super)).
 
 use super::*;
-use crate::job_states::{Detail, StateKind};
+use crate::observation::job_states::{Detail, StateKind};
 
+/// The scheduler's state, owned by its one task. Grouped by the concern that changes each part,
+/// so a change shows which part it touches.
 pub(super) struct Scheduler {
+    // fields drop in declaration order; this order keeps the one from before the grouping for
+    // every field whose drop does something: the subscription, then the queued tasks, then
+    // the running attempts' and the timers' tasks (their `JoinSet`s abort them), then the
+    // control log's handle, then the held tasks
     pub(super) shared: Arc<Shared>,
     pub(super) sub: Box<dyn Subscription>,
-    pub(super) tracks: HashMap<TopicPartition, Track>,
-    pub(super) lanes: KeyLanes<LaneKey, Task>,
+    pub(super) partitions: Partitions,
+    pub(super) keys: Keys,
     pub(super) ready: ReadyQueue<Task>,
-    /// Suspects whose attempt count is committed before they run. Not counted as running (a
-    /// Kafka revocation waits inside the poll, where nothing could release them): checked
-    /// against revocations again once their count is committed.
-    pub(super) marking: Vec<Task>,
-    /// After a failed commit of suspects' counts: when to try again.
-    pub(super) marking_retry: Option<Instant>,
+    pub(super) suspects: Suspects,
+    pub(super) attempts: Attempts,
+    pub(super) timers: Timers,
+    pub(super) commits: Commits,
+    /// Cancellations and pauses (set before the first poll).
+    pub(super) control: Option<Control>,
+    pub(super) pauses: Pauses,
+}
+
+/// The partitions this member owns and the records polled from them.
+pub(super) struct Partitions {
+    pub(super) tracks: HashMap<TopicPartition, Track>,
+    pub(super) epoch: u64,
+    pub(super) buffered: usize,
+    /// Recent `dedup_key`s.
+    pub(super) seen: RecentKeys,
+}
+
+/// Per-key order: the key lanes, the jobs waiting behind a key, and the keys held by retries.
+pub(super) struct Keys {
+    pub(super) lanes: KeyLanes<LaneKey, Task>,
+    /// Per partition, jobs waiting behind a running or retrying job of their key.
+    pub(super) waiting: HashMap<TopicPartition, usize>,
+    /// Keys held by jobs waiting in a delay tier for their retry.
+    pub(super) parked: HashMap<LaneKey, ParkedKey>,
+}
+
+/// The attempts running now.
+pub(super) struct Attempts {
     pub(super) running: JoinSet<(Task, TaskResult)>,
     /// The task of each running attempt, so one whose task ends abnormally (a panic outside
     /// the handler's `catch_unwind`, e.g. in a future's `Drop`) still releases its key and is
@@ -24,34 +53,48 @@ pub(super) struct Scheduler {
     pub(super) in_flight: HashMap<tokio::task::Id, Task>,
     /// Running attempts per partition, shared with the revocation barrier.
     pub(super) running_by_partition: Arc<RunningCounts>,
-    pub(super) timers: JoinSet<Task>,
+}
+
+/// Suspects (jobs that may have crashed their process before) waiting for their attempt count
+/// to be committed.
+pub(super) struct Suspects {
+    /// Suspects whose attempt count is committed before they run. Not counted as running (a
+    /// Kafka revocation waits inside the poll, where nothing could release them): checked
+    /// against revocations again once their count is committed.
+    pub(super) marking: Vec<Task>,
+    /// After a failed commit of suspects' counts: when to try again.
+    pub(super) marking_retry: Option<Instant>,
+}
+
+/// Jobs waiting in memory for a time: a retry's backoff, a delayed job's due time.
+pub(super) struct Timers {
+    /// Retries parked on timers for their backoff.
+    pub(super) backoff: JoinSet<Task>,
     /// Delayed jobs waiting in memory for their due time, in due order.
     pub(super) due: due::DueQueue<Task>,
-    pub(super) buffered: usize,
-    pub(super) epoch: u64,
-    pub(super) dirty: bool,
-    /// Progress not yet passed to [`Subscription::store`].
-    pub(super) unstored: bool,
-    /// Commit without waiting for the commit interval (a counted suspect finished).
-    pub(super) commit_now: bool,
+}
+
+/// Pauses: partitions paused for backpressure or because their topic is paused for the group.
+pub(super) struct Pauses {
     /// Partitions paused for backpressure.
     pub(super) paused: HashSet<TopicPartition>,
-    /// Per partition, jobs waiting behind a running or retrying job of their key.
-    pub(super) waiting: HashMap<TopicPartition, usize>,
     /// Since when `max_buffered` records have been unfinished.
     pub(super) full_since: Option<Instant>,
-    pub(super) last_commit: Instant,
-    /// Cancellations and pauses (set before the first poll).
-    pub(super) control: Option<Control>,
-    /// Recent `dedup_key`s.
-    pub(super) seen: RecentKeys,
-    /// Keys held by jobs waiting in a delay tier for their retry.
-    pub(super) parked: HashMap<LaneKey, ParkedKey>,
     /// Jobs of topics paused for the group.
     pub(super) held: Vec<Task>,
     /// Partitions paused because their topic is paused for the group.
     pub(super) admin_paused: HashSet<TopicPartition>,
     pub(super) last_pause_sync: Instant,
+}
+
+/// Commit bookkeeping: whether there is progress to store and commit, and when.
+pub(super) struct Commits {
+    pub(super) dirty: bool,
+    /// Progress not yet passed to [`Subscription::store`].
+    pub(super) unstored: bool,
+    /// Commit without waiting for the commit interval (a counted suspect finished).
+    pub(super) commit_now: bool,
+    pub(super) last_commit: Instant,
     /// When the job states were last handed to their writer (Unix ms).
     pub(super) states_flushed_at: i64,
 }
@@ -91,26 +134,32 @@ impl Scheduler {
             .unwrap_or_else(|| self.shared.backend.commit_interval_hint());
         tokio::pin!(shutdown);
         loop {
-            if self.last_pause_sync.elapsed() >= Duration::from_millis(100) {
-                self.last_pause_sync = Instant::now();
+            if self.pauses.last_pause_sync.elapsed() >= Duration::from_millis(100) {
+                self.pauses.last_pause_sync = Instant::now();
                 self.sync_pauses();
                 self.expire_parked();
                 self.shared.warnings.flush(&opts.group, false);
             }
             self.release_due();
             self.dispatch();
-            if !self.marking.is_empty() && self.marking_retry.is_none_or(|t| t <= Instant::now()) {
+            if !self.suspects.marking.is_empty()
+                && self
+                    .suspects
+                    .marking_retry
+                    .is_none_or(|t| t <= Instant::now())
+            {
                 self.run_suspects().await;
             }
-            if self.unstored {
+            if self.commits.unstored {
                 self.store();
             }
             // job states wait for a commit too (a retry or a delay in memory changes no offset)
             let states_due = self.shared.states.as_ref().is_some_and(|s| s.has_pending());
-            if (self.dirty || states_due)
-                && (self.commit_now || self.last_commit.elapsed() >= commit_interval)
+            if (self.commits.dirty || states_due)
+                && (self.commits.commit_now
+                    || self.commits.last_commit.elapsed() >= commit_interval)
             {
-                self.commit_now = false;
+                self.commits.commit_now = false;
                 self.commit().await;
             }
             let stalled = self.backpressure(opts.max_buffered);
@@ -118,21 +167,21 @@ impl Scheduler {
             // one poll never takes more than a partition's share, so a single partition cannot
             // fill the whole buffer before backpressure looks at it
             let partition_cap = partition_share(opts.max_buffered);
-            let commit_in = commit_interval.saturating_sub(self.last_commit.elapsed());
-            let due_in = self
-                .due
-                .next_due()
-                .map(|due| Duration::from_millis((due - millis(SystemTime::now())).max(0) as u64));
+            let commit_in = commit_interval.saturating_sub(self.commits.last_commit.elapsed());
+            let due_in =
+                self.timers.due.next_due().map(|due| {
+                    Duration::from_millis((due - millis(SystemTime::now())).max(0) as u64)
+                });
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                Some(done) = self.running.join_next_with_id(), if !self.running.is_empty() => {
+                Some(done) = self.attempts.running.join_next_with_id(), if !self.attempts.running.is_empty() => {
                     self.on_task_done(done);
-                    while let Some(done) = self.running.try_join_next_with_id() {
+                    while let Some(done) = self.attempts.running.try_join_next_with_id() {
                         self.on_task_done(done);
                     }
                 }
-                Some(due) = self.timers.join_next(), if !self.timers.is_empty() => {
+                Some(due) = self.timers.backoff.join_next(), if !self.timers.backoff.is_empty() => {
                     if let Ok(task) = due {
                         self.back_from_timer(task);
                     }
@@ -149,8 +198,8 @@ impl Scheduler {
                         }
                     }
                 }
-                () = tokio::time::sleep(commit_in), if self.dirty || states_due => {}
-                () = tokio::time::sleep_until(self.marking_retry.unwrap_or_else(Instant::now)), if self.marking_retry.is_some() && !self.marking.is_empty() => {}
+                () = tokio::time::sleep(commit_in), if self.commits.dirty || states_due => {}
+                () = tokio::time::sleep_until(self.suspects.marking_retry.unwrap_or_else(Instant::now)), if self.suspects.marking_retry.is_some() && !self.suspects.marking.is_empty() => {}
                 () = tokio::time::sleep(STALL), if room == 0 && !stalled => {}
             }
         }
@@ -161,12 +210,15 @@ impl Scheduler {
 
     /// The book of `task`'s partition, while it is owned (by any epoch).
     pub(super) fn track_mut(&mut self, task: &Task) -> Option<&mut Track> {
-        self.tracks.get_mut(&task.record.tp())
+        self.partitions.tracks.get_mut(&task.record.tp())
     }
 
     pub(super) fn is_current(&self, task: &Task) -> bool {
         let tp = task.record.tp();
-        self.tracks.get(&tp).is_some_and(|t| t.epoch == task.epoch)
+        self.partitions
+            .tracks
+            .get(&tp)
+            .is_some_and(|t| t.epoch == task.epoch)
     }
 
     /// What the buffer holds: unfinished records, and (transactional) finished ones whose
@@ -178,26 +230,37 @@ impl Scheduler {
     /// bounds them), unless they reach their bound: then it is full.
     pub(super) fn load(&self) -> usize {
         if self.held_output_bytes() >= HELD_OUTPUT_BYTES
-            || self.due.bytes() >= self.shared.options.max_delayed_bytes.max(1)
+            || self.timers.due.bytes() >= self.shared.options.max_delayed_bytes.max(1)
         {
             return usize::MAX / 2;
         }
-        self.buffered.saturating_sub(self.due.len())
-            + self.tracks.values().map(|t| t.outputs.len()).sum::<usize>()
+        self.partitions
+            .buffered
+            .saturating_sub(self.timers.due.len())
+            + self
+                .partitions
+                .tracks
+                .values()
+                .map(|t| t.outputs.len())
+                .sum::<usize>()
     }
 
     /// Bytes of the outputs waiting for their commit (transactional; none otherwise).
     pub(super) fn held_output_bytes(&self) -> usize {
-        self.tracks.values().map(|t| t.output_bytes).sum()
+        self.partitions
+            .tracks
+            .values()
+            .map(|t| t.output_bytes)
+            .sum()
     }
 
     /// Keeps a finished job's outputs until its offset commits with them (transactional); at
     /// [`TRANSACTION_BYTES`] waiting, the next commit starts at once.
     pub(super) fn stash_outputs(&mut self, task: &Task, records: Vec<(String, Record)>) {
-        if let Some(track) = self.tracks.get_mut(&task.record.tp()) {
+        if let Some(track) = self.partitions.tracks.get_mut(&task.record.tp()) {
             if track.epoch == task.epoch {
                 track.stash(task.record.offset, records);
-                self.commit_now |= self.held_output_bytes() >= TRANSACTION_BYTES;
+                self.commits.commit_now |= self.held_output_bytes() >= TRANSACTION_BYTES;
             }
         }
     }
@@ -205,24 +268,24 @@ impl Scheduler {
     /// Marks a finished job's offset committable, unless its partition was revoked since.
     pub(super) fn mark_finished(&mut self, task: &Task) {
         let tp = task.record.tp();
-        if let Some(track) = self.tracks.get_mut(&tp) {
+        if let Some(track) = self.partitions.tracks.get_mut(&tp) {
             if track.epoch == task.epoch {
                 track.finished(task.record.offset);
                 track.attempts.finish(task.record.offset);
-                self.commit_now |= task.counted;
-                self.buffered -= 1;
-                self.dirty = true;
-                self.unstored = true;
+                self.commits.commit_now |= task.counted;
+                self.partitions.buffered -= 1;
+                self.commits.dirty = true;
+                self.commits.unstored = true;
             }
         }
     }
 
     /// Lets the delayed jobs that are due now go, in due order.
     pub(super) fn release_due(&mut self) {
-        if self.due.next_due().is_none() {
+        if self.timers.due.next_due().is_none() {
             return;
         }
-        for task in self.due.pop_due(millis(SystemTime::now())) {
+        for task in self.timers.due.pop_due(millis(SystemTime::now())) {
             self.back_from_timer(task);
         }
     }
@@ -238,9 +301,9 @@ impl Scheduler {
             ..task
         };
         let tp = task.record.tp();
-        match self.lanes.admit(task.lane.clone().as_ref(), task) {
+        match self.keys.lanes.admit(task.lane.clone().as_ref(), task) {
             Some(task) => self.ready.push_back(task),
-            None => *self.waiting.entry(tp).or_default() += 1,
+            None => *self.keys.waiting.entry(tp).or_default() += 1,
         }
     }
 
@@ -251,9 +314,9 @@ impl Scheduler {
 
     /// Lets the next job of `lane` through.
     pub(super) fn release_key(&mut self, lane: Option<&LaneKey>) {
-        if let Some(next) = self.lanes.release(lane) {
+        if let Some(next) = self.keys.lanes.release(lane) {
             let tp = next.record.tp();
-            if let Some(n) = self.waiting.get_mut(&tp) {
+            if let Some(n) = self.keys.waiting.get_mut(&tp) {
                 *n = n.saturating_sub(1);
             }
             self.ready.push_back(next);
@@ -267,7 +330,9 @@ impl Scheduler {
         let marking_cap = (concurrency / 2).max(1);
         let mut starting = Vec::new();
         let mut deferred = Vec::new();
-        while self.running.len() + self.marking.len() + starting.len() < concurrency {
+        while self.attempts.running.len() + self.suspects.marking.len() + starting.len()
+            < concurrency
+        {
             let Some(task) = self.ready.pop_front() else {
                 break;
             };
@@ -297,11 +362,11 @@ impl Scheduler {
                     }
                     self.note_waiting(&task, due);
                     let cost = due::cost_of(&task.record);
-                    self.due.push(due, cost, Task { unlaned, ..task });
+                    self.timers.due.push(due, cost, Task { unlaned, ..task });
                     continue;
                 }
                 Gate::Paused => {
-                    self.held.push(task);
+                    self.pauses.held.push(task);
                     continue;
                 }
                 Gate::Move(due) => {
@@ -346,8 +411,8 @@ impl Scheduler {
             if task.suspect && task.attempt <= max_attempts {
                 if !self.runnable(&task) {
                     self.release_lane(&task);
-                } else if self.marking.len() < marking_cap {
-                    self.marking.push(task);
+                } else if self.suspects.marking.len() < marking_cap {
+                    self.suspects.marking.push(task);
                 } else {
                     deferred.push(task);
                 }
@@ -419,7 +484,7 @@ impl Scheduler {
         let Some(states) = self.shared.states.as_ref() else {
             return;
         };
-        for task in self.in_flight.values_mut() {
+        for task in self.attempts.in_flight.values_mut() {
             if task.started_at == 0 || task.running_noted || task.started_at > since {
                 continue;
             }
@@ -456,9 +521,9 @@ impl Scheduler {
         let group = self.shared.options.group.clone();
         let mut pause = Vec::new();
         let mut resume = Vec::new();
-        for tp in self.tracks.keys() {
+        for tp in self.partitions.tracks.keys() {
             let paused = control.is_paused(&group, &tp.topic);
-            match (paused, self.admin_paused.contains(tp)) {
+            match (paused, self.pauses.admin_paused.contains(tp)) {
                 (true, false) => pause.push(tp.clone()),
                 (false, true) => resume.push(tp.clone()),
                 _ => {}
@@ -468,16 +533,17 @@ impl Scheduler {
             match self.sub.pause(&pause) {
                 Ok(()) => {
                     tracing::info!(partitions = pause.len(), group, "paused by the control log");
-                    self.admin_paused.extend(pause);
+                    self.pauses.admin_paused.extend(pause);
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot pause partitions"),
             }
         }
         // partitions backpressure also holds stay paused: backpressure resumes them
-        let (resume, held_back): (Vec<TopicPartition>, Vec<TopicPartition>) =
-            resume.into_iter().partition(|tp| !self.paused.contains(tp));
+        let (resume, held_back): (Vec<TopicPartition>, Vec<TopicPartition>) = resume
+            .into_iter()
+            .partition(|tp| !self.pauses.paused.contains(tp));
         for tp in &held_back {
-            self.admin_paused.remove(tp);
+            self.pauses.admin_paused.remove(tp);
         }
         if !resume.is_empty() {
             match self.sub.resume(&resume) {
@@ -488,18 +554,18 @@ impl Scheduler {
                         "resumed by the control log"
                     );
                     for tp in &resume {
-                        self.admin_paused.remove(tp);
+                        self.pauses.admin_paused.remove(tp);
                     }
                 }
                 // still counted as paused: tried again at the next sync
                 Err(e) => tracing::warn!(error = %e, "cannot resume partitions; trying again"),
             }
         }
-        if !self.held.is_empty() {
-            let held = std::mem::take(&mut self.held);
+        if !self.pauses.held.is_empty() {
+            let held = std::mem::take(&mut self.pauses.held);
             for task in held {
                 if control.is_paused(&group, &task.record.topic) {
-                    self.held.push(task);
+                    self.pauses.held.push(task);
                 } else {
                     self.ready.push_back(task);
                 }
@@ -509,14 +575,14 @@ impl Scheduler {
 
     /// Lets keys go whose retrying job did not come back in time (or was cancelled).
     pub(super) fn expire_parked(&mut self) {
-        if self.parked.is_empty() {
+        if self.keys.parked.is_empty() {
             return;
         }
         let now = Instant::now();
         let control = self.control.clone();
         let group = &self.shared.options.group;
         // a paused topic's retry cannot come back meanwhile: its grace starts again
-        for p in self.parked.values_mut() {
+        for p in self.keys.parked.values_mut() {
             if control
                 .as_ref()
                 .is_some_and(|c| c.is_paused(group, &p.tp.topic))
@@ -525,6 +591,7 @@ impl Scheduler {
             }
         }
         let gone: Vec<LaneKey> = self
+            .keys
             .parked
             .iter()
             .filter(|(_, p)| {
@@ -536,7 +603,7 @@ impl Scheduler {
             .map(|(k, _)| k.clone())
             .collect();
         for lane in gone {
-            if let Some(p) = self.parked.remove(&lane) {
+            if let Some(p) = self.keys.parked.remove(&lane) {
                 tracing::warn!(partition = %p.tp, message_id = p.message_id, "a retrying job did not come back from its delay tier in time (or was cancelled); later jobs of its key go on");
             }
             self.release_key(Some(&lane));
@@ -546,7 +613,7 @@ impl Scheduler {
     /// Whether `task`'s partition is still owned and not being revoked.
     pub(super) fn runnable(&self, task: &Task) -> bool {
         let tp = task.record.tp();
-        self.is_current(task) && !self.running_by_partition.is_revoking(&tp)
+        self.is_current(task) && !self.attempts.running_by_partition.is_revoking(&tp)
     }
 
     /// Counts `task` as running on its partition, unless that partition was (or is being)
@@ -555,13 +622,13 @@ impl Scheduler {
     /// revocation either waits for it or it sees the revocation.
     pub(super) fn enter(&mut self, task: &Task) -> Option<Running> {
         let tp = task.record.tp();
-        let running = match self.tracks.get_mut(&tp) {
+        let running = match self.partitions.tracks.get_mut(&tp) {
             Some(track) => {
-                let counts = &self.running_by_partition;
+                let counts = &self.attempts.running_by_partition;
                 let count = track.running.get_or_insert_with(|| counts.counter(&tp));
                 counts.enter_with(count)
             }
-            None => self.running_by_partition.enter(&task.record),
+            None => self.attempts.running_by_partition.enter(&task.record),
         };
         if self.runnable(task) {
             return Some(running);
@@ -578,14 +645,14 @@ impl Scheduler {
         if tasks.is_empty() {
             return;
         }
-        let now = crate::job_states::now_ms();
+        let now = crate::observation::job_states::now_ms();
         let mut tasks = tasks;
         for (task, _) in &mut tasks {
             task.started_at = now;
             task.running_noted = false;
             if let Some(track) = self.track_mut(task) {
                 track.attempts.start(task.record.offset, task.attempt);
-                self.dirty = true;
+                self.commits.dirty = true;
             }
         }
         self.store();
@@ -601,11 +668,11 @@ impl Scheduler {
     /// the next owner counts that attempt. When the commit fails they do not run uncounted:
     /// they wait and are tried again (their partitions stay held by them meanwhile).
     pub(super) async fn run_suspects(&mut self) {
-        let marking = std::mem::take(&mut self.marking);
+        let marking = std::mem::take(&mut self.suspects.marking);
         let mut before = Vec::with_capacity(marking.len());
         for task in &marking {
             let tp = task.record.tp();
-            if let Some(track) = self.tracks.get_mut(&tp) {
+            if let Some(track) = self.partitions.tracks.get_mut(&tp) {
                 before.push((
                     tp,
                     task.record.offset,
@@ -614,11 +681,11 @@ impl Scheduler {
                 track.attempts.start(task.record.offset, task.attempt);
             }
         }
-        self.dirty = true;
+        self.commits.dirty = true;
         let committed = self.commit().await;
         if !committed {
             for (tp, offset, count) in before {
-                if let Some(track) = self.tracks.get_mut(&tp) {
+                if let Some(track) = self.partitions.tracks.get_mut(&tp) {
                     track.attempts.restore(offset, count);
                 }
             }
@@ -626,15 +693,15 @@ impl Scheduler {
                 jobs = marking.len(),
                 "cannot commit the attempt counts of jobs that may have been running when their partition's previous owner stopped; they wait until it can"
             );
-            self.marking_retry = Some(Instant::now() + Duration::from_millis(200));
+            self.suspects.marking_retry = Some(Instant::now() + Duration::from_millis(200));
         } else {
-            self.marking_retry = None;
+            self.suspects.marking_retry = None;
         }
         let mut starting = Vec::new();
         for task in marking {
             if !committed {
                 if self.runnable(&task) {
-                    self.marking.push(task);
+                    self.suspects.marking.push(task);
                 } else {
                     self.release_lane(&task);
                 }
@@ -664,12 +731,12 @@ impl Scheduler {
     {
         let kept = task.clone();
         let work = work(Arc::clone(&self.shared), task);
-        let handle = self.running.spawn(async move {
+        let handle = self.attempts.running.spawn(async move {
             let out = work.await;
             drop(running);
             out
         });
-        self.in_flight.insert(handle.id(), kept);
+        self.attempts.in_flight.insert(handle.id(), kept);
     }
 
     /// `task`'s attempt ended without finishing the job (it waits to retry).
@@ -681,7 +748,7 @@ impl Scheduler {
 
     /// Runs `task` again, as its next attempt, after `delay`.
     pub(super) fn retry_later(&mut self, task: Task, delay: Duration) {
-        self.timers.spawn(async move {
+        self.timers.backoff.spawn(async move {
             tokio::time::sleep(delay).await;
             Task {
                 attempt: task.attempt + 1,
@@ -696,11 +763,11 @@ impl Scheduler {
     ) {
         let (task, result) = match done {
             Ok((id, v)) => {
-                self.in_flight.remove(&id);
+                self.attempts.in_flight.remove(&id);
                 v
             }
             Err(e) => {
-                let Some(task) = self.in_flight.remove(&e.id()) else {
+                let Some(task) = self.attempts.in_flight.remove(&e.id()) else {
                     return;
                 };
                 if e.is_cancelled() {
@@ -718,7 +785,7 @@ impl Scheduler {
             }
             TaskResult::Again(delay) if self.is_current(&task) => {
                 self.returned(&task);
-                self.timers.spawn(async move {
+                self.timers.backoff.spawn(async move {
                     tokio::time::sleep(delay).await;
                     task
                 });
@@ -747,9 +814,9 @@ impl Scheduler {
                     tp: task.record.tp(),
                     until: Instant::now() + delay + PARK_GRACE,
                 };
-                match parks(&self.parked, &lane, &key, PARKED_MAX_BYTES) {
+                match parks(&self.keys.parked, &lane, &key, PARKED_MAX_BYTES) {
                     true => {
-                        self.parked.insert(lane, key);
+                        self.keys.parked.insert(lane, key);
                     }
                     false => {
                         tracing::warn!(partition = %key.tp, message_id = key.message_id, max_bytes = PARKED_MAX_BYTES, "the keys held for retries in delay tiers take their bound: this one is not held, later jobs of its key go on before its retry");
@@ -808,214 +875,10 @@ impl Scheduler {
             dead_lettering: true,
             ..task
         };
-        let running = self.running_by_partition.enter(&task.record);
+        let running = self.attempts.running_by_partition.enter(&task.record);
         self.spawn_task(task, running, |shared, task| async move {
             let result = dead_letter(&shared, &task, DeadLetterReason::Exhausted, &error).await;
             (task, result)
         });
-    }
-
-    pub(super) async fn on_poll(&mut self, poll: Poll) -> Result<()> {
-        match poll {
-            Poll::Idle => {}
-            Poll::Records(records) => {
-                let mut leased = false;
-                for record in records {
-                    let tp = record.tp();
-                    let epoch = self.epoch;
-                    let track = self
-                        .tracks
-                        .entry(tp.clone())
-                        .or_insert_with(|| Track::new(epoch, AttemptBook::default()));
-                    track.offsets.fetched(record.offset);
-                    let arrival = track.attempts.arrive(record.offset);
-                    if arrival.done {
-                        // a previous owner finished it past its commit point; a move's key is
-                        // still remembered, so a second copy of the move later is dropped
-                        let group = &self.shared.options.group;
-                        let foreign = record
-                            .headers
-                            .get_str(headers::RETRY_GROUP)
-                            .is_some_and(|g| g != group);
-                        if let Some(k) = record.headers.get_str(headers::DEDUP_KEY) {
-                            if !foreign {
-                                let _ = self.seen.is_copy(k, &tp, record.offset);
-                            }
-                        }
-                        track.finished(record.offset);
-                        self.dirty = true;
-                        self.unstored = true;
-                        self.shared
-                            .stats
-                            .already_done
-                            .fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    leased |= track.attempts.cover(record.offset);
-                    self.buffered += 1;
-                    let lane = record.key.clone().map(|k| (record.topic.clone(), k));
-                    let group = &self.shared.options.group;
-                    let ours = record
-                        .headers
-                        .get_str(headers::RETRY_GROUP)
-                        .map(|g| g == group);
-                    // a job this group moved to a delay tier comes back with its attempt number
-                    let base = match ours {
-                        Some(true) => conveyor_core::JobMeta::from_headers(&record.headers).attempt,
-                        _ => 1,
-                    };
-                    let copy = ours != Some(false)
-                        && record
-                            .headers
-                            .get_str(headers::DEDUP_KEY)
-                            .is_some_and(|k| self.seen.is_copy(k, &tp, record.offset));
-                    let task = Task {
-                        dead_lettering: false,
-                        // the book counts attempt numbers, which already include the base
-                        attempt: base.max(arrival.attempts_before.saturating_add(1)),
-                        record: Arc::new(record),
-                        epoch: track.epoch,
-                        lane,
-                        suspect: arrival.suspect,
-                        counted: false,
-                        copy,
-                        in_place: false,
-                        keeps_key: false,
-                        unlaned: false,
-                        started_at: 0,
-                        running_noted: false,
-                    };
-                    let tp = task.record.tp();
-                    // the retrying job its key waited for is back: it goes first
-                    let back = ours == Some(true)
-                        && !copy
-                        && task.lane.as_ref().is_some_and(|l| {
-                            self.parked.get(l).is_some_and(|p| {
-                                task.record.headers.get_str(headers::DEDUP_KEY)
-                                    == Some(p.move_key.as_str())
-                            })
-                        });
-                    if back {
-                        if let Some(l) = &task.lane {
-                            self.parked.remove(l);
-                        }
-                        self.ready.push_back(Task {
-                            keeps_key: true,
-                            ..task
-                        });
-                        continue;
-                    }
-                    match self.lanes.admit(task.lane.clone().as_ref(), task) {
-                        Some(task) => self.ready.push_back(task),
-                        None => *self.waiting.entry(tp).or_default() += 1,
-                    }
-                }
-                if leased {
-                    // the lease is committed before any job under it runs
-                    self.dirty = true;
-                    self.commit().await;
-                }
-            }
-            Poll::Rebalance { revoked, assigned } => {
-                let names = |tps: &[TopicPartition]| {
-                    tps.iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                };
-                tracing::info!(revoked = %names(&revoked), assigned = %names(&assigned), group = %self.shared.options.group, "rebalance");
-                if !assigned.is_empty() {
-                    self.shared.group_metrics.rebalances.inc();
-                }
-                if !revoked.is_empty() {
-                    self.commit().await;
-                }
-                self.running_by_partition.settled(&revoked);
-                self.running_by_partition.settled(&assigned);
-                let unparked: Vec<LaneKey> = self
-                    .parked
-                    .iter()
-                    .filter(|(_, p)| revoked.contains(&p.tp))
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for tp in &revoked {
-                    self.paused.remove(tp);
-                    self.admin_paused.remove(tp);
-                    let (stale, kept): (Vec<Task>, Vec<Task>) = std::mem::take(&mut self.held)
-                        .into_iter()
-                        .partition(|t| t.record.tp() == *tp);
-                    self.held = kept;
-                    for t in &stale {
-                        self.release_lane(t);
-                    }
-                    self.waiting.remove(tp);
-                    // jobs of the partition waiting behind a busy key go too: released later
-                    // they would count against the partition's waiting total once it was
-                    // assigned here again
-                    self.lanes.remove_waiting(|t: &Task| {
-                        t.record.partition == tp.partition && t.record.topic == tp.topic
-                    });
-                    // delayed jobs of the partition waiting in memory go too (uncounted below)
-                    for t in self.due.remove_where(|t: &Task| t.record.tp() == *tp) {
-                        if !t.unlaned {
-                            self.release_lane(&t);
-                        }
-                    }
-                    if let Some(track) = self.tracks.remove(tp) {
-                        self.buffered -= track.offsets.in_flight();
-                    }
-                }
-                for lane in unparked {
-                    self.parked.remove(&lane);
-                    self.release_key(Some(&lane));
-                }
-                let inherited = self.inherited(&assigned).await?;
-                for tp in assigned {
-                    self.epoch += 1;
-                    let book = inherited
-                        .iter()
-                        .find(|c| c.tp == tp)
-                        .map(|c| AttemptBook::inherit(c.next_offset, &c.metadata))
-                        .unwrap_or_default();
-                    self.tracks.insert(tp, Track::new(self.epoch, book));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The attempt counts and finished ranges the previous owners of `assigned` committed.
-    /// Three tries, then none (their jobs count attempts from 1, and the finished ones past
-    /// the commit run again); a transactional worker tries for 30 s and then fails instead: it
-    /// must not run again a job whose outputs the previous owner published.
-    pub(super) async fn inherited(
-        &mut self,
-        assigned: &[TopicPartition],
-    ) -> Result<Vec<conveyor_core::Committed>> {
-        if assigned.is_empty() {
-            return Ok(Vec::new());
-        }
-        let transactional = self.shared.options.transactional;
-        let tries = if transactional { 60 } else { 3 };
-        let mut tried = 0;
-        loop {
-            tried += 1;
-            match self.sub.committed(assigned).await {
-                Ok(c) => return Ok(c),
-                Err(e) if tried < tries => {
-                    tracing::debug!(error = %e, "cannot read the committed attempt counts; trying again");
-                    let pause = if transactional { 500 } else { 200 };
-                    tokio::time::sleep(Duration::from_millis(pause)).await;
-                }
-                Err(e) if transactional => {
-                    tracing::error!(error = %e, "cannot read the group's commits of the assigned partitions for 30 s; stopping the transactional worker (its jobs' outputs must not be published twice)");
-                    return Err(e);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the attempt counts of the assigned partitions; their jobs count attempts from 1 and the finished ones past the commit run again");
-                    return Ok(Vec::new());
-                }
-            }
-        }
     }
 }

@@ -141,7 +141,7 @@ pub(super) enum Gate {
     Drop(
         fn(&WorkerStats) -> &AtomicU64,
         Option<fn(&JobSeries) -> &conveyor_metrics::Counter>,
-        Option<crate::job_states::StateKind>,
+        Option<crate::observation::job_states::StateKind>,
     ),
     /// Not due until this time (ms since the epoch), less than the shortest tier away (or it
     /// may not move): waits in memory.

@@ -149,7 +149,7 @@ pub(crate) async fn thousand_concurrent_requests(backend: Arc<dyn Backend>, topi
     assert_eq!(c.replied, N as u64 + 1, "{c:?}");
     assert_eq!((c.timed_out, c.abandoned, c.failed), (0, 0, 0), "{c:?}");
     let reply_topic = c.reply_topic.expect("reply topic opened");
-    assert!(reply_topic.starts_with(conveyor_runtime::request::REPLY_TOPIC_PREFIX));
+    assert!(reply_topic.starts_with(conveyor_runtime::effects::request::REPLY_TOPIC_PREFIX));
     let info = backend.describe_topic(&reply_topic).await.unwrap().unwrap();
     assert_eq!(
         info.partition_count(),

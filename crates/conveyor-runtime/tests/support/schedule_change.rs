@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use conveyor_core::{headers, Backend, TopicSpec};
-use conveyor_runtime::control::{Control, ControlEntry};
-use conveyor_runtime::schedule::{unix_ms, Missed, Schedule};
+use conveyor_runtime::time::control::{Control, ControlEntry};
+use conveyor_runtime::time::schedule::{unix_ms, Missed, Schedule};
 use conveyor_runtime::{Scheduler, SchedulerOptions};
 
 /// How long before its tick each put lands, in milliseconds: the first creates the schedule, the

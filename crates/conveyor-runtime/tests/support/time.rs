@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use conveyor_core::headers::{self, dlq};
 use conveyor_core::{Backend, ConsumedRecord, Outcome, Record, RetryPolicy, TopicSpec};
-use conveyor_runtime::control::{Control, ControlEntry};
-use conveyor_runtime::tiers::DelayTiers;
+use conveyor_runtime::time::control::{Control, ControlEntry};
+use conveyor_runtime::time::tiers::DelayTiers;
 use conveyor_runtime::{handler_fn, Client, Job, NewJob, Worker, WorkerBuilder, WorkerStats};
 use tokio::sync::oneshot;
 

@@ -1,4 +1,4 @@
-//! Commands through the control log ([`conveyor_runtime::control`]): cancel a job, pause and
+//! Commands through the control log ([`conveyor_runtime::time::control`]): cancel a job, pause and
 //! resume a topic for a group.
 //!
 //! | route | answer |
@@ -19,7 +19,7 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use conveyor_runtime::control::ControlEntry;
+use conveyor_runtime::time::control::ControlEntry;
 use serde_json::{json, Value};
 
 use super::AppState;
@@ -55,8 +55,8 @@ pub(super) async fn cancel_job(
     // lookup knows); any other id must name a job lookup knows, unless forced
     // only the form conveyor writes (lowercase, hyphenated): `is_cancelled` matches exactly,
     // so an uppercase or braced UUID would be "cancelled" and still run
-    let conveyors =
-        conveyor_runtime::job_states::is_job_id(&id) && !id.bytes().any(|b| b.is_ascii_uppercase());
+    let conveyors = conveyor_runtime::observation::job_states::is_job_id(&id)
+        && !id.bytes().any(|b| b.is_ascii_uppercase());
     if !conveyors && !q.force {
         let index = s.jobs().await?;
         index

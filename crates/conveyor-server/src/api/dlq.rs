@@ -1,5 +1,5 @@
 //! `POST /v1/topics/{topic}/dlq:replay`: dead letters back to their original topic
-//! ([`conveyor_runtime::replay`]). `{topic}` is the dead-letter topic (`emails.dlq`).
+//! ([`conveyor_runtime::operations::replay`]). `{topic}` is the dead-letter topic (`emails.dlq`).
 //!
 //! Body (every field optional): `{"type", "partition", "from_offset", "to_offset", "limit",
 //! "dry_run"}`. The offsets bound the range in each partition scanned, both included; `limit`
@@ -12,7 +12,7 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use conveyor_runtime::replay::{self, ReplayReport, ReplayRequest};
+use conveyor_runtime::operations::replay::{self, ReplayReport, ReplayRequest};
 use serde::Deserialize;
 use serde_json::Value;
 

@@ -1,4 +1,4 @@
-//! Job lookup ([`conveyor_runtime::job_states`]): one job's state, and jobs listed by state
+//! Job lookup ([`conveyor_runtime::observation::job_states`]): one job's state, and jobs listed by state
 //! for the console.
 //!
 //! | route | answer |
@@ -11,7 +11,7 @@
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use conveyor_runtime::job_states::StateKind;
+use conveyor_runtime::observation::job_states::StateKind;
 use serde::Deserialize;
 use serde_json::{json, Value};
 

@@ -1,7 +1,7 @@
 //! `GET /metrics` and the HTTP API's own metrics.
 //!
 //! [`scrape`] refreshes the gauges read from the backend (lag, delayed jobs, dead letters:
-//! `conveyor_runtime::metrics::refresh`) and answers the exposition of
+//! `conveyor_runtime::observation::metrics::refresh`) and answers the exposition of
 //! [`conveyor_metrics::global`]. [`track`], a middleware around every route, counts requests by
 //! method, route (axum's [`MatchedPath`], the route's template such as
 //! `/v1/topics/:topic/jobs`: never the raw path, whose topic names and ids would make the
@@ -53,14 +53,14 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
 /// Registers every family of conveyor's crates, so a scrape lists them all from the start.
 pub fn init() {
     LazyLock::force(&FAMILIES);
-    conveyor_runtime::metrics::init();
+    conveyor_runtime::observation::metrics::init();
     conveyor_kafka::metrics::init();
 }
 
 /// `GET /metrics`: the Prometheus text exposition.
 pub async fn scrape() -> Response {
     init();
-    conveyor_runtime::metrics::refresh().await;
+    conveyor_runtime::observation::metrics::refresh().await;
     (
         [(header::CONTENT_TYPE, conveyor_metrics::CONTENT_TYPE)],
         global().render(),

@@ -1,4 +1,4 @@
-//! Request/reply over HTTP ([`conveyor_runtime::request`]): the API process publishes the job
+//! Request/reply over HTTP ([`conveyor_runtime::effects::request`]): the API process publishes the job
 //! with its client's reply topic and waits for the worker's reply.
 //!
 //! | route | answer |

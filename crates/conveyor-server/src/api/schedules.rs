@@ -1,4 +1,4 @@
-//! Cron schedules over HTTP ([`conveyor_runtime::schedule`]). Schedules put here are stored in
+//! Cron schedules over HTTP ([`conveyor_runtime::time::schedule`]). Schedules put here are stored in
 //! the control log, so every process sees them and the elected scheduler fires them, across
 //! restarts; those of the configuration file (`[[schedules]]`) are listed too but cannot be
 //! changed or deleted here (409 `schedule_in_config`: edit the file).
@@ -16,15 +16,15 @@
 //! A `PUT` that would take the schedules (the file's and the API's, this one replacing its
 //! namesake) past `[scheduler]`'s `max_schedules`, `max_schedule_bytes` or
 //! `max_ticks_per_minute` is refused with `507 limit_reached` naming the key; nothing is stored
-//! ([`conveyor_runtime::schedule::budget`]).
+//! ([`conveyor_runtime::time::schedule::budget`]).
 
 use std::time::SystemTime;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use conveyor_runtime::control::ControlEntry;
-use conveyor_runtime::schedule::{self, Missed, Schedule};
+use conveyor_runtime::time::control::ControlEntry;
+use conveyor_runtime::time::schedule::{self, Missed, Schedule};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -213,7 +213,7 @@ pub(super) async fn delete_schedule(
 /// force past the limits.
 fn within_limits(
     s: &AppState,
-    control: &conveyor_runtime::control::Control,
+    control: &conveyor_runtime::time::control::Control,
     schedule: &Schedule,
 ) -> Result<(), ApiError> {
     let others: Vec<Schedule> = control

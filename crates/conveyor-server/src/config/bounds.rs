@@ -5,7 +5,7 @@
 //!
 //! Each bound is far beyond any useful value; an error names the key, the value, the bound and
 //! why. The schedules of the configuration must also fit `[scheduler]`'s limits
-//! ([`conveyor_runtime::schedule::budget`]).
+//! ([`conveyor_runtime::time::schedule::budget`]).
 
 use super::{Config, ConfigError, RetryPolicy};
 
@@ -190,7 +190,7 @@ pub(super) fn check(c: &Config) -> Result<(), ConfigError> {
         }
     }
     // the tiers feed the same arithmetic as delays (a malformed one is reported later)
-    if let Ok(tiers) = conveyor_runtime::tiers::DelayTiers::parse(&c.delay.tiers) {
+    if let Ok(tiers) = conveyor_runtime::time::tiers::DelayTiers::parse(&c.delay.tiers) {
         if let Some(t) = tiers.all().iter().find(|t| t.as_millis() > MAX_DELAY_MS) {
             return Err(ConfigError::Invalid {
                 key: "delay.tiers".into(),
@@ -208,7 +208,7 @@ pub(super) fn check(c: &Config) -> Result<(), ConfigError> {
 /// reported by [`Config::validate`]).
 fn schedules(c: &Config) -> Result<(), ConfigError> {
     let limits = c.scheduler.limits();
-    let mut usage = conveyor_runtime::schedule::Usage::default();
+    let mut usage = conveyor_runtime::time::schedule::Usage::default();
     for (i, s) in c.schedules.iter().enumerate() {
         let Ok(compiled) = s.compile() else { continue };
         usage = usage.with(compiled.cost());

@@ -16,7 +16,8 @@ use figment::providers::{Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, EnvList};
+use super::load::{format_figment, EnvList};
+use super::ConfigError;
 
 /// The environment variable that chooses the format, whatever the file says.
 pub const LOG_FORMAT_ENV: &str = "CONVEYOR_LOG_FORMAT";
@@ -72,7 +73,7 @@ pub fn log_format(path: Option<&Path>, env: &[(String, String)]) -> Result<LogFo
     match fig.extract_inner::<LogSettings>("log") {
         Ok(log) => Ok(log.format),
         Err(e) if e.missing() => Ok(LogFormat::Text),
-        Err(e) => Err(ConfigError::Parse(super::format_figment(e))),
+        Err(e) => Err(ConfigError::Parse(format_figment(e))),
     }
 }
 

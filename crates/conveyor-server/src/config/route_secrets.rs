@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 
 use conveyor_core::redact;
-use conveyor_runtime::webhook::signing::SigningSecret;
+use conveyor_runtime::worker::webhook::signing::SigningSecret;
 use conveyor_runtime::WebhookHandler;
 
 use super::{Config, ConfigError, RouteConfig};

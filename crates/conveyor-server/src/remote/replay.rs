@@ -4,7 +4,7 @@
 //! starts (up to the high watermark then), as a single call fixes it.
 
 use conveyor_core::topic::PartitionInfo;
-use conveyor_runtime::replay::{PartitionReplay, ReplayReport, MAX_LISTED};
+use conveyor_runtime::operations::replay::{PartitionReplay, ReplayReport, MAX_LISTED};
 use serde_json::json;
 
 use super::{ApiClient, RemoteError};
@@ -46,7 +46,7 @@ impl ApiClient {
         if topic.ends_with(".dlq") {
             return Ok(topic.to_owned());
         }
-        let dlq = conveyor_runtime::dead_letter::dead_letter_topic(topic, ".dlq");
+        let dlq = conveyor_runtime::worker::dead_letter::dead_letter_topic(topic, ".dlq");
         match self.describe_topic(&dlq).await {
             Ok(_) => Ok(dlq),
             Err(RemoteError::Api { status: 404, .. }) => Ok(topic.to_owned()),
@@ -67,7 +67,7 @@ impl ApiClient {
             .map_err(|e| RemoteError::Protocol(format!("topic description: {e}")))?;
         let mut report = ReplayReport {
             dlq_topic: dlq_topic.to_owned(),
-            ledger_topic: conveyor_runtime::replay::ledger::ledger_topic(dlq_topic),
+            ledger_topic: conveyor_runtime::operations::replay::ledger::ledger_topic(dlq_topic),
             dry_run: opts.dry_run,
             ..ReplayReport::default()
         };
