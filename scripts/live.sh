@@ -69,13 +69,13 @@ logs=$(mktemp -d "${TMPDIR:-/tmp}/conveyor-live.XXXXXX")
     -E 'package(conveyor) & binary(=kafka_security_live)' >"$logs/security.log" 2>&1
 ) &
 others=$!
-# CONVEYOR_LIVE_BESIDE="COMMAND": run beside the live tests too, its failure theirs (.ci/run puts
+# CONVEYOR_TEST_BESIDE_LIVE="COMMAND": run beside the live tests too, its failure theirs (.ci/run puts
 # the slowdown guard here: it counts instructions, which the tests' load does not move, and its
 # release build uses the processors the waiting tests leave idle)
 beside=
-if [ -n "${CONVEYOR_LIVE_BESIDE:-}" ]; then
-  step "beside the live tests: $CONVEYOR_LIVE_BESIDE (output in $logs/beside.log)"
-  bash -c "$CONVEYOR_LIVE_BESIDE" >"$logs/beside.log" 2>&1 &
+if [ -n "${CONVEYOR_TEST_BESIDE_LIVE:-}" ]; then
+  step "beside the live tests: $CONVEYOR_TEST_BESIDE_LIVE (output in $logs/beside.log)"
+  bash -c "$CONVEYOR_TEST_BESIDE_LIVE" >"$logs/beside.log" 2>&1 &
   beside=$!
 fi
 
@@ -92,7 +92,7 @@ step "1/3 ended (exit $single); waiting for runs 2 and 3"
 rest=0
 wait "$others" || rest=$?
 if [ -n "$beside" ]; then
-  step "waiting for: $CONVEYOR_LIVE_BESIDE"
+  step "waiting for: $CONVEYOR_TEST_BESIDE_LIVE"
   wait "$beside" || rest=$?
 fi
 for log in "$logs/cluster.log" "$logs/security.log" "$logs/beside.log"; do
@@ -102,7 +102,7 @@ for log in "$logs/cluster.log" "$logs/security.log" "$logs/beside.log"; do
 done
 rm -rf "$logs"
 if [ "$single" -ne 0 ] || [ "$rest" -ne 0 ]; then
-  step "FAILED: run 1 exit $single, runs 2 and 3 (and CONVEYOR_LIVE_BESIDE) exit $rest (their output above)"
+  step "FAILED: run 1 exit $single, runs 2 and 3 (and CONVEYOR_TEST_BESIDE_LIVE) exit $rest (their output above)"
   exit 1
 fi
 step "done"

@@ -33,9 +33,9 @@ step "API contract (schemathesis against conveyor dev)"
 scripts/api-contract.sh "$@"
 if [ "${CONVEYOR_SKIP_LIVE:-}" = "1" ]; then
   echo "test.sh: CONVEYOR_SKIP_LIVE=1: the live-broker tests did NOT run" >&2
-  if [ -n "${CONVEYOR_LIVE_BESIDE:-}" ]; then
-    step "$CONVEYOR_LIVE_BESIDE (CONVEYOR_LIVE_BESIDE, with no live tests to go beside)"
-    bash -c "$CONVEYOR_LIVE_BESIDE"
+  if [ -n "${CONVEYOR_TEST_BESIDE_LIVE:-}" ]; then
+    step "$CONVEYOR_TEST_BESIDE_LIVE (CONVEYOR_TEST_BESIDE_LIVE, with no live tests to go beside)"
+    bash -c "$CONVEYOR_TEST_BESIDE_LIVE"
   fi
 else
   step "live-broker tests (scripts/live.sh)"

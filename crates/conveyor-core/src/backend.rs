@@ -260,6 +260,14 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Flushes and closes. Later calls fail with `Closed`.
     async fn close(&self) -> Result<()>;
 
+    /// `Err` naming what this backend cannot keep of `spec`'s settings (the embedded log does not
+    /// compact), so a plan (`topics apply --dry-run`) refuses it before anything is applied, as
+    /// the apply itself would. Default: `Ok`.
+    fn check_spec(&self, spec: &TopicSpec) -> Result<()> {
+        let _ = spec;
+        Ok(())
+    }
+
     /// `Err`, saying what to do, once the backend can take no more writes until the process
     /// starts again: the embedded log after a failed write (a full disk, an I/O error). Reads
     /// may go on. A broker that is only unreachable is not reported here: its client retries.

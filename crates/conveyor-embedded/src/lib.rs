@@ -118,6 +118,10 @@ impl Backend for EmbeddedBackend {
         "embedded"
     }
 
+    fn check_spec(&self, spec: &TopicSpec) -> Result<()> {
+        Store::supported(spec.clone()).map(|_| ())
+    }
+
     fn unique_claims(&self) -> Option<&dyn conveyor_core::UniqueClaims> {
         Some(self)
     }

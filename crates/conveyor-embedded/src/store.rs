@@ -309,7 +309,7 @@ impl Store {
     }
 
     /// Validates a spec and drops what does not apply to one copy on one machine (replication).
-    fn supported(mut spec: TopicSpec) -> Result<TopicSpec> {
+    pub(crate) fn supported(mut spec: TopicSpec) -> Result<TopicSpec> {
         spec.validate()?;
         if spec.cleanup_policy != CleanupPolicy::Delete {
             return Err(Error::Unsupported {

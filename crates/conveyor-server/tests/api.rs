@@ -510,18 +510,28 @@ async fn topics_apply_plans_applies_and_is_idempotent() {
         .contains("cannot shrink"));
     assert!(a.backend.describe_topic("new-one").await.unwrap().is_none());
 
-    // compaction is not something the embedded backend does
-    let compact = json!([{"name": "state", "cleanup_policy": "compact"}]);
+    // compaction is not something the embedded backend does: the plan refuses it, in a dry run
+    // as in the apply, and the topic listed before it is not applied either
+    let compact = json!([{"name": "before-state", "partitions": 1}, {"name": "state", "cleanup_policy": "compact"}]);
+    let (s, v) = post(json!({"topics": compact, "dry_run": true})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["plan"][1]["action"], "refused", "{v}");
+    assert!(v["plan"][1]["refused"]
+        .as_str()
+        .unwrap()
+        .contains("does not compact"));
     let (s, v) = post(json!({"topics": compact})).await;
-    assert_eq!(
-        (s, code(&v)),
-        (StatusCode::NOT_IMPLEMENTED, "unsupported"),
-        "{v}"
-    );
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "plan_refused"), "{v}");
     assert!(v["error"]["message"]
         .as_str()
         .unwrap()
         .contains("nothing was applied"));
+    assert!(a
+        .backend
+        .describe_topic("before-state")
+        .await
+        .unwrap()
+        .is_none());
 
     // bad input: unknown field, bad policy, invalid spec
     let (s, v) = post(json!({"topics": [{"name": "x", "replicas": 3}]})).await;

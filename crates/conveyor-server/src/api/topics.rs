@@ -162,7 +162,15 @@ pub(super) async fn apply_topics(
     let mut plans = Vec::with_capacity(req.topics.len());
     for spec in &req.topics {
         let current = s.backend.topic_spec(&spec.name).await?;
-        plans.push(conveyor_core::topic::plan(spec, current.as_ref()));
+        let mut plan = conveyor_core::topic::plan(spec, current.as_ref());
+        // what the backend cannot keep is refused in the plan, as the apply would refuse it
+        if matches!(plan.action, PlanAction::Create | PlanAction::Update) {
+            if let Err(e) = s.backend.check_spec(spec) {
+                plan.action = PlanAction::Refused;
+                plan.refused = Some(e.to_string());
+            }
+        }
+        plans.push(plan);
     }
     let refused: Vec<String> = plans
         .iter()
