@@ -59,6 +59,23 @@ cargo test "${LIVE[@]}" "$@" --no-run
 # run is waiting: for brokers, rebalances, timeouts, killed processes); their output is kept in
 # a file and shown when they end.
 logs=$(mktemp -d "${TMPDIR:-/tmp}/conveyor-live.XXXXXX")
+# whatever ends this script (a failure, Ctrl-C, a SIGTERM from CI) ends what runs beside it too:
+# the brokers of runs 2 and 3 (scripts/kafka.sh stops its own on SIGTERM) and the guard
+others=
+beside=
+kill_tree() {
+  local child
+  for child in $(pgrep -P "$1" 2>/dev/null); do kill_tree "$child"; done
+  kill -TERM "$1" 2>/dev/null || true
+}
+stop_beside() {
+  local pid
+  for pid in $others $beside; do kill_tree "$pid"; done
+  rm -rf "$logs"
+}
+trap stop_beside EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 (
   step "2/3 three nodes: leader kill, below min.insync.replicas (beside run 1; output in $logs/cluster.log)"
   CONVEYOR_TEST_CHILD_LOG="${CONVEYOR_TEST_CHILD_LOG:-warn,conveyor_runtime=info,conveyor_server=info}" \
@@ -72,7 +89,6 @@ others=$!
 # CONVEYOR_TEST_BESIDE_LIVE="COMMAND": run beside the live tests too, its failure theirs (.ci/run puts
 # the slowdown guard here: it counts instructions, which the tests' load does not move, and its
 # release build uses the processors the waiting tests leave idle)
-beside=
 if [ -n "${CONVEYOR_TEST_BESIDE_LIVE:-}" ]; then
   step "beside the live tests: $CONVEYOR_TEST_BESIDE_LIVE (output in $logs/beside.log)"
   bash -c "$CONVEYOR_TEST_BESIDE_LIVE" >"$logs/beside.log" 2>&1 &

@@ -13,7 +13,7 @@ static SENT: tokio::sync::Notify = tokio::sync::Notify::const_new();
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     conveyor::log::init(); // lines on stderr: a dead-lettered job says why (CONVEYOR_LOG filters)
     let dir = std::env::temp_dir().join(format!("conveyor-first-job-{}", std::process::id()));
-    let backend = conveyor::embedded::open(dir)?; // or conveyor::kafka::connect("127.0.0.1:9092")?
+    let backend = conveyor::embedded::open(&dir)?; // or conveyor::kafka::connect("127.0.0.1:9092")?
     conveyor::declare_topics(&*backend, [TopicSpec::new("emails", 4)]).await?;
 
     let to = "ada@example.com".to_string();
@@ -31,5 +31,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .run(SENT.notified()) // a service stops on a signal (SIGTERM) instead
         .await?;
     backend.close().await?;
+    std::fs::remove_dir_all(dir)?; // this example's log is a throwaway
     Ok(())
 }
