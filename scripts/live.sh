@@ -107,9 +107,11 @@ fi
 step "1/3 ended (exit $single); waiting for runs 2 and 3"
 rest=0
 wait "$others" || rest=$?
+others= # reaped: its pid may be reused, so the exit trap must not signal it
 if [ -n "$beside" ]; then
   step "waiting for: $CONVEYOR_TEST_BESIDE_LIVE"
   wait "$beside" || rest=$?
+  beside=
 fi
 for log in "$logs/cluster.log" "$logs/security.log" "$logs/beside.log"; do
   [ -f "$log" ] || continue
