@@ -19,7 +19,7 @@ pub(crate) fn init(config: Option<&Path>) -> Result<(), conveyor_server::config:
     let read = conveyor_server::config::log_format(config, &env);
     let format = read.as_ref().copied().unwrap_or_default();
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONVEYOR_LOG")
-        .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into());
+        .unwrap_or_else(|_| conveyor::log::DEFAULT_FILTER.into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
